@@ -1,0 +1,249 @@
+"""`create_app`: the FastAPI application shared by every model service.
+
+It owns what all services have in common (lifespan model loading, health, metrics,
+`/v1/models`, error mapping, body-size limit, request metrics); each service adds its own
+prediction route through `register_routes(app, dataplane)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.core.body_limit import BodySizeLimit
+from services.core.cache import MemoryCache, NullCache, RedisCache, ResponseCache
+from services.core.dataplane import DataPlane
+from services.core.errors import ModelNotReady
+from services.core.http_errors import ErrorBody, install_error_handlers
+from services.core.metrics import ServiceMetrics
+from services.core.model import ClassifierModel
+from services.core.settings import ServiceSettings
+from services.core.store import ModelStore
+
+logger = logging.getLogger(__name__)
+
+LoadStatus = Literal["loading", "ready", "failed"]
+
+
+@dataclass
+class ServiceState:
+    """Where model loading stands, for `/health/ready` and `/v1/models`."""
+
+    status: LoadStatus = "loading"
+    reason: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """One served model as reported by `/v1/models`."""
+
+    task: str
+    name: str | None
+    version: str | None
+    labels: list[str] | None
+    limits: dict[str, Any] | None
+    ready: bool
+    status: str
+    reason: str | None
+
+
+class ModelList(BaseModel):
+    """Body of `GET /v1/models`."""
+
+    models: list[ModelInfo]
+
+
+class HealthStatus(BaseModel):
+    """Body of a passing health check."""
+
+    status: str
+
+
+def build_cache(settings: ServiceSettings, metrics: ServiceMetrics) -> ResponseCache:
+    """The cache the settings ask for: none, Redis, or in-process."""
+    if settings.cache_ttl_seconds == 0:
+        return NullCache()
+    if settings.redis_url:
+        return RedisCache(
+            settings.redis_url,
+            ttl_seconds=settings.cache_ttl_seconds,
+            timeout_seconds=settings.redis_timeout_seconds,
+            retry_seconds=settings.redis_retry_seconds,
+            on_error=metrics.count_cache_error,
+        )
+    if settings.cache_max_items == 0:
+        return NullCache()
+    return MemoryCache(settings.cache_max_items, settings.cache_ttl_seconds)
+
+
+class PredictionMetrics:
+    """ASGI middleware counting prediction requests by status class and timing them.
+
+    Only `/v1/{task}/predict` is counted: health checks, scrapes and docs are not traffic.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path.startswith("/v1/") and path.endswith("/predict")):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            task = self.metrics.task
+            self.metrics.requests.labels(task, f"{status // 100}xx").inc()
+            self.metrics.request_duration.labels(task).observe(time.perf_counter() - started)
+
+
+def get_dataplane(request: Request) -> DataPlane[Any]:
+    """The app's dataplane (dependency)."""
+    dataplane: DataPlane[Any] = request.app.state.dataplane
+    return dataplane
+
+
+DataPlaneDep = Annotated[DataPlane[Any], Depends(get_dataplane)]
+
+
+def create_app(
+    settings: ServiceSettings,
+    model: ClassifierModel[Any],
+    *,
+    register_routes: Callable[[FastAPI, DataPlane[Any]], None],
+    title: str,
+    description: str = "",
+    store: ModelStore | None = None,
+    cache: ResponseCache | None = None,
+) -> FastAPI:
+    """Build a model service: the model is fetched and loaded in the background at start.
+
+    Until loading succeeds `/health/ready` answers 503 (with the reason if it failed) and
+    prediction routes answer 503 `model_not_ready`; liveness is 200 throughout.
+    """
+    metrics = ServiceMetrics(settings.task)
+    model_store = store or ModelStore(
+        settings.model_cache_dir, s3_endpoint_url=settings.s3_endpoint_url
+    )
+    dataplane: DataPlane[Any] = DataPlane(
+        model, cache or build_cache(settings, metrics), metrics, settings
+    )
+    state = ServiceState()
+
+    async def load_model() -> None:
+        try:
+            logger.info("fetching model %s", settings.model_uri)
+            model_dir = await asyncio.to_thread(model_store.fetch, settings.model_uri)
+            await model.start(model_dir)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the service not-ready
+            state.status, state.reason = "failed", f"{type(exc).__name__}: {exc}"
+            logger.error("model %s failed to load: %s", settings.model_uri, state.reason)
+            return
+        meta = model.metadata
+        metrics.mark_loaded(meta.name, meta.version)
+        state.status = "ready"
+        logger.info("model %s version %s ready for task %s", meta.name, meta.version, settings.task)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await dataplane.start()
+        loader = asyncio.create_task(load_model(), name="mtc-model-load")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
+            await dataplane.stop()
+
+    # Existing clients post JSON without a Content-Type header; accept it as JSON.
+    app = FastAPI(
+        title=title, description=description, lifespan=lifespan, strict_content_type=False
+    )
+    app.state.dataplane = dataplane
+    app.state.service_state = state
+    app.state.metrics = metrics
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    def model_info() -> ModelInfo:
+        meta = model.metadata if model.ready else None
+        return ModelInfo(
+            task=settings.task,
+            name=meta.name if meta else None,
+            version=meta.version if meta else None,
+            labels=meta.labels if meta else None,
+            limits=meta.limits if meta else None,
+            ready=model.ready,
+            status=state.status,
+            reason=state.reason,
+        )
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> HealthStatus:
+        """The process is up (does not mean the model is loaded)."""
+        return HealthStatus(status="alive")
+
+    @app.get(
+        "/health/ready",
+        tags=["health"],
+        responses={503: {"model": ErrorBody, "description": "model loading or failed"}},
+    )
+    async def ready() -> HealthStatus:
+        """The model is loaded and requests will be served."""
+        if state.status == "ready":
+            return HealthStatus(status="ready")
+        if state.status == "failed":
+            raise ModelNotReady(f"model failed to load: {state.reason}")
+        raise ModelNotReady(f"model {settings.model_uri} is still loading")
+
+    @app.get("/v1/models", tags=["models"])
+    async def models() -> ModelList:
+        """The model this service serves, its labels, limits and readiness."""
+        return ModelList(models=[model_info()])
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def scrape() -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    register_routes(app, dataplane)
+    # Added last = outermost: the size check runs before anything reads the body.
+    app.add_middleware(PredictionMetrics, metrics=metrics)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def timing_headers(queue_seconds: float, inference_seconds: float) -> dict[str, str]:
+    """`x-queue-time` / `x-inference-time` headers in milliseconds."""
+    return {
+        "x-queue-time": f"{queue_seconds * 1000:.3f}",
+        "x-inference-time": f"{inference_seconds * 1000:.3f}",
+    }
+
+
+def json_response(body: BaseModel, headers: dict[str, str]) -> JSONResponse:
+    """A JSON response from a pydantic body with extra headers."""
+    return JSONResponse(body.model_dump(mode="json"), headers=headers)

@@ -1,0 +1,168 @@
+"""The request path of a model service, free of HTTP: cache, queue, timeout, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic
+
+from services.core.batching import BatchQueue, PendingItem
+from services.core.cache import (
+    ResponseCache,
+    decode_prediction,
+    encode_prediction,
+    prediction_key,
+)
+from services.core.errors import BatchTooLarge, ModelNotReady, RequestTimedOut
+from services.core.metrics import ServiceMetrics
+from services.core.model import ClassifierModel, ItemT, LabelScore
+from services.core.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """Predictions for every item of a request, in input order, with where time went."""
+
+    predictions: list[list[LabelScore]]
+    cache_hits: int
+    queue_seconds: float
+    inference_seconds: float
+
+
+class DataPlane(Generic[ItemT]):
+    """Answers prediction requests: per-item cache, then the batching queue for the rest.
+
+    Items found in the cache never reach the model; identical items within one request
+    run once; a request that would overfill the queue gets 429; one that is still waiting
+    after `request_timeout_seconds` gets 504 and its queued items are withdrawn.
+    """
+
+    def __init__(
+        self,
+        model: ClassifierModel[ItemT],
+        cache: ResponseCache,
+        metrics: ServiceMetrics,
+        settings: ServiceSettings,
+    ) -> None:
+        self.model = model
+        self.cache = cache
+        self.metrics = metrics
+        self.settings = settings
+        self.queue: BatchQueue[ItemT] = BatchQueue(
+            model,
+            metrics,
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_queued_items=settings.max_queued_items,
+            workers=settings.inference_workers,
+        )
+
+    async def start(self) -> None:
+        """Start the inference workers."""
+        await self.queue.start()
+
+    async def stop(self) -> None:
+        """Stop the workers and close the cache."""
+        await self.queue.stop()
+        await self.cache.close()
+
+    async def predict(
+        self, items: Sequence[ItemT], costs: Sequence[int] | None = None
+    ) -> PredictionResult:
+        """Predict every item; `costs` (e.g. token counts) default to `model.cost(item)`."""
+        if not self.model.ready:
+            self.metrics.rejected.labels(self.settings.task, "not_ready").inc()
+            raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
+        if len(items) > self.settings.max_items_per_request:
+            raise BatchTooLarge(
+                f"{len(items)} items in one request; the limit is "
+                f"{self.settings.max_items_per_request} (MTC_MAX_ITEMS_PER_REQUEST)"
+            )
+        started = time.perf_counter()
+        deadline = started + self.settings.request_timeout_seconds
+        version = self.model.metadata.version
+        keys = [
+            prediction_key(self.settings.task, version, self.model.cache_key(item))
+            for item in items
+        ]
+        cached = await self._lookup(keys)
+        after_cache = time.perf_counter()
+        self.metrics.observe_phase("cache", after_cache - started)
+
+        predictions: list[list[LabelScore] | None] = list(cached)
+        first_index_of_key: dict[str, int] = {}
+        for index, (key, prediction) in enumerate(zip(keys, predictions, strict=True)):
+            if prediction is None:
+                first_index_of_key.setdefault(key, index)
+        missing = sorted(first_index_of_key.values())
+        hits = len(items) - sum(1 for p in predictions if p is None)
+        self.metrics.cache_lookups.labels(self.settings.task, "hit").inc(hits)
+        self.metrics.cache_lookups.labels(self.settings.task, "miss").inc(len(items) - hits)
+
+        queue_seconds = inference_seconds = 0.0
+        if missing:
+            item_costs = [
+                costs[index] if costs is not None else self.model.cost(items[index])
+                for index in missing
+            ]
+            queued = await self.queue.submit([items[index] for index in missing], item_costs)
+            computed = await self._wait(queued, deadline)
+            finished = time.perf_counter()
+            queue_seconds = max((p.started_at or finished) - p.enqueued_at for p in queued)
+            inference_seconds = max(0.0, finished - after_cache - queue_seconds)
+            self.metrics.observe_phase("queue", queue_seconds)
+            self.metrics.observe_phase("inference", inference_seconds)
+            fresh = dict(zip((keys[index] for index in missing), computed, strict=True))
+            await self._store(fresh)
+            predictions = [
+                prediction if prediction is not None else fresh[key]
+                for key, prediction in zip(keys, predictions, strict=True)
+            ]
+        complete = [prediction for prediction in predictions if prediction is not None]
+        assert len(complete) == len(items)
+        return PredictionResult(complete, hits, queue_seconds, inference_seconds)
+
+    async def _wait(
+        self, queued: list[PendingItem[ItemT]], deadline: float
+    ) -> list[list[LabelScore]]:
+        remaining = max(0.0, deadline - time.perf_counter())
+        try:
+            return list(
+                await asyncio.wait_for(
+                    asyncio.gather(*(p.future for p in queued)), timeout=remaining
+                )
+            )
+        except TimeoutError:
+            self.queue.discard(queued)
+            self.metrics.rejected.labels(self.settings.task, "timeout").inc()
+            raise RequestTimedOut(
+                f"the {self.settings.task} model did not finish within "
+                f"{self.settings.request_timeout_seconds:g} s (MTC_REQUEST_TIMEOUT_SECONDS)"
+            ) from None
+        except asyncio.CancelledError:
+            # The client went away: withdraw its work so the model does not run it.
+            self.queue.discard(queued)
+            raise
+
+    async def _lookup(self, keys: list[str]) -> list[list[LabelScore] | None]:
+        if self.settings.cache_ttl_seconds == 0:
+            return [None] * len(keys)
+        raw = await self.cache.get_many(keys)
+        decoded: list[list[LabelScore] | None] = []
+        for value in raw:
+            try:
+                decoded.append(decode_prediction(value) if value is not None else None)
+            except (ValueError, TypeError):
+                # A malformed entry (another version's format) is a miss, not an error.
+                decoded.append(None)
+        return decoded
+
+    async def _store(self, fresh: dict[str, list[LabelScore]]) -> None:
+        if self.settings.cache_ttl_seconds == 0 or not fresh:
+            return
+        await self.cache.set_many({key: encode_prediction(p) for key, p in fresh.items()})

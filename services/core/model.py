@@ -1,0 +1,81 @@
+"""The base class every served model subclasses, whatever its input modality."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+ItemT = TypeVar("ItemT")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScore:
+    """One label and the model's score for it (a probability in [0, 1])."""
+
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a loaded model is: reported by `/v1/models`, responses and `mtc_model_info`."""
+
+    name: str
+    version: str
+    labels: list[str]
+    limits: dict[str, Any] = field(default_factory=dict)
+
+
+class ClassifierModel(ABC, Generic[ItemT]):
+    """A classifier that turns a batch of items into ranked label scores.
+
+    Subclasses implement `load` and `predict` and know nothing of HTTP: they raise
+    `services.core.errors` types for bad input. The serving kit calls `load` once at start
+    (from the app's lifespan, never at import) and `predict` from worker threads, possibly
+    from several threads at once when `inference_workers > 1`.
+    """
+
+    def __init__(self) -> None:
+        self._metadata: ModelMetadata | None = None
+
+    @abstractmethod
+    async def load(self, model_dir: Path) -> ModelMetadata:
+        """Load weights from a local directory and return what was loaded.
+
+        Runs before `ready` turns true. Raise `ModelLoadError` with a clear reason when the
+        directory does not hold a usable model.
+        """
+
+    @abstractmethod
+    def predict(self, batch: Sequence[ItemT]) -> list[list[LabelScore]]:
+        """Score every item: one list per item, every label, sorted by score, highest first."""
+
+    def cache_key(self, item: ItemT) -> bytes:
+        """Canonical bytes of an item for the prediction cache.
+
+        Two items with the same key must get the same prediction from this model.
+        """
+        return repr(item).encode("utf-8")
+
+    def cost(self, item: ItemT) -> int:
+        """Relative size of an item (tokens for text); batches group items of similar cost."""
+        return 1
+
+    async def start(self, model_dir: Path) -> None:
+        """Load the model and record its metadata; called once by the serving kit."""
+        self._metadata = await self.load(model_dir)
+
+    @property
+    def ready(self) -> bool:
+        """True once `load` has succeeded."""
+        return self._metadata is not None
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """Metadata of the loaded model; only valid when `ready`."""
+        if self._metadata is None:
+            raise RuntimeError("model is not loaded")
+        return self._metadata

@@ -1,0 +1,127 @@
+"""HTTP API of the text service: `POST /v1/{task}/predict` on top of the core app."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from services.core.api import DataPlaneDep, create_app, timing_headers
+from services.core.dataplane import DataPlane
+from services.core.errors import (
+    BatchTooLarge,
+    ItemTooLarge,
+    ModelNotReady,
+    Overloaded,
+    RequestTimedOut,
+)
+from services.core.http_errors import error_responses
+from services.text.models.sequence_classifier import SequenceClassifier
+from services.text.settings import TextSettings
+
+
+class TextPredictRequest(BaseModel):
+    """Texts to classify, in the order their predictions are returned."""
+
+    text: list[str] = Field(
+        min_length=1,
+        description="One or more texts (at most MTC_MAX_ITEMS_PER_REQUEST, default 1,024, "
+        "each at most MTC_MAX_TEXT_CHARS characters, default 10,000).",
+        examples=[["An absolute triumph, moving and beautifully acted"]],
+    )
+
+
+class LabelScoreBody(BaseModel):
+    """One label with its probability."""
+
+    label: str
+    score: float
+
+
+class ModelRef(BaseModel):
+    """Which model answered."""
+
+    name: str
+    version: str
+
+
+class TextPredictResponse(BaseModel):
+    """Every label per text, highest score first, texts in input order."""
+
+    model: ModelRef
+    predictions: list[list[LabelScoreBody]]
+    truncated: list[int] = Field(
+        description="Indices of texts longer than the model's token limit, which were "
+        "classified on their beginning only."
+    )
+
+
+def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
+    """The route registrar for `create_app`."""
+
+    def register(app: FastAPI, dataplane: DataPlane[Any]) -> None:
+        @app.post(
+            f"/v1/{settings.task}/predict",
+            tags=[settings.task],
+            response_model=TextPredictResponse,
+            responses=error_responses(
+                BatchTooLarge, ItemTooLarge, Overloaded, ModelNotReady, RequestTimedOut
+            ),
+            summary=f"Classify texts ({settings.task})",
+        )
+        async def predict(body: TextPredictRequest, plane: DataPlaneDep) -> JSONResponse:
+            """Classify each text; every label is returned with its score, highest first."""
+            texts = body.text
+            if not model.ready:
+                raise ModelNotReady(f"the {settings.task} model is not loaded yet")
+            if len(texts) > settings.max_items_per_request:
+                raise BatchTooLarge(
+                    f"{len(texts)} texts in one request; the limit is "
+                    f"{settings.max_items_per_request} (MTC_MAX_ITEMS_PER_REQUEST)"
+                )
+            for index, text in enumerate(texts):
+                if len(text) > settings.max_text_chars:
+                    raise ItemTooLarge(
+                        f"text[{index}] has {len(text)} characters; the limit is "
+                        f"{settings.max_text_chars} (MTC_MAX_TEXT_CHARS)"
+                    )
+            counts = await asyncio.to_thread(model.token_counts, texts)
+            limit = model.max_tokens
+            result = await plane.predict(texts, [min(count, limit) for count in counts])
+            meta = model.metadata
+            response = {
+                "model": {"name": meta.name, "version": meta.version},
+                "predictions": [
+                    [{"label": s.label, "score": s.score} for s in scores]
+                    for scores in result.predictions
+                ],
+                "truncated": [index for index, count in enumerate(counts) if count > limit],
+            }
+            return JSONResponse(
+                response, headers=timing_headers(result.queue_seconds, result.inference_seconds)
+            )
+
+    return register
+
+
+def build_app(settings: TextSettings, model: SequenceClassifier | None = None) -> FastAPI:
+    """The text service application for one task."""
+    classifier = model or SequenceClassifier(
+        max_tokens=settings.max_tokens,
+        torch_threads=settings.torch_threads,
+        limits={
+            "max_items_per_request": settings.max_items_per_request,
+            "max_text_chars": settings.max_text_chars,
+            "max_body_bytes": settings.max_body_bytes,
+        },
+    )
+    return create_app(
+        settings,
+        classifier,
+        register_routes=text_routes(settings, classifier),
+        title=f"mtc text service: {settings.task}",
+        description="Text classification with a Hugging Face sequence-classification model.",
+    )

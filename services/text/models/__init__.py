@@ -1,0 +1,1 @@
+"""Text classifier implementations."""

@@ -1,0 +1,145 @@
+"""Any Hugging Face sequence-classification model directory, served with PyTorch."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from services.core.errors import ModelLoadError
+from services.core.manifest import content_version, read_manifest
+from services.core.model import ClassifierModel, LabelScore, ModelMetadata
+
+# Position-embedding tables cap what the model can read; tokenizers sometimes report a
+# sentinel (1e30) instead of a real maximum.
+_FALLBACK_MAX_TOKENS = 512
+
+
+class SequenceClassifier(ClassifierModel[str]):
+    """A `save_pretrained` directory: `config.json` with `id2label`, weights, tokenizer.
+
+    Texts longer than the model's maximum are truncated (see `token_counts`). Softmax
+    scores for single-label models, independent sigmoids for multi-label ones.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_tokens: int | None = None,
+        torch_threads: int | None = None,
+        limits: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._max_tokens_cap = max_tokens
+        self._torch_threads = torch_threads
+        self._limits = dict(limits or {})
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self._labels: list[str] = []
+        self._multi_label = False
+        self._per_thread = threading.local()
+        self.max_tokens = _FALLBACK_MAX_TOKENS
+
+    async def load(self, model_dir: Path) -> ModelMetadata:
+        """Load tokenizer and weights from `model_dir` (in a thread: it is slow)."""
+        return await asyncio.to_thread(self._load, model_dir)
+
+    def _load(self, model_dir: Path) -> ModelMetadata:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
+        if not (model_dir / "config.json").is_file():
+            raise ModelLoadError(f"{model_dir}: no config.json; not a Hugging Face model directory")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, local_files_only=True
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{model_dir}: cannot load model: {exc}") from exc
+        model.eval()
+        config = model.config
+        labels = [str(config.id2label[index]) for index in range(config.num_labels)]
+        limit = min(
+            int(getattr(config, "max_position_embeddings", _FALLBACK_MAX_TOKENS)),
+            int(min(tokenizer.model_max_length, 1_000_000)),
+        )
+        if self._max_tokens_cap is not None:
+            limit = min(limit, self._max_tokens_cap)
+
+        manifest = read_manifest(model_dir)
+        if manifest is not None:
+            if manifest.labels and manifest.labels != labels:
+                raise ModelLoadError(
+                    f"{model_dir}: manifest labels {manifest.labels} differ from "
+                    f"config.json id2label {labels}"
+                )
+            name, version = manifest.name, manifest.version
+        else:
+            name = model_dir.resolve().name
+            version = content_version(model_dir)
+
+        self._tokenizer = tokenizer
+        self._model = model
+        self._labels = labels
+        self._multi_label = config.problem_type == "multi_label_classification"
+        self.max_tokens = limit
+        return ModelMetadata(
+            name=name,
+            version=version,
+            labels=labels,
+            limits={**self._limits, "max_tokens": limit},
+        )
+
+    def _thread_tokenizer(self) -> Any:
+        # Fast tokenizers keep padding/truncation state and refuse concurrent use
+        # ("Already borrowed"), so each worker thread gets its own copy.
+        tokenizer = getattr(self._per_thread, "tokenizer", None)
+        if tokenizer is None:
+            tokenizer = copy.deepcopy(self._tokenizer)
+            self._per_thread.tokenizer = tokenizer
+        return tokenizer
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text, special tokens included, before truncation."""
+        encoded = self._thread_tokenizer()(
+            list(texts), add_special_tokens=True, truncation=False, verbose=False
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def cache_key(self, item: str) -> bytes:
+        """The exact text: any change to it may change the tokens."""
+        return item.encode("utf-8", errors="surrogatepass")
+
+    def cost(self, item: str) -> int:
+        """Token count, capped at what the model reads."""
+        return min(self.token_counts([item])[0], self.max_tokens)
+
+    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+        """Scores for every label of every text, highest first."""
+        import torch
+
+        encoded = self._thread_tokenizer()(
+            list(batch),
+            padding=True,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            logits = self._model(**encoded).logits.float()
+        probabilities = torch.sigmoid(logits) if self._multi_label else logits.softmax(dim=-1)
+        results: list[list[LabelScore]] = []
+        for row in probabilities.tolist():
+            scores = [
+                LabelScore(label, float(score))
+                for label, score in zip(self._labels, row, strict=True)
+            ]
+            scores.sort(key=lambda entry: entry.score, reverse=True)
+            results.append(scores)
+        return results

@@ -1,0 +1,232 @@
+"""The text service's HTTP contract, with a tiny real transformer."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.core.model import LabelScore
+from services.text.api import build_app
+from services.text.models.sequence_classifier import SequenceClassifier
+from services.text.settings import TextSettings
+
+URL = "/v1/sentiment/predict"
+
+
+def settings_for(model_dir: Path, **overrides: Any) -> TextSettings:
+    return TextSettings(task="sentiment", model_uri=str(model_dir), **overrides)
+
+
+def wait_ready(client: TestClient) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = client.get("/health/ready")
+        if response.status_code == 200:
+            return
+        assert response.json()["error_type"] == "model_not_ready"
+        assert "failed" not in response.json()["detail"], response.json()
+        time.sleep(0.02)
+    raise AssertionError("model never became ready")
+
+
+@pytest.fixture
+def client(tiny_model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(build_app(settings_for(tiny_model_dir))) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name}{{") and all(
+            f'{key}="{value}"' in line for key, value in labels.items()
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{wanted}}} not exported")
+
+
+def test_every_label_sorted_by_score(client: TestClient) -> None:
+    response = client.post(URL, json={"text": ["good", "bad movie"]})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"]["name"] == "tiny-bert0" or body["model"]["name"]
+    assert body["model"]["version"].startswith("sha256-")
+    assert body["truncated"] == []
+    for scores in body["predictions"]:
+        assert {entry["label"] for entry in scores} == {"NEGATIVE", "POSITIVE"}
+        values = [entry["score"] for entry in scores]
+        assert values == sorted(values, reverse=True)
+        assert sum(values) == pytest.approx(1.0, abs=1e-5)
+    assert "x-inference-time" in response.headers
+    assert "x-queue-time" in response.headers
+
+
+def test_input_order_is_kept(client: TestClient) -> None:
+    texts = [f"review number {i} " + "word " * (i % 7) for i in range(40)]
+    alone = [client.post(URL, json={"text": [t]}).json()["predictions"][0] for t in texts]
+    together = client.post(URL, json={"text": list(reversed(texts))}).json()["predictions"]
+    for single, batched in zip(alone, reversed(together), strict=True):
+        assert single[0]["label"] == batched[0]["label"]
+        assert single[0]["score"] == pytest.approx(batched[0]["score"], abs=1e-4)
+
+
+def test_batch_of_1000_works_and_1025_is_refused(client: TestClient) -> None:
+    texts = [f"text {i}" for i in range(1000)]
+    response = client.post(URL, json={"text": texts})
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 1000
+    refused = client.post(URL, json={"text": ["x"] * 1025})
+    assert refused.status_code == 413
+    assert refused.json()["error_type"] == "batch_too_large"
+    assert "1024" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "location", "kind"),
+    [
+        ({"text": []}, ["body", "text"], "too_short"),
+        ({"text": "a string"}, ["body", "text"], "list_type"),
+        ({"text": [1, 2]}, ["body", "text", 0], "string_type"),
+        ({}, ["body", "text"], "missing"),
+    ],
+)
+def test_invalid_bodies_get_fastapi_validation_errors(
+    client: TestClient, body: dict[str, Any], location: list[Any], kind: str
+) -> None:
+    response = client.post(URL, json=body)
+    assert response.status_code == 422
+    errors = response.json()["detail"]
+    assert errors[0]["loc"] == location
+    assert errors[0]["type"] == kind
+
+
+def test_body_without_content_type_is_read_as_json(client: TestClient) -> None:
+    response = client.post(URL, content=json.dumps({"text": ["fine"]}).encode())
+    assert response.status_code == 200
+    assert len(response.json()["predictions"]) == 1
+
+
+def test_too_long_text_names_its_index(client: TestClient) -> None:
+    response = client.post(URL, json={"text": ["ok", "x" * 10_001]})
+    assert response.status_code == 413
+    assert response.json()["error_type"] == "item_too_large"
+    assert "text[1]" in response.json()["detail"]
+
+
+def test_texts_over_the_token_limit_are_truncated_and_reported(client: TestClient) -> None:
+    long_text = "word " * 500  # far beyond the tiny model's 64 positions
+    response = client.post(URL, json={"text": ["short", long_text, "also short"]})
+    assert response.status_code == 200
+    assert response.json()["truncated"] == [1]
+
+
+def test_body_over_the_byte_limit_is_refused(tiny_model_dir: Path) -> None:
+    app = build_app(settings_for(tiny_model_dir, max_body_bytes=2048))
+    with TestClient(app) as small:
+        response = small.post(URL, json={"text": ["x" * 4000]})
+    assert response.status_code == 413
+    assert response.json()["error_type"] == "body_too_large"
+
+
+def test_partly_cached_batch_runs_the_model_on_new_items_only(client: TestClient) -> None:
+    assert client.post(URL, json={"text": ["alpha", "beta"]}).status_code == 200
+    before = metric(client, "mtc_items_inferred_total", task="sentiment")
+    response = client.post(URL, json={"text": ["alpha", "beta", "gamma", "delta", "gamma"]})
+    assert response.status_code == 200
+    assert metric(client, "mtc_items_inferred_total", task="sentiment") == before + 2
+    assert metric(client, "mtc_cache_lookups_total", task="sentiment", result="hit") >= 2
+
+
+def test_models_route_and_metrics(client: TestClient) -> None:
+    models = client.get("/v1/models").json()["models"]
+    assert models[0]["task"] == "sentiment"
+    assert models[0]["ready"] is True
+    assert models[0]["labels"] == ["NEGATIVE", "POSITIVE"]
+    assert models[0]["limits"]["max_items_per_request"] == 1024
+    client.get("/health/live")
+    client.get("/health/ready")
+    client.post(URL, json={"text": ["counted"]})
+    assert metric(client, "mtc_requests_total", task="sentiment", status_class="2xx") == 1
+    assert metric(client, "mtc_model_ready", task="sentiment") == 1
+    info = [line for line in client.get("/metrics").text.splitlines() if "mtc_model_info{" in line]
+    assert len(info) == 1 and 'version="sha256-' in info[0]
+
+
+class GatedClassifier(SequenceClassifier):
+    """Loads only when its gate opens; predicts slowly when asked to."""
+
+    def __init__(self, gate: threading.Event, delay: float = 0.0) -> None:
+        super().__init__()
+        self.gate = gate
+        self.delay = delay
+
+    def _load(self, model_dir: Path) -> Any:
+        self.gate.wait(30)
+        return super()._load(model_dir)
+
+    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+        time.sleep(self.delay)
+        return super().predict(batch)
+
+
+def test_ready_is_503_until_the_model_is_loaded(tiny_model_dir: Path) -> None:
+    gate = threading.Event()
+    app = build_app(settings_for(tiny_model_dir), GatedClassifier(gate))
+    with TestClient(app) as loading:
+        before = loading.get("/health/ready")
+        assert before.status_code == 503
+        assert before.json()["error_type"] == "model_not_ready"
+        assert loading.get("/health/live").status_code == 200
+        refused = loading.post(URL, json={"text": ["early"]})
+        assert refused.status_code == 503
+        assert loading.get("/v1/models").json()["models"][0]["status"] == "loading"
+        gate.set()
+        wait_ready(loading)
+        assert loading.get("/health/ready").json() == {"status": "ready"}
+
+
+def test_a_model_that_fails_to_load_stays_not_ready_with_the_reason(tmp_path: Path) -> None:
+    with TestClient(build_app(settings_for(tmp_path / "nowhere"))) as broken:
+        deadline = time.monotonic() + 10
+        while broken.get("/v1/models").json()["models"][0]["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        response = broken.get("/health/ready")
+        assert response.status_code == 503
+        assert "no model directory" in response.json()["detail"]
+
+
+def test_queue_bound_answers_429(tiny_model_dir: Path) -> None:
+    gate = threading.Event()
+    gate.set()
+    slow = GatedClassifier(gate, delay=1.0)
+    settings = settings_for(
+        tiny_model_dir, max_queued_items=4, max_items_per_request=4, max_batch_size=1
+    )
+    with TestClient(build_app(settings, slow)) as client:
+        wait_ready(client)
+        results: list[int] = []
+
+        def fill() -> None:
+            results.append(client.post(URL, json={"text": ["a", "b", "c", "d"]}).status_code)
+
+        first = threading.Thread(target=fill)
+        first.start()
+        deadline = time.monotonic() + 10
+        while metric(client, "mtc_queue_depth", task="sentiment") < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        refused = client.post(URL, json={"text": ["e", "f"]})
+        first.join()
+    assert refused.status_code == 429
+    assert refused.json()["error_type"] == "overloaded"
+    assert refused.headers["retry-after"] == "1"
+    assert results == [200]
