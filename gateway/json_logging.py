@@ -1,0 +1,38 @@
+"""Log lines as JSON objects, one per line, for log collectors to parse without rules."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    """Format a record as one JSON object.
+
+    Structured fields travel in `extra={"fields": {...}}` and become top-level keys.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as a single line of JSON."""
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Send every logger's records (the gateway's and uvicorn's) to stderr as JSON lines."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())

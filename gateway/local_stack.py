@@ -1,0 +1,180 @@
+"""`python -m gateway.local_stack`: the whole stack as local processes, no cluster needed.
+
+Starts one text service per task and the gateway in front of them, waits until every
+model is loaded, prints where to call, and stops everything on Ctrl-C (or when any
+process dies). `make run` calls this after building the starter models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+DEFAULT_MODELS = {"sentiment": Path(".mtc/models/sentiment")}
+SAMPLE_TEXT = "An absolute triumph, moving and beautifully acted"
+
+
+@dataclass
+class Child:
+    """One process of the stack."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.local_stack",
+        description="Run the gateway and one text service per task as local processes.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface for every process")
+    parser.add_argument("--gateway-port", type=int, default=8080, help="gateway port")
+    parser.add_argument(
+        "--first-service-port",
+        type=int,
+        default=8101,
+        help="port of the first text service; the next tasks take the following ports",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="TASK=URI",
+        help="serve TASK from URI (repeatable); default: sentiment=.mtc/models/sentiment",
+    )
+    parser.add_argument(
+        "--ready-timeout", type=float, default=300.0, help="seconds to wait for every model"
+    )
+    return parser.parse_args(argv)
+
+
+def models_from(pairs: list[str]) -> dict[str, str]:
+    """TASK=URI pairs as a dict (the defaults when none are given)."""
+    if not pairs:
+        return {task: str(path) for task, path in DEFAULT_MODELS.items()}
+    models: dict[str, str] = {}
+    for pair in pairs:
+        task, sep, uri = pair.partition("=")
+        if not sep or not task or not uri:
+            raise SystemExit(f"--model expects TASK=URI, got {pair!r}")
+        models[task] = uri
+    return models
+
+
+def start_child(name: str, module: str, env: dict[str, str]) -> Child:
+    """Start `python -m module` with extra environment, output going to our terminal."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", module],
+        env={**os.environ, **env},
+        start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
+    )
+    return Child(name, process)
+
+
+def stop_all(children: list[Child]) -> None:
+    """SIGTERM every child, then SIGKILL whatever has not exited after a grace period."""
+    for child in reversed(children):
+        if child.process.poll() is None:
+            child.process.terminate()
+    deadline = time.monotonic() + 15
+    for child in reversed(children):
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            child.process.wait(timeout=remaining)
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()
+
+
+def wait_until_ready(
+    url: str, children: list[Child], timeout: float, interrupted: Callable[[], bool]
+) -> None:
+    """Poll the gateway's readiness until every upstream model is loaded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if interrupted():
+            raise RuntimeError("interrupted before the stack was ready")
+        for child in children:
+            if child.process.poll() is not None:
+                raise RuntimeError(f"{child.name} exited with code {child.process.returncode}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"the stack was not ready within {timeout:g} s ({url})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the stack until interrupted; returns the exit code."""
+    args = parse_args(argv)
+    models = models_from(args.model)
+    children: list[Child] = []
+    stopping = False
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    upstreams: dict[str, str] = {}
+    try:
+        for offset, (task, uri) in enumerate(sorted(models.items())):
+            port = args.first_service_port + offset
+            upstreams[task] = f"http://{args.host}:{port}"
+            env = {
+                "MTC_TASK": task,
+                "MTC_MODEL_URI": uri,
+                "MTC_HOST": args.host,
+                "MTC_PORT": str(port),
+            }
+            children.append(start_child(f"{task} service", "services.text", env))
+        gateway_env = {
+            "MTC_GATEWAY_HOST": args.host,
+            "MTC_GATEWAY_PORT": str(args.gateway_port),
+            "MTC_GATEWAY_UPSTREAMS": json.dumps(upstreams),
+        }
+        children.append(start_child("gateway", "gateway", gateway_env))
+        base = f"http://{args.host}:{args.gateway_port}"
+        wait_until_ready(f"{base}/health/ready", children, args.ready_timeout, lambda: stopping)
+        first_task = sorted(models)[0]
+        print(
+            f"\nmtc is up: gateway {base} ({', '.join(sorted(models))})\n"
+            f"  API docs:  {base}/docs\n"
+            f"  models:    curl {base}/v1/models\n"
+            f"  try:       curl -s -X POST {base}/v1/{first_task}/predict "
+            f"-H 'content-type: application/json' -d '{{\"text\": [\"{SAMPLE_TEXT}\"]}}'\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while not stopping:
+            for child in children:
+                if child.process.poll() is not None:
+                    print(f"{child.name} exited with code {child.process.returncode}; stopping")
+                    return 1
+            time.sleep(0.25)
+        return 0
+    except RuntimeError as exc:
+        print(f"mtc local stack failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop_all(children)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The whole stack as local processes (the `make run` code path), called through the gateway."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.processes import free_port, start, stop, wait_for_http
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+STARTER_SENTIMENT = REPO / ".mtc" / "models" / "sentiment"
+
+
+@dataclass
+class Stack:
+    base: str
+    service_port: int
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def sentiment_model_dir() -> Path:
+    """The starter sentiment model (`make models` builds it; built here if missing)."""
+    subprocess.run(
+        [sys.executable, "-m", "services.text.starter", "build", "--out", str(STARTER_SENTIMENT)],
+        check=True,
+        cwd=REPO,
+    )
+    return STARTER_SENTIMENT
+
+
+@pytest.fixture(scope="module")
+def stack(sentiment_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    gateway_port, service_port = free_port(), free_port()
+    log = tmp_path_factory.mktemp("stack") / "stack.log"
+    process = start(
+        [
+            sys.executable,
+            "-m",
+            "gateway.local_stack",
+            "--gateway-port",
+            str(gateway_port),
+            "--first-service-port",
+            str(service_port),
+            "--model",
+            f"sentiment={sentiment_model_dir}",
+        ],
+        log=log,
+    )
+    base = f"http://127.0.0.1:{gateway_port}"
+    try:
+        wait_for_http(f"{base}/health/ready", process, timeout=300)
+    except Exception:
+        stop(process)
+        print(log.read_text())
+        raise
+    yield Stack(base, service_port, process)
+    stop(process)
+
+
+def test_sentiment_through_the_gateway(stack: Stack) -> None:
+    response = httpx.post(
+        f"{stack.base}/v1/sentiment/predict",
+        json={
+            "text": [
+                "An absolute triumph, moving and beautifully acted",
+                "a tedious, badly written mess",
+            ]
+        },
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [scores[0]["label"] for scores in body["predictions"]] == ["POSITIVE", "NEGATIVE"]
+    assert body["model"]["name"] == "mtc-sentiment-minilm"
+    assert "x-total-time" in response.headers
+    assert "x-inference-time" in response.headers
+
+
+def test_json_without_content_type_through_the_gateway(stack: Stack) -> None:
+    response = httpx.post(
+        f"{stack.base}/v1/sentiment/predict",
+        content=json.dumps({"text": ["I loved it"]}).encode(),
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 1
+
+
+def test_errors_through_the_gateway(stack: Stack) -> None:
+    invalid = httpx.post(f"{stack.base}/v1/sentiment/predict", json={"text": []}, timeout=30)
+    assert invalid.status_code == 422
+    assert invalid.json()["detail"][0]["loc"] == ["body", "text"]
+    unknown = httpx.post(f"{stack.base}/v1/nope/predict", json={"text": ["x"]}, timeout=30)
+    assert unknown.status_code == 404
+    assert unknown.json()["error_type"] == "unknown_task"
+    assert "sentiment" in unknown.json()["detail"]
+    too_many = httpx.post(
+        f"{stack.base}/v1/sentiment/predict", json={"text": ["x"] * 1025}, timeout=30
+    )
+    assert too_many.status_code == 413
+    assert too_many.json()["error_type"] == "batch_too_large"
+
+
+def test_models_and_service_endpoints(stack: Stack) -> None:
+    models = httpx.get(f"{stack.base}/v1/models", timeout=30).json()["models"]
+    assert [(m["task"], m["ready"]) for m in models] == [("sentiment", True)]
+    assert models[0]["labels"] == ["NEGATIVE", "POSITIVE"]
+    for path in ("/health/live", "/metrics", "/docs", "/openapi.json"):
+        assert httpx.get(f"{stack.base}{path}", timeout=30).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{stack.service_port}{path}").status_code == 200
+
+
+def test_interrupt_stops_every_process(sentiment_model_dir: Path, tmp_path: Path) -> None:
+    gateway_port, service_port = free_port(), free_port()
+    process = start(
+        [
+            sys.executable,
+            "-m",
+            "gateway.local_stack",
+            "--gateway-port",
+            str(gateway_port),
+            "--first-service-port",
+            str(service_port),
+            "--model",
+            f"sentiment={sentiment_model_dir}",
+        ],
+        log=tmp_path / "stack.log",
+    )
+    try:
+        wait_for_http(f"http://127.0.0.1:{gateway_port}/health/ready", process, timeout=300)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        stop(process, kill=True)
+    for port in (gateway_port, service_port):
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
+    assert "mtc is up" in (tmp_path / "stack.log").read_text()

@@ -1,0 +1,97 @@
+"""Gateway settings: read from `MTC_GATEWAY_*`, validated before anything is served."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.settings import GatewaySettings
+
+
+def test_reads_json_maps_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "MTC_GATEWAY_UPSTREAMS",
+        '{"sentiment": "http://127.0.0.1:8101/", "disaster": "https://Disaster.mtc.svc:8000/v2"}',
+    )
+    monkeypatch.setenv("MTC_GATEWAY_TASK_TIMEOUTS", '{"disaster": 5}')
+    monkeypatch.setenv("MTC_GATEWAY_PORT", "9090")
+    monkeypatch.setenv("MTC_GATEWAY_LOG_LEVEL", "DEBUG")
+
+    settings = GatewaySettings()
+
+    assert settings.upstreams == {
+        "sentiment": "http://127.0.0.1:8101",
+        "disaster": "https://disaster.mtc.svc:8000/v2",
+    }
+    assert settings.port == 9090
+    assert settings.log_level == "debug"
+    assert settings.timeout_for("disaster") == 5.0
+    assert settings.timeout_for("sentiment") == settings.request_timeout_seconds == 30.0
+
+
+def test_ignores_unrelated_variables_sharing_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTC_GATEWAY_UPSTREAMS", '{"sentiment": "http://127.0.0.1:8101"}')
+    monkeypatch.setenv("MTC_GATEWAY_SERVICE_HOST", "10.0.0.7")
+
+    assert GatewaySettings().upstreams == {"sentiment": "http://127.0.0.1:8101"}
+
+
+def test_requires_at_least_one_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MTC_GATEWAY_UPSTREAMS", raising=False)
+
+    with pytest.raises(ValidationError, match="upstreams"):
+        GatewaySettings()
+    with pytest.raises(ValidationError, match="at least 1 item"):
+        GatewaySettings(upstreams={})
+
+
+@pytest.mark.parametrize(
+    ("upstreams", "message"),
+    [
+        ({"Sentiment": "http://a:1"}, "task name 'Sentiment' does not match"),
+        ({"9lives": "http://a:1"}, "task name '9lives' does not match"),
+        ({"a/b": "http://a:1"}, "task name 'a/b' does not match"),
+        ({"sentiment": "ftp://a:1"}, "scheme should be 'http' or 'https'"),
+        ({"sentiment": "sentiment:8000"}, "scheme should be 'http' or 'https'"),
+        ({"sentiment": "http://"}, "empty host"),
+        ({"sentiment": "http://a:99999"}, "invalid port number"),
+        ({"sentiment": "http://a:1/?x=1"}, "must not have a query"),
+    ],
+)
+def test_refuses_bad_upstreams(upstreams: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        GatewaySettings(upstreams=upstreams)
+
+
+def test_refuses_timeouts_for_tasks_without_upstream() -> None:
+    with pytest.raises(
+        ValidationError, match="task_timeouts names tasks with no upstream: sentimnt"
+    ):
+        GatewaySettings(upstreams={"sentiment": "http://a:1"}, task_timeouts={"sentimnt": 2})
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"task_timeouts": {"sentiment": 0}},
+        {"request_timeout_seconds": 0},
+        {"connect_timeout_seconds": -1},
+        {"max_connections": 0},
+        {"max_body_bytes": 0},
+        {"port": 70000},
+        {"log_level": "verbose"},
+    ],
+)
+def test_refuses_out_of_range_values(override: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        GatewaySettings(upstreams={"sentiment": "http://a:1"}, **override)
+
+
+def test_every_field_is_documented() -> None:
+    undocumented = [
+        name for name, field in GatewaySettings.model_fields.items() if not field.description
+    ]
+
+    assert undocumented == []
