@@ -118,12 +118,21 @@ def read_manifest(model_dir: Path) -> Manifest | None:
     if not path.is_file():
         return None
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise ModelLoadError(f"{path}: unreadable {MANIFEST_NAME}: {exc}") from exc
+    return parse_manifest_bytes(raw, source=str(model_dir))
+
+
+def parse_manifest_bytes(raw: bytes, *, source: str) -> Manifest:
+    """Parse manifest bytes fetched from a store; `source` names it in error messages."""
+    try:
+        document: Any = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{source}: {MANIFEST_NAME} is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
-        raise ModelLoadError(f"{path}: {MANIFEST_NAME} is not a JSON object")
-    return Manifest.from_json(document, source=str(model_dir))
+        raise ModelLoadError(f"{source}: {MANIFEST_NAME} is not a JSON object")
+    return Manifest.from_json(document, source=source)
 
 
 def verify_model_dir(model_dir: Path, manifest: Manifest) -> None:

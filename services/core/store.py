@@ -14,25 +14,14 @@ A directory that has a `manifest.json` is always verified before it is used.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from services.core.errors import ModelLoadError
-from services.core.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    read_manifest,
-    verify_model_dir,
-)
-
-if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
+from services.core.manifest import MANIFEST_NAME, read_manifest, verify_model_dir
+from services.core.s3_models import S3ModelRepository, S3Prefix
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +63,7 @@ class ModelStore:
 
     def __init__(self, cache_dir: Path, *, s3_endpoint_url: str | None = None) -> None:
         self.cache_dir = cache_dir
-        self.s3_endpoint_url = s3_endpoint_url
+        self.s3 = S3ModelRepository(s3_endpoint_url)
 
     def fetch(self, uri: str) -> Path:
         """Return a local directory holding the verified model named by `uri`.
@@ -83,7 +72,7 @@ class ModelStore:
         """
         location = ModelLocation.parse(uri)
         if location.scheme == "s3":
-            return self._fetch_s3(uri, location)
+            return self._fetch_s3(uri)
         if location.scheme == "hf":
             return self._fetch_hub(uri, location)
         return self._use_local(uri, Path(location.path))
@@ -110,43 +99,16 @@ class ModelStore:
             raise ModelLoadError(f"{uri}: could not fetch from the hub: {exc}") from exc
         return self._use_local(uri, Path(snapshot))
 
-    def _s3_client(self) -> S3Client:
-        import boto3
-        from botocore.config import Config
-
-        config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5)
-        return boto3.client("s3", endpoint_url=self.s3_endpoint_url, config=config)
-
-    def _fetch_s3(self, uri: str, location: ModelLocation) -> Path:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        bucket, _, prefix = location.path.partition("/")
-        key_prefix = f"{prefix}/" if prefix else ""
-        client = self._s3_client()
-        try:
-            manifest_bytes = client.get_object(Bucket=bucket, Key=key_prefix + MANIFEST_NAME)[
-                "Body"
-            ].read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in {"NoSuchKey", "404"}:
-                raise ModelLoadError(
-                    f"{uri}: no {MANIFEST_NAME} under this prefix: not a model, or its upload "
-                    "has not finished (the manifest is uploaded last)"
-                ) from exc
-            if code == "NoSuchBucket":
-                raise ModelLoadError(f"{uri}: bucket {bucket!r} does not exist") from exc
-            raise ModelLoadError(f"{uri}: cannot read {MANIFEST_NAME}: {code or exc}") from exc
-        except BotoCoreError as exc:
-            raise ModelLoadError(f"{uri}: cannot reach the object store: {exc}") from exc
-
-        manifest = _parse_manifest_bytes(manifest_bytes, source=uri)
+    def _fetch_s3(self, uri: str) -> Path:
+        location = self.s3.resolve(S3Prefix.parse(uri))
+        manifest, raw = self.s3.read_manifest(location)
+        # Keyed by the manifest's hash: a republished version never reuses a stale copy.
         target = (
             self.cache_dir
             / "s3"
-            / bucket
-            / (prefix or "_root")
-            / hashlib.sha256(manifest_bytes).hexdigest()[:16]
+            / location.bucket
+            / (location.prefix or "_root")
+            / hashlib.sha256(raw).hexdigest()[:16]
         )
         if (target / MANIFEST_NAME).is_file():
             try:
@@ -156,44 +118,5 @@ class ModelStore:
             except ModelLoadError as exc:
                 logger.warning("%s: cached copy is damaged (%s); downloading again", uri, exc)
                 shutil.rmtree(target, ignore_errors=True)
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
-        try:
-            for name in sorted(manifest.files):
-                destination = partial / name
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    client.download_file(bucket, key_prefix + name, str(destination))
-                except ClientError as exc:
-                    raise ModelLoadError(
-                        f"{uri}: file {name} listed in the manifest cannot be downloaded: "
-                        f"{exc.response.get('Error', {}).get('Code', exc)}"
-                    ) from exc
-                except BotoCoreError as exc:
-                    raise ModelLoadError(f"{uri}: download of {name} failed: {exc}") from exc
-            verify_model_dir(partial, manifest)
-            # The manifest goes in last, so a directory with one is always complete.
-            (partial / MANIFEST_NAME).write_bytes(manifest_bytes)
-            try:
-                os.replace(partial, target)
-            except OSError:
-                # Another process sharing the cache finished the same download first.
-                if not (target / MANIFEST_NAME).is_file():
-                    raise
-                shutil.rmtree(partial, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        logger.info("%s: downloaded and verified %d files", uri, len(manifest.files))
+        self.s3.download(location, target, manifest=(manifest, raw))
         return target
-
-
-def _parse_manifest_bytes(raw: bytes, *, source: str) -> Manifest:
-    try:
-        document: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{source}: {MANIFEST_NAME} is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise ModelLoadError(f"{source}: {MANIFEST_NAME} is not a JSON object")
-    return Manifest.from_json(document, source=source)

@@ -1,0 +1,30 @@
+"""The README documents every setting a user can change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from gateway.settings import GatewaySettings
+from services.text.settings import TextSettings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("settings", "prefix"), [(TextSettings, "MTC_"), (GatewaySettings, "MTC_GATEWAY_")]
+)
+def test_every_setting_is_in_the_configuration_table(
+    settings: type[BaseSettings], prefix: str
+) -> None:
+    for name, field in settings.model_fields.items():
+        assert field.description, f"{name} has no docstring"
+        assert f"| `{prefix}{name.upper()}` |" in README, f"{prefix}{name.upper()} missing"
+
+
+def test_readme_starts_with_the_two_commands() -> None:
+    first_block = README.split("```bash", 1)[1].split("```", 1)[0]
+    assert "make run" in first_block
+    assert "make test" in first_block
