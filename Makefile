@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 # pip also reads PIP_FIND_LINKS from the environment.
 WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
-SENTIMENT_MODEL := .mtc/models/sentiment
+STARTER_MODELS := .mtc/models/sentiment/manifest.json .mtc/models/disaster/manifest.json
+STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/starter/data/*.csv)
 CHECKED := services gateway
 
 .PHONY: install models run lint test test-unit test-integration test-e2e clean
@@ -24,10 +25,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed ## create .venv and install every extra
 
-$(SENTIMENT_MODEL)/manifest.json: $(VENV)/.installed services/text/starter/sentiment_adapter.safetensors
-	$(BIN)/python -m services.text.starter build --out $(SENTIMENT_MODEL)
+$(STARTER_MODELS) &: $(VENV)/.installed $(STARTER_INPUTS)
+	$(BIN)/mtc models build
 
-models: $(SENTIMENT_MODEL)/manifest.json ## build the offline starter models (idempotent)
+models: $(STARTER_MODELS) ## build the offline starter models (idempotent)
 
 run: models ## run gateway (:8080) + text services as local processes; Ctrl-C stops all
 	$(BIN)/python -m gateway.local_stack

@@ -21,7 +21,10 @@ from types import FrameType
 
 import httpx
 
-DEFAULT_MODELS = {"sentiment": Path(".mtc/models/sentiment")}
+DEFAULT_MODELS = {
+    "sentiment": Path(".mtc/models/sentiment"),
+    "disaster": Path(".mtc/models/disaster"),
+}
 SAMPLE_TEXT = "An absolute triumph, moving and beautifully acted"
 
 
@@ -52,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="TASK=URI",
-        help="serve TASK from URI (repeatable); default: sentiment=.mtc/models/sentiment",
+        help="serve TASK from URI (repeatable); default: the starter models in .mtc/models",
     )
     parser.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for every model"
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     upstreams: dict[str, str] = {}
     try:
-        for offset, (task, uri) in enumerate(sorted(models.items())):
+        for offset, (task, uri) in enumerate(models.items()):
             port = args.first_service_port + offset
             upstreams[task] = f"http://{args.host}:{port}"
             env = {
@@ -152,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         children.append(start_child("gateway", "gateway", gateway_env))
         base = f"http://{args.host}:{args.gateway_port}"
         wait_until_ready(f"{base}/health/ready", children, args.ready_timeout, lambda: stopping)
-        first_task = sorted(models)[0]
+        first_task = next(iter(models))
         print(
-            f"\nmtc is up: gateway {base} ({', '.join(sorted(models))})\n"
+            f"\nmtc is up: gateway {base} ({', '.join(models)})\n"
             f"  API docs:  {base}/docs\n"
             f"  models:    curl {base}/v1/models\n"
             f"  try:       curl -s -X POST {base}/v1/{first_task}/predict "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from services.core.errors import ModelLoadError
 from services.core.manifest import MANIFEST_NAME, read_manifest, verify_model_dir
-from services.core.s3_models import S3ModelRepository, S3Prefix
+from services.core.s3_models import Progress, S3ModelRepository, S3Prefix
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,30 @@ class ModelStore:
         if location.scheme == "hf":
             return self._fetch_hub(uri, location)
         return self._use_local(uri, Path(location.path))
+
+    def pull(self, uri: str, destination: Path, *, progress: Progress | None = None) -> Path:
+        """Copy the verified model named by `uri` into `destination` (which must not exist).
+
+        The copy appears only once complete: it is assembled in a sibling directory first.
+        """
+        if destination.exists():
+            raise ModelLoadError(f"{destination} already exists; choose a new directory")
+        location = ModelLocation.parse(uri)
+        if location.scheme == "s3":
+            self.s3.download(self.s3.resolve(S3Prefix.parse(uri)), destination, progress=progress)
+            return destination
+        source = self.fetch(uri)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = destination.with_name(f".{destination.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            shutil.copytree(source, staging)
+            self._use_local(uri, staging)
+            staging.rename(destination)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return destination
 
     def _use_local(self, uri: str, model_dir: Path) -> Path:
         if not model_dir.is_dir():

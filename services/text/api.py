@@ -20,6 +20,7 @@ from services.core.errors import (
     RequestTimedOut,
 )
 from services.core.http_errors import error_responses
+from services.text.models.onnx_classifier import OnnxSequenceClassifier
 from services.text.models.sequence_classifier import SequenceClassifier
 from services.text.settings import TextSettings
 
@@ -115,7 +116,8 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
 
 def build_app(settings: TextSettings, model: SequenceClassifier | None = None) -> FastAPI:
     """The text service application for one task."""
-    classifier = model or SequenceClassifier(
+    model_class = OnnxSequenceClassifier if settings.runtime == "onnx" else SequenceClassifier
+    classifier = model or model_class(
         max_tokens=settings.max_tokens,
         torch_threads=settings.torch_threads,
         limits={

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import free_port, start, stop, wait_for_http
+from tests.support.processes import free_port, free_port_pair, start, stop, wait_for_http
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-STARTER_SENTIMENT = REPO / ".mtc" / "models" / "sentiment"
+MODELS_DIR = REPO / ".mtc" / "models"
 
 
 @dataclass
@@ -30,34 +31,46 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def sentiment_model_dir() -> Path:
-    """The starter sentiment model (`make models` builds it; built here if missing)."""
+def starter_models() -> list[str]:
+    """`--model` options for the starter models (`make models` builds them; here if missing)."""
     subprocess.run(
-        [sys.executable, "-m", "services.text.starter", "build", "--out", str(STARTER_SENTIMENT)],
-        check=True,
-        cwd=REPO,
-    )
-    return STARTER_SENTIMENT
-
-
-@pytest.fixture(scope="module")
-def stack(sentiment_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    gateway_port, service_port = free_port(), free_port()
-    log = tmp_path_factory.mktemp("stack") / "stack.log"
-    process = start(
         [
             sys.executable,
             "-m",
-            "gateway.local_stack",
-            "--gateway-port",
-            str(gateway_port),
-            "--first-service-port",
-            str(service_port),
-            "--model",
-            f"sentiment={sentiment_model_dir}",
+            "services.lifecycle.cli",
+            "models",
+            "build",
+            "--out-dir",
+            str(MODELS_DIR),
         ],
-        log=log,
+        check=True,
+        cwd=REPO,
     )
+    return [
+        option
+        for task in ("sentiment", "disaster")
+        for option in ("--model", f"{task}={MODELS_DIR / task}")
+    ]
+
+
+def stack_command(gateway_port: int, service_port: int, models: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gateway.local_stack",
+        "--gateway-port",
+        str(gateway_port),
+        "--first-service-port",
+        str(service_port),
+        *models,
+    ]
+
+
+@pytest.fixture(scope="module")
+def stack(starter_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    gateway_port, service_port = free_port(), free_port_pair()
+    log = tmp_path_factory.mktemp("stack") / "stack.log"
+    process = start(stack_command(gateway_port, service_port, starter_models), log=log)
     base = f"http://127.0.0.1:{gateway_port}"
     try:
         wait_for_http(f"{base}/health/ready", process, timeout=300)
@@ -88,6 +101,21 @@ def test_sentiment_through_the_gateway(stack: Stack) -> None:
     assert "x-inference-time" in response.headers
 
 
+def test_disaster_through_the_gateway(stack: Stack) -> None:
+    texts = [
+        "this mixtape is fire",
+        "I'm dying of laughter",
+        "Evacuation ordered as wildfire jumps the highway, homes burning on Ridge Road",
+        "Magnitude 6.8 earthquake: buildings collapsed downtown, rescuers searching rubble",
+    ]
+    response = httpx.post(f"{stack.base}/v1/disaster/predict", json={"text": texts}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"]["name"] == "mtc-disaster-minilm"
+    top = [scores[0]["label"] for scores in body["predictions"]]
+    assert top == ["not_disaster", "not_disaster", "disaster", "disaster"]
+
+
 def test_json_without_content_type_through_the_gateway(stack: Stack) -> None:
     response = httpx.post(
         f"{stack.base}/v1/sentiment/predict",
@@ -115,36 +143,32 @@ def test_errors_through_the_gateway(stack: Stack) -> None:
 
 def test_models_and_service_endpoints(stack: Stack) -> None:
     models = httpx.get(f"{stack.base}/v1/models", timeout=30).json()["models"]
-    assert [(m["task"], m["ready"]) for m in models] == [("sentiment", True)]
-    assert models[0]["labels"] == ["NEGATIVE", "POSITIVE"]
+    by_task = {m["task"]: m for m in models}
+    assert sorted(by_task) == ["disaster", "sentiment"]
+    assert all(m["ready"] for m in models)
+    assert by_task["sentiment"]["labels"] == ["NEGATIVE", "POSITIVE"]
+    assert by_task["disaster"]["labels"] == ["not_disaster", "disaster"]
     for path in ("/health/live", "/metrics", "/docs", "/openapi.json"):
         assert httpx.get(f"{stack.base}{path}", timeout=30).status_code == 200
         assert httpx.get(f"http://127.0.0.1:{stack.service_port}{path}").status_code == 200
 
 
-def test_interrupt_stops_every_process(sentiment_model_dir: Path, tmp_path: Path) -> None:
-    gateway_port, service_port = free_port(), free_port()
+def test_interrupt_stops_every_process(starter_models: list[str], tmp_path: Path) -> None:
+    gateway_port, service_port = free_port(), free_port_pair()
     process = start(
-        [
-            sys.executable,
-            "-m",
-            "gateway.local_stack",
-            "--gateway-port",
-            str(gateway_port),
-            "--first-service-port",
-            str(service_port),
-            "--model",
-            f"sentiment={sentiment_model_dir}",
-        ],
-        log=tmp_path / "stack.log",
+        stack_command(gateway_port, service_port, starter_models), log=tmp_path / "stack.log"
     )
     try:
         wait_for_http(f"http://127.0.0.1:{gateway_port}/health/ready", process, timeout=300)
+        # The runner polls readiness itself; interrupt only once it says the stack is up.
+        deadline = time.monotonic() + 60
+        while "mtc is up" not in (tmp_path / "stack.log").read_text():
+            assert time.monotonic() < deadline, "the runner never reported the stack as up"
+            time.sleep(0.1)
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
     finally:
         stop(process, kill=True)
-    for port in (gateway_port, service_port):
+    for port in (gateway_port, service_port, service_port + 1):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
-    assert "mtc is up" in (tmp_path / "stack.log").read_text()

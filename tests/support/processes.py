@@ -22,6 +22,19 @@ def free_port() -> int:
         return port
 
 
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free right now."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports found")
+
+
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     """Block until something accepts connections on `port`, or fail if the process died."""
     deadline = time.monotonic() + timeout

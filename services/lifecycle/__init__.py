@@ -1,0 +1,1 @@
+"""Model lifecycle tooling: the `mtc` command (build, train, evaluate, publish, fetch)."""

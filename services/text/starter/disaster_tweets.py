@@ -1,0 +1,31 @@
+"""The disaster-tweet set written for this project (see data/DATASHEET.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from services.text.training import LabelledText, read_labelled_csv
+
+LABELS: tuple[str, str] = ("not_disaster", "disaster")
+DATA_DIR = Path(__file__).with_name("data")
+TWEETS_FILE = DATA_DIR / "disaster_tweets.csv"
+TRAPS_FILE = DATA_DIR / "disaster_traps.csv"
+"""40 further tweets (mostly figurative uses of disaster words) that no model trains on."""
+
+
+def load_tweets() -> tuple[list[LabelledText], dict[str, Any]]:
+    """Every labelled tweet, and a description of the data."""
+    examples = read_labelled_csv(TWEETS_FILE, LABELS)
+    description = {
+        "corpus": "mtc disaster tweets: hand-written, English, see DATASHEET.md",
+        "source_file": "services/text/starter/data/disaster_tweets.csv",
+        "licence": "CC0-1.0",
+        "rows_read": len(examples),
+    }
+    return examples, description
+
+
+def load_traps() -> list[LabelledText]:
+    """The fixed challenge set of figurative and tricky tweets."""
+    return read_labelled_csv(TRAPS_FILE, LABELS)
