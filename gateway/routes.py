@@ -106,7 +106,9 @@ predict_router = APIRouter(prefix="/v1", tags=["predict"])
 )
 async def predict(task: KnownTask, request: Request, upstreams: UpstreamsDep) -> Response:
     """Classify texts with the model of the task; the service's answer is relayed unchanged."""
-    answer = await upstreams.predict(task, await request.body())
+    answer = await upstreams.predict(
+        task, await request.body(), request.headers.get("content-type")
+    )
     headers = {name: answer.headers[name] for name in RELAYED_HEADERS if name in answer.headers}
     return Response(content=answer.content, status_code=answer.status_code, headers=headers)
 

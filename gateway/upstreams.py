@@ -63,10 +63,14 @@ class Upstreams:
             known = ", ".join(sorted(self._settings.upstreams))
             raise UnknownTask(f"unknown task '{task}'; known tasks: {known}") from None
 
-    async def predict(self, task: str, body: bytes) -> httpx.Response:
-        """Send a JSON predict body, as received, to the task's service and return its answer.
+    async def predict(
+        self, task: str, body: bytes, content_type: str | None = None
+    ) -> httpx.Response:
+        """Send a predict body, as received, to the task's service and return its answer.
 
-        Any answer of the service, including its 4xx/5xx errors, is returned, not raised.
+        The client's Content-Type is kept (multipart uploads need their boundary); a body
+        without one is declared JSON. Any answer of the service, including its 4xx/5xx
+        errors, is returned, not raised.
         """
         url = f"{self.base_url(task)}/v1/{task}/predict"
         timeout_seconds = self._settings.timeout_for(task)
@@ -75,8 +79,8 @@ class Upstreams:
             return await self._client.post(
                 url,
                 content=body,
-                # Clients may omit it; the services only parse bodies declared as JSON.
-                headers={"content-type": "application/json"},
+                # Clients may omit it; older clients send JSON without declaring it.
+                headers={"content-type": content_type or "application/json"},
                 timeout=timeout,
             )
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:

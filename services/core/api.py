@@ -52,6 +52,7 @@ class ModelInfo(BaseModel):
     version: str | None
     labels: list[str] | None
     limits: dict[str, Any] | None
+    runtime: str
     ready: bool
     status: str
     reason: str | None
@@ -196,6 +197,7 @@ def create_app(
             version=meta.version if meta else None,
             labels=meta.labels if meta else None,
             limits=meta.limits if meta else None,
+            runtime=model.runtime,
             ready=model.ready,
             status=state.status,
             reason=state.reason,

@@ -85,7 +85,7 @@ class DataPlane(Generic[ItemT]):
             )
         started = time.perf_counter()
         deadline = started + self.settings.request_timeout_seconds
-        version = self.model.metadata.version
+        version = f"{self.model.metadata.version}/{self.model.runtime}"
         keys = [
             prediction_key(self.settings.task, version, self.model.cache_key(item))
             for item in items

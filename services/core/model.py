@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 ItemT = TypeVar("ItemT")
 
@@ -37,6 +37,10 @@ class ClassifierModel(ABC, Generic[ItemT]):
     (from the app's lifespan, never at import) and `predict` from worker threads, possibly
     from several threads at once when `inference_workers > 1`.
     """
+
+    runtime: ClassVar[str] = "python"
+    """What executes the model (e.g. `torch`, `onnx-int8`). Part of every cache key, because
+    two runtimes of the same model version do not give bit-identical scores."""
 
     def __init__(self) -> None:
         self._metadata: ModelMetadata | None = None

@@ -79,11 +79,17 @@ class FakeTextService:
         """The service's FastAPI app."""
         app = FastAPI()
 
+        @app.middleware("http")
+        async def record(request: Request, call_next: Any) -> Any:
+            # Recorded before validation, so bodies the route would refuse are seen too.
+            if request.url.path.endswith("/predict"):
+                self.received.append((request.headers.get("content-type"), await request.body()))
+            return await call_next(request)
+
         @app.post(f"/v1/{self.task}/predict", response_model=None)
         async def predict(
             payload: PredictBody, request: Request, response: Response
         ) -> dict[str, Any] | JSONResponse:
-            self.received.append((request.headers.get("content-type"), await request.body()))
             await asyncio.sleep(self.predict_delay_seconds)
             if "overload me" in payload.text:
                 return JSONResponse(
@@ -237,6 +243,18 @@ def test_predict_accepts_json_without_content_type(
     assert response.status_code == 200
     assert response.json() == sentiment_service.prediction_body(["no header"])
     assert sentiment_service.received[-1] == ("application/json", raw_body)
+
+
+def test_predict_keeps_the_client_content_type(
+    gateway: httpx.Client, sentiment_service: FakeTextService
+) -> None:
+    # Multipart uploads (images, audio) only parse with their own boundary parameter.
+    content_type = "multipart/form-data; boundary=mtc-test-boundary"
+    raw_body = b"--mtc-test-boundary--\r\n"
+
+    gateway.post("/v1/sentiment/predict", content=raw_body, headers={"content-type": content_type})
+
+    assert sentiment_service.received[-1] == (content_type, raw_body)
 
 
 @pytest.mark.parametrize("raw_body", [b'{"text": []}', b"{}", b"not json", b""])

@@ -151,6 +151,7 @@ def test_models_route_and_metrics(client: TestClient) -> None:
     assert models[0]["ready"] is True
     assert models[0]["labels"] == ["NEGATIVE", "POSITIVE"]
     assert models[0]["limits"]["max_items_per_request"] == 1024
+    assert models[0]["runtime"] == "torch"
     client.get("/health/live")
     client.get("/health/ready")
     client.post(URL, json={"text": ["counted"]})

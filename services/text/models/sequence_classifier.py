@@ -25,6 +25,8 @@ class SequenceClassifier(ClassifierModel[str]):
     scores for single-label models, independent sigmoids for multi-label ones.
     """
 
+    runtime = "torch"
+
     def __init__(
         self,
         *,
