@@ -10,42 +10,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.core.contracts import TextPredictRequest, TextPredictResponse
 
-class TextPredictRequest(BaseModel):
-    """Texts to classify; the answer holds one prediction list per text, in the same order."""
-
-    text: list[str] = Field(
-        min_length=1,
-        description="The texts to classify (at least one).",
-        examples=[["What a lovely day!", "The bridge is on fire, send help"]],
-    )
-
-
-class LabelScore(BaseModel):
-    """One label of the model and its score for one text."""
-
-    label: str
-    score: float
-
-
-class ModelRef(BaseModel):
-    """The model that answered."""
-
-    name: str
-    version: str
-
-
-class TextPredictResponse(BaseModel):
-    """Predictions for every text of the request, in request order."""
-
-    model: ModelRef
-    predictions: list[list[LabelScore]] = Field(
-        description="Per text, every label of the model sorted by score, highest first."
-    )
-    truncated: list[int] = Field(
-        default_factory=list,
-        description="Indices of the texts that were cut to the model's input length.",
-    )
+__all__ = [
+    "LiveResponse",
+    "ModelStatus",
+    "ModelsResponse",
+    "NotReadyBody",
+    "ReadyResponse",
+    "TextPredictRequest",
+    "TextPredictResponse",
+]
 
 
 class ModelStatus(BaseModel):

@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from services.core.api import DataPlaneDep, create_app, timing_headers
+from services.core.contracts import TextPredictRequest, TextPredictResponse
 from services.core.dataplane import DataPlane
 from services.core.errors import (
     BatchTooLarge,
@@ -23,42 +23,6 @@ from services.core.http_errors import error_responses
 from services.text.models.onnx_classifier import OnnxSequenceClassifier
 from services.text.models.sequence_classifier import SequenceClassifier
 from services.text.settings import TextSettings
-
-
-class TextPredictRequest(BaseModel):
-    """Texts to classify, in the order their predictions are returned."""
-
-    text: list[str] = Field(
-        min_length=1,
-        description="One or more texts (at most MTC_MAX_ITEMS_PER_REQUEST, default 1,024, "
-        "each at most MTC_MAX_TEXT_CHARS characters, default 10,000).",
-        examples=[["An absolute triumph, moving and beautifully acted"]],
-    )
-
-
-class LabelScoreBody(BaseModel):
-    """One label with its probability."""
-
-    label: str
-    score: float
-
-
-class ModelRef(BaseModel):
-    """Which model answered."""
-
-    name: str
-    version: str
-
-
-class TextPredictResponse(BaseModel):
-    """Every label per text, highest score first, texts in input order."""
-
-    model: ModelRef
-    predictions: list[list[LabelScoreBody]]
-    truncated: list[int] = Field(
-        description="Indices of texts longer than the model's token limit, which were "
-        "classified on their beginning only."
-    )
 
 
 def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
