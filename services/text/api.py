@@ -14,6 +14,7 @@ from services.core.dataplane import DataPlane
 from services.core.errors import (
     BatchTooLarge,
     BodyTooLarge,
+    InvalidInput,
     ItemTooLarge,
     ModelNotReady,
     Overloaded,
@@ -36,6 +37,7 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
             responses=error_responses(
                 BatchTooLarge,
                 BodyTooLarge,
+                InvalidInput,
                 ItemTooLarge,
                 Overloaded,
                 ModelNotReady,
@@ -54,6 +56,15 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
                     f"{settings.max_items_per_request} (MTC_MAX_ITEMS_PER_REQUEST)"
                 )
             for index, text in enumerate(texts):
+                if not text.isascii():
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        # JSON can carry lone surrogates ("\ud800"); no tokenizer reads them.
+                        raise InvalidInput(
+                            f"text[{index}] is not valid Unicode (it contains a lone "
+                            "surrogate escape)"
+                        ) from None
                 if len(text) > settings.max_text_chars:
                     raise ItemTooLarge(
                         f"text[{index}] has {len(text)} characters; the limit is "

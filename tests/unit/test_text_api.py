@@ -232,3 +232,18 @@ def test_queue_bound_answers_429(tiny_model_dir: Path) -> None:
     assert refused.json()["error_type"] == "overloaded"
     assert refused.headers["retry-after"] == "1"
     assert results == [200]
+
+
+def test_lone_surrogate_is_a_clear_400(client: TestClient) -> None:
+    body = b'{"text": ["fine", "broken \\ud800 escape"]}'
+    response = client.post(URL, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error_type"] == "invalid_input"
+    assert "text[1]" in response.json()["detail"]
+    assert client.post(URL, json={"text": ["still serving"]}).status_code == 200
+
+
+def test_malformed_json_is_a_validation_error(client: TestClient) -> None:
+    response = client.post(URL, content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
