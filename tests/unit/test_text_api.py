@@ -247,3 +247,24 @@ def test_malformed_json_is_a_validation_error(client: TestClient) -> None:
     response = client.post(URL, content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+class CrashingClassifier(SequenceClassifier):
+    """A model whose forward pass fails (a bug or a broken runtime)."""
+
+    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+        raise RuntimeError("simulated inference failure")
+
+
+def test_an_inference_failure_is_a_500_in_the_error_shape(tiny_model_dir: Path) -> None:
+    app = build_app(settings_for(tiny_model_dir), CrashingClassifier())
+    with TestClient(app, raise_server_exceptions=False) as crashing:
+        wait_ready(crashing)
+        response = crashing.post(URL, json={"text": ["boom"]})
+        assert response.status_code == 500
+        assert response.json() == {
+            "detail": "internal error; see the service log",
+            "error_type": "internal_error",
+        }
+        assert crashing.get("/health/live").status_code == 200
+        assert metric(crashing, "mtc_requests_total", task="sentiment", status_class="5xx") == 1
