@@ -36,3 +36,6 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
+    # httpx logs every upstream call at INFO (readiness polls included); the gateway's own
+    # access line already covers each proxied request.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
