@@ -1,15 +1,39 @@
-"""Export a text model directory to ONNX with int8 weights, for the `onnx` runtime.
+"""Export a text model directory to ONNX, partly int8, for the `onnx` runtime.
 
 `python -m services.text.onnx_export MODEL_DIR [--force]` writes
-`MODEL_DIR/onnx/model.int8.onnx`: the PyTorch graph exported to ONNX (inputs `input_ids`,
-`attention_mask` and `token_type_ids` when the model takes them; dynamic batch and sequence
-axes; output `logits`), then dynamically quantised by ONNX Runtime (int8 weights, per output
-channel; activations quantised per call). If the directory has a `manifest.json`, it is
-re-written last so that it lists the new file with its sha256; name, version, labels,
-metrics and training data are kept.
+`MODEL_DIR/onnx/model.int8.onnx` (inputs `input_ids`, `attention_mask` and `token_type_ids`
+when the model takes them; dynamic batch and sequence axes; output `logits`):
 
-The export records a digest of the weights it was made from, so a stale export is re-made
-instead of skipped, and refused by the server instead of served under the new version.
+1. the PyTorch graph is exported to ONNX and checked against PyTorch;
+2. ONNX Runtime's transformer optimiser fuses it (embedding+LayerNorm, Attention,
+   SkipLayerNorm, BiasGelu) and the fused graph is checked against PyTorch again;
+3. only the layers that tolerate it are quantised dynamically (int8 weights per output
+   channel, uint8 activations quantised per call): every linear layer of the last encoder
+   layer, and the attention output projection of every layer. Embeddings, the other
+   Q/K/V and feed-forward matmuls, pooler and classifier stay float32.
+
+The file keeps its `int8` name although most weights stay float: quantising more does not
+keep the scores close to PyTorch's. Measured on the sentiment starter (MiniLM-L6, 1,902
+held-out reviews, |softmax difference| to PyTorch, single-thread latency at batch 1):
+
+    recipe                           max    p99    median  same label  vs torch  size
+    all matmuls int8 (previous)      0.27   0.153  0.004   98.7%       3.6-6x    23 MB
+    this recipe, batch 1             0.044  0.017  0.0005  99.95%      1.6-2.5x  83 MB
+    this recipe, batches of 32       0.033  0.020  -       99.84%
+    fused float32, nothing int8      0      0      0       100%        1.5-2.3x  91 MB
+
+(The latency range spans long, 57-token, to short, 18-token, texts.) Quantising one more
+layer (layers 4 and 5) doubles p99; quantising one group of matmuls across all layers
+(Q/K/V, either feed-forward matmul, or the embeddings) alone exceeds 0.02 at p99.
+Block-wise int8 weights (`MatMulNBits`) are as accurate but no faster than float32.
+
+The activations of the quantised matmuls are scaled per call over the whole padded batch,
+so a text's scores still move slightly with the texts batched beside it.
+
+If the directory has a `manifest.json`, it is re-written last so that it lists the new file
+with its sha256; name, version, labels, metrics and training data are kept. The export
+records a digest of the weights it was made from, so a stale export is re-made instead of
+skipped, and refused by the server instead of served under the new version.
 """
 
 from __future__ import annotations
@@ -19,6 +43,7 @@ import hashlib
 import inspect
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -64,6 +89,9 @@ _CHECK_TEXTS = (
 )
 # What the graph is made of (architecture and weights); tokenizer files do not change it.
 _SOURCE_PATTERNS = ("config.json", "*.safetensors", "*.bin")
+# Encoder layer of a node, from the names the PyTorch exporter gives BERT's modules.
+_LAYER_NAME = re.compile(r"/layer\.(\d+)/")
+_ATTENTION_OUTPUT_NAME = "/attention/output/dense/"
 
 
 class ExportError(Exception):
@@ -120,7 +148,7 @@ def export_onnx_int8(model_dir: Path, *, force: bool = False) -> Path:
     with tempfile.TemporaryDirectory(prefix="mtc-onnx-export-") as scratch:
         fp32 = Path(scratch) / "model.onnx"
         int8 = Path(scratch) / "model.int8.onnx"
-        _export_fp32(model_dir, fp32)
+        _export_fp32(model_dir, fp32, Path(scratch) / "unfused.onnx")
         _quantize(fp32, int8, digest)
         _install(int8, target)
     if manifest is not None:
@@ -165,7 +193,8 @@ def _check_manifest(model_dir: Path, manifest: Manifest) -> None:
         )
 
 
-def _export_fp32(model_dir: Path, destination: Path) -> None:
+def _export_fp32(model_dir: Path, destination: Path, unfused: Path) -> None:
+    """Export to `unfused`, fuse that into `destination`; both are checked against PyTorch."""
     import numpy as np
     import onnxruntime  # type: ignore[import-untyped]
     import torch
@@ -197,7 +226,7 @@ def _export_fp32(model_dir: Path, destination: Path) -> None:
         torch.onnx.export(
             model,
             (),
-            str(destination),
+            str(unfused),
             kwargs={name: example[name] for name in names},
             input_names=names,
             output_names=["logits"],
@@ -210,15 +239,67 @@ def _export_fp32(model_dir: Path, destination: Path) -> None:
     check = tokenizer(list(_CHECK_TEXTS), padding=True, return_tensors="pt")
     with torch.inference_mode():
         expected = model(**{name: check[name] for name in names}).logits.float().numpy()
-    session = onnxruntime.InferenceSession(str(destination), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(["logits"], {name: check[name].numpy() for name in names})
-    difference = float(np.abs(np.asarray(actual) - expected).max())
-    if not difference <= _FP32_LOGIT_TOLERANCE:
-        raise ExportError(
-            f"{model_dir}: the exported graph disagrees with PyTorch on new input shapes "
-            f"(largest logit difference {difference:.3g}); this architecture needs another "
-            "export path"
-        )
+    for graph in (unfused, destination):
+        if graph is destination:
+            _fuse(unfused, destination, model.config)
+        session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        (actual,) = session.run(["logits"], {name: check[name].numpy() for name in names})
+        difference = float(np.abs(np.asarray(actual) - expected).max())
+        if not difference <= _FP32_LOGIT_TOLERANCE:
+            stage = "exported" if graph is unfused else "fused"
+            raise ExportError(
+                f"{model_dir}: the {stage} graph disagrees with PyTorch on new input shapes "
+                f"(largest logit difference {difference:.3g}); this architecture needs "
+                "another export path"
+            )
+
+
+def _fuse(source: Path, destination: Path, config: Any) -> None:
+    """ONNX Runtime's BERT fusions: faster, and they leave the graph's inputs as they are."""
+    from onnxruntime.transformers.optimizer import optimize_model  # type: ignore[import-untyped]
+
+    # opt_level 0: only the Python fusions here; the session applies its own at load time.
+    fused = optimize_model(
+        str(source),
+        model_type="bert",
+        num_heads=int(config.num_attention_heads),
+        hidden_size=int(config.hidden_size),
+        opt_level=0,
+    )
+    fused.save_model_to_file(str(destination))
+
+
+def _nodes_to_quantize(model: Any) -> list[str]:
+    """The matmuls the recipe quantises: the last encoder layer's and attention outputs.
+
+    Fused `Attention` nodes carry no layer in their name; they take the layer of the
+    attention output projection that consumes them.
+    """
+    constants = {tensor.name for tensor in model.graph.initializer}
+    weighted = [
+        node
+        for node in model.graph.node
+        if node.op_type in ("MatMul", "Attention")
+        and len(node.input) > 1
+        and node.input[1] in constants
+    ]
+    layer: dict[str, int] = {}
+    for node in weighted:
+        if match := _LAYER_NAME.search(node.name):
+            layer[node.name] = int(match.group(1))
+    for node in weighted:
+        if node.op_type == "Attention":
+            for other in weighted:
+                if node.output[0] in other.input and other.name in layer:
+                    layer[node.name] = layer[other.name]
+    if not layer:
+        raise ExportError("cannot tell the encoder layers apart in the exported graph")
+    last = max(layer.values())
+    return [
+        node.name
+        for node in weighted
+        if layer.get(node.name) == last or _ATTENTION_OUTPUT_NAME in node.name
+    ]
 
 
 class _DropPreprocessingAdvice(logging.Filter):
@@ -234,6 +315,7 @@ class _DropPreprocessingAdvice(logging.Filter):
 
 def _quantize(fp32: Path, destination: Path, digest: str) -> None:
     import onnx
+    from onnx import TensorProto
     from onnxruntime.quantization import (  # type: ignore[import-untyped]
         QuantType,
         quantize_dynamic,
@@ -244,8 +326,16 @@ def _quantize(fp32: Path, destination: Path, digest: str) -> None:
     logging.getLogger().addFilter(advice)
     try:
         # Per-channel weights: on the sentiment starter, half the mean score error of
-        # per-tensor weights and fewer flipped labels, at the same speed.
-        quantize_dynamic(fp32, destination, per_channel=True, weight_type=QuantType.QInt8)
+        # per-tensor weights and fewer flipped labels, at the same speed. Fused nodes have
+        # no inferred output types, hence the default type.
+        quantize_dynamic(
+            fp32,
+            destination,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=_nodes_to_quantize(onnx.load(str(fp32))),
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
     finally:
         logging.getLogger().removeFilter(advice)
     model = onnx.load(str(destination))
@@ -291,7 +381,8 @@ def _parse_args(argv: Sequence[str] | None) -> Any:
         prog=EXPORT_COMMAND,
         description=(
             f"Export a Hugging Face sequence-classification directory to {ONNX_FILE} "
-            "(int8 weights) for MTC_RUNTIME=onnx, and re-write its manifest.json if it has one."
+            "(fused; last layer and attention outputs int8) for MTC_RUNTIME=onnx, and "
+            "re-write its manifest.json if it has one."
         ),
     )
     parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="the model directory")

@@ -36,9 +36,9 @@ SENTENCES = [
     "A quiet, patient film that rewards attention, with a long winding middle act.",
     "!!!???",
 ]
-# Dynamic int8 error of the input-sensitive tiny model below is ~0.025; a wiring fault
+# The export's contract: scores within 0.02 of PyTorch's, same ranking. A wiring fault
 # (swapped inputs, label order, masking, softmax axis) moves scores by the whole spread.
-TOLERANCE = 0.05
+TOLERANCE = 0.02
 MIN_SPREAD = 10 * TOLERANCE
 
 
@@ -127,6 +127,21 @@ def test_export_is_listed_in_the_manifest_which_still_verifies(
     assert added == {Path("manifest.json"), Path("onnx"), ONNX_FILE}
 
 
+def parity_failures(expected: list[list[Any]], got: list[list[Any]]) -> list[str]:
+    """Why `got` is not within the tolerance of `expected` with the same ranking, if it isn't."""
+    failures = []
+    for text, want, have in zip(SENTENCES, expected, got, strict=True):
+        if ranking(have) != ranking(want):
+            failures.append(f"{text!r}: ranking {ranking(have)} != {ranking(want)}")
+        want_scores = score_table([want])[0]
+        for label, score in score_table([have])[0].items():
+            if abs(score - want_scores[label]) > TOLERANCE:
+                failures.append(f"{text!r} {label}: {score:.4f} != {want_scores[label]:.4f}")
+        if abs(sum(entry.score for entry in have) - 1.0) > 1e-5:
+            failures.append(f"{text!r}: scores do not sum to 1")
+    return failures
+
+
 def test_onnx_scores_match_pytorch_on_varied_sentences(exported_dir: Path) -> None:
     reference = loaded(SequenceClassifier(), exported_dir)
     candidate = loaded(OnnxSequenceClassifier(), exported_dir)
@@ -142,13 +157,68 @@ def test_onnx_scores_match_pytorch_on_varied_sentences(exported_dir: Path) -> No
 
     alone = [candidate.predict([text])[0] for text in SENTENCES]
     together = candidate.predict(SENTENCES)  # padded: exercises the attention mask
-    for got in (alone, together):
-        for text, want, have in zip(SENTENCES, expected, got, strict=True):
-            assert ranking(have) == ranking(want), text
-            want_scores = score_table([want])[0]
-            for label, score in score_table([have])[0].items():
-                assert score == pytest.approx(want_scores[label], abs=TOLERANCE), (text, label)
-            assert sum(entry.score for entry in have) == pytest.approx(1.0, abs=1e-5)
+    assert parity_failures(expected, alone) == []
+    assert parity_failures(expected, together) == []
+
+
+class _BrokenSession:
+    """Wraps an ONNX Runtime session with one wiring fault."""
+
+    def __init__(self, session: Any, fault: str) -> None:
+        self._session = session
+        self._fault = fault
+
+    def get_inputs(self) -> Any:
+        return self._session.get_inputs()
+
+    def run(self, outputs: list[str], feeds: dict[str, Any]) -> Any:
+        import numpy as np
+
+        feeds = dict(feeds)
+        if self._fault == "mask ignored":
+            feeds["attention_mask"] = np.ones_like(feeds["attention_mask"])
+        if self._fault == "token types set":
+            feeds["token_type_ids"] = np.ones_like(feeds["token_type_ids"])
+        (logits,) = self._session.run(outputs, feeds)
+        if self._fault == "labels swapped":
+            logits = logits[:, ::-1]
+        return [logits]
+
+
+@pytest.mark.parametrize("fault", ["labels swapped", "mask ignored", "token types set"])
+def test_parity_check_fails_for_a_broken_runtime(exported_dir: Path, fault: str) -> None:
+    expected = loaded(SequenceClassifier(), exported_dir).predict(SENTENCES)
+    candidate = loaded(OnnxSequenceClassifier(), exported_dir)
+    assert isinstance(candidate, OnnxSequenceClassifier)
+    candidate._session = _BrokenSession(candidate._session, fault)
+    assert parity_failures(expected, candidate.predict(SENTENCES)) != []
+
+
+def test_export_quantises_only_the_last_layer_and_attention_outputs(exported_dir: Path) -> None:
+    # On the real starter, quantising more than this breaks the 0.02 parity (see the
+    # export's docstring); the tiny model is too forgiving to show it, so pin the recipe.
+    import onnx
+
+    graph = onnx.load(str(exported_dir / ONNX_FILE)).graph
+    quantised = {
+        node.name for node in graph.node if node.op_type in ("MatMulInteger", "QAttention")
+    }
+    floating = {node.name for node in graph.node if node.op_type in ("MatMul", "Attention")}
+    assert quantised == {
+        "Attention_1_quant",
+        "/bert/encoder/layer.1/attention/output/dense/MatMul_quant",
+        "/bert/encoder/layer.1/intermediate/dense/MatMul_quant",
+        "/bert/encoder/layer.1/output/dense/MatMul_quant",
+        "/bert/encoder/layer.0/attention/output/dense/MatMul_quant",
+    }
+    assert floating == {
+        "Attention_0",
+        "/bert/encoder/layer.0/intermediate/dense/MatMul",
+        "/bert/encoder/layer.0/output/dense/MatMul",
+        "/bert/pooler/dense/Gemm_MatMul",
+        "/classifier/Gemm_MatMul",
+    }
+    assert "EmbedLayerNormalization" in {node.op_type for node in graph.node}
 
 
 def test_multi_label_models_get_independent_sigmoids(exported_dir: Path, tmp_path: Path) -> None:
