@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--out-dir", type=Path, default=DEFAULT_MODELS_DIR, help="default: %(default)s"
     )
-    build.add_argument("--only", action="append", metavar="TASK", help="build only this starter")
+    build.add_argument(
+        "--only", action="append", metavar="TASK", help="build only this starter (repeatable)"
+    )
     build.add_argument("--force", action="store_true", help="rebuild even when up to date")
     build.add_argument("--no-onnx", action="store_true", help="skip the ONNX int8 export")
     build.set_defaults(handler=cmd_models_build)
@@ -143,6 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     starter.add_argument("task", choices=["sentiment", "disaster"])
     starter.set_defaults(handler=cmd_train_starter)
 
+    pose = train_commands.add_parser(
+        "pose",
+        help="train the pose landmark classifier on your own labelled photos",
+        description="Detect body landmarks in PHOTO_DIR/<label>/* with MediaPipe, fit a "
+        "multinomial logistic regression on their geometry (20%% held out by a hash of each "
+        "file), and write a pose model directory the pose service serves instead of the "
+        "starter's rules. Include a `no_person` folder to keep that label.",
+    )
+    pose.add_argument("photo_dir", type=Path, metavar="PHOTO_DIR")
+    pose.add_argument("--out", type=Path, required=True, help="model directory to create")
+    pose.add_argument("--name", default="pose-landmark-logreg", help="default %(default)s")
+    pose.add_argument("--version", default="1", help="default %(default)s")
+    pose.set_defaults(handler=cmd_train_pose)
+
     evaluate = commands.add_parser(
         "eval",
         help="evaluate a model on labelled data",
@@ -210,24 +226,32 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- commands
 
 
+STARTERS = ("sentiment", "disaster", "pose")
+
+
 def cmd_models_build(args: argparse.Namespace) -> int:
     """`mtc models build`."""
-    from services.text.starter.recipes import RECIPES, build
-
-    tasks = args.only or list(RECIPES)
-    unknown = sorted(set(tasks) - set(RECIPES))
+    tasks = args.only or list(STARTERS)
+    unknown = sorted(set(tasks) - set(STARTERS))
     if unknown:
-        raise UsageError(f"unknown starter(s) {unknown}; choose from {sorted(RECIPES)}")
+        raise UsageError(f"unknown starter(s) {unknown}; choose from {list(STARTERS)}")
     for task in tasks:
-        result = build(
-            RECIPES[task],
-            args.out_dir / task,
-            force=args.force,
-            onnx=not args.no_onnx,
-            progress=True,
-        )
+        if task == "pose":
+            from services.pose.starter import build_pose_starter
+
+            result: Any = build_pose_starter(args.out_dir / task, force=args.force)
+        else:
+            from services.text.starter.recipes import RECIPES, build
+
+            result = build(
+                RECIPES[task],
+                args.out_dir / task,
+                force=args.force,
+                onnx=not args.no_onnx,
+                progress=True,
+            )
         state = "built" if result.built else "up to date"
-        accuracy = result.manifest.metrics.get("heldout_accuracy")
+        accuracy = result.manifest.metrics.get("heldout_accuracy", "not measured")
         print(
             f"{task}: {state} {result.out} (version {result.manifest.version}, held-out "
             f"accuracy {accuracy}, {result.seconds:.1f} s)"
@@ -309,6 +333,7 @@ def cmd_models_ls(args: argparse.Namespace) -> int:
 def cmd_train_text(args: argparse.Namespace) -> int:
     """`mtc train text`."""
     from services.core.manifest import Manifest, write_manifest
+    from services.core.model_dir import write_model_dir
     from services.text.evaluation import evaluate_model_dir
     from services.text.training import (
         TrainConfig,
@@ -318,7 +343,6 @@ def cmd_train_text(args: argparse.Namespace) -> int:
         save_classifier,
         split_examples,
         train_adapter,
-        write_model_dir,
     )
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
@@ -373,6 +397,20 @@ def cmd_train_text(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out} ({manifest.name} {manifest.version}, held-out accuracy "
         f"{manifest.metrics['heldout_accuracy']})"
+    )
+    return 0
+
+
+def cmd_train_pose(args: argparse.Namespace) -> int:
+    """`mtc train pose`."""
+    from services.pose.training import train_landmark_classifier
+
+    manifest = train_landmark_classifier(
+        args.photo_dir, args.out, name=args.name, version=args.version
+    )
+    print(
+        f"wrote {args.out} ({manifest.name} {manifest.version}, held-out accuracy "
+        f"{manifest.metrics.get('heldout_accuracy')})"
     )
     return 0
 

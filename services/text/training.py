@@ -17,21 +17,13 @@ import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from services.core.errors import ModelLoadError
 from services.core.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    read_manifest,
     sha256_file,
 )
 
@@ -596,73 +588,10 @@ def merge_adapter(adapter: Adapter, base_dir: Path, labels: Sequence[str]) -> An
 # --------------------------------------------------------------------------- model directories
 
 
-def write_model_dir(
-    out: Path,
-    fill: Callable[[Path], Manifest],
-    *,
-    replaceable: Callable[[Manifest], bool],
-) -> Manifest:
-    """Create `out` through `fill(staging_dir)`, which must write the manifest last.
-
-    The model is written into a hidden sibling directory and renamed into place, so `out`
-    is never a half-written model. An existing `out` is replaced only when it is empty or
-    its manifest satisfies `replaceable`.
-    """
-    out = out.absolute()
-    if out.exists() and not _may_replace(out, replaceable):
-        raise TrainingError(
-            f"{out} exists and is neither empty nor an earlier build of this model; "
-            "refusing to replace it (remove it or choose another output directory)"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp is owner-only; the serving user may be another account
-        manifest = fill(staging)
-        if not (staging / MANIFEST_NAME).is_file():
-            raise TrainingError("internal: the model directory was filled without a manifest")
-        for path in staging.rglob("*"):
-            if path.is_file():
-                path.chmod(0o644)
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return manifest
-
-
 def save_classifier(model: Any, tokenizer: Any, directory: Path) -> None:
     """`save_pretrained` of model (safetensors) and tokenizer."""
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
-
-
-def _may_replace(out: Path, replaceable: Callable[[Manifest], bool]) -> bool:
-    if not out.is_dir():
-        return False
-    if not any(out.iterdir()):
-        return True
-    try:
-        manifest = read_manifest(out)
-    except ModelLoadError:
-        return False
-    return manifest is not None and replaceable(manifest)
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    # rename() is atomic but cannot replace a non-empty directory, so an existing build is
-    # moved aside first: between the two renames `out` is briefly absent, never half-built.
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    retired = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-    out.rename(retired)
-    try:
-        staging.rename(out)
-    except BaseException:
-        retired.rename(out)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:

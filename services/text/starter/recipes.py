@@ -18,6 +18,7 @@ from typing import Any
 
 from services.core.errors import ModelLoadError
 from services.core.manifest import Manifest, read_manifest, verify_model_dir, write_manifest
+from services.core.model_dir import write_model_dir
 from services.text.evaluation import evaluate_model_dir
 from services.text.starter import disaster_tweets, rotten_tomatoes
 from services.text.training import (
@@ -33,7 +34,6 @@ from services.text.training import (
     save_classifier,
     split_examples,
     train_adapter,
-    write_model_dir,
 )
 
 logger = logging.getLogger(__name__)
