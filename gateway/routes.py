@@ -21,6 +21,7 @@ from gateway.schemas import (
     TextPredictResponse,
 )
 from gateway.upstreams import Upstreams
+from services.core.contracts import MULTIPART_IMAGES_SCHEMA, PoseJsonRequest, PosePredictResponse
 from services.core.errors import (
     BatchTooLarge,
     BodyTooLarge,
@@ -31,6 +32,7 @@ from services.core.errors import (
     PayloadTooLarge,
     RequestTimedOut,
     UnknownTask,
+    UnsupportedMediaType,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -85,6 +87,7 @@ def _predict_error_responses() -> dict[int | str, dict[str, object]]:
         RequestTimedOut,
         UpstreamTimeout,
         BodyTooLarge,
+        UnsupportedMediaType,
     )
 
 
@@ -93,19 +96,30 @@ predict_router = APIRouter(prefix="/v1", tags=["predict"])
 
 @predict_router.post(
     "/{task}/predict",
-    summary="Classify texts",
-    response_model=TextPredictResponse,
+    summary="Classify texts or images with the task's model",
+    response_model=TextPredictResponse | PosePredictResponse,
     responses=_predict_error_responses(),
-    # The body is forwarded as raw bytes, so its schema is declared here rather than parsed.
+    # The body is forwarded as raw bytes, so its schema is declared here rather than parsed:
+    # text tasks take {"text": [...]}, image tasks {"images": [base64...]} or multipart.
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": TextPredictRequest.model_json_schema()}},
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            TextPredictRequest.model_json_schema(),
+                            PoseJsonRequest.model_json_schema(),
+                        ]
+                    }
+                },
+                "multipart/form-data": {"schema": MULTIPART_IMAGES_SCHEMA},
+            },
         }
     },
 )
 async def predict(task: KnownTask, request: Request, upstreams: UpstreamsDep) -> Response:
-    """Classify texts with the model of the task; the service's answer is relayed unchanged."""
+    """Classify with the task's model; the service's answer is relayed unchanged."""
     answer = await upstreams.predict(
         task, await request.body(), request.headers.get("content-type")
     )

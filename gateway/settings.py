@@ -52,7 +52,7 @@ class GatewaySettings(BaseSettings):
     max_connections: int = Field(default=100, ge=1)
     """Most connections open at once to all services together (one shared pool)."""
 
-    max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     """Largest request body accepted; larger ones get 413 before anything is forwarded."""
 
     log_level: LogLevel = "info"

@@ -46,3 +46,50 @@ class TextPredictResponse(BaseModel):
         description="Indices of texts longer than the model's token limit, which were "
         "classified on their beginning only.",
     )
+
+
+class PoseJsonRequest(BaseModel):
+    """Images to classify as base64 strings, in the order their predictions are returned."""
+
+    images: list[str] = Field(
+        min_length=1,
+        description="Base64-encoded JPEG, PNG or WebP files (a `data:image/...;base64,` "
+        "prefix is allowed), at most MTC_MAX_IMAGES_PER_REQUEST (default 16).",
+    )
+
+
+class KeypointBody(BaseModel):
+    """One body landmark, as a fraction of the upright image's width and height."""
+
+    name: str
+    x: float
+    y: float
+    visibility: float
+
+
+class PosePredictResponse(BaseModel):
+    """Every label per image, highest score first, images in input order."""
+
+    model: ModelRef
+    predictions: list[list[LabelScoreBody]]
+    keypoints: list[list[KeypointBody] | None] = Field(
+        description="Per image, the 33 body landmarks found (x, y as fractions of the upright "
+        "image's width and height, 0 at the top left), or null when no person was found or "
+        "the model does not locate landmarks."
+    )
+
+
+IMAGE_FILE_FIELD = "image"
+MULTIPART_IMAGES_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "properties": {
+        IMAGE_FILE_FIELD: {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One part per image (JPEG, PNG or WebP; the type is read from the "
+            "content, not the file name).",
+        }
+    },
+    "required": [IMAGE_FILE_FIELD],
+}
+"""OpenAPI schema of a multipart image upload (one `image` part per image)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.pose_images import opencv_doc_data, pedestrian_crop
 from tests.support.processes import free_port, free_port_pair, start, stop, wait_for_http
 
 pytestmark = pytest.mark.e2e
@@ -47,9 +49,13 @@ def starter_models() -> list[str]:
         cwd=REPO,
     )
     return [
-        option
-        for task in ("sentiment", "disaster")
-        for option in ("--model", f"{task}={MODELS_DIR / task}")
+        *(
+            option
+            for task in ("sentiment", "disaster")
+            for option in ("--model", f"{task}={MODELS_DIR / task}")
+        ),
+        "--pose-model",
+        f"pose={MODELS_DIR / 'pose'}",
     ]
 
 
@@ -116,6 +122,34 @@ def test_disaster_through_the_gateway(stack: Stack) -> None:
     assert top == ["not_disaster", "not_disaster", "disaster", "disaster"]
 
 
+def test_pose_through_the_gateway(stack: Stack) -> None:
+    data = opencv_doc_data()
+    walker = pedestrian_crop(data)
+    multipart = httpx.post(
+        f"{stack.base}/v1/pose/predict",
+        files=[("image", ("walker.png", walker, "image/png"))],
+        timeout=60,
+    )
+    assert multipart.status_code == 200, multipart.text
+    body = multipart.json()
+    assert body["predictions"][0][0]["label"] == "standing"
+    assert len(body["keypoints"][0]) == 33
+    as_json = httpx.post(
+        f"{stack.base}/v1/pose/predict",
+        json={"images": [base64.b64encode(walker).decode()]},
+        timeout=60,
+    )
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json()["predictions"] == body["predictions"]
+    refused = httpx.post(
+        f"{stack.base}/v1/pose/predict",
+        files=[("image", ("notes.jpg", b"just some text", "image/jpeg"))],
+        timeout=60,
+    )
+    assert refused.status_code == 415
+    assert "image[0]" in refused.json()["detail"]
+
+
 def test_json_without_content_type_through_the_gateway(stack: Stack) -> None:
     response = httpx.post(
         f"{stack.base}/v1/sentiment/predict",
@@ -144,7 +178,7 @@ def test_errors_through_the_gateway(stack: Stack) -> None:
 def test_models_and_service_endpoints(stack: Stack) -> None:
     models = httpx.get(f"{stack.base}/v1/models", timeout=30).json()["models"]
     by_task = {m["task"]: m for m in models}
-    assert sorted(by_task) == ["disaster", "sentiment"]
+    assert sorted(by_task) == ["disaster", "pose", "sentiment"]
     assert all(m["ready"] for m in models)
     assert by_task["sentiment"]["labels"] == ["NEGATIVE", "POSITIVE"]
     assert by_task["disaster"]["labels"] == ["not_disaster", "disaster"]
@@ -169,6 +203,6 @@ def test_interrupt_stops_every_process(starter_models: list[str], tmp_path: Path
         assert process.wait(timeout=30) == 0
     finally:
         stop(process, kill=True)
-    for port in (gateway_port, service_port, service_port + 1):
+    for port in (gateway_port, service_port, service_port + 1, service_port + 2):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"

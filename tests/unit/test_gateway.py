@@ -508,13 +508,17 @@ def test_openapi_documents_the_predict_contract(gateway: httpx.Client) -> None:
 
     assert response.status_code == 200
     operation = response.json()["paths"]["/v1/{task}/predict"]["post"]
-    schema = operation["requestBody"]["content"]["application/json"]["schema"]
-    assert schema["required"] == ["text"]
-    assert schema["properties"]["text"]["type"] == "array"
-    assert schema["properties"]["text"]["items"] == {"type": "string"}
-    assert schema["properties"]["text"]["minItems"] == 1
-    assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/TextPredictResponse"
-    }
-    assert {"404", "413", "422", "429", "503", "504"} <= set(operation["responses"])
+    content = operation["requestBody"]["content"]
+    text_schema, images_schema = content["application/json"]["schema"]["oneOf"]
+    assert text_schema["required"] == ["text"]
+    assert text_schema["properties"]["text"]["type"] == "array"
+    assert text_schema["properties"]["text"]["items"] == {"type": "string"}
+    assert text_schema["properties"]["text"]["minItems"] == 1
+    assert images_schema["required"] == ["images"]
+    image_parts = content["multipart/form-data"]["schema"]["properties"]["image"]
+    assert image_parts["items"] == {"type": "string", "format": "binary"}
+    answers = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert {"$ref": "#/components/schemas/TextPredictResponse"} in answers["anyOf"]
+    assert {"$ref": "#/components/schemas/PosePredictResponse"} in answers["anyOf"]
+    assert {"404", "413", "415", "422", "429", "503", "504"} <= set(operation["responses"])
     assert gateway.get("/docs").status_code == 200

@@ -8,13 +8,15 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from gateway.settings import GatewaySettings
+from services.pose.settings import PoseSettings
 from services.text.settings import TextSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
-    ("settings", "prefix"), [(TextSettings, "MTC_"), (GatewaySettings, "MTC_GATEWAY_")]
+    ("settings", "prefix"),
+    [(TextSettings, "MTC_"), (PoseSettings, "MTC_"), (GatewaySettings, "MTC_GATEWAY_")],
 )
 def test_every_setting_is_in_the_configuration_table(
     settings: type[BaseSettings], prefix: str

@@ -1,0 +1,1 @@
+"""Image service: human pose / action classification from photos."""

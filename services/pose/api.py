@@ -1,0 +1,267 @@
+"""HTTP API of the pose service: `POST /v1/{task}/predict` with images, on the core app.
+
+One route takes either a multipart upload (one or more `image` file parts) or JSON
+`{"images": ["<base64>", ...]}`, told apart by the request's Content-Type (JSON when
+there is none). Every image is validated and decoded here, before anything is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.core.api import DataPlaneDep, create_app, timing_headers
+from services.core.contracts import (
+    IMAGE_FILE_FIELD,
+    MULTIPART_IMAGES_SCHEMA,
+    PoseJsonRequest,
+    PosePredictResponse,
+)
+from services.core.dataplane import DataPlane
+from services.core.errors import (
+    BatchTooLarge,
+    BodyTooLarge,
+    InvalidInput,
+    ItemTooLarge,
+    ModelNotReady,
+    Overloaded,
+    RequestTimedOut,
+    UnsupportedMediaType,
+)
+from services.core.http_errors import error_responses
+from services.pose.images import (
+    DecodedImage,
+    ImageLimits,
+    decode_image,
+    guard_decompression_bombs,
+)
+from services.pose.keypoints import KeypointResolver
+from services.pose.models.auto import AutoPoseModel
+from services.pose.models.base import PoseModel
+from services.pose.models.hf_image_classifier import HfImageClassifier
+from services.pose.models.landmark_classifier import LandmarkClassifier
+from services.pose.settings import PoseSettings
+
+FILE_FIELD: Final = IMAGE_FILE_FIELD
+JSON_FIELD: Final = "images"
+_DATA_URL_MARK: Final = ";base64,"
+
+
+def _validation_error(location: Sequence[str | int], kind: str, message: str) -> Exception:
+    # FastAPI's own 422 body, as if the request had been parsed by a declared body model.
+    return RequestValidationError(
+        [{"type": kind, "loc": ("body", *location), "msg": message, "input": None}]
+    )
+
+
+class ImageUploadReader:
+    """Reads a predict request's images (multipart or base64 JSON) and decodes them."""
+
+    def __init__(self, settings: PoseSettings) -> None:
+        self.settings = settings
+        self.limits = ImageLimits(
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            min_side=settings.min_image_side,
+            max_side=settings.decode_max_side,
+        )
+
+    async def read(self, request: Request) -> list[DecodedImage]:
+        """Validated, decoded images of the request, in order; raises naming the bad item."""
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            raw = await self._multipart(request)
+        elif content_type in ("", "application/json") or content_type.endswith("+json"):
+            raw = await self._json(request)
+        else:
+            raise UnsupportedMediaType(
+                f"Content-Type {content_type!r} is not accepted; send multipart/form-data "
+                f"with one `{FILE_FIELD}` part per image, or application/json "
+                f'{{"{JSON_FIELD}": ["<base64>", ...]}}'
+            )
+        # Decoding is CPU work: keep it off the event loop.
+        return await asyncio.to_thread(self._decode_all, raw)
+
+    def _check_count(self, count: int, location: str) -> None:
+        if count == 0:
+            raise _validation_error([location], "missing", "Field required")
+        if count > self.settings.max_images_per_request:
+            raise BatchTooLarge(
+                f"{count} images in one request; the limit is "
+                f"{self.settings.max_images_per_request} (MTC_MAX_IMAGES_PER_REQUEST)"
+            )
+
+    async def _multipart(self, request: Request) -> list[tuple[str, bytes]]:
+        try:
+            # The body size is already bounded by MTC_MAX_BODY_BYTES; these bound the parts.
+            form = await request.form(
+                max_files=max(1000, self.settings.max_images_per_request + 1), max_fields=1000
+            )
+        except StarletteHTTPException as exc:
+            raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
+        try:
+            parts = form.getlist(FILE_FIELD)
+            self._check_count(len(parts), FILE_FIELD)
+            raw: list[tuple[str, bytes]] = []
+            for index, part in enumerate(parts):
+                if not isinstance(part, UploadFile):
+                    raise InvalidInput(
+                        f"{FILE_FIELD}[{index}] is a plain form field; send it as a file part"
+                    )
+                label = f"{FILE_FIELD}[{index}]" + (f" ({part.filename})" if part.filename else "")
+                # Read at most one byte past the limit: enough to know it is too large.
+                data = await part.read(self.limits.max_bytes + 1)
+                raw.append((label, data))
+            return raw
+        finally:
+            await form.close()
+
+    async def _json(self, request: Request) -> list[tuple[str, bytes]]:
+        body = await request.body()
+        try:
+            document: Any = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "json_invalid",
+                        "loc": ("body", getattr(exc, "pos", 0)),
+                        "msg": "JSON decode error",
+                        "input": {},
+                        "ctx": {"error": getattr(exc, "msg", str(exc))},
+                    }
+                ]
+            ) from None
+        if isinstance(document, dict) and JSON_FIELD in document:
+            images = document[JSON_FIELD]
+            # Count before validating every string, so 10,000 images answer 413 at once.
+            if isinstance(images, list) and len(images) > self.settings.max_images_per_request:
+                self._check_count(len(images), JSON_FIELD)
+        try:
+            parsed = PoseJsonRequest.model_validate(document)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+            ) from None
+        return [
+            (f"{JSON_FIELD}[{index}]", self._base64(f"{JSON_FIELD}[{index}]", text))
+            for index, text in enumerate(parsed.images)
+        ]
+
+    def _base64(self, label: str, text: str) -> bytes:
+        if text.startswith("data:") and _DATA_URL_MARK in text[:100]:
+            text = text.split(_DATA_URL_MARK, 1)[1]
+        # Size check before decoding: base64 is 4 characters per 3 bytes.
+        if len(text) * 3 // 4 > self.limits.max_bytes + 3:
+            raise ItemTooLarge(
+                f"{label}: about {len(text) * 3 // 4} bytes; the limit is "
+                f"{self.limits.max_bytes} (MTC_MAX_IMAGE_BYTES)"
+            )
+        try:
+            return base64.b64decode("".join(text.split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"{label}: not valid base64") from None
+
+    def _decode_all(self, raw: list[tuple[str, bytes]]) -> list[DecodedImage]:
+        return [decode_image(data, label=label, limits=self.limits) for label, data in raw]
+
+
+def pose_routes(settings: PoseSettings, model: PoseModel) -> Any:
+    """The route registrar for `create_app`."""
+    reader = ImageUploadReader(settings)
+    guard_decompression_bombs(settings.max_image_pixels)
+
+    def register(app: FastAPI, dataplane: DataPlane[Any]) -> None:
+        keypoints = KeypointResolver(
+            dataplane.cache, settings.task, enabled=settings.cache_ttl_seconds > 0
+        )
+
+        @app.post(
+            f"/v1/{settings.task}/predict",
+            tags=[settings.task],
+            response_model=PosePredictResponse,
+            responses=error_responses(
+                InvalidInput,
+                BatchTooLarge,
+                BodyTooLarge,
+                ItemTooLarge,
+                UnsupportedMediaType,
+                Overloaded,
+                ModelNotReady,
+                RequestTimedOut,
+            ),
+            summary=f"Classify the pose in photos ({settings.task})",
+            # The body is read by hand (two content types), so its schema is declared here.
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {"schema": MULTIPART_IMAGES_SCHEMA},
+                        "application/json": {"schema": PoseJsonRequest.model_json_schema()},
+                    },
+                }
+            },
+        )
+        async def predict(request: Request, plane: DataPlaneDep) -> JSONResponse:
+            """Classify each image; every label is returned with its score, highest first."""
+            if not model.ready:
+                raise ModelNotReady(f"the {settings.task} model is not loaded yet")
+            images = await reader.read(request)
+            result = await plane.predict(images)
+            found = await keypoints.resolve(model, images)
+            meta = model.metadata
+            response = {
+                "model": {"name": meta.name, "version": meta.version},
+                "predictions": [
+                    [{"label": s.label, "score": s.score} for s in scores]
+                    for scores in result.predictions
+                ],
+                "keypoints": [
+                    None
+                    if points is None
+                    else [
+                        {"name": k.name, "x": k.x, "y": k.y, "visibility": k.visibility}
+                        for k in points
+                    ]
+                    for points in found
+                ],
+            }
+            return JSONResponse(
+                response, headers=timing_headers(result.queue_seconds, result.inference_seconds)
+            )
+
+    return register
+
+
+def build_app(settings: PoseSettings, model: PoseModel | None = None) -> FastAPI:
+    """The pose service application; the model class follows the model directory's config."""
+    limits = {
+        "max_images_per_request": settings.max_images_per_request,
+        "max_image_bytes": settings.max_image_bytes,
+        "max_image_pixels": settings.max_image_pixels,
+        "min_image_side": settings.min_image_side,
+        "max_body_bytes": settings.max_body_bytes,
+    }
+    classifier = model or AutoPoseModel(
+        landmarks=lambda: LandmarkClassifier(limits=limits),
+        hf_image=lambda: HfImageClassifier(torch_threads=settings.torch_threads, limits=limits),
+    )
+    return create_app(
+        settings,
+        classifier,
+        register_routes=pose_routes(settings, classifier),
+        title=f"mtc pose service: {settings.task}",
+        description="Human pose classification from photos: MediaPipe Pose landmarks with a "
+        "geometric classifier, or any Hugging Face image-classification model.",
+    )

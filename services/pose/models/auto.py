@@ -1,0 +1,65 @@
+"""`AutoPoseModel`: picks the pose model class from the model directory it is given.
+
+The service is built before its model is fetched (an `s3://` model arrives only during
+start-up), so the choice between the landmark classifier and a Hugging Face image
+classifier is made in `load`, from the fetched directory's `config.json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from services.core.model import LabelScore, ModelMetadata
+from services.pose.images import DecodedImage
+from services.pose.landmarks import is_landmark_model_dir
+from services.pose.models.base import Keypoints, PoseModel
+from services.pose.models.hf_image_classifier import HfImageClassifier
+from services.pose.models.landmark_classifier import LandmarkClassifier
+
+
+class AutoPoseModel(PoseModel):
+    """Delegates to a `LandmarkClassifier` when `config.json` has
+    `"model_type": "mtc-pose-landmarks"`, and to an `HfImageClassifier` otherwise."""
+
+    runtime = "auto"
+
+    def __init__(
+        self,
+        *,
+        landmarks: Callable[[], LandmarkClassifier],
+        hf_image: Callable[[], HfImageClassifier],
+    ) -> None:
+        super().__init__()
+        self._factories = (landmarks, hf_image)
+        self._inner: PoseModel | None = None
+
+    @property
+    def inner(self) -> PoseModel:
+        """The model chosen at load time."""
+        if self._inner is None:
+            raise RuntimeError("model is not loaded")
+        return self._inner
+
+    async def load(self, model_dir: Path) -> ModelMetadata:
+        """Choose the model class from `model_dir/config.json`, then load it."""
+        landmarks, hf_image = self._factories
+        inner: PoseModel = landmarks() if is_landmark_model_dir(model_dir) else hf_image()
+        metadata = await inner.load(model_dir)
+        self._inner = inner
+        # Cache keys and `/v1/models` report the runtime of the model actually chosen.
+        self.runtime = inner.runtime  # type: ignore[misc]
+        self.gives_keypoints = inner.gives_keypoints
+        return metadata
+
+    def predict(self, batch: Sequence[DecodedImage]) -> list[list[LabelScore]]:
+        """The chosen model's predictions."""
+        return self.inner.predict(batch)
+
+    def keypoints(self, item: DecodedImage) -> Keypoints | None:
+        """The chosen model's keypoints."""
+        return self.inner.keypoints(item)
+
+    def recorded_keypoints(self, sha256: str) -> tuple[bool, Keypoints | None]:
+        """Keypoints the chosen model recorded."""
+        return self.inner.recorded_keypoints(sha256)

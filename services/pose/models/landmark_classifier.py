@@ -1,0 +1,106 @@
+"""MediaPipe Pose landmarks + a linear softmax on their geometry: the offline pose model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.core.errors import ModelLoadError
+from services.core.manifest import content_version, read_manifest
+from services.core.model import LabelScore, ModelMetadata
+from services.pose.images import DecodedImage
+from services.pose.landmarks import (
+    LandmarkDetector,
+    LandmarkModelConfig,
+    landmark_features,
+    read_landmark_config,
+)
+from services.pose.models.base import Keypoints, PoseModel
+
+
+class LandmarkClassifier(PoseModel):
+    """Scores `standing`, `sitting`, `lying`, `no_person` (or the labels a trained config
+    names) from the 33 MediaPipe landmarks, and returns those landmarks as keypoints.
+
+    The directory is a `config.json` as written by `services.pose.starter` or
+    `services.pose.training` (see `services.pose.landmarks`), plus `manifest.json`.
+    """
+
+    runtime = "mediapipe"
+    gives_keypoints = True
+
+    def __init__(self, *, limits: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._limits = dict(limits or {})
+        self._config: LandmarkModelConfig | None = None
+        self._detector: LandmarkDetector | None = None
+
+    async def load(self, model_dir: Path) -> ModelMetadata:
+        """Read the config and start MediaPipe once, so a broken install fails the load."""
+        return await asyncio.to_thread(self._load, model_dir)
+
+    def _load(self, model_dir: Path) -> ModelMetadata:
+        if not (model_dir / "config.json").is_file():
+            raise ModelLoadError(f"{model_dir}: no config.json; not a landmark model directory")
+        config = read_landmark_config(model_dir)
+        detector = LandmarkDetector(config.detector)
+        try:
+            detector.detect(np.zeros((64, 64, 3), dtype=np.uint8))
+        except (ImportError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"MediaPipe Pose cannot run here: {exc}") from exc
+        labels = list(config.head.labels)
+        manifest = read_manifest(model_dir)
+        if manifest is not None:
+            if manifest.labels and manifest.labels != labels:
+                raise ModelLoadError(
+                    f"{model_dir}: manifest labels {manifest.labels} differ from "
+                    f"config.json labels {labels}"
+                )
+            name, version = manifest.name, manifest.version
+        else:
+            name, version = model_dir.resolve().name, content_version(model_dir)
+        self._config = config
+        self._detector = detector
+        return ModelMetadata(
+            name=name,
+            version=version,
+            labels=labels,
+            limits={**self._limits, "classifier": config.classifier},
+        )
+
+    def _ready_parts(self) -> tuple[LandmarkModelConfig, LandmarkDetector]:
+        if self._config is None or self._detector is None:
+            raise RuntimeError("model is not loaded")
+        return self._config, self._detector
+
+    def keypoints(self, item: DecodedImage) -> Keypoints | None:
+        """MediaPipe's 33 landmarks for the image, or None when it finds no person."""
+        _, detector = self._ready_parts()
+        return detector.detect(item.pixels)
+
+    def predict(self, batch: Sequence[DecodedImage]) -> list[list[LabelScore]]:
+        """Label scores per image, highest first; keypoints are recorded for the API."""
+        config, detector = self._ready_parts()
+        found = [detector.detect(item.pixels) for item in batch]
+        features = np.stack(
+            [
+                landmark_features(
+                    keypoints, item.width, item.height, is_person=detector.is_person(keypoints)
+                )
+                for item, keypoints in zip(batch, found, strict=True)
+            ]
+        )
+        self.record_keypoints([(item.sha256, kp) for item, kp in zip(batch, found, strict=True)])
+        results: list[list[LabelScore]] = []
+        for row in config.head.probabilities(features):
+            scores = [
+                LabelScore(label, float(score))
+                for label, score in zip(config.head.labels, row, strict=True)
+            ]
+            scores.sort(key=lambda entry: entry.score, reverse=True)
+            results.append(scores)
+        return results
