@@ -37,6 +37,7 @@ def test_expected_commands_exist() -> None:
         "models pull",
         "models ls",
         "train text",
+        "train pose",
         "eval",
     ):
         assert expected in paths
