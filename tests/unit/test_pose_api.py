@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from services.core.model import LabelScore
 from services.pose.api import build_app
+from services.pose.images import DecodedImage
+from services.pose.models.hf_image_classifier import HfImageClassifier
 from services.pose.settings import PoseSettings
 from tests.support.pose_images import (
     TINY_VIT_LABELS,
@@ -227,3 +231,42 @@ def test_models_route_and_openapi(client: TestClient) -> None:
 def test_settings_refuse_inconsistent_limits() -> None:
     with pytest.raises(ValueError, match="max_images_per_request"):
         PoseSettings(max_images_per_request=100, max_queued_items=50, max_batch_size=8)
+
+
+class SlowImageClassifier(HfImageClassifier):
+    """The tiny ViT, one second per batch: keeps the queue full."""
+
+    def predict(self, batch: Sequence[DecodedImage]) -> list[list[LabelScore]]:
+        time.sleep(1.0)
+        return super().predict(batch)
+
+
+def test_a_full_queue_answers_429_and_the_queued_work_completes(tiny_vit_dir: Path) -> None:
+    settings = settings_for(
+        tiny_vit_dir,
+        max_queued_items=4,
+        max_items_per_request=4,
+        max_images_per_request=4,
+        max_batch_size=1,
+    )
+    distinct = [image_bytes((32 + i, 32), image_format="PNG") for i in range(6)]
+    with TestClient(build_app(settings, SlowImageClassifier())) as client:
+        wait_ready(client)
+        results: list[int] = []
+
+        def fill() -> None:
+            batch = files(*((f"a{i}.png", data) for i, data in enumerate(distinct[:4])))
+            results.append(client.post(URL, files=batch).status_code)
+
+        first = threading.Thread(target=fill)
+        first.start()
+        deadline = time.monotonic() + 20
+        while metric(client, "mtc_queue_depth", task="pose") < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        refused = client.post(URL, files=files(("b.png", distinct[4]), ("c.png", distinct[5])))
+        first.join()
+    assert refused.status_code == 429
+    assert refused.json()["error_type"] == "overloaded"
+    assert refused.headers["retry-after"] == "1"
+    assert results == [200]
