@@ -249,3 +249,21 @@ def timing_headers(queue_seconds: float, inference_seconds: float) -> dict[str, 
 def json_response(body: BaseModel, headers: dict[str, str]) -> JSONResponse:
     """A JSON response from a pydantic body with extra headers."""
     return JSONResponse(body.model_dump(mode="json"), headers=headers)
+
+
+def serve(app: FastAPI, settings: ServiceSettings) -> None:
+    """Run a service app with uvicorn until interrupted (the `python -m` entry points)."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Per-request access lines would cost more than a cached prediction; metrics count them.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )

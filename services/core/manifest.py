@@ -159,3 +159,17 @@ def content_version(model_dir: Path) -> str:
         digest.update(path.as_posix().encode("utf-8") + b"\0")
         digest.update(sha256_file(model_dir / path).encode("ascii") + b"\n")
     return "sha256-" + digest.hexdigest()[:12]
+
+
+def model_identity(model_dir: Path, labels: list[str]) -> tuple[str, str]:
+    """(name, version) of a model directory: from its manifest, whose labels must match the
+    model's own, or else the directory name and a content-derived version."""
+    manifest = read_manifest(model_dir)
+    if manifest is None:
+        return model_dir.resolve().name, content_version(model_dir)
+    if manifest.labels and manifest.labels != labels:
+        raise ModelLoadError(
+            f"{model_dir}: manifest labels {manifest.labels} differ from the model's own "
+            f"labels {labels}"
+        )
+    return manifest.name, manifest.version

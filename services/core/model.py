@@ -19,6 +19,16 @@ class LabelScore:
     score: float
 
 
+def rank_scores(labels: Sequence[str], rows: Sequence[Sequence[float]]) -> list[list[LabelScore]]:
+    """Per row, every label with its score, highest first (the shape every model returns)."""
+    ranked: list[list[LabelScore]] = []
+    for row in rows:
+        scores = [LabelScore(label, float(score)) for label, score in zip(labels, row, strict=True)]
+        scores.sort(key=lambda entry: entry.score, reverse=True)
+        ranked.append(scores)
+    return ranked
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """What a loaded model is: reported by `/v1/models`, responses and `mtc_model_info`."""

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
-import uvicorn
-
+from services.core.api import serve
 from services.pose.api import build_app
 from services.pose.settings import PoseSettings
 
@@ -13,17 +10,7 @@ from services.pose.settings import PoseSettings
 def main() -> None:
     """Read settings, build the app and serve it until interrupted."""
     settings = PoseSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    uvicorn.run(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    serve(build_app(settings), settings)
 
 
 if __name__ == "__main__":

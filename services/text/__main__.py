@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
-import uvicorn
-
+from services.core.api import serve
 from services.text.api import build_app
 from services.text.settings import TextSettings
 
@@ -13,17 +10,7 @@ from services.text.settings import TextSettings
 def main() -> None:
     """Read settings, build the app and serve it until interrupted."""
     settings = TextSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    uvicorn.run(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    serve(build_app(settings), settings)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import ModelLoadError
-from services.core.manifest import content_version, read_manifest
-from services.core.model import LabelScore, ModelMetadata
+from services.core.manifest import model_identity
+from services.core.model import LabelScore, ModelMetadata, rank_scores
 from services.pose.images import DecodedImage
 from services.pose.models.base import PoseModel
 
@@ -58,17 +58,7 @@ class HfImageClassifier(PoseModel):
         config = model.config
         labels = [str(config.id2label[index]) for index in range(config.num_labels)]
 
-        manifest = read_manifest(model_dir)
-        if manifest is not None:
-            if manifest.labels and manifest.labels != labels:
-                raise ModelLoadError(
-                    f"{model_dir}: manifest labels {manifest.labels} differ from "
-                    f"config.json id2label {labels}"
-                )
-            name, version = manifest.name, manifest.version
-        else:
-            name = model_dir.resolve().name
-            version = content_version(model_dir)
+        name, version = model_identity(model_dir, labels)
 
         self._processor = processor
         self._model = model
@@ -83,12 +73,4 @@ class HfImageClassifier(PoseModel):
             inputs = self._processor(images=[item.pixels for item in batch], return_tensors="pt")
         with torch.inference_mode():
             logits = self._model(**inputs).logits.float()
-        results: list[list[LabelScore]] = []
-        for row in logits.softmax(dim=-1).tolist():
-            scores = [
-                LabelScore(label, float(score))
-                for label, score in zip(self._labels, row, strict=True)
-            ]
-            scores.sort(key=lambda entry: entry.score, reverse=True)
-            results.append(scores)
-        return results
+        return rank_scores(self._labels, logits.softmax(dim=-1).tolist())

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from services.core.errors import ModelLoadError
-from services.core.manifest import content_version, read_manifest
+from services.core.manifest import model_identity
 from services.core.model import LabelScore, ModelMetadata
 from services.pose.images import DecodedImage
 from services.pose.landmarks import (
@@ -53,16 +53,7 @@ class LandmarkClassifier(PoseModel):
         except (ImportError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"MediaPipe Pose cannot run here: {exc}") from exc
         labels = list(config.head.labels)
-        manifest = read_manifest(model_dir)
-        if manifest is not None:
-            if manifest.labels and manifest.labels != labels:
-                raise ModelLoadError(
-                    f"{model_dir}: manifest labels {manifest.labels} differ from "
-                    f"config.json labels {labels}"
-                )
-            name, version = manifest.name, manifest.version
-        else:
-            name, version = model_dir.resolve().name, content_version(model_dir)
+        name, version = model_identity(model_dir, labels)
         self._config = config
         self._detector = detector
         return ModelMetadata(

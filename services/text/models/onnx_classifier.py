@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from services.core.errors import ModelLoadError
-from services.core.model import LabelScore, ModelMetadata
+from services.core.model import LabelScore, ModelMetadata, rank_scores
 from services.text.models.sequence_classifier import SequenceClassifier
 from services.text.onnx_export import (
     EXPORT_COMMAND,
@@ -114,12 +114,4 @@ class OnnxSequenceClassifier(SequenceClassifier):
         else:
             exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
-        results: list[list[LabelScore]] = []
-        for row in probabilities.tolist():
-            scores = [
-                LabelScore(label, float(score))
-                for label, score in zip(self._labels, row, strict=True)
-            ]
-            scores.sort(key=lambda entry: entry.score, reverse=True)
-            results.append(scores)
-        return results
+        return rank_scores(self._labels, probabilities.tolist())

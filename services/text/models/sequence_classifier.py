@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import ModelLoadError
-from services.core.manifest import content_version, read_manifest
-from services.core.model import ClassifierModel, LabelScore, ModelMetadata
+from services.core.manifest import model_identity
+from services.core.model import ClassifierModel, LabelScore, ModelMetadata, rank_scores
 
 # Position-embedding tables cap what the model can read; tokenizers sometimes report a
 # sentinel (1e30) instead of a real maximum.
@@ -74,17 +74,7 @@ class SequenceClassifier(ClassifierModel[str]):
         if self._max_tokens_cap is not None:
             limit = min(limit, self._max_tokens_cap)
 
-        manifest = read_manifest(model_dir)
-        if manifest is not None:
-            if manifest.labels and manifest.labels != labels:
-                raise ModelLoadError(
-                    f"{model_dir}: manifest labels {manifest.labels} differ from "
-                    f"config.json id2label {labels}"
-                )
-            name, version = manifest.name, manifest.version
-        else:
-            name = model_dir.resolve().name
-            version = content_version(model_dir)
+        name, version = model_identity(model_dir, labels)
 
         self._tokenizer = tokenizer
         self._model = model
@@ -136,12 +126,4 @@ class SequenceClassifier(ClassifierModel[str]):
         with torch.inference_mode():
             logits = self._model(**encoded).logits.float()
         probabilities = torch.sigmoid(logits) if self._multi_label else logits.softmax(dim=-1)
-        results: list[list[LabelScore]] = []
-        for row in probabilities.tolist():
-            scores = [
-                LabelScore(label, float(score))
-                for label, score in zip(self._labels, row, strict=True)
-            ]
-            scores.sort(key=lambda entry: entry.score, reverse=True)
-            results.append(scores)
-        return results
+        return rank_scores(self._labels, probabilities.tolist())
