@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.support.pose_images import (
     opencv_doc_data,
     pedestrian_crop,
 )
+from tests.support.service_client import wait_ready
 
 URL = "/v1/pose/predict"
 
@@ -38,17 +38,6 @@ def photos() -> Path:
 @pytest.fixture(scope="module")
 def starter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_pose_starter(tmp_path_factory.mktemp("models") / "pose").out
-
-
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        response = client.get("/health/ready")
-        if response.status_code == 200:
-            return
-        assert "failed" not in response.json()["detail"], response.json()
-        time.sleep(0.05)
-    raise AssertionError("model never became ready")
 
 
 def serve(model_dir: Path, **overrides: Any) -> TestClient:

@@ -13,7 +13,8 @@ from services.core.cache import RedisCache
 from services.text.api import build_app
 from services.text.settings import TextSettings
 from tests.support.processes import start_redis, stop
-from tests.unit.test_text_api import URL, metric, wait_ready
+from tests.support.service_client import metric, wait_ready
+from tests.unit.test_text_api import URL
 
 
 async def test_values_round_trip_with_ttl(

@@ -16,7 +16,8 @@ from services.core.manifest import write_manifest
 from services.core.store import ModelStore
 from services.text.api import build_app
 from services.text.settings import TextSettings
-from tests.unit.test_text_api import URL, wait_ready
+from tests.support.service_client import wait_ready
+from tests.unit.test_text_api import URL
 
 pytestmark = pytest.mark.usefixtures("aws_credentials")
 

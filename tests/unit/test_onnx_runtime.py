@@ -20,7 +20,8 @@ from services.text.models.sequence_classifier import SequenceClassifier
 from services.text.onnx_export import ONNX_FILE, ExportError, export_onnx_int8, main
 from services.text.settings import TextSettings
 from tests.support.models import TINY_LABELS
-from tests.unit.test_text_api import URL, settings_for, wait_ready
+from tests.support.service_client import wait_ready
+from tests.unit.test_text_api import URL, settings_for
 
 SENTENCES = [
     "An absolute triumph, moving and beautifully acted.",

@@ -24,6 +24,7 @@ from tests.support.pose_images import (
     png_claiming,
     truncated_jpeg,
 )
+from tests.support.service_client import metric, wait_ready
 
 URL = "/v1/pose/predict"
 
@@ -38,31 +39,11 @@ def settings_for(model_dir: Path, **overrides: Any) -> PoseSettings:
     return PoseSettings(task="pose", model_uri=str(model_dir), **overrides)
 
 
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        response = client.get("/health/ready")
-        if response.status_code == 200:
-            return
-        assert "failed" not in response.json()["detail"], response.json()
-        time.sleep(0.02)
-    raise AssertionError("model never became ready")
-
-
 @pytest.fixture
 def client(tiny_vit_dir: Path) -> Iterator[TestClient]:
     with TestClient(build_app(settings_for(tiny_vit_dir))) as test_client:
         wait_ready(test_client)
         yield test_client
-
-
-def metric(client: TestClient, name: str, **labels: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{") and all(
-            f'{key}="{value}"' in line for key, value in labels.items()
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} {labels} not exported")
 
 
 def files(*images: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -16,6 +16,7 @@ from services.core.model import LabelScore
 from services.text.api import build_app
 from services.text.models.sequence_classifier import SequenceClassifier
 from services.text.settings import TextSettings
+from tests.support.service_client import metric, wait_ready
 
 URL = "/v1/sentiment/predict"
 
@@ -24,33 +25,11 @@ def settings_for(model_dir: Path, **overrides: Any) -> TextSettings:
     return TextSettings(task="sentiment", model_uri=str(model_dir), **overrides)
 
 
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        response = client.get("/health/ready")
-        if response.status_code == 200:
-            return
-        assert response.json()["error_type"] == "model_not_ready"
-        assert "failed" not in response.json()["detail"], response.json()
-        time.sleep(0.02)
-    raise AssertionError("model never became ready")
-
-
 @pytest.fixture
 def client(tiny_model_dir: Path) -> Iterator[TestClient]:
     with TestClient(build_app(settings_for(tiny_model_dir))) as test_client:
         wait_ready(test_client)
         yield test_client
-
-
-def metric(client: TestClient, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f"{name}{{") and all(
-            f'{key}="{value}"' in line for key, value in labels.items()
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name}{{{wanted}}} not exported")
 
 
 def test_every_label_sorted_by_score(client: TestClient) -> None:
