@@ -97,13 +97,7 @@ class OnnxSequenceClassifier(SequenceClassifier):
 
     def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
         """Scores for every label of every text, highest first."""
-        encoded = self._thread_tokenizer()(
-            list(batch),
-            padding=True,
-            truncation=True,
-            max_length=self.max_tokens,
-            return_tensors="np",
-        )
+        encoded = self.encode(batch, tensors="np")
         feeds = {name: np.asarray(encoded[name], dtype=np.int64) for name in self._input_names}
         # InferenceSession.run is thread-safe; only the tokenizer needs a per-thread copy.
         (logits,) = self._session.run(["logits"], feeds)

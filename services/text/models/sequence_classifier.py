@@ -112,17 +112,22 @@ class SequenceClassifier(ClassifierModel[str]):
         """Token count, capped at what the model reads."""
         return min(self.token_counts([item])[0], self.max_tokens)
 
-    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
-        """Scores for every label of every text, highest first."""
-        import torch
-
-        encoded = self._thread_tokenizer()(
+    def encode(self, batch: Sequence[str], *, tensors: str) -> Any:
+        """Token ids and masks of a batch, padded to its longest text, truncated at the limit;
+        `tensors` is `pt` (PyTorch) or `np` (NumPy)."""
+        return self._thread_tokenizer()(
             list(batch),
             padding=True,
             truncation=True,
             max_length=self.max_tokens,
-            return_tensors="pt",
+            return_tensors=tensors,
         )
+
+    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+        """Scores for every label of every text, highest first."""
+        import torch
+
+        encoded = self.encode(batch, tensors="pt")
         with torch.inference_mode():
             logits = self._model(**encoded).logits.float()
         probabilities = torch.sigmoid(logits) if self._multi_label else logits.softmax(dim=-1)
