@@ -8,14 +8,11 @@ failure is never a request failure: Redis errors turn into misses.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
-
-from services.core.model import LabelScore
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +27,6 @@ def prediction_key(task: str, model_version: str, item_bytes: bytes) -> str:
         digest.update(len(part).to_bytes(4, "big") + part)
     digest.update(item_bytes)
     return KEY_PREFIX + digest.hexdigest()
-
-
-def encode_prediction(scores: Sequence[LabelScore]) -> bytes:
-    """Compact JSON form of one prediction."""
-    return json.dumps([[s.label, s.score] for s in scores], separators=(",", ":")).encode()
-
-
-def decode_prediction(raw: bytes) -> list[LabelScore]:
-    """Inverse of `encode_prediction`."""
-    return [LabelScore(str(label), float(score)) for label, score in json.loads(raw)]
 
 
 class ResponseCache(Protocol):

@@ -6,6 +6,8 @@ to document the same contract in its own OpenAPI document.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -93,3 +95,69 @@ MULTIPART_IMAGES_SCHEMA: dict[str, object] = {
     "required": [IMAGE_FILE_FIELD],
 }
 """OpenAPI schema of a multipart image upload (one `image` part per image)."""
+
+
+class AudioClipDetail(BaseModel):
+    """What the fused prediction of one clip was made from."""
+
+    audio: list[LabelScoreBody] = Field(
+        description="Scores of the audio classifier (log-mel ResNet), highest first."
+    )
+    text: list[LabelScoreBody] | None = Field(
+        description="Scores of the transcript classifier, highest first; null when there "
+        "was no transcript (ASR off and none sent, or nothing was recognised)."
+    )
+    transcript: str | None = Field(description="The transcript that was classified.")
+    transcript_source: Literal["request", "asr", "none"] = Field(
+        description="`request`: sent by the client; `asr`: recognised by Whisper; `none`."
+    )
+    duration_seconds: float = Field(description="Length of the clip that was analysed.")
+
+
+class AudioPredictResponse(BaseModel):
+    """Fused scores per clip (one list per clip, highest first), and their sources."""
+
+    model: ModelRef
+    predictions: list[list[LabelScoreBody]] = Field(
+        description="Per clip, every label with its fused score, highest first."
+    )
+    clips: list[AudioClipDetail]
+
+
+class AudioS3Request(BaseModel):
+    """A clip stored in S3, in an allow-listed bucket and prefix."""
+
+    s3_uri: str = Field(
+        min_length=6,
+        max_length=2048,
+        description="`s3://bucket/key` of a WAV, FLAC, OGG or MP3 file.",
+        examples=["s3://calls/incoming/2026-11-22/call-0042.wav"],
+    )
+    transcript: str | None = Field(
+        default=None,
+        description="What was said, if known; otherwise the service transcribes the clip "
+        "(unless ASR is off).",
+    )
+
+
+AUDIO_FILE_FIELD = "audio"
+TRANSCRIPT_FIELD = "transcript"
+MULTIPART_AUDIO_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "properties": {
+        AUDIO_FILE_FIELD: {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "One part per clip (WAV, FLAC, OGG/Vorbis or MP3; the type is read "
+            "from the content, not the file name).",
+        },
+        TRANSCRIPT_FIELD: {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Optional: none, or one transcript field per clip in the same "
+            "order; clips without one are transcribed by the service.",
+        },
+    },
+    "required": [AUDIO_FILE_FIELD],
+}
+"""OpenAPI schema of a multipart audio upload."""

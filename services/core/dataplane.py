@@ -10,12 +10,7 @@ from dataclasses import dataclass
 from typing import Generic
 
 from services.core.batching import BatchQueue, PendingItem
-from services.core.cache import (
-    ResponseCache,
-    decode_prediction,
-    encode_prediction,
-    prediction_key,
-)
+from services.core.cache import ResponseCache, prediction_key
 from services.core.errors import BatchTooLarge, ModelNotReady, RequestTimedOut
 from services.core.metrics import ServiceMetrics
 from services.core.model import ClassifierModel, ItemT, LabelScore
@@ -156,7 +151,7 @@ class DataPlane(Generic[ItemT]):
         decoded: list[list[LabelScore] | None] = []
         for value in raw:
             try:
-                decoded.append(decode_prediction(value) if value is not None else None)
+                decoded.append(self.model.decode_prediction(value) if value is not None else None)
             except (ValueError, TypeError):
                 # A malformed entry (another version's format) is a miss, not an error.
                 decoded.append(None)
@@ -165,4 +160,6 @@ class DataPlane(Generic[ItemT]):
     async def _store(self, fresh: dict[str, list[LabelScore]]) -> None:
         if self.settings.cache_ttl_seconds == 0 or not fresh:
             return
-        await self.cache.set_many({key: encode_prediction(p) for key, p in fresh.items()})
+        await self.cache.set_many(
+            {key: self.model.encode_prediction(p) for key, p in fresh.items()}
+        )

@@ -33,6 +33,27 @@ class InvalidInput(MtcError):
     error_type = "invalid_input"
 
 
+class AccessDenied(MtcError):
+    """The request names a resource outside what the service is allowed to read."""
+
+    status_code = 403
+    error_type = "forbidden"
+
+
+class InputNotFound(MtcError):
+    """The request names an input (an object in a store) that does not exist."""
+
+    status_code = 404
+    error_type = "input_not_found"
+
+
+class UnusableContent(MtcError):
+    """The input decodes but holds nothing to classify (silent or empty audio)."""
+
+    status_code = 422
+    error_type = "unusable_content"
+
+
 class UnknownTask(MtcError):
     """No model serves the requested task."""
 

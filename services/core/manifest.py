@@ -50,6 +50,8 @@ class Manifest:
     files: dict[str, str]
     metrics: dict[str, Any] = field(default_factory=dict)
     training_data: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    """Serving parameters that belong to this version (e.g. fusion weights)."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document written to disk."""
@@ -62,6 +64,7 @@ class Manifest:
             "files": self.files,
             "metrics": self.metrics,
             "training_data": self.training_data,
+            "config": self.config,
         }
 
     @classmethod
@@ -78,6 +81,7 @@ class Manifest:
                 files={str(name): str(digest) for name, digest in files.items()},
                 metrics=dict(document.get("metrics") or {}),
                 training_data=dict(document.get("training_data") or {}),
+                config=dict(document.get("config") or {}),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ModelLoadError(f"{source}: malformed {MANIFEST_NAME}: {exc!r}") from exc
@@ -96,6 +100,7 @@ def write_manifest(
     labels: list[str],
     metrics: Mapping[str, Any] | None = None,
     training_data: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Hash every file of `model_dir` and write its manifest (last, after all other files)."""
     manifest = Manifest(
@@ -106,6 +111,7 @@ def write_manifest(
         files={path.as_posix(): sha256_file(model_dir / path) for path in model_files(model_dir)},
         metrics=dict(metrics or {}),
         training_data=dict(training_data or {}),
+        config=dict(config or {}),
     )
     text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
     (model_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")

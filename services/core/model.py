@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,16 @@ def rank_scores(labels: Sequence[str], rows: Sequence[Sequence[float]]) -> list[
         scores.sort(key=lambda entry: entry.score, reverse=True)
         ranked.append(scores)
     return ranked
+
+
+def encode_scores(scores: Sequence[LabelScore]) -> bytes:
+    """Compact JSON form of one ranked prediction (what the response cache stores)."""
+    return json.dumps([[s.label, s.score] for s in scores], separators=(",", ":")).encode()
+
+
+def decode_scores(raw: bytes) -> list[LabelScore]:
+    """Inverse of `encode_scores`."""
+    return [LabelScore(str(label), float(score)) for label, score in json.loads(raw)]
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,15 @@ class ClassifierModel(ABC, Generic[ItemT]):
         Two items with the same key must get the same prediction from this model.
         """
         return repr(item).encode("utf-8")
+
+    def encode_prediction(self, prediction: Sequence[LabelScore]) -> bytes:
+        """Bytes of one prediction for the response cache; override to keep more than the
+        ranked scores (and override `decode_prediction` to match)."""
+        return encode_scores(prediction)
+
+    def decode_prediction(self, raw: bytes) -> list[LabelScore]:
+        """Inverse of `encode_prediction`; raises ValueError or TypeError on foreign bytes."""
+        return decode_scores(raw)
 
     def cost(self, item: ItemT) -> int:
         """Relative size of an item (tokens for text); batches group items of similar cost."""

@@ -9,11 +9,9 @@ import pytest
 from services.core.cache import (
     MemoryCache,
     RedisCache,
-    decode_prediction,
-    encode_prediction,
     prediction_key,
 )
-from services.core.model import LabelScore
+from services.core.model import LabelScore, decode_scores, encode_scores
 from tests.support.processes import free_port
 
 
@@ -37,7 +35,7 @@ def test_key_depends_on_task_version_and_item() -> None:
 
 def test_prediction_round_trips() -> None:
     scores = [LabelScore("POSITIVE", 0.75), LabelScore("NEGATIVE", 0.25)]
-    assert decode_prediction(encode_prediction(scores)) == scores
+    assert decode_scores(encode_scores(scores)) == scores
 
 
 async def test_memory_cache_evicts_least_recently_used() -> None:
