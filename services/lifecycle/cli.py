@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retrain the adapter of a starter model and overwrite the committed file; "
         "then run `mtc models build --force`.",
     )
-    starter.add_argument("task", choices=["sentiment", "disaster"])
+    starter.add_argument("task", choices=["sentiment", "disaster", "emergency-transcript"])
     starter.set_defaults(handler=cmd_train_starter)
 
     pose = train_commands.add_parser(
@@ -158,6 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
     pose.add_argument("--name", default="pose-landmark-logreg", help="default %(default)s")
     pose.add_argument("--version", default="1", help="default %(default)s")
     pose.set_defaults(handler=cmd_train_pose)
+
+    audio = train_commands.add_parser(
+        "audio",
+        help="train an emergency-call model on your own labelled clips",
+        description="Train the audio ResNet on CLIP_DIR/<label>/*.wav|flac|ogg|mp3 (held out "
+        "by a hash of each clip's transcript from CLIP_DIR/transcripts.csv, file,text, or of "
+        "its bytes), fit the fusion with the transcript classifier on the held-out clips, and "
+        "write a model directory the audio service serves.",
+    )
+    audio.add_argument("clip_dir", type=Path, metavar="CLIP_DIR")
+    audio.add_argument(
+        "--text-model",
+        type=Path,
+        required=True,
+        help="transcript classifier directory (Hugging Face, same labels; e.g. `mtc train text`)",
+    )
+    audio.add_argument("--out", type=Path, required=True, help="model directory to create")
+    audio.add_argument("--name", default="emergency-call", help="default %(default)s")
+    audio.add_argument("--version", default="1", help="default %(default)s")
+    audio.add_argument("--epochs", type=int, default=14, help="default %(default)s")
+    audio.set_defaults(handler=cmd_train_audio)
 
     evaluate = commands.add_parser(
         "eval",
@@ -226,7 +247,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- commands
 
 
-STARTERS = ("sentiment", "disaster", "pose")
+STARTERS = ("sentiment", "disaster", "pose", "audio")
 
 
 def cmd_models_build(args: argparse.Namespace) -> int:
@@ -240,6 +261,10 @@ def cmd_models_build(args: argparse.Namespace) -> int:
             from services.pose.starter import build_pose_starter
 
             result: Any = build_pose_starter(args.out_dir / task, force=args.force)
+        elif task == "audio":
+            from services.audio.starter.recipe import build_audio_starter
+
+            result = build_audio_starter(args.out_dir / task, force=args.force, progress=True)
         else:
             from services.text.starter.recipes import RECIPES, build
 
@@ -411,6 +436,31 @@ def cmd_train_pose(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out} ({manifest.name} {manifest.version}, held-out accuracy "
         f"{manifest.metrics.get('heldout_accuracy')})"
+    )
+    return 0
+
+
+def cmd_train_audio(args: argparse.Namespace) -> int:
+    """`mtc train audio`."""
+    from services.audio.training import AudioTrainConfig, read_clip_folder, train_audio_model
+
+    clips = read_clip_folder(args.clip_dir)
+    labels = sorted({clip.label for clip in clips})
+    manifest = train_audio_model(
+        clips,
+        labels,
+        args.text_model,
+        args.out,
+        name=args.name,
+        version=args.version,
+        config=AudioTrainConfig(epochs=args.epochs),
+        training_data={"clip_dir": str(args.clip_dir)},
+        progress=True,
+    )
+    print(
+        f"wrote {args.out} ({manifest.name} {manifest.version}, held-out accuracy "
+        f"{manifest.metrics.get('heldout_accuracy', manifest.metrics['heldout_audio_accuracy'])}"
+        f", fusion {manifest.config['fusion']})"
     )
     return 0
 

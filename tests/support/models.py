@@ -13,7 +13,9 @@ from services.core.model import ClassifierModel, LabelScore, ModelMetadata
 TINY_LABELS = ["NEGATIVE", "POSITIVE"]
 
 
-def build_tiny_text_model(target: Path, *, max_positions: int = 64) -> Path:
+def build_tiny_text_model(
+    target: Path, *, max_positions: int = 64, labels: Sequence[str] = tuple(TINY_LABELS)
+) -> Path:
     """A randomly initialised 2-layer BERT with the MiniLM tokenizer, saved like any HF model.
 
     Real code path, tiny weights: loads in well under a second.
@@ -34,9 +36,9 @@ def build_tiny_text_model(target: Path, *, max_positions: int = 64) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=max_positions,
-        num_labels=2,
-        id2label=dict(enumerate(TINY_LABELS)),
-        label2id={label: index for index, label in enumerate(TINY_LABELS)},
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
     )
     model = BertForSequenceClassification(config)
     model.save_pretrained(target)

@@ -20,7 +20,7 @@ from services.core.errors import ModelLoadError
 from services.core.manifest import Manifest, read_manifest, verify_model_dir, write_manifest
 from services.core.model_dir import write_model_dir
 from services.text.evaluation import evaluate_model_dir
-from services.text.starter import disaster_tweets, rotten_tomatoes
+from services.text.starter import disaster_tweets, emergency_transcripts, rotten_tomatoes
 from services.text.training import (
     LabelledText,
     TrainConfig,
@@ -80,7 +80,19 @@ DISASTER = StarterRecipe(
     # Few examples: more passes, smaller batches.
     train_config=TrainConfig(epochs=8, batch_size=16, learning_rate=5e-4),
 )
-RECIPES: dict[str, StarterRecipe] = {recipe.task: recipe for recipe in (SENTIMENT, DISASTER)}
+EMERGENCY_TRANSCRIPT = StarterRecipe(
+    name="mtc-emergency-transcript-minilm",
+    task="emergency-transcript",
+    version="1.0.0",
+    labels=emergency_transcripts.LABELS,
+    load_examples=emergency_transcripts.load_transcripts,
+    min_heldout_accuracy=0.75,
+    train_config=TrainConfig(epochs=10, batch_size=16, learning_rate=5e-4),
+)
+"""The transcript half of the audio starter; built into the audio model, not served alone."""
+RECIPES: dict[str, StarterRecipe] = {
+    recipe.task: recipe for recipe in (SENTIMENT, DISASTER, EMERGENCY_TRANSCRIPT)
+}
 
 
 @dataclass(frozen=True)

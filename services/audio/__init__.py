@@ -1,0 +1,1 @@
+"""The audio service: emergency-speech detection from a recording, fused with its transcript."""

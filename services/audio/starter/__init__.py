@@ -1,0 +1,1 @@
+"""The offline starter emergency-call model: written transcripts and synthetic speech."""

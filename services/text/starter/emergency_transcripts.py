@@ -1,0 +1,25 @@
+"""The emergency-call transcript set written for this project (see
+services/audio/starter/DATASHEET.md): the words half of the audio starter model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from services.text.training import LabelledText, read_labelled_csv
+
+LABELS: tuple[str, ...] = ("regular", "help", "robbery", "sexual", "theft", "violence")
+TRANSCRIPTS_FILE = Path(__file__).with_name("data") / "emergency_transcripts.csv"
+
+
+def load_transcripts() -> tuple[list[LabelledText], dict[str, Any]]:
+    """Every labelled sentence, and a description of the data."""
+    examples = read_labelled_csv(TRANSCRIPTS_FILE, LABELS)
+    description = {
+        "corpus": "mtc emergency-call transcripts: hand-written, English, see "
+        "services/audio/starter/DATASHEET.md",
+        "source_file": "services/text/starter/data/emergency_transcripts.csv",
+        "licence": "CC0-1.0",
+        "rows_read": len(examples),
+    }
+    return examples, description
