@@ -6,6 +6,7 @@ import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
+from gateway.api_keys import ApiKeysFileError
 from gateway.app import create_app
 from gateway.json_logging import configure_logging
 from gateway.settings import GatewaySettings
@@ -19,8 +20,12 @@ def main() -> None:
         # A configuration mistake deserves its message, not a traceback.
         raise SystemExit(f"invalid MTC_GATEWAY_* settings: {error}") from None
     configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except ApiKeysFileError as error:
+        raise SystemExit(f"invalid MTC_GATEWAY_API_KEYS_FILE: {error}") from None
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -8,19 +8,31 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
+from gateway.access_control import AccessGuard
+from gateway.api_keys import ApiKeyStore
+from gateway.compat_routes import compat_paths, compat_routers
+from gateway.errors import InvalidApiKey, MissingApiKey, RateLimited
 from gateway.metrics import GatewayMetrics
-from gateway.routes import health_router, metrics_router, models_router, predict_router
+from gateway.openapi_document import install_openapi
+from gateway.quotas import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
+from gateway.request_context import RequestIdMiddleware
+from gateway.routes import health_router, metrics_router, models_router, task_router
 from gateway.settings import GatewaySettings
-from gateway.traffic import PredictTraffic
-from gateway.upstreams import Upstreams, create_http_client
+from gateway.traffic import TaskTraffic
+from gateway.upstreams import Upstreams, build_replica_sets, create_http_client
+from gateway.web_page import web_page_router
 from services.core.body_limit import BodySizeLimit
+from services.core.errors import MtcError
 from services.core.http_errors import install_error_handlers
 
 DESCRIPTION = """\
-One API in front of the mtc model services. `POST /v1/{task}/predict` is forwarded to the
-service of the task and its answer relayed unchanged, with the service's `x-inference-time`
-and `x-queue-time` headers and the gateway's own `x-total-time` (all in milliseconds).
+One API in front of the mtc model services. `POST /v1/{task}/predict` is forwarded to a
+replica of the task's service and its answer relayed unchanged, with the service's
+`x-inference-time` and `x-queue-time` headers and the gateway's own `x-total-time` (all in
+milliseconds). Every answer carries an `x-request-id` (the client's, or a new one).
 Errors other than 422 are `{"detail": ..., "error_type": ...}`.
+The compatibility routes keep clients of earlier APIs working; the page at `/ui` tries
+every task in a browser.
 """
 
 
@@ -32,23 +44,76 @@ class GatewayState(TypedDict):
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    """Build the gateway; its HTTP client opens on startup and closes on shutdown."""
+    """Build the gateway; its HTTP client opens on startup, and it and the quota store
+    close on shutdown. A keys file that cannot be read stops it here, before serving."""
     metrics = GatewayMetrics(settings.upstreams)
+    # Built here, not per lifespan, so the circuit states are registered as metrics once.
+    replica_sets = build_replica_sets(settings)
+    metrics.watch_replicas(replica_sets)
+    keys = (
+        ApiKeyStore(settings.api_keys_file, reload_seconds=settings.api_keys_reload_seconds)
+        if settings.api_keys_file is not None
+        else None
+    )
+    buckets = _token_buckets(settings, metrics) if keys is not None else None
+    access_errors: tuple[type[MtcError], ...] = (
+        (MissingApiKey, InvalidApiKey, RateLimited) if keys is not None else ()
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[GatewayState]:
         async with create_http_client(settings) as client:
-            yield {"upstreams": Upstreams(settings, client, metrics), "metrics": metrics}
+            upstreams = Upstreams(settings, client, metrics, replica_sets)
+            try:
+                yield {"upstreams": upstreams, "metrics": metrics}
+            finally:
+                if buckets is not None:
+                    await buckets.close()
 
-    app = FastAPI(title="mtc gateway", description=DESCRIPTION, lifespan=lifespan)
-    app.include_router(predict_router)
+    # Existing clients post JSON without a Content-Type header; accept it as JSON.
+    app = FastAPI(
+        title="mtc gateway",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        strict_content_type=False,
+    )
+    app.include_router(task_router(settings, access_errors))
     app.include_router(models_router)
+    compat = compat_routers(settings, access_errors)
+    app.include_router(compat.project)
+    app.include_router(compat.api_v1)
     app.include_router(health_router)
     app.include_router(metrics_router)
+    if settings.web_page:
+        app.include_router(web_page_router())
+    install_openapi(app, project_routes=compat.project.routes, api_keys_required=keys is not None)
     install_error_handlers(app)
-    # Added as middleware rather than wrapped around the app: inside the server-error layer,
-    # a body that overflows while streaming gets its 413 instead of a 500.
+    # Middleware added later wraps what was added before. Innermost: the size limit (inside
+    # the server-error layer, a body that overflows while streaming gets its 413, not 500).
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    # Added last, so it is outermost and also records the 413s of the size limit.
-    app.add_middleware(PredictTraffic, metrics=metrics, upstreams=settings.upstreams)
+    if keys is not None and buckets is not None:
+        # Outside the size limit: an unauthenticated body is refused before it is read.
+        app.add_middleware(
+            AccessGuard,
+            keys=keys,
+            buckets=buckets,
+            default_rate_per_second=settings.rate_limit_per_second,
+            default_burst=settings.rate_limit_burst,
+            metrics=metrics,
+        )
+    # Records the 401s, 429s and 413s above as task traffic.
+    app.add_middleware(TaskTraffic, metrics=metrics, compat_paths=compat_paths(settings))
+    # Outermost: every log line of a request, the access line included, has its id.
+    app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def _token_buckets(settings: GatewaySettings, metrics: GatewayMetrics) -> TokenBuckets:
+    if settings.redis_url is None:
+        return MemoryTokenBuckets()
+    return RedisTokenBuckets(
+        settings.redis_url,
+        timeout_seconds=settings.redis_timeout_seconds,
+        retry_seconds=settings.redis_retry_seconds,
+        on_error=metrics.count_quota_store_error,
+    )

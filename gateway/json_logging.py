@@ -6,11 +6,14 @@ import json
 import logging
 from typing import Any
 
+from gateway.request_context import current_request
+
 
 class JsonFormatter(logging.Formatter):
     """Format a record as one JSON object.
 
-    Structured fields travel in `extra={"fields": {...}}` and become top-level keys.
+    Structured fields travel in `extra={"fields": {...}}` and become top-level keys; a
+    record written while answering a request carries its `request_id`.
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -21,6 +24,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        context = current_request()
+        if context is not None:
+            entry["request_id"] = context.request_id
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)

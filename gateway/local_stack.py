@@ -1,8 +1,9 @@
 """`python -m gateway.local_stack`: the whole stack as local processes, no cluster needed.
 
-Starts one text service per task and the gateway in front of them, waits until every
-model is loaded, prints where to call, and stops everything on Ctrl-C (or when any
-process dies). `make run` calls this after building the starter models.
+Starts one model service per task (or several replicas of one with `--replicas TASK=N`)
+and the gateway in front of them, waits until every model is loaded, prints where to call,
+and stops everything on Ctrl-C (or when any process dies). `make run` calls this after
+building the starter models.
 """
 
 from __future__ import annotations
@@ -22,12 +23,34 @@ import httpx
 
 TEXT_SERVICE = "services.text"
 POSE_SERVICE = "services.pose"
+AUDIO_SERVICE = "services.audio"
 DEFAULT_MODELS: dict[str, tuple[str, str]] = {
     "sentiment": (TEXT_SERVICE, ".mtc/models/sentiment"),
     "disaster": (TEXT_SERVICE, ".mtc/models/disaster"),
     "pose": (POSE_SERVICE, ".mtc/models/pose"),
+    "audio": (AUDIO_SERVICE, ".mtc/models/audio"),
 }
+TASK_KIND_OF_SERVICE = {POSE_SERVICE: "image", AUDIO_SERVICE: "audio"}
 SAMPLE_TEXT = "An absolute triumph, moving and beautifully acted"
+
+
+@dataclass(frozen=True)
+class ServiceProcess:
+    """One model service process to start: a task's replica on its own port."""
+
+    task: str
+    module: str
+    model_uri: str
+    port: int
+    replica: int = 1
+    replicas: int = 1
+
+    @property
+    def name(self) -> str:
+        """How messages refer to the process."""
+        if self.replicas == 1:
+            return f"{self.task} service"
+        return f"{self.task} service (replica {self.replica} of {self.replicas})"
 
 
 @dataclass
@@ -57,8 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="TASK=URI",
-        help="serve text TASK from URI (repeatable); without --model/--pose-model: the "
-        "starter models in .mtc/models",
+        help="serve text TASK from URI (repeatable); without any --model, --pose-model or "
+        "--audio-model: the starter models in .mtc/models",
     )
     parser.add_argument(
         "--pose-model",
@@ -68,17 +91,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serve image TASK with the pose service from URI (repeatable)",
     )
     parser.add_argument(
+        "--audio-model",
+        action="append",
+        default=[],
+        metavar="TASK=URI",
+        help="serve recordings for TASK with the audio service from URI (repeatable)",
+    )
+    parser.add_argument(
+        "--replicas",
+        action="append",
+        default=[],
+        metavar="TASK=N",
+        help="run N processes of TASK's service on consecutive ports, balanced by the "
+        "gateway (repeatable; default 1 each)",
+    )
+    parser.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for every model"
     )
     return parser.parse_args(argv)
 
 
-def models_from(text_pairs: list[str], pose_pairs: list[str]) -> dict[str, tuple[str, str]]:
+def models_from(
+    text_pairs: list[str], pose_pairs: list[str], audio_pairs: list[str] | None = None
+) -> dict[str, tuple[str, str]]:
     """TASK -> (service module, model URI); the starter models when no pair is given."""
-    if not text_pairs and not pose_pairs:
+    audio_pairs = audio_pairs or []
+    if not text_pairs and not pose_pairs and not audio_pairs:
         return dict(DEFAULT_MODELS)
     models: dict[str, tuple[str, str]] = {}
-    for module, pairs in ((TEXT_SERVICE, text_pairs), (POSE_SERVICE, pose_pairs)):
+    chosen = ((TEXT_SERVICE, text_pairs), (POSE_SERVICE, pose_pairs), (AUDIO_SERVICE, audio_pairs))
+    for module, pairs in chosen:
         for pair in pairs:
             task, sep, uri = pair.partition("=")
             if not sep or not task or not uri:
@@ -87,10 +129,55 @@ def models_from(text_pairs: list[str], pose_pairs: list[str]) -> dict[str, tuple
     return models
 
 
+def replica_counts(pairs: list[str], tasks: list[str]) -> dict[str, int]:
+    """TASK -> number of processes, from `--replicas TASK=N` options (1 when not given)."""
+    counts = dict.fromkeys(tasks, 1)
+    for pair in pairs:
+        task, sep, number = pair.partition("=")
+        if not sep or task not in counts or not number.isdigit() or int(number) < 1:
+            raise SystemExit(
+                f"--replicas expects TASK=N with a served task ({', '.join(tasks)}) and "
+                f"N >= 1, got {pair!r}"
+            )
+        counts[task] = int(number)
+    return counts
+
+
+def plan_services(
+    models: dict[str, tuple[str, str]], replicas: dict[str, int], first_port: int
+) -> list[ServiceProcess]:
+    """Every service process, on consecutive ports from `first_port`, in task order."""
+    services: list[ServiceProcess] = []
+    for task, (module, uri) in models.items():
+        count = replicas.get(task, 1)
+        for replica in range(1, count + 1):
+            port = first_port + len(services)
+            services.append(ServiceProcess(task, module, uri, port, replica, count))
+    return services
+
+
+def gateway_environment(services: list[ServiceProcess], host: str, port: int) -> dict[str, str]:
+    """The gateway's settings for these services: every replica's URL per task, and the
+    kind of each image task (text is the default)."""
+    upstreams: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    for service in services:
+        upstreams.setdefault(service.task, []).append(f"http://{host}:{service.port}")
+        if service.module in TASK_KIND_OF_SERVICE:
+            kinds[service.task] = TASK_KIND_OF_SERVICE[service.module]
+    return {
+        "MTC_GATEWAY_HOST": host,
+        "MTC_GATEWAY_PORT": str(port),
+        "MTC_GATEWAY_UPSTREAMS": json.dumps(upstreams),
+        "MTC_GATEWAY_TASK_KINDS": json.dumps(kinds),
+    }
+
+
 def banner(base: str, models: dict[str, tuple[str, str]]) -> str:
     """What to tell the user once everything is up: where to look, one call per kind."""
     lines = [
         f"\nmtc is up: gateway {base} ({', '.join(models)})",
+        f"  web page:  {base}/ui",
         f"  API docs:  {base}/docs",
         f"  models:    curl {base}/v1/models",
     ]
@@ -104,6 +191,11 @@ def banner(base: str, models: dict[str, tuple[str, str]]) -> str:
     if pose_tasks:
         lines.append(
             f"  a photo:   curl -s -X POST {base}/v1/{pose_tasks[0]}/predict -F image=@photo.jpg"
+        )
+    audio_tasks = [task for task, (module, _) in models.items() if module == AUDIO_SERVICE]
+    if audio_tasks:
+        lines.append(
+            f"  a call:    curl -s -X POST {base}/v1/{audio_tasks[0]}/predict -F audio=@call.wav"
         )
     lines.append("Press Ctrl-C to stop.\n")
     return "\n".join(lines)
@@ -157,7 +249,7 @@ def wait_until_ready(
 def main(argv: list[str] | None = None) -> int:
     """Run the stack until interrupted; returns the exit code."""
     args = parse_args(argv)
-    models = models_from(args.model, args.pose_model)
+    models = models_from(args.model, args.pose_model, args.audio_model)
     children: list[Child] = []
     stopping = False
 
@@ -168,23 +260,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
-    upstreams: dict[str, str] = {}
+    services = plan_services(
+        models, replica_counts(args.replicas, list(models)), args.first_service_port
+    )
     try:
-        for offset, (task, (module, uri)) in enumerate(models.items()):
-            port = args.first_service_port + offset
-            upstreams[task] = f"http://{args.host}:{port}"
+        for service in services:
             env = {
-                "MTC_TASK": task,
-                "MTC_MODEL_URI": uri,
+                "MTC_TASK": service.task,
+                "MTC_MODEL_URI": service.model_uri,
                 "MTC_HOST": args.host,
-                "MTC_PORT": str(port),
+                "MTC_PORT": str(service.port),
             }
-            children.append(start_child(f"{task} service", module, env))
-        gateway_env = {
-            "MTC_GATEWAY_HOST": args.host,
-            "MTC_GATEWAY_PORT": str(args.gateway_port),
-            "MTC_GATEWAY_UPSTREAMS": json.dumps(upstreams),
-        }
+            children.append(start_child(service.name, service.module, env))
+        gateway_env = gateway_environment(services, args.host, args.gateway_port)
         children.append(start_child("gateway", "gateway", gateway_env))
         base = f"http://{args.host}:{args.gateway_port}"
         wait_until_ready(f"{base}/health/ready", children, args.ready_timeout, lambda: stopping)

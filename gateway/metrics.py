@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.replicas import CircuitState, ReplicaSet
 
 UNKNOWN_TASK_LABEL = "unknown"
 
@@ -27,11 +31,13 @@ REQUEST_DURATION_BUCKETS = (
     60.0,
 )
 
-UpstreamErrorKind = Literal["connect", "timeout", "protocol"]
+UpstreamErrorKind = Literal["connect", "timeout", "protocol", "circuit_open"]
+RejectionReason = Literal["missing_api_key", "invalid_api_key", "rate_limited"]
 
 
 class GatewayMetrics:
-    """Predict traffic through the gateway and its failures to reach services.
+    """Traffic through the gateway, its failures to reach services, retries, refused
+    requests (auth and quotas), and the state of each upstream URL.
 
     Each instance owns its registry, so several apps (tests, workers) never collide on the
     process-wide default one. Task labels are limited to the configured tasks plus
@@ -56,8 +62,25 @@ class GatewayMetrics:
         )
         self._upstream_errors = Counter(
             "mtc_gateway_upstream_errors_total",
-            "Predict requests that could not be completed with the task's service, by kind.",
+            "Attempts to reach a task's service that failed, by kind.",
             ["task", "kind"],
+            registry=self.registry,
+        )
+        self._retries = Counter(
+            "mtc_gateway_upstream_retries_total",
+            "Attempts repeated because the connection to a service could not be opened.",
+            ["task"],
+            registry=self.registry,
+        )
+        self._rejected = Counter(
+            "mtc_gateway_rejected_total",
+            "Requests refused before forwarding: missing or invalid API key, or over quota.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._quota_store_errors = Counter(
+            "mtc_gateway_quota_store_errors_total",
+            "Quota checks counted in memory because Redis failed or was being skipped.",
             registry=self.registry,
         )
 
@@ -75,6 +98,49 @@ class GatewayMetrics:
         """Count one forwarded request that failed before the service answered."""
         self._upstream_errors.labels(task=self.task_label(task), kind=kind).inc()
 
+    def observe_retry(self, task: str) -> None:
+        """Count one repeated attempt to reach the task's service."""
+        self._retries.labels(task=self.task_label(task)).inc()
+
+    def observe_rejection(self, reason: RejectionReason) -> None:
+        """Count one request refused by the API key check or the quota."""
+        self._rejected.labels(reason=reason).inc()
+
+    def count_quota_store_error(self) -> None:
+        """Count one quota check that could not use Redis."""
+        self._quota_store_errors.inc()
+
+    def watch_replicas(self, replica_sets: Mapping[str, ReplicaSet]) -> None:
+        """Export each upstream URL's circuit state and requests in flight at scrape time."""
+        self.registry.register(_ReplicaCollector(lambda: replica_sets))
+
     def exposition(self) -> tuple[bytes, str]:
         """The registry in Prometheus text format, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ReplicaCollector(Collector):
+    """Reads the replicas when scraped, so the gauges are never stale."""
+
+    def __init__(self, replica_sets: Callable[[], Mapping[str, ReplicaSet]]) -> None:
+        self._replica_sets = replica_sets
+
+    def collect(self) -> Iterator[Metric]:
+        circuit = GaugeMetricFamily(
+            "mtc_gateway_upstream_circuit_open",
+            "1 while the circuit of an upstream URL is open or half-open (no regular "
+            "traffic), 0 while closed.",
+            labels=["task", "upstream"],
+        )
+        in_flight = GaugeMetricFamily(
+            "mtc_gateway_upstream_in_flight",
+            "Requests forwarded to an upstream URL and not yet answered.",
+            labels=["task", "upstream"],
+        )
+        for task, replica_set in self._replica_sets().items():
+            for replica in replica_set.replicas:
+                is_open = replica.breaker.state is not CircuitState.CLOSED
+                circuit.add_metric([task, replica.url], 1.0 if is_open else 0.0)
+                in_flight.add_metric([task, replica.url], float(replica.in_flight))
+        yield circuit
+        yield in_flight

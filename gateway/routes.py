@@ -1,4 +1,4 @@
-"""The gateway's HTTP routes: predict, model listing, health probes and metrics.
+"""The gateway's own HTTP routes: each task's routes, model listing, health and metrics.
 
 Handlers get the upstream client and the metrics from the lifespan state (see `gateway.app`),
 through the `UpstreamsDep` and `MetricsDep` dependencies.
@@ -6,40 +6,88 @@ through the `UpstreamsDep` and `MetricsDep` dependencies.
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 
 from gateway.metrics import GatewayMetrics
 from gateway.schemas import (
+    MULTIPART_AUDIO_SCHEMA,
+    MULTIPART_IMAGES_SCHEMA,
+    AudioPredictResponse,
+    AudioS3Request,
     LiveResponse,
     ModelsResponse,
     NotReadyBody,
+    PoseJsonRequest,
+    PosePredictResponse,
     ReadyResponse,
     TextPredictRequest,
     TextPredictResponse,
 )
+from gateway.settings import GatewaySettings, TaskKind
 from gateway.upstreams import Upstreams
-from services.core.contracts import MULTIPART_IMAGES_SCHEMA, PoseJsonRequest, PosePredictResponse
 from services.core.errors import (
+    AccessDenied,
     BatchTooLarge,
     BodyTooLarge,
+    InputNotFound,
     InvalidInput,
     ItemTooLarge,
     ModelNotReady,
+    MtcError,
     Overloaded,
-    PayloadTooLarge,
     RequestTimedOut,
-    UnknownTask,
     UnsupportedMediaType,
+    UnusableContent,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from services.core.http_errors import error_responses
 
-# Headers of a service's predict answer that clients read (timings for load tests, back-off).
-RELAYED_HEADERS = ("content-type", "x-inference-time", "x-queue-time", "retry-after")
+# Sub-paths of `/v1/{task}/` forwarded to the task's service: plain segments only, so a
+# `..` or an encoded slash can never reach another path of the service.
+FORWARDED_ROUTE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+
+VALIDATION_ERROR_RESPONSE: dict[str, Any] = {
+    "description": "The body does not match the request schema (FastAPI's standard "
+    "validation error body).",
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+    },
+}
+
+
+def _with_validation_error(
+    responses: dict[int | str, dict[str, object]],
+) -> dict[int | str, dict[str, Any]]:
+    """`responses` plus FastAPI's validation error under 422, beside any 422 the service
+    itself may answer in the error shape (e.g. `unusable_content`)."""
+    merged: dict[int | str, dict[str, Any]] = dict(responses)
+    service_422 = merged.pop(422, None)
+    if service_422 is None:
+        merged[422] = VALIDATION_ERROR_RESPONSE
+        return merged
+    validation = VALIDATION_ERROR_RESPONSE["description"]
+    merged[422] = {
+        "description": f"{validation} Or, in the error shape, {service_422['description']}",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {"$ref": "#/components/schemas/HTTPValidationError"},
+                        {"$ref": "#/components/schemas/ErrorBody"},
+                    ]
+                }
+            }
+        },
+    }
+    return merged
 
 
 def get_upstreams(request: Request) -> Upstreams:
@@ -62,69 +110,161 @@ UpstreamsDep = Annotated[Upstreams, Depends(get_upstreams)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 
 
-def known_task(
-    task: Annotated[str, Path(description="Task name, as listed by `GET /v1/models`.")],
-    upstreams: UpstreamsDep,
-) -> str:
-    """The `task` path parameter, refused with 404 `unknown_task` before the body is read."""
-    upstreams.base_url(task)  # raises UnknownTask
-    return task
+@dataclass(frozen=True)
+class TaskRoute:
+    """One documented route of a kind of task: `POST /v1/{task}/{suffix}`."""
+
+    suffix: str
+    summary: str
+    request_body: dict[str, Any]
+    response_model: type[BaseModel]
+    errors: tuple[type[MtcError], ...]
 
 
-KnownTask = Annotated[str, Depends(known_task)]
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+        },
+    }
 
 
-def _predict_error_responses() -> dict[int | str, dict[str, object]]:
-    return error_responses(
-        InvalidInput,
-        UnknownTask,
-        PayloadTooLarge,
-        BatchTooLarge,
-        ItemTooLarge,
-        Overloaded,
-        ModelNotReady,
-        UpstreamUnavailable,
-        RequestTimedOut,
-        UpstreamTimeout,
-        BodyTooLarge,
-        UnsupportedMediaType,
-    )
+# Errors a forwarded request can get from the gateway itself, on top of the service's.
+_GATEWAY_ERRORS: tuple[type[MtcError], ...] = (UpstreamUnavailable, UpstreamTimeout)
+_SERVING_ERRORS: tuple[type[MtcError], ...] = (Overloaded, ModelNotReady, RequestTimedOut)
+_SIZE_ERRORS: tuple[type[MtcError], ...] = (BatchTooLarge, ItemTooLarge, BodyTooLarge)
+_UPLOAD_ERRORS: tuple[type[MtcError], ...] = (InvalidInput, *_SIZE_ERRORS, UnsupportedMediaType)
+_AUDIO_ERRORS: tuple[type[MtcError], ...] = (*_UPLOAD_ERRORS, UnusableContent)
 
-
-predict_router = APIRouter(prefix="/v1", tags=["predict"])
-
-
-@predict_router.post(
-    "/{task}/predict",
-    summary="Classify texts or images with the task's model",
-    response_model=TextPredictResponse | PosePredictResponse,
-    responses=_predict_error_responses(),
-    # The body is forwarded as raw bytes, so its schema is declared here rather than parsed:
-    # text tasks take {"text": [...]}, image tasks {"images": [base64...]} or multipart.
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "oneOf": [
-                            TextPredictRequest.model_json_schema(),
-                            PoseJsonRequest.model_json_schema(),
-                        ]
-                    }
+TASK_ROUTES: dict[TaskKind, tuple[TaskRoute, ...]] = {
+    "text": (
+        TaskRoute(
+            "predict",
+            "Classify texts",
+            _json_body(TextPredictRequest),
+            TextPredictResponse,
+            (InvalidInput, *_SIZE_ERRORS, *_SERVING_ERRORS, *_GATEWAY_ERRORS),
+        ),
+    ),
+    "image": (
+        TaskRoute(
+            "predict",
+            "Classify photos (multipart upload or base64 JSON)",
+            {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": MULTIPART_IMAGES_SCHEMA},
+                    **_json_body(PoseJsonRequest)["content"],
                 },
-                "multipart/form-data": {"schema": MULTIPART_IMAGES_SCHEMA},
             },
-        }
-    },
+            PosePredictResponse,
+            (*_UPLOAD_ERRORS, *_SERVING_ERRORS, *_GATEWAY_ERRORS),
+        ),
+    ),
+    "audio": (
+        TaskRoute(
+            "predict",
+            "Classify recordings (multipart `audio` files, optional `transcript` fields)",
+            {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": MULTIPART_AUDIO_SCHEMA}},
+            },
+            AudioPredictResponse,
+            (*_AUDIO_ERRORS, *_SERVING_ERRORS, *_GATEWAY_ERRORS),
+        ),
+        TaskRoute(
+            "predict-s3",
+            "Classify a recording stored in an allowed S3 bucket",
+            _json_body(AudioS3Request),
+            AudioPredictResponse,
+            (*_AUDIO_ERRORS, AccessDenied, InputNotFound, *_SERVING_ERRORS, *_GATEWAY_ERRORS),
+        ),
+    ),
+}
+"""Per kind of task: its documented routes, with the request and response schemas."""
+
+REQUEST_BODY_MODELS: tuple[type[BaseModel], ...] = (
+    TextPredictRequest,
+    PoseJsonRequest,
+    AudioS3Request,
 )
-async def predict(task: KnownTask, request: Request, upstreams: UpstreamsDep) -> Response:
-    """Classify with the task's model; the service's answer is relayed unchanged."""
-    answer = await upstreams.predict(
-        task, await request.body(), request.headers.get("content-type")
+"""Models referenced by the JSON request bodies above; `gateway.openapi_document` adds them
+to the document's components."""
+
+
+def _forwarding_endpoint(task: str, path: str) -> Callable[..., Awaitable[Response]]:
+    async def forward(request: Request, upstreams: UpstreamsDep) -> Response:
+        answer = await upstreams.forward(
+            task,
+            path,
+            body=await request.body(),
+            content_type=request.headers.get("content-type"),
+            query=request.url.query,
+        )
+        return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
+
+    return forward
+
+
+def task_router(settings: GatewaySettings, access_errors: Sequence[type[MtcError]]) -> APIRouter:
+    """`POST /v1/{task}/predict` for each configured task, documented with the schemas of
+    its kind, and every other `/v1/{task}/...` route forwarded to the task's service.
+
+    `access_errors` are the errors the API key check adds to every route (none when
+    authentication is off).
+    """
+    router = APIRouter(prefix="/v1")
+    for task in settings.tasks:
+        for route in TASK_ROUTES[settings.kind_of(task)]:
+            responses = _with_validation_error(error_responses(*route.errors, *access_errors))
+            endpoint = _forwarding_endpoint(task, f"/v1/{task}/{route.suffix}")
+            endpoint.__doc__ = (
+                f"{route.summary} with the `{task}` model. The body is forwarded to the "
+                "task's service as sent and its answer relayed, with the service's "
+                "`x-inference-time` and `x-queue-time` and the gateway's `x-total-time` "
+                "headers."
+            )
+            router.add_api_route(
+                f"/{task}/{route.suffix}",
+                endpoint,
+                methods=["POST"],
+                tags=[task],
+                summary=f"{route.summary} ({task})",
+                operation_id=f"{route.suffix.replace('-', '_')}_{task}",
+                response_model=route.response_model,
+                responses=responses,
+                openapi_extra={"requestBody": route.request_body},
+            )
+    router.add_api_route(
+        "/{task}/{route:path}",
+        forward_task_route,
+        methods=["GET", "POST"],
+        include_in_schema=False,
     )
-    headers = {name: answer.headers[name] for name in RELAYED_HEADERS if name in answer.headers}
-    return Response(content=answer.content, status_code=answer.status_code, headers=headers)
+    return router
+
+
+async def forward_task_route(
+    task: Annotated[str, Path(description="Task name, as listed by `GET /v1/models`.")],
+    route: str,
+    request: Request,
+    upstreams: UpstreamsDep,
+) -> Response:
+    """Any other route of a task's service, forwarded as is (404 `unknown_task` for a task
+    the gateway does not know, before the body is read)."""
+    upstreams.check_task(task)
+    if not FORWARDED_ROUTE.fullmatch(route):
+        raise HTTPException(status_code=404)
+    answer = await upstreams.forward(
+        task,
+        f"/v1/{task}/{route}",
+        method=request.method,
+        body=await request.body(),
+        content_type=request.headers.get("content-type"),
+        query=request.url.query,
+    )
+    return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
 
 
 models_router = APIRouter(prefix="/v1", tags=["models"])
@@ -132,7 +272,8 @@ models_router = APIRouter(prefix="/v1", tags=["models"])
 
 @models_router.get("/models", response_model=ModelsResponse)
 async def list_models(upstreams: UpstreamsDep) -> ModelsResponse:
-    """List every task with its model's name, version, labels, limits and readiness."""
+    """List every task with its kind, its model's name, version, labels and limits, and
+    its readiness (ready when at least one replica is)."""
     return ModelsResponse(models=await upstreams.model_statuses())
 
 
@@ -151,7 +292,7 @@ async def live() -> LiveResponse:
     responses={503: {"model": NotReadyBody, "description": "A task's service is not ready."}},
 )
 async def ready(upstreams: UpstreamsDep) -> ReadyResponse | JSONResponse:
-    """Answer 200 when the service of every task reports its model ready, else 503."""
+    """Answer 200 when every task has a replica whose model is ready, else 503."""
     statuses = await upstreams.model_statuses()
     tasks = {status.task: status.status for status in statuses}
     waiting = [status for status in statuses if not status.ready]

@@ -1,7 +1,9 @@
 """Request and response bodies of the gateway's public API.
 
-The predict bodies describe the services' contract for the OpenAPI document only: the gateway
-forwards predict bodies untouched, so each service's own validation answers the client.
+The `/v1` predict bodies are the services' contract (`services.core.contracts`), used for
+the OpenAPI document only: the gateway forwards those bodies untouched, so each service's
+own validation answers the client. The compatibility routes' bodies are validated by the
+gateway itself.
 """
 
 from __future__ import annotations
@@ -10,13 +12,40 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.core.contracts import TextPredictRequest, TextPredictResponse
+from gateway.settings import TaskKind
+from services.core.contracts import (
+    MULTIPART_AUDIO_SCHEMA,
+    MULTIPART_IMAGES_SCHEMA,
+    AudioPredictResponse,
+    AudioS3Request,
+    LabelScoreBody,
+    ModelRef,
+    PoseJsonRequest,
+    PosePredictResponse,
+    TextPredictRequest,
+    TextPredictResponse,
+)
 
 __all__ = [
+    "MULTIPART_AUDIO_SCHEMA",
+    "MULTIPART_IMAGES_SCHEMA",
+    "AudioPredictResponse",
+    "AudioS3Request",
+    "BulkPredictRequest",
+    "BulkPredictResponse",
+    "HealthyResponse",
+    "LabelScoreBody",
+    "LegacyPoseRequest",
+    "LegacyPoseResponse",
+    "LegacyTextRequest",
+    "LegacyTextResponse",
     "LiveResponse",
+    "ModelRef",
     "ModelStatus",
     "ModelsResponse",
     "NotReadyBody",
+    "PoseJsonRequest",
+    "PosePredictResponse",
     "ReadyResponse",
     "TextPredictRequest",
     "TextPredictResponse",
@@ -40,6 +69,19 @@ class ModelStatus(BaseModel):
         "`unreachable` when the gateway could not get the service's status."
     )
     reason: str | None = Field(default=None, description="Why the task is not ready, if known.")
+    kind: TaskKind | None = Field(
+        default=None,
+        description="What the task classifies (`text`, `image` or `audio`), which says "
+        "which request body its predict route takes. Set by the gateway.",
+    )
+    replicas: int | None = Field(
+        default=None, description="Service URLs configured for the task. Set by the gateway."
+    )
+    replicas_ready: int | None = Field(
+        default=None,
+        description="How many of them report their model ready; the task is ready when at "
+        "least one does. Set by the gateway.",
+    )
 
 
 class ModelsResponse(BaseModel):
@@ -67,3 +109,72 @@ class NotReadyBody(BaseModel):
     detail: str
     error_type: Literal["not_ready"] = "not_ready"
     tasks: dict[str, str] = Field(description="Task -> status, e.g. `loading` or `unreachable`.")
+
+
+# --------------------------------------------------------------------------- compatibility
+
+
+class BulkPredictRequest(BaseModel):
+    """Texts to rate as positive or negative (`POST /project/bulk-predict`)."""
+
+    text: list[str] = Field(
+        min_length=1, examples=[["I loved this film", "a tedious, badly written mess"]]
+    )
+
+
+class BulkLabelScore(BaseModel):
+    """One sentiment label (upper case) and its probability."""
+
+    label: str = Field(examples=["POSITIVE"], description="`POSITIVE` or `NEGATIVE`.")
+    score: float
+
+
+class BulkPredictResponse(BaseModel):
+    """Per text, both labels, highest score first."""
+
+    predictions: list[list[BulkLabelScore]]
+
+
+class HealthyResponse(BaseModel):
+    """The sentiment model can answer."""
+
+    status: Literal["healthy"] = "healthy"
+
+
+class LegacyTextRequest(BaseModel):
+    """Texts to classify (`POST /api/v1/sentiment_analysis`, `/api/v1/disaster_classifier`)."""
+
+    text: list[str] = Field(min_length=1, examples=[["Forest fire near La Ronge Sask. Canada"]])
+
+
+class LegacyTextResponse(BaseModel):
+    """The top label and its score per text, in input order."""
+
+    model_name: str
+    text: list[str] = Field(description="The texts, as sent.")
+    labels: list[str] = Field(description="Per text, the label with the highest score.")
+    scores: list[float] = Field(description="Per text, the score of that label.")
+    prediction_time: int = Field(
+        description="Milliseconds from forwarding to the model service until its answer."
+    )
+
+
+class LegacyPoseRequest(BaseModel):
+    """Photos to classify (`POST /api/v1/pose_classifier`)."""
+
+    images: list[str] = Field(
+        min_length=1,
+        description="Base64-encoded JPEG, PNG or WebP files (a `data:image/...;base64,` "
+        "prefix is allowed).",
+    )
+
+
+class LegacyPoseResponse(BaseModel):
+    """The top label and its score per image, in input order."""
+
+    model_name: str
+    labels: list[str] = Field(description="Per image, the label with the highest score.")
+    scores: list[float] = Field(description="Per image, the score of that label.")
+    prediction_time: int = Field(
+        description="Milliseconds from forwarding to the model service until its answer."
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+TaskKind = Literal["text", "image", "audio"]
 
 
 class GatewaySettings(BaseSettings):
@@ -32,12 +34,20 @@ class GatewaySettings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     """TCP port to listen on."""
 
-    upstreams: dict[str, str] = Field(min_length=1)
-    """Task name -> base URL of the service that serves it, as a JSON object, e.g.
-    `{"sentiment": "http://sentiment:8000"}`. Task names match `^[a-z][a-z0-9_-]{0,63}$`."""
+    upstreams: dict[str, list[str]] = Field(min_length=1)
+    """Task name -> base URL of the service that serves it, or a list of URLs of its
+    replicas, as a JSON object, e.g. `{"sentiment": ["http://10.0.0.5:8000",
+    "http://10.0.0.6:8000"], "pose": "http://pose:8000"}`. Task names match
+    `^[a-z][a-z0-9_-]{0,63}$`."""
+
+    task_kinds: dict[str, TaskKind] = Field(default_factory=dict)
+    """Task -> `text`, `image` or `audio`, as a JSON object: which request and response
+    schemas the OpenAPI document and the web page show for the task. Tasks not listed are
+    `text`."""
 
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
-    """Time allowed to open a connection to a service before the request fails with 503."""
+    """Time allowed to open a connection to a service before the attempt counts as failed
+    (retried on another replica if there is one, else 503)."""
 
     request_timeout_seconds: float = Field(default=30.0, gt=0)
     """Time allowed for a service to answer a forwarded request before it fails with 504."""
@@ -55,16 +65,90 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     """Largest request body accepted; larger ones get 413 before anything is forwarded."""
 
+    retry_attempts: int = Field(default=2, ge=0, le=10)
+    """Extra attempts for a request whose connection to a service could not be opened
+    (refused or timed out before anything was sent), each on another replica when the task
+    has one. Requests a service may have received are never retried."""
+
+    retry_backoff_seconds: float = Field(default=0.05, ge=0)
+    """Base delay before a retry; the n-th retry waits a random time between 0 and
+    base x 2^(n-1) (full jitter), so replicas recovering together are not hit in step."""
+
+    circuit_failure_threshold: int = Field(default=5, ge=1)
+    """Consecutive failures (no connection, broken connection or timeout) after which a
+    service URL's circuit opens: it gets no traffic until `circuit_open_seconds` pass."""
+
+    circuit_open_seconds: float = Field(default=3.0, gt=0)
+    """How long an open circuit stays open; then one request probes the URL (half-open),
+    and its outcome closes the circuit or opens it again."""
+
+    api_keys_file: Path | None = None
+    """File of API keys (hashed) that may call the API; unset turns authentication and
+    quotas off. One key per line: `NAME SHA256_HEX [rate=PER_SECOND] [burst=N]`; make
+    lines with `python -m gateway.api_keys new NAME`. A mounted Kubernetes Secret works."""
+
+    api_keys_reload_seconds: float = Field(default=10.0, gt=0)
+    """How often the keys file is checked for changes (a rotated Secret is picked up
+    without a restart); a changed file that is invalid is refused and the old keys stay."""
+
+    rate_limit_per_second: float = Field(default=10.0, ge=0)
+    """Requests per second each API key may make on average (token bucket refill rate),
+    unless its line in the keys file says otherwise; 0 turns quotas off."""
+
+    rate_limit_burst: int = Field(default=20, ge=1)
+    """Requests a key may make at once after being idle (token bucket size), unless its
+    line in the keys file says otherwise."""
+
+    redis_url: str | None = None
+    """Redis URL (`redis://host:6379/0`) holding the quota buckets, so every gateway replica
+    counts against the same quota; unset, or while Redis is down, each replica counts in
+    memory on its own."""
+
+    redis_timeout_seconds: float = Field(default=0.25, gt=0)
+    """Socket timeout of Redis calls; after a failure Redis is left alone for
+    `redis_retry_seconds`, so a slow or dead Redis delays only the odd request."""
+
+    redis_retry_seconds: float = Field(default=2.0, gt=0)
+    """After a Redis failure, count quotas in memory for this long before trying Redis
+    again."""
+
+    compat_sentiment_task: str = "sentiment"
+    """Task behind the compatibility routes `/project/bulk-predict` and
+    `/api/v1/sentiment_analysis` (routes of a task that is not configured are left out)."""
+
+    compat_disaster_task: str = "disaster"
+    """Task behind the compatibility route `/api/v1/disaster_classifier`."""
+
+    compat_pose_task: str = "pose"
+    """Task behind the compatibility route `/api/v1/pose_classifier`."""
+
+    web_page: bool = True
+    """Serve the try-it web page at `/ui`."""
+
     log_level: LogLevel = "info"
     """Lowest level of the log lines written (critical, error, warning, info, debug)."""
 
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _one_url_is_a_list_of_one(cls, upstreams: object) -> object:
+        if isinstance(upstreams, dict):
+            return {
+                task: [urls] if isinstance(urls, str) else urls for task, urls in upstreams.items()
+            }
+        return upstreams
+
     @field_validator("upstreams")
     @classmethod
-    def _check_upstreams(cls, upstreams: dict[str, str]) -> dict[str, str]:
-        checked: dict[str, str] = {}
-        for task, url in upstreams.items():
+    def _check_upstreams(cls, upstreams: dict[str, list[str]]) -> dict[str, list[str]]:
+        checked: dict[str, list[str]] = {}
+        for task, urls in upstreams.items():
             _check_task_name(task)
-            checked[task] = _normalise_base_url(task, url)
+            if not urls:
+                raise ValueError(f"task {task!r} has an empty list of upstream URLs")
+            normalised = [_normalise_base_url(task, url) for url in urls]
+            if len(set(normalised)) != len(normalised):
+                raise ValueError(f"task {task!r} lists the same upstream URL twice")
+            checked[task] = normalised
         return checked
 
     @field_validator("task_timeouts")
@@ -76,22 +160,41 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"timeout for task {task!r} must be positive, got {seconds}")
         return timeouts
 
+    @field_validator("compat_sentiment_task", "compat_disaster_task", "compat_pose_task")
+    @classmethod
+    def _check_compat_task(cls, task: str) -> str:
+        _check_task_name(task)
+        return task
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lowercase_log_level(cls, level: object) -> object:
         return level.lower() if isinstance(level, str) else level
 
     @model_validator(mode="after")
-    def _timeouts_name_configured_tasks(self) -> Self:
-        # A typo in a task name would otherwise silently leave the default timeout in force.
-        unknown = sorted(set(self.task_timeouts) - set(self.upstreams))
-        if unknown:
-            raise ValueError(f"task_timeouts names tasks with no upstream: {', '.join(unknown)}")
+    def _per_task_maps_name_configured_tasks(self) -> Self:
+        # A typo in a task name would otherwise silently leave the default in force.
+        for field_name, tasks in (
+            ("task_timeouts", self.task_timeouts),
+            ("task_kinds", self.task_kinds),
+        ):
+            unknown = sorted(set(tasks) - set(self.upstreams))
+            if unknown:
+                raise ValueError(f"{field_name} names tasks with no upstream: {', '.join(unknown)}")
         return self
+
+    @property
+    def tasks(self) -> list[str]:
+        """Configured task names, in configuration order."""
+        return list(self.upstreams)
 
     def timeout_for(self, task: str) -> float:
         """Seconds a service may take to answer a forwarded request for `task`."""
         return self.task_timeouts.get(task, self.request_timeout_seconds)
+
+    def kind_of(self, task: str) -> TaskKind:
+        """What the task classifies: `text` unless `task_kinds` says otherwise."""
+        return self.task_kinds.get(task, "text")
 
 
 def _check_task_name(task: str) -> None:

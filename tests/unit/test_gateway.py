@@ -1,4 +1,5 @@
-"""The gateway against real HTTP services.
+"""The gateway against real HTTP services: routing, relaying, errors, status, metrics,
+logs and the OpenAPI document.
 
 Fake model services and the gateway itself run in uvicorn on 127.0.0.1 (free ports, one
 thread each); the tests call the gateway over HTTP like any client. Client timeouts are
@@ -7,159 +8,31 @@ generous, so a gateway that hangs fails a test instead of being measured.
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, Field
-from starlette.types import ASGIApp
 
-from gateway.app import create_app
+from gateway.json_logging import JsonFormatter
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
+from tests.support.fake_services import FakeTextService
+from tests.support.in_thread_servers import (
+    CLIENT_TIMEOUT,
+    bound_socket,
+    connection_breaker,
+    served_gateway,
+    serving,
+    url_of,
+)
 
-CLIENT_TIMEOUT = httpx.Timeout(15.0)
 SLOW_TASK_TIMEOUT_SECONDS = 0.3
 BODY_LIMIT_BYTES = 1024
-
-
-class PredictBody(BaseModel):
-    """The services' request schema."""
-
-    text: list[str] = Field(min_length=1)
-
-
-@dataclass
-class FakeTextService:
-    """A text service that honours the service contract with canned answers.
-
-    It records what each accepted predict request looked like on arrival, so tests can check
-    what the gateway forwarded. The text "overload me" gets the service's 429.
-    """
-
-    task: str
-    predict_delay_seconds: float = 0.0
-    received: list[tuple[str | None, bytes]] = field(default_factory=list)
-
-    def model_entry(self) -> dict[str, Any]:
-        """This service's entry in `/v1/models`."""
-        return {
-            "task": self.task,
-            "name": f"{self.task}-tiny",
-            "version": "3",
-            "labels": ["positive", "negative"],
-            "limits": {"max_items": 32, "max_chars": 2000},
-            "ready": True,
-            "status": "ready",
-            "reason": None,
-        }
-
-    def prediction_body(self, texts: list[str]) -> dict[str, Any]:
-        """The answer to a successful predict request for `texts`."""
-        scores = [{"label": "positive", "score": 0.75}, {"label": "negative", "score": 0.25}]
-        return {
-            "model": {"name": f"{self.task}-tiny", "version": "3"},
-            "predictions": [scores for _ in texts],
-            "truncated": [],
-        }
-
-    def create_app(self) -> FastAPI:
-        """The service's FastAPI app."""
-        app = FastAPI()
-
-        @app.middleware("http")
-        async def record(request: Request, call_next: Any) -> Any:
-            # Recorded before validation, so bodies the route would refuse are seen too.
-            if request.url.path.endswith("/predict"):
-                self.received.append((request.headers.get("content-type"), await request.body()))
-            return await call_next(request)
-
-        @app.post(f"/v1/{self.task}/predict", response_model=None)
-        async def predict(
-            payload: PredictBody, request: Request, response: Response
-        ) -> dict[str, Any] | JSONResponse:
-            await asyncio.sleep(self.predict_delay_seconds)
-            if "overload me" in payload.text:
-                return JSONResponse(
-                    {"detail": "queue full", "error_type": "overloaded"},
-                    status_code=429,
-                    headers={"retry-after": "1"},
-                )
-            response.headers["x-inference-time"] = "12.5"
-            response.headers["x-queue-time"] = "0.5"
-            return self.prediction_body(payload.text)
-
-        @app.get("/v1/models")
-        async def models() -> dict[str, Any]:
-            return {"models": [self.model_entry()]}
-
-        @app.get("/health/ready")
-        async def ready() -> dict[str, str]:
-            return {"status": "ready"}
-
-        return app
-
-
-@contextmanager
-def serving(app: ASGIApp) -> Iterator[str]:
-    """Run `app` in uvicorn on a free 127.0.0.1 port in a thread; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"server on port {port} did not start")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
-
-
-@contextmanager
-def connection_breaker() -> Iterator[str]:
-    """A TCP server that accepts each connection and closes it without answering."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    listener.settimeout(0.05)
-    stop = threading.Event()
-
-    def accept_and_close() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            connection.close()
-
-    thread = threading.Thread(target=accept_and_close, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        listener.close()
 
 
 @pytest.fixture(scope="module")
@@ -182,9 +55,8 @@ def slow_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def offline_url() -> Iterator[str]:
     # Bound but not listening: connections are refused, and no other process can take the port.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with bound_socket() as sock:
+        yield url_of(sock)
 
 
 StartGateway = Callable[..., httpx.Client]
@@ -200,11 +72,12 @@ def start_gateway(sentiment_url: str, slow_url: str, offline_url: str) -> Iterat
                 "upstreams": {"sentiment": sentiment_url, "slow": slow_url, "offline": offline_url},
                 "task_timeouts": {"slow": SLOW_TASK_TIMEOUT_SECONDS},
                 "max_body_bytes": BODY_LIMIT_BYTES,
+                # A single attempt keeps the counts of these tests exact; retries are tested
+                # in test_gateway_resilience.py.
+                "retry_attempts": 0,
             }
             values.update(overrides)
-            base_url = stack.enter_context(serving(create_app(GatewaySettings(**values))))
-            client = httpx.Client(base_url=base_url, timeout=CLIENT_TIMEOUT)
-            return stack.enter_context(client)
+            return stack.enter_context(served_gateway(GatewaySettings(**values)))
 
         yield start
 
@@ -229,7 +102,8 @@ def test_predict_relays_body_and_timing_headers(
     assert response.headers["x-inference-time"] == "12.5"
     assert response.headers["x-queue-time"] == "0.5"
     assert float(response.headers["x-total-time"]) >= 0
-    assert sentiment_service.received[-1] == ("application/json", raw_body)
+    last = sentiment_service.received[-1]
+    assert (last.content_type, last.body) == ("application/json", raw_body)
 
 
 def test_predict_accepts_json_without_content_type(
@@ -242,7 +116,8 @@ def test_predict_accepts_json_without_content_type(
     assert "content-type" not in response.request.headers
     assert response.status_code == 200
     assert response.json() == sentiment_service.prediction_body(["no header"])
-    assert sentiment_service.received[-1] == ("application/json", raw_body)
+    last = sentiment_service.received[-1]
+    assert (last.content_type, last.body) == ("application/json", raw_body)
 
 
 def test_predict_keeps_the_client_content_type(
@@ -254,7 +129,8 @@ def test_predict_keeps_the_client_content_type(
 
     gateway.post("/v1/sentiment/predict", content=raw_body, headers={"content-type": content_type})
 
-    assert sentiment_service.received[-1] == (content_type, raw_body)
+    last = sentiment_service.received[-1]
+    assert (last.content_type, last.body) == (content_type, raw_body)
 
 
 @pytest.mark.parametrize("raw_body", [b'{"text": []}', b"{}", b"not json", b""])
@@ -333,11 +209,12 @@ def test_models_merges_ready_and_unreachable_services(
 ) -> None:
     response = gateway.get("/v1/models")
 
+    one_ready_replica = {"kind": "text", "replicas": 1, "replicas_ready": 1}
     assert response.status_code == 200
     assert response.json() == {
         "models": [
-            sentiment_service.model_entry(),
-            FakeTextService("slow").model_entry(),
+            {**sentiment_service.model_entry(), **one_ready_replica},
+            {**FakeTextService("slow").model_entry(), **one_ready_replica},
             {
                 "task": "offline",
                 "name": None,
@@ -347,9 +224,30 @@ def test_models_merges_ready_and_unreachable_services(
                 "ready": False,
                 "status": "unreachable",
                 "reason": "could not connect to the service",
+                "kind": "text",
+                "replicas": 1,
+                "replicas_ready": 0,
             },
         ]
     }
+
+
+def test_models_is_ready_when_one_replica_is(
+    start_gateway: StartGateway, sentiment_url: str, offline_url: str
+) -> None:
+    gateway = start_gateway(
+        upstreams={"sentiment": [offline_url, sentiment_url]},
+        task_kinds={"sentiment": "image"},
+        task_timeouts={},
+    )
+
+    (entry,) = gateway.get("/v1/models").json()["models"]
+    ready = gateway.get("/health/ready")
+
+    assert entry["ready"] is True
+    assert entry["name"] == "sentiment-tiny"
+    assert (entry["kind"], entry["replicas"], entry["replicas_ready"]) == ("image", 2, 1)
+    assert ready.status_code == 200
 
 
 def test_models_reports_a_service_that_drops_the_connection(start_gateway: StartGateway) -> None:
@@ -370,6 +268,9 @@ def test_models_reports_a_service_that_drops_the_connection(start_gateway: Start
                 "ready": False,
                 "status": "unreachable",
                 "reason": "the connection to the service broke before it answered",
+                "kind": "text",
+                "replicas": 1,
+                "replicas_ready": 0,
             }
         ]
     }
@@ -503,22 +404,150 @@ def test_one_json_ready_access_log_record_per_predict(
     assert isinstance(fields["duration_ms"], float)
 
 
-def test_openapi_documents_the_predict_contract(gateway: httpx.Client) -> None:
+def test_openapi_documents_each_task_with_the_schemas_of_its_kind(
+    start_gateway: StartGateway, sentiment_url: str
+) -> None:
+    gateway = start_gateway(
+        upstreams={"sentiment": sentiment_url, "pose": sentiment_url, "audio": sentiment_url},
+        task_kinds={"pose": "image", "audio": "audio"},
+        task_timeouts={},
+    )
+
     response = gateway.get("/openapi.json")
 
     assert response.status_code == 200
-    operation = response.json()["paths"]["/v1/{task}/predict"]["post"]
-    content = operation["requestBody"]["content"]
-    text_schema, images_schema = content["application/json"]["schema"]["oneOf"]
-    assert text_schema["required"] == ["text"]
-    assert text_schema["properties"]["text"]["type"] == "array"
-    assert text_schema["properties"]["text"]["items"] == {"type": "string"}
-    assert text_schema["properties"]["text"]["minItems"] == 1
-    assert images_schema["required"] == ["images"]
-    image_parts = content["multipart/form-data"]["schema"]["properties"]["image"]
-    assert image_parts["items"] == {"type": "string", "format": "binary"}
-    answers = operation["responses"]["200"]["content"]["application/json"]["schema"]
-    assert {"$ref": "#/components/schemas/TextPredictResponse"} in answers["anyOf"]
-    assert {"$ref": "#/components/schemas/PosePredictResponse"} in answers["anyOf"]
-    assert {"404", "413", "415", "422", "429", "503", "504"} <= set(operation["responses"])
+    document = response.json()
+    paths, components = document["paths"], document["components"]["schemas"]
+    assert "/v1/{task}/predict" not in paths
+    text = paths["/v1/sentiment/predict"]["post"]
+    assert text["requestBody"]["content"] == {
+        "application/json": {"schema": {"$ref": "#/components/schemas/TextPredictRequest"}}
+    }
+    assert components["TextPredictRequest"]["required"] == ["text"]
+    assert components["TextPredictRequest"]["properties"]["text"]["minItems"] == 1
+    assert _response_schema(text, "200") == {"$ref": "#/components/schemas/TextPredictResponse"}
+    assert set(text["responses"]) == {"200", "400", "413", "422", "429", "503", "504"}
+    assert _response_schema(text, "422") == {"$ref": "#/components/schemas/HTTPValidationError"}
+    assert "HTTPValidationError" in components
+    assert _response_schema(text, "503") == {"$ref": "#/components/schemas/ErrorBody"}
+    assert "upstream_unavailable" in text["responses"]["503"]["description"]
+    assert "security" not in text
+
+    image = paths["/v1/pose/predict"]["post"]
+    image_bodies = image["requestBody"]["content"]
+    assert image_bodies["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/PoseJsonRequest"
+    }
+    assert image_bodies["multipart/form-data"]["schema"]["properties"]["image"]["items"] == {
+        "type": "string",
+        "format": "binary",
+    }
+    assert _response_schema(image, "200") == {"$ref": "#/components/schemas/PosePredictResponse"}
+    assert "415" in image["responses"]
+
+    audio = paths["/v1/audio/predict"]["post"]
+    form = audio["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["audio"]
+    assert set(form["properties"]) == {"audio", "transcript"}
+    assert _response_schema(audio, "200") == {"$ref": "#/components/schemas/AudioPredictResponse"}
+    clip = components["AudioClipDetail"]["properties"]
+    assert set(clip) == {"audio", "text", "transcript", "transcript_source", "duration_seconds"}
+    assert "unusable_content" in audio["responses"]["422"]["description"]
+    from_s3 = paths["/v1/audio/predict-s3"]["post"]
+    assert from_s3["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/AudioS3Request"
+    }
+    assert components["AudioS3Request"]["required"] == ["s3_uri"]
+    assert {"403", "404"} <= set(from_s3["responses"])
     assert gateway.get("/docs").status_code == 200
+
+
+def _response_schema(operation: dict[str, Any], status: str) -> Any:
+    return operation["responses"][status]["content"]["application/json"]["schema"]
+
+
+# --------------------------------------------------------------------------- other task routes
+
+
+def test_other_routes_of_a_task_are_forwarded_with_their_query(
+    gateway: httpx.Client, sentiment_service: FakeTextService
+) -> None:
+    response = gateway.get("/v1/sentiment/about", params={"verbose": "1"})
+
+    assert response.status_code == 200
+    assert response.json() == {"task": "sentiment", "query": "verbose=1"}
+    assert sentiment_service.received[-1].path == "/v1/sentiment/about"
+    assert "x-total-time" in response.headers
+
+
+def test_a_route_the_service_lacks_is_its_404(gateway: httpx.Client) -> None:
+    response = gateway.post("/v1/sentiment/explain", json={"text": ["x"]})
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+@pytest.mark.parametrize("path", ["/v1/sentiment/predict/../../metrics", "/v1/sentiment/a//b"])
+def test_routes_that_could_escape_the_task_are_refused(
+    gateway: httpx.Client, sentiment_service: FakeTextService, path: str
+) -> None:
+    forwarded_before = len(sentiment_service.received)
+
+    request = gateway.build_request("GET", "/")
+    # The request target is sent as is: httpx would otherwise normalise the dots away.
+    request.extensions["target"] = path.encode()
+    response = gateway.send(request)
+
+    assert response.status_code == 404
+    assert len(sentiment_service.received) == forwarded_before
+
+
+# --------------------------------------------------------------------------- request ids
+
+
+def test_request_id_is_generated_passed_upstream_and_returned(
+    gateway: httpx.Client, sentiment_service: FakeTextService
+) -> None:
+    response = gateway.post("/v1/sentiment/predict", json={"text": ["fine"]})
+
+    request_id = response.headers["x-request-id"]
+    assert len(request_id) == 32
+    assert sentiment_service.received[-1].headers["x-request-id"] == request_id
+    assert gateway.get("/health/live").headers["x-request-id"] != request_id
+
+
+def test_client_request_id_is_kept(
+    gateway: httpx.Client, sentiment_service: FakeTextService
+) -> None:
+    response = gateway.post(
+        "/v1/sentiment/predict", json={"text": ["fine"]}, headers={"x-request-id": "job-42.7"}
+    )
+
+    assert response.headers["x-request-id"] == "job-42.7"
+    assert sentiment_service.received[-1].headers["x-request-id"] == "job-42.7"
+
+
+@pytest.mark.parametrize("offered", ["has spaces", "x" * 129, 'quote"d'])
+def test_unsafe_request_id_is_replaced(gateway: httpx.Client, offered: str) -> None:
+    response = gateway.get("/health/live", headers={"x-request-id": offered})
+
+    assert response.headers["x-request-id"] != offered
+    assert len(response.headers["x-request-id"]) == 32
+
+
+def test_json_log_lines_carry_the_request_id(
+    gateway: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    formatter = JsonFormatter()
+
+    response = gateway.post(
+        "/v1/sentiment/predict", json={"text": ["fine"]}, headers={"x-request-id": "trace-1"}
+    )
+
+    (record,) = [record for record in caplog.records if record.name == "gateway.access"]
+    line = json.loads(formatter.format(record))
+    assert response.status_code == 200
+    assert line["request_id"] == "trace-1"
+    assert line["message"] == "request"
+    assert (line["task"], line["status"], line["method"]) == ("sentiment", 200, "POST")

@@ -22,8 +22,8 @@ def test_reads_json_maps_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     settings = GatewaySettings()
 
     assert settings.upstreams == {
-        "sentiment": "http://127.0.0.1:8101",
-        "disaster": "https://disaster.mtc.svc:8000/v2",
+        "sentiment": ["http://127.0.0.1:8101"],
+        "disaster": ["https://disaster.mtc.svc:8000/v2"],
     }
     assert settings.port == 9090
     assert settings.log_level == "debug"
@@ -35,7 +35,34 @@ def test_ignores_unrelated_variables_sharing_the_prefix(monkeypatch: pytest.Monk
     monkeypatch.setenv("MTC_GATEWAY_UPSTREAMS", '{"sentiment": "http://127.0.0.1:8101"}')
     monkeypatch.setenv("MTC_GATEWAY_SERVICE_HOST", "10.0.0.7")
 
-    assert GatewaySettings().upstreams == {"sentiment": "http://127.0.0.1:8101"}
+    assert GatewaySettings().upstreams == {"sentiment": ["http://127.0.0.1:8101"]}
+
+
+def test_reads_replica_lists_kinds_and_a_keys_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "MTC_GATEWAY_UPSTREAMS",
+        '{"sentiment": ["http://10.0.0.5:8000/", "http://10.0.0.6:8000"], "pose": "http://p:1"}',
+    )
+    monkeypatch.setenv("MTC_GATEWAY_TASK_KINDS", '{"pose": "image"}')
+    monkeypatch.setenv("MTC_GATEWAY_API_KEYS_FILE", "/etc/mtc/api-keys")
+
+    settings = GatewaySettings()
+
+    assert settings.upstreams == {
+        "sentiment": ["http://10.0.0.5:8000", "http://10.0.0.6:8000"],
+        "pose": ["http://p:1"],
+    }
+    assert (settings.kind_of("pose"), settings.kind_of("sentiment")) == ("image", "text")
+    assert str(settings.api_keys_file) == "/etc/mtc/api-keys"
+    assert settings.tasks == ["sentiment", "pose"]
+
+
+def test_auth_and_quotas_are_off_by_default() -> None:
+    settings = GatewaySettings(upstreams={"sentiment": "http://a:1"})
+
+    assert settings.api_keys_file is None
+    assert settings.redis_url is None
+    assert settings.web_page is True
 
 
 def test_requires_at_least_one_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,6 +85,9 @@ def test_requires_at_least_one_upstream(monkeypatch: pytest.MonkeyPatch) -> None
         ({"sentiment": "http://"}, "empty host"),
         ({"sentiment": "http://a:99999"}, "invalid port number"),
         ({"sentiment": "http://a:1/?x=1"}, "must not have a query"),
+        ({"sentiment": []}, "empty list of upstream URLs"),
+        ({"sentiment": ["http://a:1", "http://a:1/"]}, "lists the same upstream URL twice"),
+        ({"sentiment": ["http://a:1", "a:2"]}, "scheme should be 'http' or 'https'"),
     ],
 )
 def test_refuses_bad_upstreams(upstreams: dict[str, str], message: str) -> None:
@@ -72,6 +102,13 @@ def test_refuses_timeouts_for_tasks_without_upstream() -> None:
         GatewaySettings(upstreams={"sentiment": "http://a:1"}, task_timeouts={"sentimnt": 2})
 
 
+def test_refuses_kinds_for_tasks_without_upstream_or_unknown_kinds() -> None:
+    with pytest.raises(ValidationError, match="task_kinds names tasks with no upstream: pse"):
+        GatewaySettings(upstreams={"pose": "http://a:1"}, task_kinds={"pse": "image"})
+    with pytest.raises(ValidationError, match="'text', 'image' or 'audio'"):
+        GatewaySettings(upstreams={"pose": "http://a:1"}, task_kinds={"pose": "video"})
+
+
 @pytest.mark.parametrize(
     "override",
     [
@@ -82,6 +119,15 @@ def test_refuses_timeouts_for_tasks_without_upstream() -> None:
         {"max_body_bytes": 0},
         {"port": 70000},
         {"log_level": "verbose"},
+        {"retry_attempts": -1},
+        {"retry_backoff_seconds": -0.1},
+        {"circuit_failure_threshold": 0},
+        {"circuit_open_seconds": 0},
+        {"rate_limit_per_second": -1},
+        {"rate_limit_burst": 0},
+        {"redis_timeout_seconds": 0},
+        {"api_keys_reload_seconds": 0},
+        {"compat_sentiment_task": "Sentiment Analysis"},
     ],
 )
 def test_refuses_out_of_range_values(override: dict[str, Any]) -> None:

@@ -1,0 +1,141 @@
+"""API key authentication and per-key quotas, in front of everything that is not public.
+
+Deny by default: every path needs a key except the public ones below (probes, metrics,
+documentation, the model list and the web page), so a route added later is protected
+unless it is listed here on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.api_keys import ApiKeyStore
+from gateway.errors import API_KEY_CHALLENGE, InvalidApiKey, MissingApiKey, RateLimited
+from gateway.metrics import GatewayMetrics
+from gateway.quotas import TokenBuckets
+from gateway.request_context import current_request
+from services.core.errors import MtcError
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset(
+    {
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/v1/models",
+        "/project/health",
+        "/project/docs",
+        "/project/openapi.json",
+        "/ui",
+    }
+)
+PUBLIC_PREFIXES = ("/ui/",)
+
+
+def is_public(path: str) -> bool:
+    """Whether `path` is answered without an API key."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def presented_api_key(scope: Scope) -> str | None:
+    """The key sent as `Authorization: Bearer <key>`, else as `X-API-Key`, else None."""
+    bearer: str | None = None
+    header_key: str | None = None
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                bearer = credentials.strip()
+        elif name == b"x-api-key" and value.strip():
+            header_key = value.decode("latin-1").strip()
+    return bearer or header_key
+
+
+class AccessGuard:
+    """Refuse non-public requests without a valid key (401), or over the key's quota
+    (429 with `Retry-After`), before anything reads their body.
+
+    Keys are compared as hashes in constant time (`ApiKeyStore.identify`) and never logged;
+    logs and counters name the key by its name in the keys file.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        keys: ApiKeyStore,
+        buckets: TokenBuckets,
+        default_rate_per_second: float,
+        default_burst: int,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.app = app
+        self.keys = keys
+        self.buckets = buckets
+        self.default_rate_per_second = default_rate_per_second
+        self.default_burst = default_burst
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        presented = presented_api_key(scope)
+        if presented is None:
+            self.metrics.observe_rejection("missing_api_key")
+            await _refuse(
+                send,
+                MissingApiKey(
+                    "this route needs an API key: send it as `Authorization: Bearer <key>` "
+                    "or `X-API-Key: <key>`",
+                    headers=API_KEY_CHALLENGE,
+                ),
+            )
+            return
+        key = self.keys.identify(presented)
+        if key is None:
+            self.metrics.observe_rejection("invalid_api_key")
+            await _refuse(
+                send, InvalidApiKey("the API key is not valid", headers=API_KEY_CHALLENGE)
+            )
+            return
+        context = current_request()
+        if context is not None:
+            context.api_key_name = key.name
+        rate = self.default_rate_per_second if key.rate_per_second is None else key.rate_per_second
+        burst = self.default_burst if key.burst is None else key.burst
+        if rate > 0:
+            decision = await self.buckets.take(key.name, rate, burst)
+            if not decision.allowed:
+                self.metrics.observe_rejection("rate_limited")
+                wait = max(1, math.ceil(decision.retry_after_seconds))
+                await _refuse(
+                    send,
+                    RateLimited(
+                        f"API key '{key.name}' is over its quota of {rate:g} requests per "
+                        f"second (bursts of {burst}); retry in {wait} s",
+                        headers={"retry-after": str(wait)},
+                    ),
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Send, error: MtcError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.encode(), value.encode()) for name, value in error.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

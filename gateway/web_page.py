@@ -1,0 +1,70 @@
+"""The try-it web page at `/ui`: a few static files (no build step) served with strict
+security headers.
+
+The page only talks to this gateway (`/v1/models`, `/v1/{task}/predict`); the Content
+Security Policy allows nothing else: no inline script or style, no other origin, no
+framing. Photos and recordings are shown from `blob:` URLs made in the browser.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from fastapi import APIRouter, HTTPException, Response
+
+UI_DIR: Final = Path(__file__).resolve().parent / "ui"
+PAGE_FILES: Final = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+}
+
+CONTENT_SECURITY_POLICY: Final = "; ".join(
+    [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "img-src 'self' blob:",
+        "media-src 'self' blob:",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+SECURITY_HEADERS: Final = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    # The microphone is for recording audio on this page only; nothing else is used.
+    "permissions-policy": "microphone=(self), camera=(), geolocation=(), payment=()",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+    # Small files that change with each release; revalidating costs little.
+    "cache-control": "no-cache",
+}
+
+
+def web_page_router() -> APIRouter:
+    """`GET /ui` (the page) and `GET /ui/{file}` (its script, style sheet and icon), read
+    from `gateway/ui` once, when the app is built."""
+    files = {name: (UI_DIR / name).read_bytes() for name in PAGE_FILES}
+    router = APIRouter(include_in_schema=False)
+
+    def page_file(name: str) -> Response:
+        if name not in files:
+            raise HTTPException(status_code=404)
+        return Response(files[name], media_type=PAGE_FILES[name], headers=SECURITY_HEADERS)
+
+    @router.get("/ui")
+    async def web_page() -> Response:
+        return page_file("index.html")
+
+    @router.get("/ui/{name}")
+    async def web_page_asset(name: str) -> Response:
+        return page_file(name)
+
+    return router
