@@ -1,0 +1,1 @@
+"""Deployment code: observability as code and the checks of the Kubernetes delivery."""

@@ -1,0 +1,155 @@
+"""Prometheus alerting rules of mtc as data.
+
+Each alert keeps its `signal` (the measured quantity, without the threshold) beside its
+`expr`, so tests can check that the signal has data in a Prometheus that scraped the stack
+even while the alert rightly does not fire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from deploy.observability.promql import quantile, rate_sum, ratio
+
+WINDOW = "5m"
+BY = "namespace, task"
+# Latency objectives of the gateway's p99, in seconds: interactive tasks and audio clips.
+INTERACTIVE_P99_SLO_SECONDS = 1.0
+AUDIO_P99_SLO_SECONDS = 15.0
+ERROR_RATIO_THRESHOLD = 0.05
+
+Severity = Literal["warning", "critical"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alerting rule."""
+
+    name: str
+    signal: str
+    expr: str
+    for_: str
+    severity: Severity
+    summary: str
+    description: str
+
+
+def _error_ratio() -> Alert:
+    errors = rate_sum("mtc_gateway_requests_total", BY, ('status_class="5xx"',), WINDOW)
+    signal = ratio(errors, rate_sum("mtc_gateway_requests_total", BY, (), WINDOW))
+    return Alert(
+        name="MtcHighErrorRatio",
+        signal=signal,
+        expr=f"{signal}\n> {ERROR_RATIO_THRESHOLD}",
+        for_="5m",
+        severity="critical",
+        summary="{{ $labels.task }}: over 5 % of requests fail with 5xx",
+        description=(
+            "{{ $value | humanizePercentage }} of the {{ $labels.task }} requests in "
+            "{{ $labels.namespace }} answered 5xx at the gateway over 5 minutes: the model "
+            "is not ready, its service is unreachable, or it times out."
+        ),
+    )
+
+
+def _latency() -> Alert:
+    def p99(matcher: str) -> str:
+        return quantile(0.99, "mtc_gateway_request_duration_seconds", BY, (matcher,), WINDOW)
+
+    not_audio, audio_only = 'task!="audio"', 'task="audio"'
+    interactive = f"({p99(not_audio)} > {INTERACTIVE_P99_SLO_SECONDS})"
+    audio = f"({p99(audio_only)} > {AUDIO_P99_SLO_SECONDS})"
+    return Alert(
+        name="MtcLatencyP99AboveSLO",
+        signal=p99(""),
+        expr=f"{interactive}\nor\n{audio}",
+        for_="10m",
+        severity="warning",
+        summary="{{ $labels.task }}: p99 latency above its objective",
+        description=(
+            "The 99th percentile of {{ $labels.task }} requests at the gateway in "
+            "{{ $labels.namespace }} is {{ $value | humanizeDuration }} (objective: "
+            f"{INTERACTIVE_P99_SLO_SECONDS:g} s, audio {AUDIO_P99_SLO_SECONDS:g} s). Check "
+            "queue depth and replicas: the autoscaler may be at its maximum."
+        ),
+    )
+
+
+def _model_not_ready() -> Alert:
+    signal = "sum by (namespace, task, pod) (mtc_model_ready)"
+    return Alert(
+        name="MtcModelNotReady",
+        signal=signal,
+        expr=f"{signal} == 0",
+        # Longer than the startup probe allows (audio: 10 minutes) so a slow start is not paged.
+        for_="15m",
+        severity="warning",
+        summary="{{ $labels.pod }}: model for {{ $labels.task }} not loaded",
+        description=(
+            "Pod {{ $labels.pod }} in {{ $labels.namespace }} has not loaded its "
+            "{{ $labels.task }} model for 15 minutes; its /health/ready answer gives the "
+            "reason (download, checksum or load failure)."
+        ),
+    )
+
+
+def _task_unavailable() -> Alert:
+    signal = f"sum by ({BY}) (mtc_model_ready)"
+    return Alert(
+        name="MtcTaskUnavailable",
+        signal=signal,
+        expr=f"{signal} == 0",
+        for_="5m",
+        severity="critical",
+        summary="{{ $labels.task }}: no replica has its model loaded",
+        description=(
+            "No replica of {{ $labels.task }} in {{ $labels.namespace }} is ready: every "
+            "request for the task answers 503."
+        ),
+    )
+
+
+def _redis_down() -> Alert:
+    signal = rate_sum("mtc_cache_errors_total", BY, (), WINDOW)
+    return Alert(
+        name="MtcRedisDown",
+        signal=signal,
+        expr=f"{signal} > 0",
+        for_="2m",
+        severity="warning",
+        summary="{{ $labels.task }}: prediction cache (Redis) unreachable",
+        description=(
+            "The {{ $labels.task }} service in {{ $labels.namespace }} cannot use Redis: "
+            "requests are served uncached (slower, more CPU) until it is back."
+        ),
+    )
+
+
+def all_alerts() -> tuple[Alert, ...]:
+    """Every alert shipped."""
+    return (_error_ratio(), _latency(), _model_not_ready(), _task_unavailable(), _redis_down())
+
+
+def rule_groups() -> dict[str, Any]:
+    """The rules in Prometheus's rule-file layout (`groups:`)."""
+    return {
+        "groups": [
+            {
+                "name": "mtc",
+                "rules": [
+                    {
+                        "alert": alert.name,
+                        "expr": alert.expr,
+                        "for": alert.for_,
+                        "labels": {"severity": alert.severity},
+                        "annotations": {
+                            "summary": alert.summary,
+                            "description": alert.description,
+                        },
+                    }
+                    for alert in all_alerts()
+                ],
+            }
+        ]
+    }

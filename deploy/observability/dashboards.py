@@ -1,0 +1,468 @@
+"""Grafana dashboards of mtc as data: one overview and one per service.
+
+Panels read only mtc's own metrics (services/core/metrics.py, gateway/metrics.py), so every
+query can be run against a Prometheus that scraped the local stack. `namespace` and `task`
+are dashboard variables; Prometheus Operator adds the `namespace` label to every target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from deploy.observability.promql import NAMESPACE, RATE, TASK, quantile, rate_sum, ratio
+
+# Grafana's JSON model version these dashboards are written in (Grafana 10.x / 11.x).
+SCHEMA_VERSION = 39
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+FILTER = (NAMESPACE, TASK)
+PANEL_HEIGHT = 8
+
+Unit = Literal["reqps", "ops", "s", "percentunit", "short", "none"]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL expression of a panel and how its series are named in the legend."""
+
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A time-series panel."""
+
+    title: str
+    description: str
+    queries: tuple[Query, ...]
+    unit: Unit
+    width: int = 12
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """A dashboard: its panels and which tasks its `task` variable selects at first."""
+
+    uid: str
+    title: str
+    description: str
+    panels: tuple[Panel, ...]
+    default_tasks: tuple[str, ...] = ()
+    tags: tuple[str, ...] = field(default=("mtc",))
+
+
+def _status_rate(metric: str) -> Panel:
+    return Panel(
+        "Requests per second by status",
+        "Prediction requests answered, by task and status class (health checks and scrapes "
+        "are not counted).",
+        (Query(rate_sum(metric, "task, status_class", FILTER, RATE), "{{task}} {{status_class}}"),),
+        "reqps",
+    )
+
+
+def _latency(histogram: str, title: str, description: str) -> Panel:
+    return Panel(
+        title,
+        description,
+        tuple(
+            Query(quantile(q, histogram, "task", FILTER, RATE), f"p{round(q * 100)} {{{{task}}}}")
+            for q in (0.5, 0.9, 0.99)
+        ),
+        "s",
+    )
+
+
+def _error_ratio(metric: str, title: str) -> Panel:
+    errors = rate_sum(metric, "task", ('status_class="5xx"', *FILTER), RATE)
+    return Panel(
+        title,
+        "Share of prediction requests answered 5xx (model not ready, upstream down or slow).",
+        (Query(ratio(errors, rate_sum(metric, "task", FILTER, RATE)), "{{task}}"),),
+        "percentunit",
+    )
+
+
+def _cache_hit_ratio() -> Panel:
+    hits = rate_sum("mtc_cache_lookups_total", "task", ('result="hit"', *FILTER), RATE)
+    lookups = rate_sum("mtc_cache_lookups_total", "task", FILTER, RATE)
+    return Panel(
+        "Cache hit ratio",
+        "Share of items answered from the prediction cache (per item, so a batch can be "
+        "partly cached).",
+        (Query(ratio(hits, lookups), "{{task}}"),),
+        "percentunit",
+    )
+
+
+def _queue_depth() -> Panel:
+    return Panel(
+        "Queue depth",
+        "Items waiting for the model, summed over replicas. Past MTC_MAX_QUEUED_ITEMS per "
+        "replica new requests are refused with 429.",
+        (Query(f"sum by (task) (mtc_queue_depth{{{NAMESPACE}, {TASK}}})", "{{task}}"),),
+        "short",
+    )
+
+
+def _batch_size() -> Panel:
+    mean = ratio(
+        rate_sum("mtc_batch_size_sum", "task", FILTER, RATE),
+        rate_sum("mtc_batch_size_count", "task", FILTER, RATE),
+    )
+    return Panel(
+        "Batch size",
+        "Items per forward pass: mean and 90th percentile. Small batches under load mean the "
+        "batching window or MTC_MAX_BATCH_SIZE limits throughput.",
+        (
+            Query(mean, "mean {{task}}"),
+            Query(quantile(0.9, "mtc_batch_size", "task", FILTER, RATE), "p90 {{task}}"),
+        ),
+        "short",
+    )
+
+
+def _replicas() -> Panel:
+    return Panel(
+        "Model replicas",
+        "Replicas scraped per task, and how many of them have their model loaded.",
+        (
+            Query(f"count by (task) (mtc_model_ready{{{NAMESPACE}, {TASK}}})", "{{task}} running"),
+            Query(f"sum by (task) (mtc_model_ready{{{NAMESPACE}, {TASK}}})", "{{task}} ready"),
+        ),
+        "short",
+    )
+
+
+def overview() -> Dashboard:
+    """Traffic, errors, latency, cache, queues, batches and replicas of every task."""
+    return Dashboard(
+        uid="mtc-overview",
+        title="mtc / Overview",
+        description="Every task through the gateway, and its model service behind it.",
+        panels=(
+            Panel(
+                "Requests per second",
+                "Prediction requests through the gateway, by task.",
+                (Query(rate_sum("mtc_gateway_requests_total", "task", FILTER, RATE), "{{task}}"),),
+                "reqps",
+            ),
+            _error_ratio("mtc_gateway_requests_total", "Error ratio (5xx) at the gateway"),
+            _latency(
+                "mtc_gateway_request_duration_seconds",
+                "Latency at the gateway",
+                "Time from receiving a prediction request to answering it, per task.",
+            ),
+            _cache_hit_ratio(),
+            _queue_depth(),
+            _batch_size(),
+            _replicas(),
+            Panel(
+                "Items inferred per second",
+                "Items that went through a model (cache misses), by task.",
+                (Query(rate_sum("mtc_items_inferred_total", "task", FILTER, RATE), "{{task}}"),),
+                "ops",
+            ),
+        ),
+    )
+
+
+def _service_panels() -> tuple[Panel, ...]:
+    phase_p99 = quantile(0.99, "mtc_phase_duration_seconds", "task, phase", FILTER, RATE)
+    return (
+        _status_rate("mtc_requests_total"),
+        _error_ratio("mtc_requests_total", "Error ratio (5xx)"),
+        _latency(
+            "mtc_request_duration_seconds",
+            "Request latency",
+            "Wall time of prediction requests inside the service.",
+        ),
+        Panel(
+            "Time per phase (p99)",
+            "Where a request's time goes: cache lookup, waiting in the queue, inference.",
+            (Query(phase_p99, "{{task}} {{phase}}"),),
+            "s",
+        ),
+        _queue_depth(),
+        Panel(
+            "Refused before inference",
+            "Requests refused by reason: overloaded (queue full, 429), timeout (504), "
+            "not_ready (503).",
+            (
+                Query(
+                    rate_sum("mtc_rejected_total", "task, reason", FILTER, RATE),
+                    "{{task}} {{reason}}",
+                ),
+            ),
+            "reqps",
+        ),
+        _cache_hit_ratio(),
+        Panel(
+            "Cache errors",
+            "Cache calls that failed or were skipped while Redis was down (requests are still "
+            "served, uncached).",
+            (Query(rate_sum("mtc_cache_errors_total", "task", FILTER, RATE), "{{task}}"),),
+            "ops",
+        ),
+        _batch_size(),
+        _replicas(),
+        Panel(
+            "Model served",
+            "Name and version of the loaded model (1 per replica serving it).",
+            (
+                Query(
+                    f"sum by (task, model, version) (mtc_model_info{{{NAMESPACE}, {TASK}}})",
+                    "{{task}} {{model}} {{version}}",
+                ),
+            ),
+            "short",
+        ),
+    )
+
+
+def text_service() -> Dashboard:
+    """The text service (sentiment, disaster and any other text task)."""
+    fill = ratio(
+        rate_sum("mtc_batch_fill_ratio_sum", "task", FILTER, RATE),
+        rate_sum("mtc_batch_fill_ratio_count", "task", FILTER, RATE),
+    )
+    return Dashboard(
+        uid="mtc-text",
+        title="mtc / Text service",
+        description="Text classification service: traffic, phases, queue, cache, batching.",
+        panels=(
+            *_service_panels(),
+            Panel(
+                "Batch fill ratio",
+                "Real tokens / padded tokens per forward pass (1.0 = no padding wasted); low "
+                "values mean texts of very different lengths share batches.",
+                (Query(fill, "{{task}}"),),
+                "percentunit",
+            ),
+        ),
+        default_tasks=("sentiment", "disaster"),
+    )
+
+
+def pose_service() -> Dashboard:
+    """The image (pose) service."""
+    return Dashboard(
+        uid="mtc-pose",
+        title="mtc / Pose service",
+        description="Image classification service: traffic, phases, queue, cache, batching.",
+        panels=_service_panels(),
+        default_tasks=("pose",),
+    )
+
+
+def audio_service() -> Dashboard:
+    """The audio service."""
+    return Dashboard(
+        uid="mtc-audio",
+        title="mtc / Audio service",
+        description="Audio classification service: traffic, phases, queue, cache, batching.",
+        panels=_service_panels(),
+        default_tasks=("audio",),
+    )
+
+
+def gateway() -> Dashboard:
+    """The gateway: traffic per task and how its upstreams behave."""
+    return Dashboard(
+        uid="mtc-gateway",
+        title="mtc / Gateway",
+        description="The public API: traffic, latency, and failures to reach model services.",
+        panels=(
+            _status_rate("mtc_gateway_requests_total"),
+            _latency(
+                "mtc_gateway_request_duration_seconds",
+                "Latency",
+                "Time from receiving a prediction request to sending its response headers.",
+            ),
+            Panel(
+                "Upstream errors",
+                "Attempts to reach a task's service that failed: connect, timeout, protocol, "
+                "or refused by an open circuit.",
+                (
+                    Query(
+                        rate_sum("mtc_gateway_upstream_errors_total", "task, kind", FILTER, RATE),
+                        "{{task}} {{kind}}",
+                    ),
+                ),
+                "ops",
+            ),
+            Panel(
+                "Requests in flight per task",
+                "Requests forwarded and not yet answered, summed over gateway replicas.",
+                (
+                    Query(
+                        f"sum by (task) (mtc_gateway_upstream_in_flight{{{NAMESPACE}, {TASK}}})",
+                        "{{task}}",
+                    ),
+                ),
+                "short",
+            ),
+            Panel(
+                "Open circuits",
+                "Upstream URLs whose circuit is open or half-open (no regular traffic).",
+                (
+                    Query(
+                        f"sum by (task) (mtc_gateway_upstream_circuit_open{{{NAMESPACE}, {TASK}}})",
+                        "{{task}}",
+                    ),
+                ),
+                "short",
+            ),
+            Panel(
+                "Refused requests",
+                "Requests refused before forwarding: missing or invalid API key (401), over "
+                "the key's quota (429). Only with API keys on.",
+                (
+                    Query(
+                        rate_sum("mtc_gateway_rejected_total", "reason", (NAMESPACE,), RATE),
+                        "{{reason}}",
+                    ),
+                ),
+                "reqps",
+            ),
+            Panel(
+                "Quota checks without Redis",
+                "Quota checks counted in memory because Redis failed: quotas are then per "
+                "gateway replica instead of shared.",
+                (
+                    Query(
+                        f"sum (rate(mtc_gateway_quota_store_errors_total{{{NAMESPACE}}}[{RATE}]))",
+                        "quota store errors",
+                    ),
+                ),
+                "ops",
+            ),
+            Panel(
+                "Gateway replicas",
+                "Gateway replicas scraped (each exports one quota-error counter).",
+                (
+                    Query(
+                        f"count (mtc_gateway_quota_store_errors_total{{{NAMESPACE}}})",
+                        "replicas",
+                    ),
+                ),
+                "short",
+            ),
+        ),
+    )
+
+
+def all_dashboards() -> tuple[Dashboard, ...]:
+    """Every dashboard shipped."""
+    return (overview(), text_service(), pose_service(), audio_service(), gateway())
+
+
+def _variables(dashboard: Dashboard) -> list[dict[str, Any]]:
+    namespaces = "label_values(mtc_model_ready, namespace)"
+    tasks = 'label_values(mtc_model_ready{namespace=~"$namespace"}, task)'
+    if dashboard.default_tasks:
+        current: dict[str, Any] = {
+            "text": list(dashboard.default_tasks),
+            "value": list(dashboard.default_tasks),
+        }
+    else:
+        current = {"text": ["All"], "value": ["$__all"]}
+    return [
+        {
+            "name": "datasource",
+            "label": "Data source",
+            "type": "datasource",
+            "query": "prometheus",
+            "hide": 0,
+        },
+        {
+            "name": "namespace",
+            "label": "Namespace",
+            "type": "query",
+            "datasource": DATASOURCE,
+            "definition": namespaces,
+            "query": {"query": namespaces, "refId": "namespace"},
+            "refresh": 2,
+            "sort": 1,
+            "includeAll": False,
+            "multi": False,
+            "hide": 0,
+        },
+        {
+            "name": "task",
+            "label": "Task",
+            "type": "query",
+            "datasource": DATASOURCE,
+            "definition": tasks,
+            "query": {"query": tasks, "refId": "task"},
+            "refresh": 2,
+            "sort": 1,
+            "includeAll": True,
+            "allValue": ".+",
+            "multi": True,
+            "current": current,
+            "hide": 0,
+        },
+    ]
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    return {
+        "id": panel_id,
+        "type": "timeseries",
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": PANEL_HEIGHT, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {
+            "defaults": {
+                "unit": panel.unit,
+                "min": 0,
+                "custom": {"drawStyle": "line", "fillOpacity": 10, "showPoints": "never"},
+            },
+            "overrides": [],
+        },
+        "options": {
+            "legend": {"displayMode": "table", "placement": "bottom", "calcs": ["mean", "max"]},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        "targets": [
+            {
+                "refId": chr(ord("A") + index),
+                "datasource": DATASOURCE,
+                "expr": query.expr,
+                "legendFormat": query.legend,
+                "range": True,
+            }
+            for index, query in enumerate(panel.queries)
+        ],
+    }
+
+
+def to_json(dashboard: Dashboard) -> dict[str, Any]:
+    """The dashboard in Grafana's JSON model, panels laid out two per row."""
+    panels: list[dict[str, Any]] = []
+    x = y = 0
+    for panel_id, panel in enumerate(dashboard.panels, start=1):
+        if x + panel.width > 24:
+            x, y = 0, y + PANEL_HEIGHT
+        panels.append(_panel_json(panel, panel_id, x, y))
+        x += panel.width
+    return {
+        "uid": dashboard.uid,
+        "title": dashboard.title,
+        "description": dashboard.description,
+        "tags": list(dashboard.tags),
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "editable": False,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timezone": "browser",
+        "annotations": {"list": []},
+        "links": [],
+        "templating": {"list": _variables(dashboard)},
+        "panels": panels,
+    }
