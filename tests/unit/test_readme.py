@@ -8,6 +8,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from gateway.settings import GatewaySettings
+from services.audio.settings import AudioSettings
 from services.pose.settings import PoseSettings
 from services.text.settings import TextSettings
 
@@ -16,7 +17,12 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding=
 
 @pytest.mark.parametrize(
     ("settings", "prefix"),
-    [(TextSettings, "MTC_"), (PoseSettings, "MTC_"), (GatewaySettings, "MTC_GATEWAY_")],
+    [
+        (TextSettings, "MTC_"),
+        (PoseSettings, "MTC_"),
+        (AudioSettings, "MTC_"),
+        (GatewaySettings, "MTC_GATEWAY_"),
+    ],
 )
 def test_every_setting_is_in_the_configuration_table(
     settings: type[BaseSettings], prefix: str
