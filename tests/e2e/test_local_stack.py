@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from tests.support.audio_clips import encode, spoken_wav
 from tests.support.pose_images import opencv_doc_data, pedestrian_crop
-from tests.support.processes import free_port, free_port_pair, start, stop, wait_for_http
+from tests.support.processes import free_port, free_port_run, start, stop, wait_for_http
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +58,12 @@ def starter_models() -> list[str]:
         ),
         "--pose-model",
         f"pose={MODELS_DIR / 'pose'}",
+        "--audio-model",
+        f"audio={MODELS_DIR / 'audio'}",
     ]
+
+
+SERVICES = 4  # sentiment, disaster, pose, audio: on consecutive ports
 
 
 def stack_command(gateway_port: int, service_port: int, models: list[str]) -> list[str]:
@@ -74,7 +81,7 @@ def stack_command(gateway_port: int, service_port: int, models: list[str]) -> li
 
 @pytest.fixture(scope="module")
 def stack(starter_models: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    gateway_port, service_port = free_port(), free_port_pair()
+    gateway_port, service_port = free_port(), free_port_run(SERVICES)
     log = tmp_path_factory.mktemp("stack") / "stack.log"
     process = start(stack_command(gateway_port, service_port, starter_models), log=log)
     base = f"http://127.0.0.1:{gateway_port}"
@@ -150,6 +157,36 @@ def test_pose_through_the_gateway(stack: Stack) -> None:
     assert "image[0]" in refused.json()["detail"]
 
 
+def test_audio_through_the_gateway(stack: Stack) -> None:
+    clip = spoken_wav("please send an ambulance, my father collapsed in the garden")
+    response = httpx.post(
+        f"{stack.base}/v1/audio/predict", files={"audio": ("call.wav", clip)}, timeout=120
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"]["name"] == "mtc-emergency-call"
+    assert body["clips"][0]["transcript_source"] == "asr"
+    assert "ambulance" in body["clips"][0]["transcript"].lower()
+    assert body["predictions"][0][0]["label"] == "help"
+    assert "x-total-time" in response.headers
+    given = httpx.post(
+        f"{stack.base}/v1/audio/predict",
+        files={"audio": ("call.wav", clip)},
+        data={"transcript": "I want to book a table for four on Friday"},
+        timeout=120,
+    )
+    assert given.status_code == 200, given.text
+    assert given.json()["clips"][0]["transcript_source"] == "request"
+    assert given.json()["predictions"][0][0]["label"] == "regular"
+    silent = httpx.post(
+        f"{stack.base}/v1/audio/predict",
+        files={"audio": ("quiet.wav", encode(np.zeros(16_000, dtype=np.float32)))},
+        timeout=60,
+    )
+    assert silent.status_code == 422, silent.text
+    assert silent.json()["error_type"] == "unusable_content"
+
+
 def test_json_without_content_type_through_the_gateway(stack: Stack) -> None:
     response = httpx.post(
         f"{stack.base}/v1/sentiment/predict",
@@ -178,7 +215,7 @@ def test_errors_through_the_gateway(stack: Stack) -> None:
 def test_models_and_service_endpoints(stack: Stack) -> None:
     models = httpx.get(f"{stack.base}/v1/models", timeout=30).json()["models"]
     by_task = {m["task"]: m for m in models}
-    assert sorted(by_task) == ["disaster", "pose", "sentiment"]
+    assert sorted(by_task) == ["audio", "disaster", "pose", "sentiment"]
     assert all(m["ready"] for m in models)
     assert by_task["sentiment"]["labels"] == ["NEGATIVE", "POSITIVE"]
     assert by_task["disaster"]["labels"] == ["not_disaster", "disaster"]
@@ -188,7 +225,7 @@ def test_models_and_service_endpoints(stack: Stack) -> None:
 
 
 def test_interrupt_stops_every_process(starter_models: list[str], tmp_path: Path) -> None:
-    gateway_port, service_port = free_port(), free_port_pair()
+    gateway_port, service_port = free_port(), free_port_run(SERVICES)
     process = start(
         stack_command(gateway_port, service_port, starter_models), log=tmp_path / "stack.log"
     )
@@ -203,6 +240,6 @@ def test_interrupt_stops_every_process(starter_models: list[str], tmp_path: Path
         assert process.wait(timeout=30) == 0
     finally:
         stop(process, kill=True)
-    for port in (gateway_port, service_port, service_port + 1, service_port + 2):
+    for port in (gateway_port, *range(service_port, service_port + SERVICES)):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"

@@ -22,17 +22,29 @@ def free_port() -> int:
         return port
 
 
+def free_port_run(count: int) -> int:
+    """A port P such that P, P + 1, ..., P + count - 1 are all free right now."""
+    for _ in range(200):
+        port = free_port()
+        if port + count > 65535:
+            continue
+        if all(_is_free(port + offset) for offset in range(1, count)):
+            return port
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port_pair() -> int:
     """A port P such that P and P + 1 are both free right now."""
-    for _ in range(100):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports found")
+    return free_port_run(2)
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
