@@ -13,7 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+
+from services.core.cache import without_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class RedisTokenBuckets:
         )
         self._script = self._client.register_script(TAKE_TOKEN_SCRIPT)
         self._fallback = MemoryTokenBuckets(clock=clock)
-        self._redacted_url = _without_credentials(url)
+        self._redacted_url = without_credentials(url)
         self.retry_seconds = retry_seconds
         self._on_error = on_error
         self._clock = clock
@@ -177,12 +178,3 @@ class RedisTokenBuckets:
                 error,
             )
         self._down_until = self._clock() + self.retry_seconds
-
-
-def _without_credentials(url: str) -> str:
-    """The URL with any user and password left out, for logs."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

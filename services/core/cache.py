@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class RedisCache:
             # One immediate retry replaces a pooled connection that a Redis restart closed.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        self._redacted_url = _redact(url)
+        self._redacted_url = without_credentials(url)
         self.ttl_seconds = ttl_seconds
         self.retry_seconds = retry_seconds
         self._on_error = on_error
@@ -204,9 +205,10 @@ class RedisCache:
             self._down_until = None
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+def without_credentials(url: str) -> str:
+    """The URL with any user, password and query left out: safe to log."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
