@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from gateway.access_control import AccessGuard
 from gateway.api_keys import ApiKeyStore
@@ -34,6 +35,16 @@ Errors other than 422 are `{"detail": ..., "error_type": ...}`.
 The compatibility routes keep clients of earlier APIs working; the page at `/ui` tries
 every task in a browser.
 """
+
+
+# Response headers a page on another origin may read (timings, request id, back-off).
+EXPOSED_HEADERS = (
+    "x-request-id",
+    "x-total-time",
+    "x-inference-time",
+    "x-queue-time",
+    "retry-after",
+)
 
 
 class GatewayState(TypedDict):
@@ -103,6 +114,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
     # Records the 401s, 429s and 413s above as task traffic.
     app.add_middleware(TaskTraffic, metrics=metrics, compat_paths=compat_paths(settings))
+    if settings.cors_origins:
+        # Outside the key check: a browser's preflight never carries the key.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
+            expose_headers=list(EXPOSED_HEADERS),
+        )
     # Outermost: every log line of a request, the access line included, has its id.
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -125,6 +125,11 @@ class GatewaySettings(BaseSettings):
     web_page: bool = True
     """Serve the try-it web page at `/ui`."""
 
+    cors_origins: list[str] = Field(default_factory=list)
+    """Browser origins allowed to call the API from their pages, as a JSON list, e.g.
+    `["https://app.example.com"]` (`["*"]` for any). Empty: no CORS headers are sent, so
+    browsers only let pages served by the gateway itself (such as `/ui`) call it."""
+
     log_level: LogLevel = "info"
     """Lowest level of the log lines written (critical, error, warning, info, debug)."""
 
@@ -159,6 +164,15 @@ class GatewaySettings(BaseSettings):
             if seconds <= 0:
                 raise ValueError(f"timeout for task {task!r} must be positive, got {seconds}")
         return timeouts
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            # An origin is scheme://host[:port]: a path or a trailing slash never matches.
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"CORS origin {origin!r} is not scheme://host[:port] or *")
+        return origins
 
     @field_validator("compat_sentiment_task", "compat_disaster_task", "compat_pose_task")
     @classmethod

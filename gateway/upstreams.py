@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 # does; reusing one the service is closing fails the request with a protocol error.
 KEEPALIVE_EXPIRY_SECONDS = 4.0
 
-# Headers of a service's answer that clients read (timings for load tests, back-off).
-RELAYED_HEADERS = ("content-type", "x-inference-time", "x-queue-time", "retry-after")
+# Headers of a service's answer that clients read (timings for load tests, back-off, and
+# the methods a 405 allows).
+RELAYED_HEADERS = ("content-type", "x-inference-time", "x-queue-time", "retry-after", "allow")
 
 
 def create_http_client(settings: GatewaySettings) -> httpx.AsyncClient:

@@ -258,7 +258,7 @@ def build_app(settings: AudioSettings, model: EmergencyCallModel | None = None) 
         asr_model_dir=settings.asr_model_dir,
         asr_language=settings.asr_language,
         asr_threads=settings.asr_threads,
-        torch_threads=settings.torch_threads,
+        torch_threads=settings.threads_per_worker,
         limits=limits,
     )
     return create_app(

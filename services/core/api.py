@@ -25,7 +25,7 @@ from services.core.body_limit import BodySizeLimit
 from services.core.cache import MemoryCache, NullCache, RedisCache, ResponseCache
 from services.core.dataplane import DataPlane
 from services.core.errors import ModelNotReady
-from services.core.http_errors import ErrorBody, install_error_handlers
+from services.core.http_errors import ErrorBody, install_error_handlers, without_locations
 from services.core.metrics import ServiceMetrics
 from services.core.model import ClassifierModel
 from services.core.settings import ServiceSettings
@@ -160,8 +160,10 @@ def create_app(
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure keeps the service not-ready
-            state.status, state.reason = "failed", f"{type(exc).__name__}: {exc}"
-            logger.error("model %s failed to load: %s", settings.model_uri, state.reason)
+            reason = f"{type(exc).__name__}: {exc}"
+            logger.error("model %s failed to load: %s", settings.model_uri, reason)
+            # Clients see why, but not where: paths and URLs stay in the log above.
+            state.status, state.reason = "failed", without_locations(reason)
             return
         meta = model.metadata
         metrics.mark_loaded(meta.name, meta.version)
@@ -219,7 +221,7 @@ def create_app(
             return HealthStatus(status="ready")
         if state.status == "failed":
             raise ModelNotReady(f"model failed to load: {state.reason}")
-        raise ModelNotReady(f"model {settings.model_uri} is still loading")
+        raise ModelNotReady(without_locations(f"model {settings.model_uri} is still loading"))
 
     @app.get("/v1/models", tags=["models"])
     async def models() -> ModelList:

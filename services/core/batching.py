@@ -57,6 +57,8 @@ class BatchQueue(Generic[ItemT]):
         self.max_queued_items = max_queued_items
         self.workers = workers
         self._pending: list[PendingItem[ItemT]] = []
+        # Futures of items accepted and not yet answered, queued or running: what stop() drains.
+        self._outstanding: set[asyncio.Future[list[LabelScore]]] = set()
         self._wakeup: asyncio.Condition | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._executor: ThreadPoolExecutor | None = None
@@ -77,8 +79,11 @@ class BatchQueue(Generic[ItemT]):
             for index in range(self.workers)
         ]
 
-    async def stop(self) -> None:
-        """Stop the workers and fail whatever is still waiting."""
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop the workers once accepted work is answered (waiting at most
+        `drain_seconds`), then cancel whatever is still waiting."""
+        if drain_seconds > 0 and self._outstanding:
+            await asyncio.wait(set(self._outstanding), timeout=drain_seconds)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -109,6 +114,9 @@ class BatchQueue(Generic[ItemT]):
             PendingItem(item=item, cost=max(1, cost), future=loop.create_future())
             for item, cost in zip(items, costs, strict=True)
         ]
+        for pending in queued:
+            self._outstanding.add(pending.future)
+            pending.future.add_done_callback(self._outstanding.discard)
         async with self._wakeup:
             self._pending.extend(queued)
             self.metrics.queue_depth.labels(self.metrics.task).set(len(self._pending))

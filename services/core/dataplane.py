@@ -62,8 +62,9 @@ class DataPlane(Generic[ItemT]):
         await self.queue.start()
 
     async def stop(self) -> None:
-        """Stop the workers and close the cache."""
-        await self.queue.stop()
+        """Answer the work already accepted, then stop the workers and close the cache."""
+        # No request waits longer than its timeout, so neither does the drain.
+        await self.queue.stop(drain_seconds=self.settings.request_timeout_seconds)
         await self.cache.close()
 
     async def predict(

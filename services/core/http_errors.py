@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import re
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from services.core.errors import MtcError
 
 logger = logging.getLogger(__name__)
+
+# Absolute paths and URLs (file://, s3://, http://...): where things live stays in the log.
+_LOCATION = re.compile(
+    r"(?:\b[a-z][a-z0-9+.-]*://[^\s'\"]*|(?<![\w.])/[^\s'\":,;]+)", re.IGNORECASE
+)
+
+
+def without_locations(text: str) -> str:
+    """`text` for a response body: paths and URLs replaced by `<redacted>`."""
+    return _LOCATION.sub("<redacted>", text)
 
 
 class ErrorBody(BaseModel):
@@ -20,11 +38,53 @@ class ErrorBody(BaseModel):
     error_type: str
 
 
+class ValidationIssue(BaseModel):
+    """One problem FastAPI found in a request."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(BaseModel):
+    """FastAPI's own 422 body, kept because existing clients parse it."""
+
+    detail: list[ValidationIssue]
+
+
 async def _handle_mtc_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MtcError)
     if exc.status_code >= 500:
         logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc)
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:
+        # A body FastAPI could not parse (e.g. invalid UTF-8) gets the documented error shape.
+        body = {"detail": str(exc.detail), "error_type": "invalid_input"}
+        return JSONResponse(body, status_code=400, headers=exc.headers)
+    return await http_exception_handler(request, exc)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # FastAPI's body echoes the bad input; `1e999` (inf) or a lone surrogate in it would make
+    # encoding the 422 fail with a 500, so both are written in a form JSON can carry.
+    detail = _json_safe(jsonable_encoder(exc.errors()))
+    content = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False)
+    return Response(content, status_code=422, media_type="application/json")
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -46,13 +106,23 @@ def install_error_handlers(app: FastAPI) -> None:
     existing clients parse them.
     """
     app.add_exception_handler(MtcError, _handle_mtc_error)
+    app.add_exception_handler(HTTPException, _handle_http_exception)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)
     # A bug still answers in the documented error shape (the traceback goes to the log).
     app.add_exception_handler(Exception, _handle_unexpected)
 
 
-def error_responses(*errors: type[MtcError]) -> dict[int | str, dict[str, object]]:
-    """OpenAPI `responses=` entries for the errors a route can return."""
+def error_responses(
+    *errors: type[MtcError], validation: bool = False
+) -> dict[int | str, dict[str, object]]:
+    """OpenAPI `responses=` entries for the errors a route can return.
+
+    `validation` documents FastAPI's 422 body for routes that read their body by hand;
+    a 422 domain error on the same route makes the 422 entry either shape.
+    """
     responses: dict[int | str, dict[str, object]] = {}
+    if validation:
+        responses[422] = {"description": "Validation error", "model": ValidationErrorBody}
     for error in errors:
         entry = responses.setdefault(
             error.status_code,
@@ -61,4 +131,7 @@ def error_responses(*errors: type[MtcError]) -> dict[int | str, dict[str, object
         text = (error.__doc__ or error.__name__).strip().splitlines()[0]
         described = str(entry["description"])
         entry["description"] = f"{described} `{error.error_type}`: {text}".strip()
+    if any(error.status_code == 422 for error in errors):
+        # Body validation also answers 422, in FastAPI's shape, on every route with a body.
+        responses[422]["model"] = ErrorBody | ValidationErrorBody
     return responses

@@ -200,6 +200,7 @@ def pose_routes(settings: PoseSettings, model: PoseModel) -> Any:
                 Overloaded,
                 ModelNotReady,
                 RequestTimedOut,
+                validation=True,
             ),
             summary=f"Classify the pose in photos ({settings.task})",
             # The body is read by hand (two content types), so its schema is declared here.
@@ -255,7 +256,9 @@ def build_app(settings: PoseSettings, model: PoseModel | None = None) -> FastAPI
     }
     classifier = model or AutoPoseModel(
         landmarks=lambda: LandmarkClassifier(limits=limits),
-        hf_image=lambda: HfImageClassifier(torch_threads=settings.torch_threads, limits=limits),
+        hf_image=lambda: HfImageClassifier(
+            torch_threads=settings.threads_per_worker, limits=limits
+        ),
     )
     return create_app(
         settings,
