@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.core.cpu_quota import available_cpus
+
 _TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 
@@ -64,7 +66,8 @@ class ServiceSettings(BaseSettings):
     """Forward passes that may run at the same time (each in its own thread)."""
 
     torch_threads: int | None = Field(default=None, ge=1)
-    """Intra-op threads for each forward pass; unset keeps the library default."""
+    """Intra-op threads for each forward pass; unset: the container's CPUs divided among
+    the inference workers (one each by default)."""
 
     redis_url: str | None = None
     """Redis URL (`redis://host:6379/0`) for a prediction cache shared by replicas;
@@ -84,6 +87,15 @@ class ServiceSettings(BaseSettings):
 
     log_level: str = "INFO"
     """Python logging level name."""
+
+    @property
+    def threads_per_worker(self) -> int:
+        """Intra-op threads each forward pass may use: `torch_threads` when set, else the
+        CPUs shared out among the workers, since workers that compete for the same cores
+        with several threads each only add contention."""
+        if self.torch_threads is not None:
+            return self.torch_threads
+        return max(1, available_cpus() // self.inference_workers)
 
     @field_validator("task")
     @classmethod

@@ -25,6 +25,10 @@ from services.text.models.onnx_classifier import OnnxSequenceClassifier
 from services.text.models.sequence_classifier import SequenceClassifier
 from services.text.settings import TextSettings
 
+INLINE_TOKENIZE_CHARS = 4_000
+"""Requests with at most this many characters are tokenized on the event loop (well under
+a millisecond); larger ones in a thread, so they never stall other requests."""
+
 
 def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
     """The route registrar for `create_app`."""
@@ -70,7 +74,11 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
                         f"text[{index}] has {len(text)} characters; the limit is "
                         f"{settings.max_text_chars} (MTC_MAX_TEXT_CHARS)"
                     )
-            counts = await asyncio.to_thread(model.token_counts, texts)
+            if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
+                # A thread hop costs more than tokenizing a few short texts right here.
+                counts = model.token_counts(texts)
+            else:
+                counts = await asyncio.to_thread(model.token_counts, texts)
             limit = model.max_tokens
             result = await plane.predict(texts, [min(count, limit) for count in counts])
             meta = model.metadata
@@ -94,7 +102,7 @@ def build_app(settings: TextSettings, model: SequenceClassifier | None = None) -
     model_class = OnnxSequenceClassifier if settings.runtime == "onnx" else SequenceClassifier
     classifier = model or model_class(
         max_tokens=settings.max_tokens,
-        torch_threads=settings.torch_threads,
+        torch_threads=settings.threads_per_worker,
         limits={
             "max_items_per_request": settings.max_items_per_request,
             "max_text_chars": settings.max_text_chars,

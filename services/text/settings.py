@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from services.core.cpu_quota import available_cpus
 from services.core.settings import ServiceSettings
 
 
@@ -18,6 +19,12 @@ class TextSettings(ServiceSettings):
     max_tokens: int | None = Field(default=None, ge=8)
     """Cap on tokens per text fed to the model (default: the model's own maximum);
     longer texts are truncated and reported in the response's `truncated` list."""
+
+    inference_workers: int = Field(default_factory=available_cpus, ge=1, le=64)
+    """Forward passes that may run at the same time (each in its own thread); default: one
+    per CPU of the container's limit (cgroup `cpu.max`), else of the machine. With
+    `torch_threads` unset each then runs single-threaded: two single-threaded workers
+    used half the CPU time per text of one two-threaded worker (docs/performance.md)."""
 
     runtime: Literal["torch", "onnx"] = "torch"
     """`torch` serves the safetensors weights; `onnx` serves `onnx/model.int8.onnx`, written

@@ -189,8 +189,13 @@ def test_queue_bound_answers_429(tiny_model_dir: Path) -> None:
     gate = threading.Event()
     gate.set()
     slow = GatedClassifier(gate, delay=1.0)
+    # One worker, so exactly one item is running and the other three wait in the queue.
     settings = settings_for(
-        tiny_model_dir, max_queued_items=4, max_items_per_request=4, max_batch_size=1
+        tiny_model_dir,
+        max_queued_items=4,
+        max_items_per_request=4,
+        max_batch_size=1,
+        inference_workers=1,
     )
     with TestClient(build_app(settings, slow)) as client:
         wait_ready(client)

@@ -71,6 +71,9 @@ class OnnxSequenceClassifier(SequenceClassifier):
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self._torch_threads:
             options.intra_op_num_threads = self._torch_threads
+        # Concurrency comes from the inference workers, one session run each; a second
+        # pool inside the session would only compete with them for the same cores.
+        options.inter_op_num_threads = 1
         try:
             session = onnxruntime.InferenceSession(
                 str(onnx_file), options, providers=["CPUExecutionProvider"]
