@@ -12,10 +12,10 @@ STARTER_MODELS := .mtc/models/sentiment/manifest.json .mtc/models/disaster/manif
 STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/starter/data/*.csv \
 	services/pose/starter.py services/pose/landmarks.py services/audio/starter/*.py \
 	services/audio/training.py)
-CHECKED := services gateway deploy
+CHECKED := services gateway deploy load
 
 .PHONY: install system-tools models run lint test test-unit test-integration test-e2e images dashboards \
-	bench-audio clean
+	bench bench-audio clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,9 @@ images: ## build the four service images (needs docker and a registry to pull ba
 
 dashboards: $(VENV)/.installed ## regenerate the Grafana dashboards, alert rules and their ConfigMaps
 	$(BIN)/python -m deploy.observability.generate
+
+bench: models ## text service vs naive baseline, gateway cache hits and overhead, pose, audio
+	$(BIN)/python -m load.bench
 
 bench-audio: models ## end-to-end latency of a 5 s call, with and without ASR
 	$(BIN)/python -m services.audio.latency_benchmark
