@@ -33,7 +33,7 @@ from tests.support.pose_images import build_tiny_vit
 pytestmark = pytest.mark.integration
 
 # Per operation with inputs (operations without any have a single case), so each app gets
-# several hundred cases and the gateway thousands. Figures are in docs/reliability.md.
+# several hundred cases and the gateway thousands. Figures are in tests/README.md.
 CASES_PER_OPERATION = 300
 
 FUZZ_SETTINGS = settings(

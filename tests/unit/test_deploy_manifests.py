@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,26 @@ def test_redis_password_comes_from_a_secret(rendered: dict[str, list[Manifest]])
     dev_secrets = by_kind(rendered["overlays/dev"], "Secret")
     assert len(dev_secrets) == 1
     assert next(iter(dev_secrets)).startswith("mtc-redis")
+
+
+SECRET_LIKE = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|API_KEY)(?!S_FILE)", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_no_secret_is_kept_in_a_config_map_or_plain_env(
+    rendered: dict[str, list[Manifest]], path: str
+) -> None:
+    for name, config_map in by_kind(rendered[path], "ConfigMap").items():
+        for key, value in (config_map.get("data") or {}).items():
+            assert not SECRET_LIKE.search(key), (path, name, key)
+            assert "redis://:" not in str(value) or "$(" in str(value), (path, name, key)
+    for name, deployment in by_kind(rendered[path], "Deployment").items():
+        spec = pod_spec(deployment)
+        for container in spec["containers"] + spec.get("initContainers", []):
+            for variable in container.get("env", []):
+                if SECRET_LIKE.search(variable["name"]):
+                    assert "value" not in variable, (path, name, variable["name"])
+                    assert "secretKeyRef" in variable.get("valueFrom", {}), (path, name)
 
 
 def test_queue_depth_component_adds_a_pods_metric(tmp_path: Path) -> None:
