@@ -76,6 +76,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     base = f"http://127.0.0.1:{gateway_port}"
     try:
         wait_for_http(f"{base}/health/ready", process, timeout=300)
+        # The gateway is ready once each task has one loaded replica; tests that spread
+        # requests over both sentiment replicas need both loaded.
+        for port in (first_service_port, first_service_port + 1):
+            wait_for_http(f"http://127.0.0.1:{port}/health/ready", process, timeout=300)
         yield Stack(base, (first_service_port, first_service_port + 1))
     except Exception:
         print(log.read_text())
