@@ -12,16 +12,24 @@ from fastapi.middleware.cors import CORSMiddleware
 from gateway.access_control import AccessGuard
 from gateway.api_keys import ApiKeyStore
 from gateway.compat_routes import compat_paths, compat_routers
+from gateway.direct_forwarding import DirectForwarding
 from gateway.errors import InvalidApiKey, MissingApiKey, RateLimited
 from gateway.metrics import GatewayMetrics
 from gateway.openapi_document import install_openapi
 from gateway.quotas import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
 from gateway.request_context import RequestIdMiddleware
-from gateway.routes import health_router, metrics_router, models_router, task_router
+from gateway.routes import (
+    documented_task_paths,
+    health_router,
+    metrics_router,
+    models_router,
+    task_router,
+)
 from gateway.settings import GatewaySettings
 from gateway.traffic import TaskTraffic
 from gateway.upstreams import Upstreams, build_replica_sets, create_http_client
 from gateway.web_page import web_page_router
+from services.core.api import WITHOUT_OPENTELEMETRY
 from services.core.body_limit import BodySizeLimit
 from services.core.errors import MtcError
 from services.core.http_errors import install_error_handlers
@@ -87,6 +95,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         strict_content_type=False,
+        telemetry=WITHOUT_OPENTELEMETRY,
     )
     app.include_router(task_router(settings, access_errors))
     app.include_router(models_router)
@@ -99,8 +108,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.include_router(web_page_router())
     install_openapi(app, project_routes=compat.project.routes, api_keys_required=keys is not None)
     install_error_handlers(app)
-    # Middleware added later wraps what was added before. Innermost: the size limit (inside
-    # the server-error layer, a body that overflows while streaming gets its 413, not 500).
+    # Middleware added later wraps what was added before. Innermost: the documented task
+    # routes, answered without FastAPI's routing layers (the gateway's hot path).
+    app.add_middleware(DirectForwarding, routes=documented_task_paths(settings))
+    # Next, the size limit (inside the server-error layer, a body that overflows while
+    # streaming gets its 413, not 500).
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if keys is not None and buckets is not None:
         # Outside the size limit: an unauthenticated body is refused before it is read.

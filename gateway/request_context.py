@@ -4,7 +4,7 @@ answering (which upstream, which API key), shared by the middlewares, routes and
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -37,7 +37,7 @@ def current_request() -> RequestContext | None:
 
 def new_request_id() -> str:
     """A fresh random request id."""
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class RequestIdMiddleware:

@@ -90,15 +90,16 @@ def _with_validation_error(
     return merged
 
 
-def get_upstreams(request: Request) -> Upstreams:
-    """The upstream client created by the app's lifespan."""
+async def get_upstreams(request: Request) -> Upstreams:
+    """The upstream client created by the app's lifespan (async: FastAPI runs a plain
+    function dependency in a worker thread, a thread hop on every forwarded request)."""
     upstreams = getattr(request.state, "upstreams", None)
     if not isinstance(upstreams, Upstreams):
         raise RuntimeError("the gateway's lifespan has not run, so it has no upstream client")
     return upstreams
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     """The app's metrics, handed to the lifespan state by `create_app`."""
     metrics = getattr(request.state, "metrics", None)
     if not isinstance(metrics, GatewayMetrics):
@@ -205,6 +206,16 @@ def _forwarding_endpoint(task: str, path: str) -> Callable[..., Awaitable[Respon
         return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
 
     return forward
+
+
+def documented_task_paths(settings: GatewaySettings) -> list[tuple[str, str]]:
+    """(task, path) of every documented `POST /v1/{task}/...` route: the routes
+    `gateway.direct_forwarding` answers without going through FastAPI's routing."""
+    return [
+        (task, f"/v1/{task}/{route.suffix}")
+        for task in settings.tasks
+        for route in TASK_ROUTES[settings.kind_of(task)]
+    ]
 
 
 def task_router(settings: GatewaySettings, access_errors: Sequence[type[MtcError]]) -> APIRouter:

@@ -241,6 +241,86 @@ def measure(
     )
 
 
+WRK_SCRIPT = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = {body}
+
+done = function(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    '{{"requests": %d, "duration_us": %d, "failed": %d, "p50_us": %d, "p95_us": %d, '
+    .. '"p99_us": %d}}\\n',
+    summary.requests, summary.duration,
+    errors.status + errors.connect + errors.read + errors.write + errors.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99)))
+end
+"""
+"""wrk's request (one fixed JSON body: the cache-hit path asks the same thing every time)
+and a report of the percentiles we tabulate, as one JSON line."""
+
+
+def wrk_binary() -> str:
+    """wrk from the system packages (`make system-tools` installs it)."""
+    found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("wrk not found: apt-get install wrk (or make system-tools)")
+    return found
+
+
+def measure_with_wrk(
+    server: Server,
+    *,
+    system: str,
+    seconds: float,
+    clients: int,
+    body: Mapping[str, Any],
+    scratch: Path,
+    also_charged: Sequence[Server] = (),
+) -> Round:
+    """Drive `server` with wrk (one C thread: a lighter load generator than k6, so on a
+    small machine the CPU goes to the servers measured) posting `body` to
+    `/v1/sentiment/predict`. CPU per prediction adds up `server` and `also_charged`."""
+    script = scratch / "wrk-post.lua"
+    script.write_text(WRK_SCRIPT.format(body=json.dumps(json.dumps(body))))
+    charged = [server, *also_charged]
+    cpu_before, started = sum(s.cpu_seconds() for s in charged), time.monotonic()
+    command = [
+        wrk_binary(),
+        "-t1",
+        f"-c{clients}",
+        f"-d{seconds:g}s",
+        "--latency",
+        "-s",
+        str(script),
+        f"{server.base_url}/v1/sentiment/predict",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    elapsed = time.monotonic() - started
+    cpu = sum(s.cpu_seconds() for s in charged) - cpu_before
+    return parse_wrk(result.stdout, system=system, seconds=elapsed, cpu_seconds=cpu)
+
+
+def parse_wrk(output: str, *, system: str, seconds: float, cpu_seconds: float) -> Round:
+    """A `Round` from the JSON line `WRK_SCRIPT` prints when wrk is done."""
+    reports = [line for line in output.splitlines() if line.startswith("{")]
+    if not reports:
+        raise SystemExit(f"unexpected wrk output:\n{output}")
+    report = json.loads(reports[-1])
+    requests = int(report["requests"])
+    return Round(
+        system=system,
+        requests=requests,
+        failed=int(report["failed"]),
+        seconds=round(seconds, 2),
+        throughput=round(requests / (report["duration_us"] / 1e6), 2),
+        p50_ms=round(report["p50_us"] / 1000, 2),
+        p95_ms=round(report["p95_us"] / 1000, 2),
+        p99_ms=round(report["p99_us"] / 1000, 2),
+        cpu_seconds_per_1000=round(cpu_seconds / requests * 1000, 3) if requests else None,
+    )
+
+
 def write_reviews(path: Path, count: int | None = None, *, seed: int = 16) -> int:
     """Every distinct review (or `count` of them), shuffled, as a JSON list; returns how many."""
     examples, _ = load_reviews()
@@ -343,9 +423,12 @@ def summarise_ab(rounds: Sequence[Round]) -> dict[str, Any]:
 def gateway_measurements(
     args: argparse.Namespace, logs: Path, scratch: Path
 ) -> tuple[dict[str, Any], list[Round]]:
-    """Cache-hit throughput through the gateway and the gateway's added latency."""
-    one_review = scratch / "one-review.json"
-    one_review.write_text(json.dumps(["A three-hour cinema master class."]))
+    """Cache-hit throughput through the gateway and the gateway's added latency, with wrk.
+
+    The cache-hit rate is CPU-bound on this machine's few cores, so the load comes from wrk
+    (about a tenth of a core at these rates) rather than k6, whose JavaScript would take
+    CPU from the servers measured."""
+    one_review = {"text": ["A three-hour cinema master class."]}
     service_port, gateway_port = free_port(), free_port()
     gateway_env = {
         "MTC_GATEWAY_HOST": "127.0.0.1",
@@ -358,21 +441,23 @@ def gateway_measurements(
         gateway = stack.enter_context(
             running("gateway", [sys.executable, "-m", "gateway"], gateway_port, gateway_env, logs)
         )
-        run_k6(
-            gateway.base_url,
+        measure_with_wrk(
+            gateway,
+            system="warm-up",
             seconds=args.warmup_seconds,
             clients=args.hit_clients,
-            reviews_file=one_review,
+            body=one_review,
             scratch=scratch,
         )
         hits = [
-            measure(
+            measure_with_wrk(
                 gateway,
                 system="gateway-cache-hit",
                 seconds=args.hit_seconds,
                 clients=args.hit_clients,
-                reviews_file=one_review,
+                body=one_review,
                 scratch=scratch,
+                also_charged=[service],
             )
             for _ in range(args.hit_rounds)
         ]
@@ -381,17 +466,18 @@ def gateway_measurements(
         direct: list[float] = []
         through: list[float] = []
         for _ in range(args.hit_rounds):
-            for series, server, system in (
-                (direct, service, "direct-1-client"),
-                (through, gateway, "gateway-1-client"),
+            for series, server, system, charged in (
+                (direct, service, "direct-1-client", []),
+                (through, gateway, "gateway-1-client", [service]),
             ):
-                result = measure(
+                result = measure_with_wrk(
                     server,
                     system=system,
                     seconds=args.latency_seconds,
                     clients=1,
-                    reviews_file=one_review,
+                    body=one_review,
                     scratch=scratch,
+                    also_charged=charged,
                 )
                 series.append(result.p50_ms)
                 rounds.append(result)

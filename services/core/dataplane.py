@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic
+from typing import Generic, TypeAlias
 
 from services.core.batching import BatchQueue, PendingItem
 from services.core.cache import ResponseCache, prediction_key
@@ -15,6 +15,9 @@ from services.core.errors import BatchTooLarge, ModelNotReady, RequestTimedOut
 from services.core.metrics import ServiceMetrics
 from services.core.model import ClassifierModel, ItemT, LabelScore
 from services.core.settings import ServiceSettings
+
+CostFunction: TypeAlias = Callable[[list[ItemT]], Awaitable[Sequence[int]]]
+"""Batching costs of items, one per item (async: it may hand long work to a thread)."""
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +71,10 @@ class DataPlane(Generic[ItemT]):
         await self.cache.close()
 
     async def predict(
-        self, items: Sequence[ItemT], costs: Sequence[int] | None = None
+        self, items: Sequence[ItemT], costs_of: CostFunction[ItemT] | None = None
     ) -> PredictionResult:
-        """Predict every item; `costs` (e.g. token counts) default to `model.cost(item)`."""
+        """Predict every item. `costs_of` gives the batching cost (e.g. token counts) of the
+        items the cache did not answer, and only of those (default: `model.cost(item)`)."""
         if not self.model.ready:
             self.metrics.rejected.labels(self.settings.task, "not_ready").inc()
             raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
@@ -102,11 +106,13 @@ class DataPlane(Generic[ItemT]):
 
         queue_seconds = inference_seconds = 0.0
         if missing:
-            item_costs = [
-                costs[index] if costs is not None else self.model.cost(items[index])
-                for index in missing
-            ]
-            queued = await self.queue.submit([items[index] for index in missing], item_costs)
+            missing_items = [items[index] for index in missing]
+            item_costs = (
+                list(await costs_of(missing_items))
+                if costs_of is not None
+                else [self.model.cost(item) for item in missing_items]
+            )
+            queued = await self.queue.submit(missing_items, item_costs)
             computed = await self._wait(queued, deadline)
             finished = time.perf_counter()
             queue_seconds = max((p.started_at or finished) - p.enqueued_at for p in queued)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from services.core.api import DataPlaneDep, create_app, timing_headers
+from services.core.api import DataPlaneDep, PredictionResponse, create_app, timing_headers
 from services.core.contracts import TextPredictRequest, TextPredictResponse
 from services.core.dataplane import DataPlane
 from services.core.errors import (
@@ -21,6 +22,7 @@ from services.core.errors import (
     RequestTimedOut,
 )
 from services.core.http_errors import error_responses
+from services.core.model import LabelScore
 from services.text.models.onnx_classifier import OnnxSequenceClassifier
 from services.text.models.sequence_classifier import SequenceClassifier
 from services.text.settings import TextSettings
@@ -32,6 +34,29 @@ a millisecond); larger ones in a thread, so they never stall other requests."""
 
 def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
     """The route registrar for `create_app`."""
+
+    async def tokenized(count: Callable[[Sequence[str]], list[int]], texts: list[str]) -> list[int]:
+        if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
+            # A thread hop costs more than tokenizing a few short texts right here.
+            return count(texts)
+        return await asyncio.to_thread(count, texts)
+
+    async def token_costs(texts: list[str]) -> list[int]:
+        """Batching costs (token counts) of the texts the cache did not answer."""
+        return await tokenized(model.costs, texts)
+
+    async def truncated_texts(
+        texts: Sequence[str], predictions: Sequence[Sequence[LabelScore]], limit: int
+    ) -> list[int]:
+        """Indices of the texts longer than the model reads. Predictions carry their
+        text's token count; only cache entries written without one are tokenized again."""
+        counts: list[int | None] = [getattr(p, "tokens", None) for p in predictions]
+        unknown = [index for index, count in enumerate(counts) if count is None]
+        if unknown:
+            recounted = await tokenized(model.token_counts, [texts[index] for index in unknown])
+            for index, count in zip(unknown, recounted, strict=True):
+                counts[index] = count
+        return [index for index, count in enumerate(counts) if count is not None and count > limit]
 
     def register(app: FastAPI, dataplane: DataPlane[Any]) -> None:
         @app.post(
@@ -74,13 +99,8 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
                         f"text[{index}] has {len(text)} characters; the limit is "
                         f"{settings.max_text_chars} (MTC_MAX_TEXT_CHARS)"
                     )
-            if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
-                # A thread hop costs more than tokenizing a few short texts right here.
-                counts = model.token_counts(texts)
-            else:
-                counts = await asyncio.to_thread(model.token_counts, texts)
+            result = await plane.predict(texts, costs_of=token_costs)
             limit = model.max_tokens
-            result = await plane.predict(texts, [min(count, limit) for count in counts])
             meta = model.metadata
             response = {
                 "model": {"name": meta.name, "version": meta.version},
@@ -88,9 +108,9 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
                     [{"label": s.label, "score": s.score} for s in scores]
                     for scores in result.predictions
                 ],
-                "truncated": [index for index, count in enumerate(counts) if count > limit],
+                "truncated": await truncated_texts(texts, result.predictions, limit),
             }
-            return JSONResponse(
+            return PredictionResponse(
                 response, headers=timing_headers(result.queue_seconds, result.inference_seconds)
             )
 

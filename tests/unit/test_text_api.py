@@ -252,3 +252,44 @@ def test_an_inference_failure_is_a_500_in_the_error_shape(tiny_model_dir: Path) 
         }
         assert crashing.get("/health/live").status_code == 200
         assert metric(crashing, "mtc_requests_total", task="sentiment", status_class="5xx") == 1
+
+
+def test_truncation_is_reported_for_answers_from_the_cache(client: TestClient) -> None:
+    long_text = "word " * 500
+    first = client.post(URL, json={"text": [long_text, "short"]})
+    again = client.post(URL, json={"text": ["short", long_text]})
+
+    assert first.json()["truncated"] == [0]
+    assert again.json()["truncated"] == [1]
+    assert metric(client, "mtc_cache_lookups_total", task="sentiment", result="hit") == 2
+    assert again.json()["predictions"] == first.json()["predictions"][::-1]
+
+
+def test_cache_entries_without_a_token_count_are_tokenized_again(tiny_model_dir: Path) -> None:
+    """Entries written before token counts were cached hold the bare score list."""
+    model = SequenceClassifier()
+    with TestClient(build_app(settings_for(tiny_model_dir), model=model)) as test_client:
+        wait_ready(test_client)
+        long_text = "word " * 500
+        fresh = test_client.post(URL, json={"text": ["short", long_text]}).json()
+        cache = test_client.app.state.dataplane.cache  # type: ignore[attr-defined]
+        for key, (expires_at, value) in list(cache._entries.items()):
+            scores = model.decode_prediction(value)
+            legacy = json.dumps([[s.label, s.score] for s in scores]).encode()
+            cache._entries[key] = (expires_at, legacy)
+        cached = test_client.post(URL, json={"text": ["short", long_text]}).json()
+
+    assert cached == fresh
+    assert cached["truncated"] == [1]
+
+
+def test_token_counts_match_the_tokenizer_call(tiny_model_dir: Path) -> None:
+    model = SequenceClassifier()
+    app = build_app(settings_for(tiny_model_dir), model=model)
+    with TestClient(app) as test_client:
+        wait_ready(test_client)
+    texts = ["", "good", "word " * 300, "émoji 😀 ﬁ ㍿ tabs\tand\nnewlines", "Don't   stop!"]
+    wrapped = model._tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
+
+    assert model.token_counts(texts) == [len(ids) for ids in wrapped["input_ids"]]
+    assert model.costs(texts) == [min(len(ids), model.max_tokens) for ids in wrapped["input_ids"]]

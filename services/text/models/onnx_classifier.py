@@ -111,4 +111,4 @@ class OnnxSequenceClassifier(SequenceClassifier):
         else:
             exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
-        return rank_scores(self._labels, probabilities.tolist())
+        return self.with_token_counts(batch, rank_scores(self._labels, probabilities.tolist()))

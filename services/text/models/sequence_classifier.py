@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from services.core.errors import ModelLoadError
 from services.core.manifest import model_identity
-from services.core.model import ClassifierModel, LabelScore, ModelMetadata, rank_scores
+from services.core.model import (
+    ClassifierModel,
+    LabelScore,
+    ModelMetadata,
+    decode_scores,
+    encode_scores,
+    rank_scores,
+)
 
 # Position-embedding tables cap what the model can read; tokenizers sometimes report a
 # sentinel (1e30) instead of a real maximum.
 _FALLBACK_MAX_TOKENS = 512
+
+
+class TextPrediction(list[LabelScore]):
+    """The ranked scores of one text, with its token count before truncation: a cached
+    prediction then tells whether its text was truncated without tokenizing it again."""
+
+    def __init__(self, scores: Iterable[LabelScore], tokens: int | None) -> None:
+        super().__init__(scores)
+        self.tokens = tokens
+        """Tokens of the whole text, special tokens included; None when unknown (a cache
+        entry written before token counts were kept)."""
 
 
 class SequenceClassifier(ClassifierModel[str]):
@@ -39,6 +58,7 @@ class SequenceClassifier(ClassifierModel[str]):
         self._torch_threads = torch_threads
         self._limits = dict(limits or {})
         self._tokenizer: Any = None
+        self._counting_tokenizer: Any = None
         self._model: Any = None
         self._labels: list[str] = []
         self._multi_label = False
@@ -77,6 +97,7 @@ class SequenceClassifier(ClassifierModel[str]):
         name, version = model_identity(model_dir, labels)
 
         self._tokenizer = tokenizer
+        self._counting_tokenizer = _counting_backend(tokenizer)
         self._model = model
         self._labels = labels
         self._multi_label = config.problem_type == "multi_label_classification"
@@ -99,6 +120,11 @@ class SequenceClassifier(ClassifierModel[str]):
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens per text, special tokens included, before truncation."""
+        if self._counting_tokenizer is not None:
+            # The Rust tokenizer directly: the Python wrapper costs several times the
+            # tokenization itself for short texts, and counting runs on every request.
+            encodings = self._counting_tokenizer.encode_batch(list(texts), add_special_tokens=True)
+            return [len(encoding.ids) for encoding in encodings]
         encoded = self._thread_tokenizer()(
             list(texts), add_special_tokens=True, truncation=False, verbose=False
         )
@@ -111,6 +137,33 @@ class SequenceClassifier(ClassifierModel[str]):
     def cost(self, item: str) -> int:
         """Token count, capped at what the model reads."""
         return min(self.token_counts([item])[0], self.max_tokens)
+
+    def costs(self, items: Sequence[str]) -> list[int]:
+        """`cost` of each item, tokenized together."""
+        return [min(count, self.max_tokens) for count in self.token_counts(items)]
+
+    def with_token_counts(
+        self, batch: Sequence[str], ranked: list[list[LabelScore]]
+    ) -> list[list[LabelScore]]:
+        """`ranked` (one list per text of `batch`) as `TextPrediction`s."""
+        counts = self.token_counts(batch)
+        return [TextPrediction(scores, count) for scores, count in zip(ranked, counts, strict=True)]
+
+    def encode_prediction(self, prediction: Sequence[LabelScore]) -> bytes:
+        """Cache entries keep the token count beside the scores."""
+        tokens = getattr(prediction, "tokens", None)
+        if tokens is None:
+            return encode_scores(prediction)
+        scores = [[s.label, s.score] for s in prediction]
+        return json.dumps({"scores": scores, "tokens": tokens}, separators=(",", ":")).encode()
+
+    def decode_prediction(self, raw: bytes) -> list[LabelScore]:
+        """Inverse of `encode_prediction`; a bare score list has no token count."""
+        document = json.loads(raw)
+        if isinstance(document, dict):
+            scores = [LabelScore(str(label), float(score)) for label, score in document["scores"]]
+            return TextPrediction(scores, int(document["tokens"]))
+        return TextPrediction(decode_scores(raw), None)  # written by an earlier release
 
     def encode(self, batch: Sequence[str], *, tensors: str) -> Any:
         """Token ids and masks of a batch, padded to its longest text, truncated at the limit;
@@ -131,4 +184,15 @@ class SequenceClassifier(ClassifierModel[str]):
         with torch.inference_mode():
             logits = self._model(**encoded).logits.float()
         probabilities = torch.sigmoid(logits) if self._multi_label else logits.softmax(dim=-1)
-        return rank_scores(self._labels, probabilities.tolist())
+        return self.with_token_counts(batch, rank_scores(self._labels, probabilities.tolist()))
+
+
+def _counting_backend(tokenizer: Any) -> Any:
+    """A copy of a fast tokenizer's Rust backend that never truncates or pads, or None for
+    a slow tokenizer. Nothing changes its settings after this, so threads may share it."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    backend.no_truncation()
+    backend.no_padding()
+    return backend

@@ -1,0 +1,89 @@
+"""The hot path of the gateway: `POST /v1/{task}/{route}` forwarded at the ASGI level.
+
+The documented task routes (`gateway.routes.task_router`) only relay bytes, yet FastAPI's
+routing, request object, dependency solving and exception layers cost about as much CPU as
+the forwarding itself. This middleware answers exactly those routes directly, with the same
+result: the body goes to `Upstreams.forward` as sent, the service's answer is relayed with
+its timing headers, and a gateway error gets the same `{"detail", "error_type"}` body and
+status as from the app's error handlers. It sits inside the request id, traffic, API key and
+body size middlewares, so they apply unchanged; every other request goes on to the app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.upstreams import Upstreams
+from services.core.errors import MtcError
+
+logger = logging.getLogger(__name__)
+
+
+class DirectForwarding:
+    """Forward `POST` requests to the given paths straight to the task's service."""
+
+    def __init__(self, app: ASGIApp, routes: Iterable[tuple[str, str]]) -> None:
+        """`routes`: (task, path) pairs; the path is the same on the gateway and on the
+        task's service (e.g. `/v1/sentiment/predict`)."""
+        self.app = app
+        self.task_of_path = {path: task for task, path in routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = self.task_of_path.get(scope["path"]) if scope["type"] == "http" else None
+        upstreams = scope.get("state", {}).get("upstreams")
+        if task is None or scope["method"] != "POST" or not isinstance(upstreams, Upstreams):
+            await self.app(scope, receive, send)
+            return
+        content_type: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+        body = await _read_body(receive)
+        if body is None:
+            return  # The client went away before sending its whole body.
+        try:
+            answer = await upstreams.forward(
+                task,
+                scope["path"],
+                body=body,
+                content_type=content_type,
+                query=scope["query_string"].decode("latin-1"),
+            )
+        except MtcError as error:
+            if error.status_code >= 500:
+                logger.warning("POST %s -> %d %s", scope["path"], error.status_code, error)
+            content = json.dumps(error.body()).encode()
+            await _respond(
+                send,
+                error.status_code,
+                content,
+                {**error.headers, "content-type": "application/json"},
+            )
+            return
+        await _respond(send, answer.status_code, answer.content, answer.headers)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client disconnected first."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, content: bytes, headers: dict[str, str]) -> None:
+    raw_headers = [
+        (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    ]
+    raw_headers.append((b"content-length", str(len(content)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": content})
