@@ -33,8 +33,15 @@ def test_sigterm_under_load_answers_every_accepted_request_then_exits(
 ) -> None:
     (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"
+    # One item per forward pass: thousands of queued items take seconds to answer, so
+    # work is still waiting when the signal comes, however fast the machine.
     process = start_model_service(
-        "services.text", "sentiment", tiny_model_dir, port, tmp_path / "service.log"
+        "services.text",
+        "sentiment",
+        tiny_model_dir,
+        port,
+        tmp_path / "service.log",
+        settings={"MTC_MAX_BATCH_SIZE": "1", "MTC_INFERENCE_WORKERS": "1"},
     )
     statuses: list[int | str] = []
     answered: list[int] = []
@@ -66,21 +73,25 @@ def test_sigterm_under_load_answers_every_accepted_request_then_exits(
         ]
         for thread in clients:
             thread.start()
-        # Every request has passed the cache (all misses) and queued its items: all accepted.
+        # Every request has passed the cache (all misses), so all are accepted, and items
+        # wait in the queue (a request's items are queued once their token counts are in).
         with httpx.Client(base_url=url, timeout=HANG_GUARD) as probe:
-            while (
-                metric(probe, "mtc_cache_lookups_total", result="miss")
-                < CLIENTS * TEXTS_PER_REQUEST
-            ):
+            while True:
+                misses = metric(probe, "mtc_cache_lookups_total", result="miss")
+                waiting_at_signal = metric(probe, "mtc_queue_depth")
+                if misses >= CLIENTS * TEXTS_PER_REQUEST and waiting_at_signal > 0:
+                    break
                 assert process.poll() is None
-            waiting_at_signal = metric(probe, "mtc_queue_depth")
+                assert all(thread.is_alive() for thread in clients), statuses
         process.send_signal(signal.SIGTERM)
-        # A client arriving after the signal is turned away at the door, not half-served.
+        # A client arriving after the signal is turned away at the door, not half-served:
+        # its connection is refused, or reset unanswered if it reached the listen backlog
+        # just before the listener closed.
         refused = False
         while process.poll() is None and not refused:
             try:
                 httpx.get(f"{url}/health/live", timeout=HANG_GUARD)
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
                 refused = True
         for thread in clients:
             thread.join(timeout=HANG_GUARD.read)

@@ -49,9 +49,15 @@ def consecutive_free_ports(count: int) -> int:
 
 
 def start_model_service(
-    module: str, task: str, model_dir: Path, port: int, log: Path
+    module: str,
+    task: str,
+    model_dir: Path,
+    port: int,
+    log: Path,
+    settings: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`python -m services.text` (or `.pose`) serving `task` from `model_dir` on `port`."""
+    """`python -m services.text` (or `.pose`) serving `task` from `model_dir` on `port`;
+    `settings` adds or overrides `MTC_*` variables."""
     env = {
         "MTC_TASK": task,
         "MTC_MODEL_URI": str(model_dir),
@@ -59,6 +65,7 @@ def start_model_service(
         "MTC_PORT": str(port),
         # One thread per process: the test machine's cores are shared by several services.
         "MTC_TORCH_THREADS": "1",
+        **(settings or {}),
     }
     return start([sys.executable, "-m", module], env=env, log=log)
 
