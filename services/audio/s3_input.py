@@ -2,54 +2,20 @@
 
 from __future__ import annotations
 
-import posixpath
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from services.core.errors import (
     AccessDenied,
     InputNotFound,
-    InvalidInput,
     ItemTooLarge,
     UpstreamUnavailable,
 )
+from services.core.s3_locations import S3Allowlist, S3Object, parse_object_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-MAX_KEY_BYTES = 1024  # S3's own limit on object keys
-
-
-@dataclass(frozen=True)
-class S3Object:
-    """A bucket and an object key."""
-
-    bucket: str
-    key: str
-
-    @property
-    def uri(self) -> str:
-        """`s3://bucket/key`."""
-        return f"s3://{self.bucket}/{self.key}"
-
-
-def parse_object_uri(uri: str) -> S3Object:
-    """`s3://bucket/key` with a clean key: no `.`/`..` segments, no empty segments."""
-    if not uri.startswith("s3://"):
-        raise InvalidInput(f"{uri!r} is not an s3:// URI (s3://bucket/key)")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket or not key or key.endswith("/"):
-        raise InvalidInput(f"{uri!r} does not name an object (s3://bucket/key)")
-    if len(key.encode("utf-8", errors="surrogatepass")) > MAX_KEY_BYTES:
-        raise InvalidInput(f"the object key is longer than {MAX_KEY_BYTES} bytes")
-    segments = key.split("/")
-    if any(segment in ("", ".", "..") for segment in segments) or "\\" in key:
-        raise AccessDenied(
-            f"{uri!r}: keys with empty, `.` or `..` segments or backslashes are refused"
-        )
-    if any(ord(character) < 32 for character in key):
-        raise InvalidInput(f"{uri!r}: the key contains control characters")
-    return S3Object(bucket, key)
+__all__ = ["S3ClipReader", "S3Object", "parse_object_uri"]
 
 
 class S3ClipReader:
@@ -64,16 +30,13 @@ class S3ClipReader:
         timeout_seconds: float = 10.0,
         client: S3Client | None = None,
     ) -> None:
-        self.allowlist = [self._split(entry) for entry in allowlist]
+        self.allowlist = S3Allowlist(
+            allowlist, setting_name="MTC_S3_INPUT_ALLOWLIST", purpose="reading clips from S3"
+        )
         self.max_bytes = max_bytes
         self.endpoint_url = endpoint_url
         self.timeout_seconds = timeout_seconds
         self._client = client
-
-    @staticmethod
-    def _split(entry: str) -> tuple[str, str]:
-        bucket, _, prefix = entry.partition("/")
-        return bucket, posixpath.normpath(prefix) + "/" if prefix.strip("/") else ""
 
     @property
     def client(self) -> S3Client:
@@ -92,16 +55,7 @@ class S3ClipReader:
 
     def check_allowed(self, target: S3Object) -> None:
         """Raise AccessDenied unless the object lies under an allow-listed bucket/prefix."""
-        if not self.allowlist:
-            raise AccessDenied(
-                "reading clips from S3 is disabled: no bucket is allow-listed "
-                "(MTC_S3_INPUT_ALLOWLIST)"
-            )
-        for bucket, prefix in self.allowlist:
-            if target.bucket == bucket and target.key.startswith(prefix):
-                return
-        allowed = ", ".join(f"s3://{bucket}/{prefix}" for bucket, prefix in self.allowlist)
-        raise AccessDenied(f"{target.uri} is outside the allowed locations ({allowed})")
+        self.allowlist.check(target)
 
     def read(self, uri: str) -> bytes:
         """The object's bytes (blocking: call from a worker thread)."""

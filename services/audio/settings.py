@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from services.core.s3_locations import check_allowlist_entries
 from services.core.settings import ServiceSettings
-
-_BUCKET_PREFIX = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 
 
 class AudioSettings(ServiceSettings):
@@ -84,10 +82,4 @@ class AudioSettings(ServiceSettings):
     @field_validator("s3_input_allowlist")
     @classmethod
     def _entries_name_buckets(cls, entries: list[str]) -> list[str]:
-        for entry in entries:
-            if not _BUCKET_PREFIX.match(entry) or ".." in entry.split("/"):
-                raise ValueError(
-                    f"{entry!r} is not `bucket` or `bucket/prefix` (lower-case bucket name, "
-                    "no spaces, no `..`)"
-                )
-        return entries
+        return check_allowlist_entries(entries)
