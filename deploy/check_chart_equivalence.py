@@ -2,9 +2,10 @@
 
 Renders `overlays/prod` and the chart with `charts/mtc/ci/prod-values.yaml`, and compares
 every object both produce: the same kinds and names, and the same spec (containers, env,
-probes, ports, resources, volumes, autoscaling bounds...) and data. Labels are compared on
-the keys that select or classify (name, instance, component, grafana_dashboard); labels that
-only say who rendered the object (managed-by, helm.sh/chart, version) are not. JSON values
+probes, ports, resources, volumes, volume claim templates, autoscaling bounds...) and data.
+Labels (of objects, pod templates and volume claim templates) are compared on the keys that
+select or classify (name, instance, component, grafana_dashboard); labels that only say who
+rendered the object (managed-by, helm.sh/chart, version) are not. JSON values
 in ConfigMaps are compared parsed, so key order and spacing do not count.
 """
 
@@ -65,6 +66,18 @@ def normalise(manifest: Manifest) -> Manifest:
             "labels": _labels(template["metadata"].get("labels")),
             "annotations": template["metadata"].get("annotations") or {},
         }
+    claims = result.get("spec", {}).get("volumeClaimTemplates")
+    if isinstance(claims, list):
+        result["spec"]["volumeClaimTemplates"] = [
+            {
+                **claim,
+                "metadata": {
+                    "name": claim.get("metadata", {}).get("name"),
+                    "labels": _labels(claim.get("metadata", {}).get("labels")),
+                },
+            }
+            for claim in claims
+        ]
     return result
 
 

@@ -1,5 +1,5 @@
 """Minimal JSON schemas of the custom resources mtc ships that no offline validator knows:
-Prometheus Operator's ServiceMonitor and PrometheusRule, and KEDA's ScaledObject.
+Prometheus Operator's ServiceMonitor, PodMonitor and PrometheusRule, and KEDA's ScaledObject.
 
 They cover the fields mtc writes (required fields, types, closed objects where a typo would
 silently do nothing), not the whole CRDs.
@@ -56,6 +56,23 @@ def _resource(api_version: str, kind: str, spec: Schema) -> Schema:
     }
 
 
+_ENDPOINTS: Schema = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["port"],
+        "additionalProperties": False,
+        "properties": {
+            "port": _STRING,
+            "path": {"type": "string", "pattern": "^/"},
+            "interval": _DURATION,
+            "scrapeTimeout": _DURATION,
+            "scheme": {"enum": ["http", "https"]},
+        },
+    },
+}
+
 SERVICE_MONITOR = _resource(
     "monitoring.coreos.com/v1",
     "ServiceMonitor",
@@ -66,22 +83,22 @@ SERVICE_MONITOR = _resource(
         "properties": {
             "selector": _LABEL_SELECTOR,
             "namespaceSelector": {"type": "object"},
-            "endpoints": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["port"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "port": _STRING,
-                        "path": {"type": "string", "pattern": "^/"},
-                        "interval": _DURATION,
-                        "scrapeTimeout": _DURATION,
-                        "scheme": {"enum": ["http", "https"]},
-                    },
-                },
-            },
+            "endpoints": _ENDPOINTS,
+        },
+    },
+)
+
+POD_MONITOR = _resource(
+    "monitoring.coreos.com/v1",
+    "PodMonitor",
+    {
+        "type": "object",
+        "required": ["selector", "podMetricsEndpoints"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": _LABEL_SELECTOR,
+            "namespaceSelector": {"type": "object"},
+            "podMetricsEndpoints": _ENDPOINTS,
         },
     },
 )
@@ -177,6 +194,7 @@ SCALED_OBJECT = _resource(
 
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
+    ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
 }

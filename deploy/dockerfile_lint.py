@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
-EXTRAS = {"text": "text", "pose": "pose", "audio": "audio", "gateway": "gateway"}
+EXTRAS = {"text": "text", "pose": "pose", "audio": "audio", "gateway": "gateway", "worker": "jobs"}
 TORCH = {
     "text": ("torch==2.14.1",),
     "pose": ("torch==2.14.1",),
@@ -76,7 +76,7 @@ def _resolve_base(argument: str, args: dict[str, str]) -> str:
 
 
 def problems(image: str, text: str) -> list[str]:
-    """Every rule the Dockerfile of `image` (text, pose, audio, gateway) breaks."""
+    """Every rule the Dockerfile of `image` (text, pose, audio, gateway, worker) breaks."""
     instructions = parse(text)
     found: list[str] = []
     global_args = {}
@@ -121,7 +121,7 @@ def problems(image: str, text: str) -> list[str]:
         if "BAKE_MODEL_URI" not in args:
             found.append("no BAKE_MODEL_URI build arg to bake a model in")
     elif "torch" in runs:
-        found.append("the gateway image must not install torch")
+        found.append(f"the {image} image must not install torch")
     return found
 
 

@@ -3,7 +3,7 @@
 - Built-in kinds: `kubernetes-validate --strict` against several Kubernetes versions; any
   WARN (such as "no schema for kind") counts as a failure.
 - Istio kinds: the typed models of cloudcoil-models-istio.
-- ServiceMonitor, PrometheusRule, ScaledObject: the schemas in deploy/crd_schemas.py.
+- ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject: the schemas in deploy/crd_schemas.py.
 - Anything else: refused, so a new kind cannot slip through unvalidated.
 """
 

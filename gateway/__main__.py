@@ -10,6 +10,7 @@ from gateway.api_keys import ApiKeysFileError
 from gateway.app import create_app
 from gateway.json_logging import configure_logging
 from gateway.settings import GatewaySettings
+from services.jobs.settings import jobs_settings_from_environment
 
 
 def main() -> None:
@@ -19,9 +20,13 @@ def main() -> None:
     except (ValidationError, SettingsError) as error:
         # A configuration mistake deserves its message, not a traceback.
         raise SystemExit(f"invalid MTC_GATEWAY_* settings: {error}") from None
+    try:
+        jobs_settings = jobs_settings_from_environment()
+    except (ValidationError, SettingsError) as error:
+        raise SystemExit(f"invalid MTC_JOBS_* settings: {error}") from None
     configure_logging(settings.log_level)
     try:
-        app = create_app(settings)
+        app = create_app(settings, jobs_settings)
     except ApiKeysFileError as error:
         raise SystemExit(f"invalid MTC_GATEWAY_API_KEYS_FILE: {error}") from None
     uvicorn.run(

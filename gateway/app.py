@@ -14,6 +14,7 @@ from gateway.api_keys import ApiKeyStore
 from gateway.compat_routes import compat_paths, compat_routers
 from gateway.direct_forwarding import DirectForwarding
 from gateway.errors import InvalidApiKey, MissingApiKey, RateLimited
+from gateway.job_routes import jobs_router
 from gateway.metrics import GatewayMetrics
 from gateway.openapi_document import install_openapi
 from gateway.quotas import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
@@ -33,6 +34,9 @@ from services.core.api import WITHOUT_OPENTELEMETRY
 from services.core.body_limit import BodySizeLimit
 from services.core.errors import MtcError
 from services.core.http_errors import install_error_handlers
+from services.jobs.metrics import GATEWAY_STATES, jobs_counter
+from services.jobs.settings import JobsSettings
+from services.jobs.submission import JobDesk, create_job_desk
 
 DESCRIPTION = """\
 One API in front of the mtc model services. `POST /v1/{task}/predict` is forwarded to a
@@ -60,12 +64,19 @@ class GatewayState(TypedDict):
 
     upstreams: Upstreams
     metrics: GatewayMetrics
+    jobs: JobDesk | None
 
 
-def create_app(settings: GatewaySettings) -> FastAPI:
+def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = None) -> FastAPI:
     """Build the gateway; its HTTP client opens on startup, and it and the quota store
-    close on shutdown. A keys file that cannot be read stops it here, before serving."""
+    close on shutdown. A keys file that cannot be read stops it here, before serving.
+    With `jobs_settings`, `/v1/jobs` queues batch jobs; without, it answers 503."""
     metrics = GatewayMetrics(settings.upstreams)
+    jobs = (
+        create_job_desk(jobs_settings, jobs_counter(metrics.registry, GATEWAY_STATES))
+        if jobs_settings is not None
+        else None
+    )
     # Built here, not per lifespan, so the circuit states are registered as metrics once.
     replica_sets = build_replica_sets(settings)
     metrics.watch_replicas(replica_sets)
@@ -84,10 +95,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         async with create_http_client(settings) as client:
             upstreams = Upstreams(settings, client, metrics, replica_sets)
             try:
-                yield {"upstreams": upstreams, "metrics": metrics}
+                yield {"upstreams": upstreams, "metrics": metrics, "jobs": jobs}
             finally:
                 if buckets is not None:
                     await buckets.close()
+                if jobs is not None:
+                    jobs.close()
 
     # Existing clients post JSON without a Content-Type header; accept it as JSON.
     app = FastAPI(
@@ -97,6 +110,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         strict_content_type=False,
         telemetry=WITHOUT_OPENTELEMETRY,
     )
+    # Before the task routes: their catch-all `/v1/{task}/{route}` would take `/v1/jobs/{id}`.
+    app.include_router(jobs_router(access_errors, documented=jobs is not None))
     app.include_router(task_router(settings, access_errors))
     app.include_router(models_router)
     compat = compat_routers(settings, access_errors)
@@ -131,7 +146,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["authorization", "x-api-key", "content-type", "x-request-id"],
             expose_headers=list(EXPOSED_HEADERS),
         )

@@ -4,6 +4,9 @@ Starts one model service per task (or several replicas of one with `--replicas T
 and the gateway in front of them, waits until every model is loaded, prints where to call,
 and stops everything on Ctrl-C (or when any process dies). `make run` calls this after
 building the starter models.
+
+Batch jobs (`/v1/jobs`) come with it when `redis-server` is installed: a throwaway Redis
+(broker and job store) and one jobs worker are started too; `--no-jobs` leaves them out.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +37,7 @@ DEFAULT_MODELS: dict[str, tuple[str, str]] = {
 }
 TASK_KIND_OF_SERVICE = {POSE_SERVICE: "image", AUDIO_SERVICE: "audio"}
 SAMPLE_TEXT = "An absolute triumph, moving and beautifully acted"
+JOBS_WORKER = "services.jobs.worker"
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for every model"
     )
+    parser.add_argument(
+        "--no-jobs",
+        action="store_true",
+        help="run without batch jobs (no Redis, no jobs worker; /v1/jobs answers 503)",
+    )
+    parser.add_argument(
+        "--jobs-metrics-port",
+        type=int,
+        default=None,
+        help="port of the jobs worker's /metrics (default: the port after the last model "
+        "service, or any free port if that one is taken)",
+    )
     return parser.parse_args(argv)
 
 
@@ -173,7 +191,65 @@ def gateway_environment(services: list[ServiceProcess], host: str, port: int) ->
     }
 
 
-def banner(base: str, models: dict[str, tuple[str, str]]) -> str:
+def jobs_environment(
+    services: list[ServiceProcess], host: str, redis_port: int, metrics_port: int
+) -> dict[str, str]:
+    """The jobs settings shared by the gateway and the worker: the local Redis as broker
+    and store, the same services as the gateway's."""
+    gateway_env = gateway_environment(services, host, 0)
+    return {
+        "MTC_JOBS_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "MTC_JOBS_UPSTREAMS": gateway_env["MTC_GATEWAY_UPSTREAMS"],
+        "MTC_JOBS_TASK_KINDS": gateway_env["MTC_GATEWAY_TASK_KINDS"],
+        "MTC_JOBS_METRICS_HOST": host,
+        "MTC_JOBS_METRICS_PORT": str(metrics_port),
+    }
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on `port` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str) -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_redis(port: int) -> Child:
+    """A throwaway redis-server on 127.0.0.1 (no persistence), quiet unless it fails."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed")
+    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    command += ["--appendonly", "no", "--loglevel", "warning"]
+    process = subprocess.Popen(command, start_new_session=True)
+    return Child("redis", process)
+
+
+def wait_for_port(port: int, child: Child, timeout: float = 15.0) -> None:
+    """Block until `child` accepts connections on `port`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with code {child.process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{child.name} did not listen on port {port} within {timeout:g} s")
+
+
+def banner(base: str, models: dict[str, tuple[str, str]], jobs_metrics: str | None = None) -> str:
     """What to tell the user once everything is up: where to look, one call per kind."""
     lines = [
         f"\nmtc is up: gateway {base} ({', '.join(models)})",
@@ -197,6 +273,12 @@ def banner(base: str, models: dict[str, tuple[str, str]]) -> str:
         lines.append(
             f"  a call:    curl -s -X POST {base}/v1/{audio_tasks[0]}/predict -F audio=@call.wav"
         )
+    if jobs_metrics is not None and text_tasks:
+        lines.append(
+            f"  a job:     curl -s -X POST {base}/v1/jobs -H 'content-type: application/json' "
+            f'-d \'{{"task": "{text_tasks[0]}", "inputs": ["{SAMPLE_TEXT}"]}}\''
+        )
+        lines.append(f"  jobs worker metrics: {jobs_metrics}")
     lines.append("Press Ctrl-C to stop.\n")
     return "\n".join(lines)
 
@@ -273,10 +355,31 @@ def main(argv: list[str] | None = None) -> int:
             }
             children.append(start_child(service.name, service.module, env))
         gateway_env = gateway_environment(services, args.host, args.gateway_port)
+        jobs_metrics: str | None = None
+        if args.no_jobs:
+            print("batch jobs are off (--no-jobs): /v1/jobs answers 503", flush=True)
+        elif shutil.which("redis-server") is None:
+            print(
+                "redis-server is not installed, so batch jobs are off (/v1/jobs answers "
+                "503); install it (apt-get install redis-server) to turn them on",
+                flush=True,
+            )
+        else:
+            redis_port = free_port("127.0.0.1")
+            redis = start_redis(redis_port)
+            children.append(redis)
+            wait_for_port(redis_port, redis)
+            metrics_port = args.jobs_metrics_port or services[-1].port + 1
+            if args.jobs_metrics_port is None and not port_is_free(args.host, metrics_port):
+                metrics_port = free_port(args.host)
+            jobs_env = jobs_environment(services, args.host, redis_port, metrics_port)
+            children.append(start_child("jobs worker", JOBS_WORKER, jobs_env))
+            gateway_env.update(jobs_env)
+            jobs_metrics = f"http://{args.host}:{metrics_port}/metrics"
         children.append(start_child("gateway", "gateway", gateway_env))
         base = f"http://{args.host}:{args.gateway_port}"
         wait_until_ready(f"{base}/health/ready", children, args.ready_timeout, lambda: stopping)
-        print(banner(base, models), flush=True)
+        print(banner(base, models, jobs_metrics), flush=True)
         while not stopping:
             for child in children:
                 if child.process.poll() is not None:

@@ -353,9 +353,62 @@ def gateway() -> Dashboard:
     )
 
 
+def jobs() -> Dashboard:
+    """Batch jobs: states, throughput, the queue and the workers (services/jobs/metrics.py)."""
+    return Dashboard(
+        uid="mtc-jobs",
+        title="mtc / Batch jobs",
+        description="Jobs submitted to /v1/jobs: how many enter each state, how fast their "
+        "items are predicted, what waits in the queue, and the workers running them.",
+        panels=(
+            Panel(
+                "Jobs entering each state",
+                "Jobs per second that were queued (gateway), started running (worker; again "
+                "after a worker was lost), succeeded, failed or were cancelled.",
+                (Query(rate_sum("mtc_jobs_total", "state", (NAMESPACE,), RATE), "{{state}}"),),
+                "ops",
+            ),
+            Panel(
+                "Items predicted per second",
+                "Items of jobs answered by the model services, by task.",
+                (Query(rate_sum("mtc_job_items_total", "task", FILTER, RATE), "{{task}}"),),
+                "ops",
+            ),
+            Panel(
+                "Queue: waiting and running",
+                "Jobs waiting in the queue (every worker reads the same queue, hence max) and "
+                "jobs running on workers: their sum is what the worker autoscaler follows.",
+                (
+                    Query(f"max (mtc_jobs_queue_length{{{NAMESPACE}}})", "waiting"),
+                    Query(f"sum (mtc_jobs_running{{{NAMESPACE}}})", "running"),
+                ),
+                "short",
+            ),
+            Panel(
+                "Retried calls to model services",
+                "Chunks of jobs sent again after a connection failure, 429, 503 or 504 from a "
+                "model service, by task.",
+                (
+                    Query(
+                        rate_sum("mtc_job_upstream_retries_total", "task", FILTER, RATE),
+                        "{{task}}",
+                    ),
+                ),
+                "ops",
+            ),
+            Panel(
+                "Workers",
+                "Worker processes scraped.",
+                (Query(f"count (mtc_jobs_running{{{NAMESPACE}}})", "workers"),),
+                "short",
+            ),
+        ),
+    )
+
+
 def all_dashboards() -> tuple[Dashboard, ...]:
     """Every dashboard shipped."""
-    return (overview(), text_service(), pose_service(), audio_service(), gateway())
+    return (overview(), text_service(), pose_service(), audio_service(), gateway(), jobs())
 
 
 def _variables(dashboard: Dashboard) -> list[dict[str, Any]]:

@@ -39,12 +39,15 @@ def test_default_values_render_valid_objects_with_optional_features_off() -> Non
         "NetworkPolicy",
         "Service",
         "ServiceAccount",
+        # The jobs Redis, deployed with the worker (worker.enabled, as in overlays/dev).
+        "StatefulSet",
     }
     replicas = {
         m["metadata"]["name"]: m["spec"].get("replicas")
         for m in manifests
-        if m["kind"] == "Deployment"
+        if m["kind"] in ("Deployment", "StatefulSet")
     }
+    assert "mtc-worker" in replicas
     assert set(replicas.values()) == {1}
 
 
@@ -68,11 +71,18 @@ def test_equivalence_check_catches_drift(tmp_path: Path) -> None:
         "  resources:\n"
         "    limits:\n"
         "      memory: 1Gi\n"
+        "worker:\n"
+        "  terminationGracePeriodSeconds: 301\n"
+        "jobsRedis:\n"
+        "  persistence:\n"
+        "    size: 3Gi\n"
     )
     problems = compare(kustomize(REPO / "overlays" / "prod"), helm_template(PROD_VALUES, drift))
     assert any("Deployment/mtc-pose" in p and "failureThreshold" in p for p in problems)
     assert any("ConfigMap/mtc-pose" in p and "MTC_MAX_BATCH_SIZE" in p for p in problems)
     assert any("Deployment/mtc-gateway" in p and "memory" in p for p in problems)
+    assert any("Deployment/mtc-worker" in p and "terminationGracePeriod" in p for p in problems)
+    assert any("StatefulSet/mtc-jobs-redis" in p and "storage" in p for p in problems)
 
 
 def test_schema_refuses_bad_values(tmp_path: Path) -> None:
@@ -111,7 +121,13 @@ def test_keda_and_queue_depth_options_render_valid_objects(tmp_path: Path) -> No
     assert validate(with_keda) == []
     assert "HorizontalPodAutoscaler" not in kinds(with_keda)
     scaled = {m["metadata"]["name"]: m for m in with_keda if m["kind"] == "ScaledObject"}
-    assert len(scaled) == 4
+    # The four models and the worker (KEDA takes over the external metrics API).
+    assert len(scaled) == 5
+    (worker_trigger,) = scaled["mtc-worker"]["spec"]["triggers"]
+    assert worker_trigger["metadata"]["query"] == (
+        'max(mtc_jobs_queue_length{namespace="mtc"})'
+        ' + (sum(mtc_jobs_running{namespace="mtc"}) or vector(0))'
+    )
     thresholds = {
         name: next(t for t in m["spec"]["triggers"] if t["type"] == "prometheus")["metadata"]
         for name, m in scaled.items()
@@ -139,3 +155,73 @@ def test_a_disabled_model_leaves_no_gateway_setting_behind(tmp_path: Path) -> No
     # The gateway refuses to start when a timeout or kind names a task without upstream.
     for setting in ("UPSTREAMS", "TASK_KINDS", "TASK_TIMEOUTS"):
         assert "audio" not in json.loads(config["data"][f"MTC_GATEWAY_{setting}"]), setting
+    (jobs,) = [
+        m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "mtc-jobs"
+    ]
+    for setting in ("UPSTREAMS", "TASK_KINDS"):
+        assert "audio" not in json.loads(jobs["data"][f"MTC_JOBS_{setting}"]), setting
+
+
+def test_worker_options_render_valid_objects(tmp_path: Path) -> None:
+    values = tmp_path / "worker.yaml"
+    values.write_text(
+        "worker:\n"
+        "  autoscaling:\n"
+        "    enabled: true\n"
+        "    jobsPerReplica: '10'\n"
+        "jobsRedis:\n"
+        "  persistence:\n"
+        "    size: 5Gi\n"
+        "    storageClass: fast-ssd\n"
+    )
+    manifests = helm_template(values)
+    assert validate(manifests) == []
+    (hpa,) = [m for m in manifests if m["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["metadata"]["name"] == "mtc-worker"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["external"]["metric"]["name"] == "mtc_jobs_backlog"
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "10"}
+    (redis,) = [m for m in manifests if m["kind"] == "StatefulSet"]
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "fast-ssd"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+def test_without_the_worker_nothing_of_the_jobs_remains(tmp_path: Path) -> None:
+    values = tmp_path / "no-worker.yaml"
+    values.write_text("worker:\n  enabled: false\n")
+    for manifests in (helm_template(values), helm_template(PROD_VALUES, values)):
+        assert validate(manifests) == []
+        names = {m["metadata"]["name"] for m in manifests}
+        assert not {name for name in names if "worker" in name or "jobs" in name}, names
+        (gateway,) = [
+            m
+            for m in manifests
+            if m["kind"] == "Deployment" and m["metadata"]["name"] == "mtc-gateway"
+        ]
+        container = gateway["spec"]["template"]["spec"]["containers"][0]
+        # No broker URL: the gateway leaves its /v1/jobs routes off.
+        assert not any("JOBS" in variable["name"] for variable in container.get("env", []))
+        assert [s["configMapRef"]["name"] for s in container["envFrom"]] == ["mtc-gateway"]
+
+
+def test_schema_refuses_derived_or_misspelt_jobs_settings(tmp_path: Path) -> None:
+    bad = tmp_path / "bad-jobs.yaml"
+    bad.write_text(
+        "worker:\n"
+        "  config:\n"
+        "    MTC_JOBS_UPSTREAMS: '{}'\n"
+        "    MTC_JOB_CHUNK_SIZE: '8'\n"
+        "jobsRedis:\n"
+        "  persistence:\n"
+        "    sise: 1Gi\n"
+    )
+    result = subprocess.run(
+        [str(helm()), "template", "mtc", str(CHART), "--values", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    for field in ("MTC_JOBS_UPSTREAMS", "MTC_JOB_CHUNK_SIZE", "sise"):
+        assert field in result.stderr, result.stderr

@@ -31,6 +31,19 @@ def test_model_images_run_their_service_and_bake_nothing_by_default(image: str) 
     assert not any(i.keyword == "COPY" and ".mtc" in i.arguments for i in instructions)
 
 
+def test_worker_image_runs_the_worker_without_torch_or_model() -> None:
+    instructions = parse(dockerfile("worker"))
+    cmd = [i.arguments for i in instructions if i.keyword == "CMD"][-1]
+    assert cmd == '["python", "-m", "services.jobs.worker"]'
+    runs = " ".join(i.arguments for i in instructions if i.keyword == "RUN")
+    assert '"/src[jobs]"' in runs
+    assert not any("BAKE_MODEL_URI" in i.arguments for i in instructions)
+    exposed = [i.arguments for i in instructions if i.keyword == "EXPOSE"]
+    assert exposed == ["8105"], "the metrics port (MTC_JOBS_METRICS_PORT)"
+    with_torch = dockerfile("worker").replace('"/src[jobs]"', '"/src[jobs]" torch==2.14.1')
+    assert any("torch" in p for p in problems("worker", with_torch))
+
+
 def test_broken_dockerfiles_are_caught() -> None:
     text = dockerfile("text")
     as_root = text.replace("USER 10001:10001", "USER root")
@@ -71,5 +84,5 @@ def test_build_script_builds_every_image_with_the_project_version() -> None:
     commands = result.stdout.splitlines()
     assert commands == [
         f"build --file docker/{image}.Dockerfile --tag registry.example.com/mtc/mtc-{image}:0.1.0 ."
-        for image in ("text", "pose", "audio", "gateway")
+        for image in ("text", "pose", "audio", "gateway", "worker")
     ]

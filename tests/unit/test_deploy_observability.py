@@ -19,6 +19,7 @@ from deploy.observability.generate import outputs, stale_files, write
 from deploy.render import REPO
 from gateway.metrics import GatewayMetrics
 from services.core.metrics import ServiceMetrics
+from services.jobs.metrics import WorkerMetrics
 
 RULES = REPO / "charts" / "mtc" / "rules" / "mtc-alerts.yaml"
 RULE_TESTS = REPO / "deploy" / "observability" / "alerts_test.yaml"
@@ -89,7 +90,13 @@ def test_every_query_names_metrics_that_are_exported() -> None:
     service = ServiceMetrics("sentiment")
     gateway = GatewayMetrics(["sentiment"])
     gateway.watch_replicas({})
-    known = exported_names(service.registry) | exported_names(gateway.registry)
+    worker = WorkerMetrics(["sentiment"])
+    worker.watch_queue(lambda: 0)
+    known = (
+        exported_names(service.registry)
+        | exported_names(gateway.registry)
+        | exported_names(worker.registry)
+    )
     for query in all_queries():
         unknown = set(METRIC_NAME.findall(query)) - known
         assert not unknown, f"{sorted(unknown)} in {query}"
@@ -97,7 +104,7 @@ def test_every_query_names_metrics_that_are_exported() -> None:
 
 def test_dashboards_are_well_formed() -> None:
     dashboards = [to_json(dashboard) for dashboard in all_dashboards()]
-    assert len({d["uid"] for d in dashboards}) == len(dashboards) == 5
+    assert len({d["uid"] for d in dashboards}) == len(dashboards) == 6
     overview = next(d for d in dashboards if d["uid"] == "mtc-overview")
     titles = " ".join(panel["title"] for panel in overview["panels"]).lower()
     for topic in ("requests", "error", "latency", "cache hit", "queue", "batch", "replicas"):

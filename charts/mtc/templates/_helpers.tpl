@@ -103,3 +103,21 @@ securityContext:
 {{- define "mtc.redisSecret" -}}
 {{- .Values.redis.existingSecret | default (printf "%s-redis" (include "mtc.fullname" .)) -}}
 {{- end -}}
+
+{{/* Name of the jobs Redis password Secret. */}}
+{{- define "mtc.jobsRedisSecret" -}}
+{{- .Values.jobsRedis.existingSecret | default (printf "%s-jobs-redis" (include "mtc.fullname" .)) -}}
+{{- end -}}
+
+{{/* Password, broker URL and job-store URL of the jobs Redis (gateway and workers). */}}
+{{- define "mtc.jobsEnv" -}}
+- name: JOBS_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "mtc.jobsRedisSecret" . }}
+      key: password
+- name: MTC_JOBS_BROKER_URL
+  value: redis://:$(JOBS_REDIS_PASSWORD)@{{ include "mtc.fullname" . }}-jobs-redis:6379/0
+- name: MTC_JOBS_REDIS_URL
+  value: redis://:$(JOBS_REDIS_PASSWORD)@{{ include "mtc.fullname" . }}-jobs-redis:6379/1
+{{- end -}}

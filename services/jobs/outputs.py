@@ -1,0 +1,64 @@
+"""Job results as output rows, and output files (JSON Lines or CSV) built from them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from services.jobs.inputs import InputRow
+from services.jobs.store import ItemResult
+
+OutputFormat = Literal["csv", "jsonl"]
+CONTENT_TYPES: dict[OutputFormat, str] = {
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+}
+FORMAT_OF_EXTENSION: dict[str, OutputFormat] = {".jsonl": "jsonl", ".csv": "csv"}
+
+
+def output_format_of(key: str) -> OutputFormat | None:
+    """`jsonl` or `csv` from the output key's extension, else None."""
+    lowered = key.lower()
+    for extension, file_format in FORMAT_OF_EXTENSION.items():
+        if lowered.endswith(extension):
+            return file_format
+    return None
+
+
+def result_rows(
+    first_index: int, rows: Sequence[InputRow], predictions: Sequence[Sequence[dict[str, Any]]]
+) -> list[ItemResult]:
+    """Output rows of one chunk: its rows' predictions (every label, highest first, as the
+    service returned them) with their index in the input and their id when given."""
+    if len(rows) != len(predictions):
+        raise ValueError(f"{len(predictions)} predictions for {len(rows)} texts")
+    results: list[ItemResult] = []
+    for offset, (row, scores) in enumerate(zip(rows, predictions, strict=True)):
+        result: ItemResult = {"index": first_index + offset}
+        if row.id is not None:
+            result["id"] = row.id
+        best = max(scores, key=lambda entry: float(entry["score"]))
+        result["label"] = best["label"]
+        result["score"] = best["score"]
+        result["scores"] = list(scores)
+        results.append(result)
+    return results
+
+
+def render_output(results: Sequence[ItemResult], file_format: OutputFormat) -> bytes:
+    """The whole output file. CSV columns: index, id (when any row has one), label, score,
+    scores (the JSON list of every label and score)."""
+    if file_format == "jsonl":
+        return "".join(json.dumps(result, ensure_ascii=False) + "\n" for result in results).encode()
+    with_ids = any("id" in result for result in results)
+    columns = ["index", *(["id"] if with_ids else []), "label", "score", "scores"]
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for result in results:
+        row = {**result, "scores": json.dumps(result["scores"], ensure_ascii=False)}
+        writer.writerow(["" if row.get(column) is None else row[column] for column in columns])
+    return buffer.getvalue().encode()

@@ -1,0 +1,202 @@
+"""Settings of batch jobs, read from `MTC_JOBS_*` variables by the worker and the gateway."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal, Self
+
+from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.core.s3_locations import check_allowlist_entries
+
+TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+TaskKind = Literal["text", "image", "audio"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class JobsSettings(BaseSettings):
+    """Where jobs are queued and kept, which services run them, and their limits.
+
+    The gateway needs the broker, the job store, the tasks and the submission limits; the
+    worker (`python -m services.jobs.worker`) needs all of it. Both read the same variables.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="MTC_JOBS_",
+        use_attribute_docstrings=True,
+        # Kubernetes injects <SERVICE>_SERVICE_HOST-style variables that may share the prefix.
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    broker_url: str
+    """Celery broker URL: `redis://host:6379/0` (default choice) or a RabbitMQ URL such as
+    `amqp://user:password@rabbitmq:5672//`. Setting it on the gateway turns `/v1/jobs` on."""
+
+    redis_url: str | None = None
+    """Redis URL of the job store (job states, progress, results); defaults to
+    `broker_url` when that is a Redis URL, and is required otherwise."""
+
+    upstreams: dict[str, list[str]] = Field(min_length=1)
+    """Task name -> base URL of the service that serves it, or a list of URLs of its
+    replicas, as a JSON object (the format of `MTC_GATEWAY_UPSTREAMS`); the worker calls
+    `POST /v1/{task}/predict` there."""
+
+    task_kinds: dict[str, TaskKind] = Field(default_factory=dict)
+    """Task -> `text`, `image` or `audio`, as a JSON object; tasks not listed are `text`.
+    Jobs run text tasks only; a job for another kind is refused with 422."""
+
+    concurrency: int = Field(default=2, ge=1, le=64)
+    """Jobs one worker process runs at the same time (threads)."""
+
+    chunk_size: int = Field(default=64, ge=1, le=1024)
+    """Texts sent to the model service per request; also the unit of progress and of
+    resumption after a worker is lost. At most the service's `MTC_MAX_ITEMS_PER_REQUEST`."""
+
+    max_inline_items: int = Field(default=1000, ge=1)
+    """Most texts a job may carry inline in its `inputs`; more -> 413 (use `input_uri`)."""
+
+    max_inline_results: int = Field(default=1000, ge=1)
+    """Most results a job may return in `GET /v1/jobs/{id}`; a job with more items needs an
+    `output_uri` (an inline job is refused with 422 at submission, a job reading a larger
+    input file fails)."""
+
+    max_input_rows: int = Field(default=1_000_000, ge=1)
+    """Most rows an input file may hold; a larger file fails the job."""
+
+    max_input_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    """Largest input object in bytes; a larger one fails the job before it is read."""
+
+    max_text_chars: int = Field(default=10_000, ge=1)
+    """Longest text of one row or inline input in characters (keep it at most the text
+    service's `MTC_MAX_TEXT_CHARS`); longer: inline -> 413, in a file -> the job fails."""
+
+    retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    """How long a job, its progress and its results are kept in the store after its last
+    change; then they expire (`GET` -> 404)."""
+
+    visibility_timeout_seconds: int = Field(default=600, ge=1)
+    """Redis broker only: a job message taken by a worker that neither finishes nor gives
+    it back within this many seconds (the worker died) is delivered again. Keep it above
+    the time a worker may legitimately hold a message; a redelivery of a job that is still
+    running waits for the running worker's lease instead of running it twice."""
+
+    lease_seconds: float = Field(default=30.0, ge=1)
+    """Lifetime of the lease a worker holds on a running job, renewed every third of it;
+    after a worker dies, another may take the job over once the lease has expired."""
+
+    request_timeout_seconds: float = Field(default=60.0, gt=0)
+    """Time allowed for a model service to answer one chunk before the attempt is retried."""
+
+    retry_attempts: int = Field(default=5, ge=0, le=20)
+    """Extra attempts for a chunk whose service could not be reached, timed out or answered
+    429, 503 or 504; after them the job fails. Other refusals (400, 413, 422) fail the job
+    at once."""
+
+    retry_backoff_seconds: float = Field(default=0.5, ge=0)
+    """Base delay before a retry; the n-th waits a random time up to base x 2^(n-1), or
+    the service's `Retry-After` when it sends one (capped at 30 s)."""
+
+    input_allowlist: list[str] = Field(default_factory=list)
+    """`bucket` or `bucket/prefix` entries jobs may read input files from (JSON list, e.g.
+    `["batch-in/uploads/"]`); empty: jobs take inline inputs only. The endpoint is
+    `MTC_S3_ENDPOINT_URL`, credentials the usual `AWS_*` variables."""
+
+    output_allowlist: list[str] = Field(default_factory=list)
+    """`bucket` or `bucket/prefix` entries jobs may write results to (JSON list); empty:
+    results are returned inline only."""
+
+    s3_endpoint_url: str | None = Field(default=None, validation_alias="MTC_S3_ENDPOINT_URL")
+    """S3 API endpoint for input and output objects (`MTC_S3_ENDPOINT_URL`, shared with the
+    model services: MinIO or another S3-compatible store); unset means AWS."""
+
+    metrics_port: int = Field(default=8105, ge=1, le=65535)
+    """Port of the worker's Prometheus `/metrics` endpoint."""
+
+    metrics_host: str = "0.0.0.0"
+    """Interface the worker's metrics endpoint binds to."""
+
+    queue: str = Field(default="mtc-jobs", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    """Name of the Celery queue jobs are sent to and workers consume."""
+
+    log_level: LogLevel = "info"
+    """Lowest level of the worker's log lines (critical, error, warning, info, debug)."""
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _one_url_is_a_list_of_one(cls, upstreams: object) -> object:
+        if isinstance(upstreams, dict):
+            return {
+                task: [urls] if isinstance(urls, str) else urls for task, urls in upstreams.items()
+            }
+        return upstreams
+
+    @field_validator("upstreams")
+    @classmethod
+    def _check_upstreams(cls, upstreams: dict[str, list[str]]) -> dict[str, list[str]]:
+        checked: dict[str, list[str]] = {}
+        for task, urls in upstreams.items():
+            if not TASK_NAME_PATTERN.fullmatch(task):
+                raise ValueError(f"task name {task!r} does not match {TASK_NAME_PATTERN.pattern}")
+            if not urls:
+                raise ValueError(f"task {task!r} has an empty list of upstream URLs")
+            checked[task] = [_normalise_base_url(task, url) for url in urls]
+        return checked
+
+    @field_validator("input_allowlist", "output_allowlist")
+    @classmethod
+    def _entries_name_buckets(cls, entries: list[str]) -> list[str]:
+        return check_allowlist_entries(entries)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_log_level(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
+
+    @model_validator(mode="after")
+    def _store_and_tasks_are_consistent(self) -> Self:
+        if self.redis_url is None:
+            if not self.broker_url.startswith(REDIS_SCHEMES):
+                raise ValueError(
+                    "redis_url is required when the broker is not Redis (MTC_JOBS_REDIS_URL)"
+                )
+            self.redis_url = self.broker_url
+        elif not self.redis_url.startswith(REDIS_SCHEMES):
+            raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
+        unknown = sorted(set(self.task_kinds) - set(self.upstreams))
+        if unknown:
+            raise ValueError(f"task_kinds names tasks with no upstream: {', '.join(unknown)}")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        """The job store's Redis URL (`redis_url`, or the broker's)."""
+        return self.redis_url or self.broker_url
+
+    def kind_of(self, task: str) -> TaskKind:
+        """What the task classifies: `text` unless `task_kinds` says otherwise."""
+        return self.task_kinds.get(task, "text")
+
+
+def _normalise_base_url(task: str, url: str) -> str:
+    try:
+        parsed = AnyHttpUrl(url)
+    except ValidationError as error:
+        reason = error.errors()[0]["msg"]
+        raise ValueError(f"upstream URL for task {task!r} is invalid ({url!r}): {reason}") from None
+    if parsed.query or parsed.fragment:
+        raise ValueError(f"upstream URL for task {task!r} must not have a query or fragment")
+    # Paths are appended to the base URL, so a trailing slash would double up.
+    return str(parsed).rstrip("/")
+
+
+def jobs_settings_from_environment() -> JobsSettings | None:
+    """`JobsSettings` from the environment when `MTC_JOBS_BROKER_URL` is set, else None
+    (a gateway without it serves no jobs)."""
+    if not os.environ.get("MTC_JOBS_BROKER_URL", "").strip():
+        return None
+    return JobsSettings()

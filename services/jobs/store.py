@@ -1,0 +1,398 @@
+"""The job store: each job's state, progress, inputs and results in Redis.
+
+Every key of a job shares the hash tag `{<id>}` (one Redis Cluster slot, so the scripts
+below may touch them together) and expires `retention_seconds` after the job's last change.
+State changes are Lua scripts, so a cancellation and a worker finishing the same job
+cannot both win. Chunk results are written with HSETNX under the chunk's index: a chunk
+computed twice (a redelivered job, two workers in a race) is stored, and counted, once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal, cast
+
+import redis
+
+
+class JobState(StrEnum):
+    """Where a job stands."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+InputFormat = Literal["csv", "jsonl"]
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as stored."""
+
+    id: str
+    owner: str
+    task: str
+    state: JobState
+    created_at: float
+    chunk_size: int
+    total: int | None = None
+    """Number of items; known at submission for inline inputs, once read for files."""
+    done: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    input_uri: str | None = None
+    input_format: InputFormat | None = None
+    output_uri: str | None = None
+    input_etag: str | None = None
+    """ETag of the input object when first read: a resumed job refuses a changed input."""
+    finalizing: bool = False
+    """The worker is writing the output: too late to cancel."""
+    deliveries: int = 0
+    """How many times a worker started (or resumed) the job."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job reached a final state."""
+        return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Outcome of a state change: whether it happened, and the state found before it."""
+
+    changed: bool
+    previous: JobState | None
+    """None when the job does not exist (never created, or expired)."""
+    finalizing: bool = False
+
+
+ItemResult = dict[str, Any]
+"""One output row: index, id (when the input had one), label, score, scores."""
+
+# KEYS[1] job hash, KEYS[2..] other keys of the job; ARGV[1] retention seconds,
+# ARGV[2] states allowed before (space separated), ARGV[3] new state, ARGV[4] "1" to refuse
+# while the output is being written, ARGV[5] per other key "d" delete or "e" expire,
+# ARGV[6..] field/value pairs to set. Returns {changed, previous state, finalizing}.
+_TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {0, '', 0} end
+local finalizing = redis.call('HGET', KEYS[1], 'finalizing') == '1' and 1 or 0
+local allowed = false
+for candidate in string.gmatch(ARGV[2], '%S+') do
+  if candidate == state then allowed = true end
+end
+if not allowed or (ARGV[4] == '1' and finalizing == 1) then return {0, state, finalizing} end
+redis.call('HSET', KEYS[1], 'state', ARGV[3])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+for i = 2, #KEYS do
+  if string.sub(ARGV[5], i - 1, i - 1) == 'd' then redis.call('DEL', KEYS[i])
+  else redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+return {1, state, finalizing}
+"""
+
+# KEYS[1] job hash; ARGV[1] retention, ARGV[2] now. A queued or running job becomes
+# running; started_at is set the first time only. Returns {changed, previous state}.
+_START = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {0, ''} end
+if state ~= 'queued' and state ~= 'running' then return {0, state} end
+redis.call('HSET', KEYS[1], 'state', 'running')
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return {1, state}
+"""
+
+# KEYS[1] job hash, KEYS[2] chunk results; ARGV[1] chunk index, ARGV[2] results JSON,
+# ARGV[3] items in the chunk, ARGV[4] retention. Returns 1 if stored now, 0 if it already
+# was, -1 if the job is gone.
+_SAVE_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local stored = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+if stored == 1 then redis.call('HINCRBY', KEYS[1], 'done', ARGV[3]) end
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return stored
+"""
+
+# KEYS[1] lease; ARGV[1] token, ARGV[2] milliseconds. Extends the lease if still ours.
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class JobStore:
+    """Jobs in Redis. Blocking calls: the gateway runs them in a thread."""
+
+    def __init__(self, client: redis.Redis, *, retention_seconds: int) -> None:
+        self.client = client
+        self.retention_seconds = retention_seconds
+        self._transition = client.register_script(_TRANSITION)
+        self._start = client.register_script(_START)
+        self._save_chunk = client.register_script(_SAVE_CHUNK)
+        self._renew_lease = client.register_script(_RENEW_LEASE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, retention_seconds: int, timeout_seconds: float = 5.0
+    ) -> JobStore:
+        """A store on the Redis at `url`."""
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            health_check_interval=30,
+        )
+        return cls(client, retention_seconds=retention_seconds)
+
+    def close(self) -> None:
+        """Close the connections."""
+        self.client.close()
+
+    @staticmethod
+    def job_key(job_id: str) -> str:
+        """The hash holding the job's fields."""
+        return f"mtc:job:{{{job_id}}}"
+
+    @staticmethod
+    def inputs_key(job_id: str) -> str:
+        """The JSON list of an inline job's texts."""
+        return f"mtc:job:{{{job_id}}}:inputs"
+
+    @staticmethod
+    def chunks_key(job_id: str) -> str:
+        """The hash of chunk index -> JSON list of that chunk's results."""
+        return f"mtc:job:{{{job_id}}}:chunks"
+
+    @staticmethod
+    def lease_key(job_id: str) -> str:
+        """The token of the worker running the job, while its lease lasts."""
+        return f"mtc:job:{{{job_id}}}:lease"
+
+    def create(self, job: JobRecord, inline_inputs: list[str] | None = None) -> None:
+        """Store a new job (queued) and its inline texts."""
+        fields: dict[str, str] = {
+            "id": job.id,
+            "owner": job.owner,
+            "task": job.task,
+            "state": job.state.value,
+            "created_at": repr(job.created_at),
+            "chunk_size": str(job.chunk_size),
+            "done": "0",
+            "deliveries": "0",
+        }
+        optional = {
+            "total": job.total,
+            "input_uri": job.input_uri,
+            "input_format": job.input_format,
+            "output_uri": job.output_uri,
+        }
+        fields.update({name: str(value) for name, value in optional.items() if value is not None})
+        pipe = self.client.pipeline(transaction=True)
+        if inline_inputs is not None:
+            pipe.set(self.inputs_key(job.id), json.dumps(inline_inputs), ex=self.retention_seconds)
+        pipe.hset(self.job_key(job.id), mapping=cast(dict[Any, Any], fields))
+        pipe.expire(self.job_key(job.id), self.retention_seconds)
+        pipe.execute()
+
+    def delete(self, job_id: str) -> None:
+        """Remove every key of a job (a submission that could not be queued)."""
+        self.client.delete(
+            self.job_key(job_id),
+            self.inputs_key(job_id),
+            self.chunks_key(job_id),
+            self.lease_key(job_id),
+        )
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job, or None if there is no such job (or it expired)."""
+        fields: dict[str, str] = self.client.hgetall(self.job_key(job_id))  # type: ignore[assignment]
+        if not fields or "state" not in fields:
+            return None
+        return JobRecord(
+            id=fields["id"],
+            owner=fields["owner"],
+            task=fields["task"],
+            state=JobState(fields["state"]),
+            created_at=float(fields["created_at"]),
+            chunk_size=int(fields["chunk_size"]),
+            total=_optional_int(fields.get("total")),
+            done=int(fields.get("done", "0")),
+            started_at=_optional_float(fields.get("started_at")),
+            finished_at=_optional_float(fields.get("finished_at")),
+            error=fields.get("error"),
+            input_uri=fields.get("input_uri"),
+            input_format=fields.get("input_format"),  # type: ignore[arg-type]
+            output_uri=fields.get("output_uri"),
+            input_etag=fields.get("input_etag"),
+            finalizing=fields.get("finalizing") == "1",
+            deliveries=int(fields.get("deliveries", "0")),
+        )
+
+    def state(self, job_id: str) -> JobState | None:
+        """Just the job's state (what a worker checks between chunks)."""
+        value: str | None = self.client.hget(self.job_key(job_id), "state")  # type: ignore[assignment]
+        return JobState(value) if value else None
+
+    def inline_inputs(self, job_id: str) -> list[str]:
+        """The texts an inline job was submitted with."""
+        raw: str | None = self.client.get(self.inputs_key(job_id))  # type: ignore[assignment]
+        if raw is None:
+            raise LookupError(f"job {job_id} has no stored inputs (expired?)")
+        texts: list[str] = json.loads(raw)
+        return texts
+
+    def start(self, job_id: str, now: float | None = None) -> Transition:
+        """Mark a queued (or resumed running) job running."""
+        changed, previous = self._start(
+            keys=[self.job_key(job_id)],
+            args=[self.retention_seconds, repr(now if now is not None else time.time())],
+        )
+        return Transition(bool(changed), JobState(previous) if previous else None)
+
+    def record_input(self, job_id: str, *, total: int, etag: str | None) -> None:
+        """Remember how many items the input holds and which version of it was read."""
+        fields = {"total": str(total)}
+        if etag is not None:
+            fields["input_etag"] = etag
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.job_key(job_id), mapping=cast(dict[Any, Any], fields))
+        pipe.expire(self.job_key(job_id), self.retention_seconds)
+        pipe.execute()
+
+    def save_chunk(self, job_id: str, index: int, results: list[ItemResult]) -> bool:
+        """Store one chunk's results unless already stored; True if stored by this call."""
+        stored = self._save_chunk(
+            keys=[self.job_key(job_id), self.chunks_key(job_id)],
+            args=[index, json.dumps(results), len(results), self.retention_seconds],
+        )
+        if stored == -1:
+            raise LookupError(f"job {job_id} disappeared from the store while running")
+        return bool(stored)
+
+    def saved_chunks(self, job_id: str) -> set[int]:
+        """Indices of the chunks whose results are stored."""
+        keys: list[str] = self.client.hkeys(self.chunks_key(job_id))  # type: ignore[assignment]
+        return {int(key) for key in keys}
+
+    def results(self, job_id: str) -> list[ItemResult]:
+        """Every stored result, in input order."""
+        chunks: dict[str, str] = self.client.hgetall(self.chunks_key(job_id))  # type: ignore[assignment]
+        ordered: list[ItemResult] = []
+        for index in sorted(chunks, key=int):
+            ordered.extend(json.loads(chunks[index]))
+        return ordered
+
+    def begin_output(self, job_id: str) -> Transition:
+        """Mark a running job as writing its output, which makes it no longer cancellable."""
+        return self._change(
+            job_id, allowed=(JobState.RUNNING,), to=JobState.RUNNING, fields={"finalizing": "1"}
+        )
+
+    def succeed(self, job_id: str, *, keep_results: bool, now: float | None = None) -> Transition:
+        """Finish a running job; its stored results are dropped unless `keep_results` (they
+        are served by `GET` when the job has no output object)."""
+        return self._change(
+            job_id,
+            allowed=(JobState.RUNNING,),
+            to=JobState.SUCCEEDED,
+            fields={"finished_at": repr(now or time.time()), "finalizing": "0"},
+            drop_results=not keep_results,
+        )
+
+    def fail(self, job_id: str, reason: str, now: float | None = None) -> Transition:
+        """Fail a queued or running job with `reason`; partial results are dropped."""
+        return self._change(
+            job_id,
+            allowed=(JobState.QUEUED, JobState.RUNNING),
+            to=JobState.FAILED,
+            fields={"finished_at": repr(now or time.time()), "error": reason, "finalizing": "0"},
+            drop_results=True,
+        )
+
+    def cancel(self, job_id: str, now: float | None = None) -> Transition:
+        """Cancel a queued or running job that is not yet writing its output."""
+        return self._change(
+            job_id,
+            allowed=(JobState.QUEUED, JobState.RUNNING),
+            to=JobState.CANCELLED,
+            fields={"finished_at": repr(now or time.time())},
+            drop_results=True,
+            refuse_while_finalizing=True,
+        )
+
+    def _change(
+        self,
+        job_id: str,
+        *,
+        allowed: tuple[JobState, ...],
+        to: JobState,
+        fields: dict[str, str],
+        drop_results: bool = False,
+        refuse_while_finalizing: bool = False,
+    ) -> Transition:
+        final = to in FINAL_STATES
+        # A finished job needs its inputs no more; its results only if `GET` serves them.
+        others = [self.inputs_key(job_id), self.chunks_key(job_id)]
+        actions = ("d" if final else "e") + ("d" if drop_results else "e")
+        pairs = [item for name_value in fields.items() for item in name_value]
+        changed, previous, finalizing = self._transition(
+            keys=[self.job_key(job_id), *others],
+            args=[
+                self.retention_seconds,
+                " ".join(state.value for state in allowed),
+                to.value,
+                "1" if refuse_while_finalizing else "0",
+                actions,
+                *pairs,
+            ],
+        )
+        return Transition(bool(changed), JobState(previous) if previous else None, bool(finalizing))
+
+    def acquire_lease(self, job_id: str, token: str, seconds: float) -> bool:
+        """Take the job's lease if no live worker holds it."""
+        taken = self.client.set(self.lease_key(job_id), token, nx=True, px=int(seconds * 1000))
+        return bool(taken)
+
+    def lease_remaining_seconds(self, job_id: str) -> float:
+        """Time left on the current holder's lease (0 when nobody holds it)."""
+        milliseconds = int(self.client.pttl(self.lease_key(job_id)))
+        return max(0.0, milliseconds / 1000)
+
+    def renew_lease(self, job_id: str, token: str, seconds: float) -> bool:
+        """Extend our lease; False if it expired or another worker holds it now."""
+        return bool(
+            self._renew_lease(keys=[self.lease_key(job_id)], args=[token, int(seconds * 1000)])
+        )
+
+    def release_lease(self, job_id: str, token: str) -> None:
+        """Give the lease up, if it is still ours."""
+        self._release_lease(keys=[self.lease_key(job_id)], args=[token])
+
+
+def _optional_int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def _optional_float(value: str | None) -> float | None:
+    return float(value) if value else None

@@ -1,0 +1,259 @@
+"""What the gateway does with jobs: check and store a submission and queue it, show a job
+to its owner, cancel it. Raises the API's errors; knows nothing of HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+from prometheus_client import Counter
+
+from services.core.errors import BatchTooLarge, InvalidInput, ItemTooLarge, UnknownTask
+from services.core.s3_locations import S3Object
+from services.jobs.contracts import JobProgress, JobRequest, JobResult, JobView
+from services.jobs.errors import (
+    InvalidJob,
+    JobFinished,
+    JobNotFound,
+    JobQueueUnavailable,
+)
+from services.jobs.inputs import format_from_name
+from services.jobs.outputs import output_format_of
+from services.jobs.queue import create_celery_app, send_job
+from services.jobs.s3_objects import JobObjects
+from services.jobs.settings import JobsSettings
+from services.jobs.store import InputFormat, JobRecord, JobState, JobStore
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS_OWNER = "anonymous"
+
+
+def new_job_id() -> str:
+    """A random job id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def _is_job_id(value: str) -> bool:
+    return len(value) == 32 and all(character in "0123456789abcdef" for character in value)
+
+
+class JobDesk:
+    """Submissions, look-ups and cancellations of jobs (blocking: the gateway calls it
+    from a thread)."""
+
+    def __init__(
+        self,
+        settings: JobsSettings,
+        store: JobStore,
+        celery_app: Celery,
+        objects: JobObjects,
+        jobs_total: Counter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.celery_app = celery_app
+        self.objects = objects
+        self.jobs_total = jobs_total
+
+    def close(self) -> None:
+        """Close the store's and the broker's connections."""
+        self.store.close()
+        self.celery_app.close()
+
+    def submit(self, owner: str, request: JobRequest) -> JobView:
+        """Check a submission, store the job and queue it."""
+        self._check_task(request.task)
+        total, input_format = self._check_inputs(request)
+        self._check_output(request, total)
+        job = JobRecord(
+            id=new_job_id(),
+            owner=owner,
+            task=request.task,
+            state=JobState.QUEUED,
+            created_at=time.time(),
+            chunk_size=self.settings.chunk_size,
+            total=total,
+            input_uri=request.input_uri,
+            input_format=input_format,
+            output_uri=request.output_uri,
+        )
+        try:
+            self.store.create(job, request.inputs)
+        except redis.RedisError as error:
+            raise _store_unreachable(error) from None
+        try:
+            send_job(self.celery_app, job.id, self.settings.queue)
+        except (OperationalError, OSError) as error:
+            # Never queued: leave no job behind that no worker will ever run.
+            logger.warning("job %s could not be queued: %s", job.id, error)
+            with contextlib.suppress(redis.RedisError):
+                # If this fails too, the orphan expires after the retention period.
+                self.store.delete(job.id)
+            raise JobQueueUnavailable("the job queue is unreachable; try again later") from None
+        self.count(JobState.QUEUED)
+        logger.info(
+            "job %s queued for %s (task %s, %s)",
+            job.id,
+            owner,
+            job.task,
+            f"{total} items" if total is not None else job.input_uri,
+        )
+        return view_of(job, results=None)
+
+    def get(self, owner: str, job_id: str) -> JobView:
+        """The caller's job, with its results once it succeeded without an output object."""
+        try:
+            job = self._owned(owner, job_id)
+            results = None
+            if job.state == JobState.SUCCEEDED and job.output_uri is None:
+                results = self.store.results(job.id)
+        except redis.RedisError as error:
+            raise _store_unreachable(error) from None
+        return view_of(job, results=results)
+
+    def cancel(self, owner: str, job_id: str) -> JobView:
+        """Cancel the caller's queued or running job."""
+        try:
+            job = self._owned(owner, job_id)
+            outcome = self.store.cancel(job.id)
+        except redis.RedisError as error:
+            raise _store_unreachable(error) from None
+        if not outcome.changed:
+            if outcome.previous is None:
+                raise JobNotFound(f"no job with id {job_id}")
+            if outcome.finalizing:
+                raise JobFinished(
+                    f"job {job_id} is writing its output and can no longer be cancelled"
+                )
+            raise JobFinished(f"job {job_id} has already {outcome.previous.value}")
+        self.count(JobState.CANCELLED)
+        logger.info("job %s cancelled by %s", job_id, owner)
+        return self.get(owner, job_id)
+
+    def count(self, state: JobState) -> None:
+        """Count a job entering `state` in `mtc_jobs_total`, when metrics are kept."""
+        if self.jobs_total is not None:
+            self.jobs_total.labels(state=state.value).inc()
+
+    def _owned(self, owner: str, job_id: str) -> JobRecord:
+        # Another key's job answers exactly like a missing one: ids are not disclosed.
+        job = self.store.get(job_id) if _is_job_id(job_id) else None
+        if job is None or job.owner != owner:
+            raise JobNotFound(f"no job with id {job_id}")
+        return job
+
+    def _check_task(self, task: str) -> None:
+        if task not in self.settings.upstreams:
+            known = ", ".join(sorted(self.settings.upstreams))
+            raise UnknownTask(f"unknown task '{task}'; tasks jobs can run: {known}")
+        kind = self.settings.kind_of(task)
+        if kind != "text":
+            raise InvalidJob(
+                f"task '{task}' classifies {'images' if kind == 'image' else 'audio'}; "
+                "jobs run text tasks only"
+            )
+
+    def _check_inputs(self, request: JobRequest) -> tuple[int | None, InputFormat | None]:
+        if request.inputs is not None:
+            if len(request.inputs) > self.settings.max_inline_items:
+                raise BatchTooLarge(
+                    f"{len(request.inputs)} inline inputs; the limit is "
+                    f"{self.settings.max_inline_items} (MTC_JOBS_MAX_INLINE_ITEMS): put "
+                    "larger batches in a file and give its input_uri"
+                )
+            for index, text in enumerate(request.inputs):
+                if len(text) > self.settings.max_text_chars:
+                    raise ItemTooLarge(
+                        f"inputs[{index}] has {len(text)} characters; the limit is "
+                        f"{self.settings.max_text_chars} (MTC_JOBS_MAX_TEXT_CHARS)"
+                    )
+                if not text.isascii():
+                    try:
+                        text.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise InvalidInput(
+                            f"inputs[{index}] is not valid Unicode (a lone surrogate escape)"
+                        ) from None
+            return len(request.inputs), None
+        input_uri = request.input_uri or ""
+        target = self._location(lambda: self.objects.check_input(input_uri))
+        input_format = request.input_format or format_from_name(target.key)
+        if input_format is None:
+            raise InvalidJob(
+                f"cannot tell the format of {target.uri}: name it .csv, .jsonl or .ndjson, "
+                "or give input_format"
+            )
+        return None, input_format
+
+    def _check_output(self, request: JobRequest, total: int | None) -> None:
+        if request.output_uri is None:
+            if total is not None and total > self.settings.max_inline_results:
+                raise InvalidJob(
+                    f"{total} inputs, but a job without an output_uri returns at most "
+                    f"{self.settings.max_inline_results} results (MTC_JOBS_MAX_INLINE_RESULTS)"
+                )
+            return
+        output_uri = request.output_uri
+        target = self._location(lambda: self.objects.check_output(output_uri))
+        if output_format_of(target.key) is None:
+            raise InvalidJob(f"the output_uri must end in .jsonl or .csv, got {target.uri}")
+
+    @staticmethod
+    def _location(check: Callable[[], S3Object]) -> S3Object:
+        try:
+            return check()
+        except InvalidInput as error:
+            # A URI that names no object is a bad field value, like the schema's own 422s.
+            raise InvalidJob(error.detail) from None
+
+
+def _store_unreachable(error: redis.RedisError) -> JobQueueUnavailable:
+    # Where the store lives stays in the log, not in the answer.
+    logger.warning("job store error: %s", error)
+    return JobQueueUnavailable("the job store is unreachable; try again later")
+
+
+def view_of(job: JobRecord, results: list[dict[str, object]] | None) -> JobView:
+    """The API's view of a stored job."""
+    return JobView(
+        id=job.id,
+        task=job.task,
+        state=job.state.value,
+        progress=JobProgress(done=job.done, total=job.total),
+        created_at=_timestamp(job.created_at),
+        started_at=_timestamp(job.started_at) if job.started_at is not None else None,
+        finished_at=_timestamp(job.finished_at) if job.finished_at is not None else None,
+        error=job.error,
+        input_uri=job.input_uri,
+        output_uri=job.output_uri,
+        results=None
+        if results is None
+        else [JobResult.model_validate(result) for result in results],
+    )
+
+
+def _timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def create_job_desk(settings: JobsSettings, jobs_total: Counter | None = None) -> JobDesk:
+    """A job desk connected (lazily) to the settings' store and broker."""
+    return JobDesk(
+        settings,
+        JobStore.from_url(settings.store_url, retention_seconds=settings.retention_seconds),
+        create_celery_app(settings),
+        JobObjects(
+            input_allowlist=settings.input_allowlist,
+            output_allowlist=settings.output_allowlist,
+            endpoint_url=settings.s3_endpoint_url,
+        ),
+        jobs_total,
+    )

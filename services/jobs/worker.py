@@ -1,0 +1,138 @@
+"""`python -m services.jobs.worker`: a Celery worker that runs jobs, in one process.
+
+Jobs run in threads of this process (Celery's `threads` pool), so stopping or killing its
+PID stops all of its work; the metrics endpoint listens on `MTC_JOBS_METRICS_PORT`. On
+SIGTERM, running jobs stop after their current chunk and go back to the queue, to resume
+on another worker from the chunks already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import threading
+from typing import Any
+
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
+from celery import Celery, Task
+from celery.exceptions import Reject
+from celery.signals import worker_shutting_down
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from services.jobs.metrics import WorkerMetrics
+from services.jobs.prediction_client import PredictionClient
+from services.jobs.queue import RUN_JOB_TASK, create_celery_app, queue_length
+from services.jobs.runner import Busy, Interrupted, JobRunner
+from services.jobs.s3_objects import JobObjects
+from services.jobs.settings import JobsSettings
+from services.jobs.store import JobStore
+
+logger = logging.getLogger("services.jobs.worker")
+
+# Failures of the store or of S3 that pass: the job waits and resumes, it does not fail.
+TRANSIENT_ERRORS = (redis.RedisError, BotoCoreError, ClientError)
+MAX_TRANSIENT_DELAY_SECONDS = 60.0
+
+
+def register_job_task(app: Celery, runner: JobRunner) -> Task:
+    """Register the task that runs a job, by the name the gateway sends."""
+
+    @app.task(  # type: ignore[untyped-decorator]
+        name=RUN_JOB_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=None,
+        # Registered on this app only, not on every Celery app of the process.
+        shared=False,
+    )
+    def run_job(task: Task, job_id: str) -> None:
+        try:
+            outcome = runner.run(job_id)
+        except TRANSIENT_ERRORS as error:
+            delay = min(MAX_TRANSIENT_DELAY_SECONDS, 2.0 ** min(task.request.retries, 6))
+            logger.warning("job %s: %s; trying again in %.0f s", job_id, error, delay)
+            raise task.retry(countdown=delay, exc=error) from None
+        except Exception:
+            # A bug: fail the job with a reason instead of leaving it `running` forever.
+            logger.exception("job %s: unexpected error", job_id)
+            runner.fail(job_id, "internal error in the jobs worker; see its log")
+            return
+        if isinstance(outcome, Busy):
+            # Not dropped: the lease holder may be dead and its lease about to expire.
+            raise task.retry(countdown=outcome.retry_in_seconds + random.uniform(0, 1))
+        if isinstance(outcome, Interrupted):
+            raise Reject("worker shutting down", requeue=True)
+
+    return run_job
+
+
+def build_worker(settings: JobsSettings) -> tuple[Celery, WorkerMetrics, threading.Event]:
+    """The Celery app with the job task registered, its metrics, and the shutdown flag."""
+    app = create_celery_app(settings)
+    metrics = WorkerMetrics(settings.upstreams)
+    metrics.watch_queue(lambda: queue_length(app, settings.queue))
+    store = JobStore.from_url(settings.store_url, retention_seconds=settings.retention_seconds)
+    predictions = PredictionClient(
+        settings.upstreams,
+        timeout_seconds=settings.request_timeout_seconds,
+        retry_attempts=settings.retry_attempts,
+        retry_backoff_seconds=settings.retry_backoff_seconds,
+        on_retry=metrics.retried,
+    )
+    objects = JobObjects(
+        input_allowlist=settings.input_allowlist,
+        output_allowlist=settings.output_allowlist,
+        endpoint_url=settings.s3_endpoint_url,
+    )
+    stopping = threading.Event()
+    runner = JobRunner(settings, store, predictions, objects, metrics, stopping)
+    register_job_task(app, runner)
+    return app, metrics, stopping
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Validate the settings, serve metrics and consume the jobs queue until stopped."""
+    try:
+        settings = JobsSettings()
+    except (ValidationError, SettingsError) as error:
+        raise SystemExit(f"invalid MTC_JOBS_* settings: {error}") from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    app, metrics, stopping = build_worker(settings)
+
+    def stop_jobs(**_: Any) -> None:
+        stopping.set()
+
+    worker_shutting_down.connect(stop_jobs, weak=False)
+    start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
+    logger.info(
+        "jobs worker: queue %s, %d at a time, metrics on :%d",
+        settings.queue,
+        settings.concurrency,
+        settings.metrics_port,
+    )
+    app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={settings.concurrency}",
+            f"--queues={settings.queue}",
+            f"--loglevel={settings.log_level.upper()}",
+            # One consumer per process needs no gossip with the others.
+            "--without-gossip",
+            "--without-mingle",
+            *(argv or []),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
