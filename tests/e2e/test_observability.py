@@ -264,9 +264,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         log=stack_log,
     )
     config = scratch / "prometheus.yml"
-    config.write_text(
-        yaml.safe_dump(prometheus_config(gateway_port, service_ports, worker_port))
-    )
+    config.write_text(yaml.safe_dump(prometheus_config(gateway_port, service_ports, worker_port)))
     prometheus_port = free_port()
     prometheus_process = start(
         [
