@@ -49,7 +49,7 @@ MODELS_DIR = REPO / ".mtc" / "models"
 K6_SCRIPT = LOAD_DIR / "load.js"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-OUR_TEXT_ENV: dict[str, str] = {"MTC_RUNTIME": "onnx"}
+OUR_TEXT_ENV: dict[str, str] = {"MTC_RUNTIME": "torch"}
 """What our service is run with, beyond its defaults (the deployment manifests set the same)."""
 
 TARGET_SPEEDUP = 6.0

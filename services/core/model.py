@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 ItemT = TypeVar("ItemT")
 
@@ -59,9 +59,10 @@ class ClassifierModel(ABC, Generic[ItemT]):
     from several threads at once when `inference_workers > 1`.
     """
 
-    runtime: ClassVar[str] = "python"
-    """What executes the model (e.g. `torch`, `onnx-int8`). Part of every cache key, because
-    two runtimes of the same model version do not give bit-identical scores."""
+    runtime: str = "python"
+    """What executes the model (e.g. `torch`, `torch-bf16`, `onnx-int8`). Part of every
+    cache key, because two runtimes of the same model version do not give bit-identical
+    scores; an instance may set its own once it knows (precision, model kind)."""
 
     def __init__(self) -> None:
         self._metadata: ModelMetadata | None = None

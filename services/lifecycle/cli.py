@@ -201,7 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="which rows to use (default: heldout for --starter-data, all for --data)",
     )
-    evaluate.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    evaluate.add_argument(
+        "--runtime",
+        choices=["torch", "torch-bf16", "onnx"],
+        default="torch",
+        help="float32 or bfloat16 PyTorch (as MTC_TORCH_DTYPE), or the ONNX int8 export",
+    )
     evaluate.add_argument(
         "--json-out", type=Path, help="write the metrics here (default: stdout only)"
     )

@@ -119,16 +119,24 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
 
 def build_app(settings: TextSettings, model: SequenceClassifier | None = None) -> FastAPI:
     """The text service application for one task."""
-    model_class = OnnxSequenceClassifier if settings.runtime == "onnx" else SequenceClassifier
-    classifier = model or model_class(
-        max_tokens=settings.max_tokens,
-        torch_threads=settings.threads_per_worker,
-        limits={
-            "max_items_per_request": settings.max_items_per_request,
-            "max_text_chars": settings.max_text_chars,
-            "max_body_bytes": settings.max_body_bytes,
-        },
-    )
+    limits = {
+        "max_items_per_request": settings.max_items_per_request,
+        "max_text_chars": settings.max_text_chars,
+        "max_body_bytes": settings.max_body_bytes,
+    }
+    classifier = model
+    if classifier is None and settings.runtime == "onnx":
+        classifier = OnnxSequenceClassifier(
+            max_tokens=settings.max_tokens, torch_threads=settings.threads_per_worker, limits=limits
+        )
+    elif classifier is None:
+        classifier = SequenceClassifier(
+            max_tokens=settings.max_tokens,
+            torch_threads=settings.threads_per_worker,
+            limits=limits,
+            dtype=settings.resolved_torch_dtype,
+            graph=settings.torch_graph,
+        )
     return create_app(
         settings,
         classifier,

@@ -15,9 +15,11 @@ from services.text.training import LabelledText
 EVAL_BATCH_SIZE = 64
 
 
-def load_classifier(
-    model_dir: Path, runtime: Literal["torch", "onnx"] = "torch"
-) -> SequenceClassifier:
+EvalRuntime = Literal["torch", "torch-bf16", "onnx"]
+"""How `mtc eval` runs the model: float32 or bfloat16 PyTorch, or the ONNX int8 export."""
+
+
+def load_classifier(model_dir: Path, runtime: EvalRuntime = "torch") -> SequenceClassifier:
     """The serving model class for `runtime`, loaded from `model_dir`."""
     classifier: SequenceClassifier
     if runtime == "onnx":
@@ -25,7 +27,7 @@ def load_classifier(
 
         classifier = OnnxSequenceClassifier()
     else:
-        classifier = SequenceClassifier()
+        classifier = SequenceClassifier(dtype="bfloat16" if runtime == "torch-bf16" else "float32")
     asyncio.run(classifier.start(model_dir))
     return classifier
 
@@ -53,7 +55,7 @@ def evaluate_model_dir(
     model_dir: Path,
     examples: Sequence[LabelledText],
     *,
-    runtime: Literal["torch", "onnx"] = "torch",
+    runtime: EvalRuntime = "torch",
     progress: bool = False,
 ) -> EvaluationReport:
     """Accuracy, macro-F1, per-class precision/recall, confusion matrix and calibration."""

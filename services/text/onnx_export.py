@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import logging
 import os
 import re
@@ -61,6 +60,12 @@ from services.core.manifest import (
     verify_model_dir,
     write_manifest,
 )
+from services.text.models.traced_graph import (
+    CHECK_TEXTS,
+    GRAPH_INPUTS,
+    TRACE_TEXTS,
+    graph_input_names,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +78,13 @@ EXPORT_COMMAND = "python -m services.text.onnx_export"
 SOURCE_DIGEST_KEY = "mtc.source_sha256"
 """ONNX metadata key holding `source_digest` of the directory the export was made from."""
 
-ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ONNX_INPUTS = GRAPH_INPUTS
 """Tokenizer outputs the exported graph may take."""
 
 # 17 has LayerNormalization as one op; every ONNX Runtime since 1.11 runs it.
 _OPSET = 17
 # The exported graph must match PyTorch to float precision before it is quantised.
 _FP32_LOGIT_TOLERANCE = 1e-3
-_TRACE_TEXTS = ("a short text", "a somewhat longer text, so that the batch needs padding")
-# Other batch size and lengths than the trace: catches shapes frozen into the graph.
-_CHECK_TEXTS = (
-    "an entirely different sentence, longer than either text the graph was traced with",
-    "short",
-    "",
-)
 # What the graph is made of (architecture and weights); tokenizer files do not change it.
 _SOURCE_PATTERNS = ("config.json", "*.safetensors", "*.bin")
 # Encoder layer of a node, from the names the PyTorch exporter gives BERT's modules.
@@ -209,14 +207,10 @@ def _export_fp32(model_dir: Path, destination: Path, unfused: Path) -> None:
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(f"{model_dir}: cannot load model: {exc}") from exc
     model.eval()
-    example = tokenizer(list(_TRACE_TEXTS), padding=True, return_tensors="pt")
+    example = tokenizer(list(TRACE_TEXTS), padding=True, return_tensors="pt")
     # The exporter names the flattened inputs in `forward`'s parameter order, not in the
     # order of the kwargs dict: build both in that order or the names are swapped.
-    names = [
-        name
-        for name in inspect.signature(model.forward).parameters
-        if name in ONNX_INPUTS and name in example
-    ]
+    names = graph_input_names(model, example)
     axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["logits"] = {0: "batch"}
     with warnings.catch_warnings(), torch.inference_mode():
@@ -236,7 +230,7 @@ def _export_fp32(model_dir: Path, destination: Path, unfused: Path) -> None:
             dynamo=False,
         )
 
-    check = tokenizer(list(_CHECK_TEXTS), padding=True, return_tensors="pt")
+    check = tokenizer(list(CHECK_TEXTS), padding=True, return_tensors="pt")
     with torch.inference_mode():
         expected = model(**{name: check[name] for name in names}).logits.float().numpy()
     for graph in (unfused, destination):

@@ -26,8 +26,9 @@ def make_queue(
 
 
 async def started(queue: BatchQueue[str]) -> BatchQueue[str]:
-    # Start only the condition: workers would consume items before take_batch() is observed.
-    queue._wakeup = asyncio.Condition()
+    # Accept items without starting the workers: they would consume items before
+    # take_batch() is observed.
+    queue._loop = asyncio.get_running_loop()
     return queue
 
 
@@ -78,7 +79,7 @@ async def test_discarded_items_never_reach_the_model() -> None:
         max_queued_items=100,
         workers=1,
     )
-    queue._wakeup = asyncio.Condition()
+    queue._loop = asyncio.get_running_loop()
     abandoned = await queue.submit(["abandoned"], [9])
     queue.discard(abandoned)
     await queue.start()

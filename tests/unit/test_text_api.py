@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from services.core.cpu_features import has_native_bfloat16
 from services.core.model import LabelScore
 from services.text.api import build_app
 from services.text.models.sequence_classifier import SequenceClassifier
@@ -130,7 +131,8 @@ def test_models_route_and_metrics(client: TestClient) -> None:
     assert models[0]["ready"] is True
     assert models[0]["labels"] == ["NEGATIVE", "POSITIVE"]
     assert models[0]["limits"]["max_items_per_request"] == 1024
-    assert models[0]["runtime"] == "torch"
+    # MTC_TORCH_DTYPE=auto: bfloat16 where the CPU computes in it natively.
+    assert models[0]["runtime"] == ("torch-bf16" if has_native_bfloat16() else "torch")
     client.get("/health/live")
     client.get("/health/ready")
     client.post(URL, json={"text": ["counted"]})

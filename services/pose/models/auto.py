@@ -48,7 +48,7 @@ class AutoPoseModel(PoseModel):
         metadata = await inner.load(model_dir)
         self._inner = inner
         # Cache keys and `/v1/models` report the runtime of the model actually chosen.
-        self.runtime = inner.runtime  # type: ignore[misc]
+        self.runtime = inner.runtime
         self.gives_keypoints = inner.gives_keypoints
         return metadata
 

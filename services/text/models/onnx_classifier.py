@@ -32,6 +32,8 @@ class OnnxSequenceClassifier(SequenceClassifier):
     move slightly with the texts batched beside it (`MTC_MAX_BATCH_SIZE=1` avoids that).
     """
 
+    runtime = "onnx-int8"
+
     def __init__(
         self,
         *,
@@ -100,8 +102,8 @@ class OnnxSequenceClassifier(SequenceClassifier):
 
     def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
         """Scores for every label of every text, highest first."""
-        encoded = self.encode(batch, tensors="np")
-        feeds = {name: np.asarray(encoded[name], dtype=np.int64) for name in self._input_names}
+        encoded, counts = self.encode(batch)
+        feeds = {name: encoded[name] for name in self._input_names}
         # InferenceSession.run is thread-safe; only the tokenizer needs a per-thread copy.
         (logits,) = self._session.run(["logits"], feeds)
         logits = np.asarray(logits, dtype=np.float32)
@@ -111,4 +113,4 @@ class OnnxSequenceClassifier(SequenceClassifier):
         else:
             exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
-        return self.with_token_counts(batch, rank_scores(self._labels, probabilities.tolist()))
+        return self.with_token_counts(rank_scores(self._labels, probabilities.tolist()), counts)

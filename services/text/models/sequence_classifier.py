@@ -8,7 +8,9 @@ import json
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from services.core.errors import ModelLoadError
 from services.core.manifest import model_identity
@@ -20,10 +22,14 @@ from services.core.model import (
     encode_scores,
     rank_scores,
 )
+from services.text.models.traced_graph import TRACE_TEXTS, graph_input_names, trace_logits
 
 # Position-embedding tables cap what the model can read; tokenizers sometimes report a
 # sentinel (1e30) instead of a real maximum.
 _FALLBACK_MAX_TOKENS = 512
+
+TorchDtype = Literal["float32", "bfloat16"]
+TorchGraph = Literal["traced", "eager"]
 
 
 class TextPrediction(list[LabelScore]):
@@ -41,7 +47,11 @@ class SequenceClassifier(ClassifierModel[str]):
     """A `save_pretrained` directory: `config.json` with `id2label`, weights, tokenizer.
 
     Texts longer than the model's maximum are truncated (see `token_counts`). Softmax
-    scores for single-label models, independent sigmoids for multi-label ones.
+    scores for single-label models, independent sigmoids for multi-label ones. With
+    `dtype="bfloat16"` the weights are converted once at load: on CPUs with AMX or
+    AVX-512 BF16 a batch costs about half the float32 time, and scores move by about 0.01.
+    With `graph="traced"` the forward pass runs as one TorchScript graph when it reproduces
+    the model (`services.text.models.traced_graph`), else eagerly.
     """
 
     runtime = "torch"
@@ -52,8 +62,17 @@ class SequenceClassifier(ClassifierModel[str]):
         max_tokens: int | None = None,
         torch_threads: int | None = None,
         limits: dict[str, Any] | None = None,
+        dtype: TorchDtype = "float32",
+        graph: TorchGraph = "eager",
     ) -> None:
         super().__init__()
+        self.dtype = dtype
+        self.graph = graph
+        self._traced: Any = None
+        """The traced forward pass (positional inputs `_graph_inputs`), when in use."""
+        self._graph_inputs: list[str] = []
+        if dtype == "bfloat16":
+            self.runtime = "torch-bf16"
         self._max_tokens_cap = max_tokens
         self._torch_threads = torch_threads
         self._limits = dict(limits or {})
@@ -79,8 +98,11 @@ class SequenceClassifier(ClassifierModel[str]):
             raise ModelLoadError(f"{model_dir}: no config.json; not a Hugging Face model directory")
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            # Tracing needs the plain attention: the SDPA path takes Python branches on
+            # the mask's values, which a trace would freeze.
+            attention = {"attn_implementation": "eager"} if self.graph == "traced" else {}
             model = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, local_files_only=True
+                model_dir, local_files_only=True, dtype=getattr(torch, self.dtype), **attention
             )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{model_dir}: cannot load model: {exc}") from exc
@@ -99,6 +121,10 @@ class SequenceClassifier(ClassifierModel[str]):
         self._tokenizer = tokenizer
         self._counting_tokenizer = _counting_backend(tokenizer)
         self._model = model
+        if self.graph == "traced":
+            self._traced = trace_logits(model, tokenizer, self.dtype)
+            example = tokenizer(list(TRACE_TEXTS), padding=True, return_tensors="pt")
+            self._graph_inputs = graph_input_names(model, example)
         self._labels = labels
         self._multi_label = config.problem_type == "multi_label_classification"
         self.max_tokens = limit
@@ -142,11 +168,11 @@ class SequenceClassifier(ClassifierModel[str]):
         """`cost` of each item, tokenized together."""
         return [min(count, self.max_tokens) for count in self.token_counts(items)]
 
+    @staticmethod
     def with_token_counts(
-        self, batch: Sequence[str], ranked: list[list[LabelScore]]
+        ranked: list[list[LabelScore]], counts: Sequence[int]
     ) -> list[list[LabelScore]]:
-        """`ranked` (one list per text of `batch`) as `TextPrediction`s."""
-        counts = self.token_counts(batch)
+        """`ranked` (one list per text) as `TextPrediction`s with their texts' token counts."""
         return [TextPrediction(scores, count) for scores, count in zip(ranked, counts, strict=True)]
 
     def encode_prediction(self, prediction: Sequence[LabelScore]) -> bytes:
@@ -165,26 +191,62 @@ class SequenceClassifier(ClassifierModel[str]):
             return TextPrediction(scores, int(document["tokens"]))
         return TextPrediction(decode_scores(raw), None)  # written by an earlier release
 
-    def encode(self, batch: Sequence[str], *, tensors: str) -> Any:
-        """Token ids and masks of a batch, padded to its longest text, truncated at the limit;
-        `tensors` is `pt` (PyTorch) or `np` (NumPy)."""
-        return self._thread_tokenizer()(
-            list(batch),
+    def encode(self, batch: Sequence[str]) -> tuple[dict[str, Any], list[int]]:
+        """The model inputs of a batch as int64 NumPy arrays, padded to its longest text and
+        truncated at the limit, and each text's token count before truncation.
+
+        A batch that needs no truncation (nearly every one) is tokenized once, by the Rust
+        tokenizer, and padded here as the tokenizer would pad it; the Python wrapper costs
+        more than the tokenization itself, and the counts come from the same pass.
+        """
+        texts = list(batch)
+        if self._counting_tokenizer is not None:
+            encodings = self._counting_tokenizer.encode_batch(texts, add_special_tokens=True)
+            counts = [len(encoding.ids) for encoding in encodings]
+            if max(counts, default=0) <= self.max_tokens:
+                return self._padded(encodings), counts
+        else:
+            counts = self.token_counts(texts)
+        encoded = self._thread_tokenizer()(
+            texts,
             padding=True,
             truncation=True,
             max_length=self.max_tokens,
-            return_tensors=tensors,
+            return_tensors="np",
         )
+        return {name: np.asarray(encoded[name], dtype=np.int64) for name in encoded}, counts
+
+    def _padded(self, encodings: Sequence[Any]) -> dict[str, Any]:
+        """Untruncated Rust encodings as the padded arrays the tokenizer would return."""
+        tokenizer = self._tokenizer
+        longest = max(len(encoding.ids) for encoding in encodings)
+        shape = (len(encodings), longest)
+        ids = np.full(shape, tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros(shape, dtype=np.int64)
+        types = np.full(shape, tokenizer.pad_token_type_id, dtype=np.int64)
+        left = tokenizer.padding_side == "left"
+        for row, encoding in enumerate(encodings):
+            length = len(encoding.ids)
+            start = longest - length if left else 0
+            ids[row, start : start + length] = encoding.ids
+            mask[row, start : start + length] = encoding.attention_mask
+            types[row, start : start + length] = encoding.type_ids
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: arrays[name] for name in tokenizer.model_input_names if name in arrays}
 
     def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
         """Scores for every label of every text, highest first."""
         import torch
 
-        encoded = self.encode(batch, tensors="pt")
+        arrays, counts = self.encode(batch)
+        encoded = {name: torch.from_numpy(array) for name, array in arrays.items()}
         with torch.inference_mode():
-            logits = self._model(**encoded).logits.float()
+            if self._traced is not None:
+                logits = self._traced(*(encoded[name] for name in self._graph_inputs)).float()
+            else:
+                logits = self._model(**encoded).logits.float()
         probabilities = torch.sigmoid(logits) if self._multi_label else logits.softmax(dim=-1)
-        return self.with_token_counts(batch, rank_scores(self._labels, probabilities.tolist()))
+        return self.with_token_counts(rank_scores(self._labels, probabilities.tolist()), counts)
 
 
 def _counting_backend(tokenizer: Any) -> Any:
