@@ -8,9 +8,13 @@ Starts on this machine, on free 127.0.0.1 ports:
 - for the other measurements, a cached text service behind the gateway, and the pose and
   audio services.
 
-k6 (a separate process) drives A and B in turn, A B A B, with the same closed-loop load:
-16 concurrent clients, each request one distinct Rotten Tomatoes review, so nothing can be
-answered from a cache. CPU time per prediction comes from `/proc/<pid>/stat` of the server.
+wrk (a separate process) drives A and B in turn, A B A B, with the same closed-loop load:
+16 concurrent connections, each request one distinct Rotten Tomatoes review, so nothing can
+be answered from a cache. wrk, not k6: on a 2-CPU machine k6's JavaScript takes about a
+tenth of the CPU at the faster server's rate, which would be measured as that server's
+slowness; wrk's one C thread takes a fraction of that. The pose and audio services are
+driven by k6 (multipart uploads), at rates where its share is small. CPU time per
+prediction comes from `/proc/<pid>/stat` of the server.
 Writes `load/results/bench-<time>.json` and `load/results/bench-<time>.md` (and
 `bench-latest.*`), and prints the Markdown table. Exits 1 if a ratio target is missed
 (the benchmark is never part of the test run).
@@ -75,7 +79,7 @@ class Server:
 
 @dataclass
 class Round:
-    """One k6 run against one server."""
+    """One load-generator run (wrk or k6) against one server."""
 
     system: str
     requests: int
@@ -241,11 +245,7 @@ def measure(
     )
 
 
-WRK_SCRIPT = """\
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = {body}
-
+WRK_REPORT = """\
 done = function(summary, latency, requests)
   local errors = summary.errors
   io.write(string.format(
@@ -256,8 +256,30 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(95), latency:percentile(99)))
 end
 """
-"""wrk's request (one fixed JSON body: the cache-hit path asks the same thing every time)
-and a report of the percentiles we tabulate, as one JSON line."""
+"""What wrk reports when done: the counts and percentiles we tabulate, as one JSON line."""
+
+WRK_FIXED_BODY = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = {body}
+"""
+"""One fixed JSON body: the cache-hit path asks the same thing every time."""
+
+WRK_BODIES_FROM_FILE = """\
+local bodies = {{}}
+local position = 0
+
+init = function(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+end
+
+request = function()
+  position = position % #bodies + 1
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, bodies[position])
+end
+"""
+"""Each request the next body of a file of one JSON body per line: distinct reviews, so no
+cache can answer (the file holds more than any round sends)."""
 
 
 def wrk_binary() -> str:
@@ -274,15 +296,24 @@ def measure_with_wrk(
     system: str,
     seconds: float,
     clients: int,
-    body: Mapping[str, Any],
     scratch: Path,
+    body: Mapping[str, Any] | None = None,
+    bodies_file: Path | None = None,
     also_charged: Sequence[Server] = (),
 ) -> Round:
     """Drive `server` with wrk (one C thread: a lighter load generator than k6, so on a
-    small machine the CPU goes to the servers measured) posting `body` to
-    `/v1/sentiment/predict`. CPU per prediction adds up `server` and `also_charged`."""
-    script = scratch / "wrk-post.lua"
-    script.write_text(WRK_SCRIPT.format(body=json.dumps(json.dumps(body))))
+    small machine the CPU goes to the servers measured), closed loop with `clients`
+    connections, posting to `/v1/sentiment/predict` either `body` every time or the lines
+    of `bodies_file` in turn. CPU per prediction adds up `server` and `also_charged`."""
+    script = scratch / f"wrk-{time.monotonic_ns()}.lua"
+    if bodies_file is not None:
+        script.write_text((WRK_BODIES_FROM_FILE + WRK_REPORT).format())
+        script_args = [str(bodies_file)]
+    elif body is not None:
+        script.write_text((WRK_FIXED_BODY + WRK_REPORT).format(body=json.dumps(json.dumps(body))))
+        script_args = []
+    else:
+        raise ValueError("give a body or a bodies_file")
     charged = [server, *also_charged]
     cpu_before, started = sum(s.cpu_seconds() for s in charged), time.monotonic()
     command = [
@@ -294,6 +325,7 @@ def measure_with_wrk(
         "-s",
         str(script),
         f"{server.base_url}/v1/sentiment/predict",
+        *script_args,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     elapsed = time.monotonic() - started
@@ -323,12 +355,24 @@ def parse_wrk(output: str, *, system: str, seconds: float, cpu_seconds: float) -
 
 def write_reviews(path: Path, count: int | None = None, *, seed: int = 16) -> int:
     """Every distinct review (or `count` of them), shuffled, as a JSON list; returns how many."""
+    chosen = distinct_reviews(count, seed=seed)
+    path.write_text(json.dumps(chosen))
+    return len(chosen)
+
+
+def write_review_bodies(path: Path, *, seed: int = 16) -> int:
+    """Every distinct review, shuffled, as one request body per line (for wrk)."""
+    chosen = distinct_reviews(None, seed=seed)
+    path.write_text("".join(json.dumps({"text": [text]}) + "\n" for text in chosen))
+    return len(chosen)
+
+
+def distinct_reviews(count: int | None, *, seed: int) -> list[str]:
+    """The distinct Rotten Tomatoes reviews (or `count` of them) in a fixed shuffled order."""
     examples, _ = load_reviews()
     texts = sorted({example.text for example in examples})
     random.Random(seed).shuffle(texts)
-    chosen = texts if count is None else texts[:count]
-    path.write_text(json.dumps(chosen))
-    return len(chosen)
+    return texts if count is None else texts[:count]
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -361,27 +405,29 @@ def cpu_model() -> str:
 
 
 def ab_rounds(
-    baseline: Server, ours: Server, args: argparse.Namespace, reviews: Path, scratch: Path
+    baseline: Server, ours: Server, args: argparse.Namespace, bodies: Path, scratch: Path
 ) -> list[Round]:
-    """Warm both up, then alternate A B for `args.rounds` rounds."""
+    """Warm both up, then alternate A B for `args.rounds` rounds, each with the same
+    closed-loop wrk load of distinct reviews."""
     for server in (baseline, ours):
-        run_k6(
-            server.base_url,
+        measure_with_wrk(
+            server,
+            system="warm-up",
             seconds=args.warmup_seconds,
             clients=args.clients,
-            reviews_file=reviews,
             scratch=scratch,
+            bodies_file=bodies,
         )
     rounds: list[Round] = []
     for number in range(1, args.rounds + 1):
         for system, server in (("baseline", baseline), ("mtc", ours)):
-            result = measure(
+            result = measure_with_wrk(
                 server,
                 system=system,
                 seconds=args.seconds,
                 clients=args.clients,
-                reviews_file=reviews,
                 scratch=scratch,
+                bodies_file=bodies,
             )
             print(f"round {number} {system}: {asdict(result)}", flush=True)
             rounds.append(result)
@@ -637,8 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="mtc-bench-") as scratch_name:
         scratch = Path(scratch_name)
-        reviews = scratch / "reviews.json"
-        count = write_reviews(reviews)
+        bodies = scratch / "reviews.jsonl"
+        count = write_review_bodies(bodies)
         print(f"{count} distinct reviews; logs in {scratch}", flush=True)
         baseline_port, ours_port = free_port(), free_port()
         baseline_command = [
@@ -654,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "mtc-text", ours_port, {**OUR_TEXT_ENV, "MTC_CACHE_TTL_SECONDS": "0"}, scratch
             ) as ours,
         ):
-            report.rounds += ab_rounds(baseline, ours, args, reviews, scratch)
+            report.rounds += ab_rounds(baseline, ours, args, bodies, scratch)
         report.summary["text"] = summarise_ab(report.rounds)
         if not args.text_only:
             report.summary["gateway"], gateway_rounds = gateway_measurements(
