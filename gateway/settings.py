@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+from services.core.upstream_urls import check_task_name, check_upstreams, one_url_is_a_list_of_one
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 TaskKind = Literal["text", "image", "audio"]
@@ -136,31 +136,18 @@ class GatewaySettings(BaseSettings):
     @field_validator("upstreams", mode="before")
     @classmethod
     def _one_url_is_a_list_of_one(cls, upstreams: object) -> object:
-        if isinstance(upstreams, dict):
-            return {
-                task: [urls] if isinstance(urls, str) else urls for task, urls in upstreams.items()
-            }
-        return upstreams
+        return one_url_is_a_list_of_one(upstreams)
 
     @field_validator("upstreams")
     @classmethod
     def _check_upstreams(cls, upstreams: dict[str, list[str]]) -> dict[str, list[str]]:
-        checked: dict[str, list[str]] = {}
-        for task, urls in upstreams.items():
-            _check_task_name(task)
-            if not urls:
-                raise ValueError(f"task {task!r} has an empty list of upstream URLs")
-            normalised = [_normalise_base_url(task, url) for url in urls]
-            if len(set(normalised)) != len(normalised):
-                raise ValueError(f"task {task!r} lists the same upstream URL twice")
-            checked[task] = normalised
-        return checked
+        return check_upstreams(upstreams)
 
     @field_validator("task_timeouts")
     @classmethod
     def _check_task_timeouts(cls, timeouts: dict[str, float]) -> dict[str, float]:
         for task, seconds in timeouts.items():
-            _check_task_name(task)
+            check_task_name(task)
             if seconds <= 0:
                 raise ValueError(f"timeout for task {task!r} must be positive, got {seconds}")
         return timeouts
@@ -177,7 +164,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("compat_sentiment_task", "compat_disaster_task", "compat_pose_task")
     @classmethod
     def _check_compat_task(cls, task: str) -> str:
-        _check_task_name(task)
+        check_task_name(task)
         return task
 
     @field_validator("log_level", mode="before")
@@ -209,20 +196,3 @@ class GatewaySettings(BaseSettings):
     def kind_of(self, task: str) -> TaskKind:
         """What the task classifies: `text` unless `task_kinds` says otherwise."""
         return self.task_kinds.get(task, "text")
-
-
-def _check_task_name(task: str) -> None:
-    if not TASK_NAME_PATTERN.fullmatch(task):
-        raise ValueError(f"task name {task!r} does not match {TASK_NAME_PATTERN.pattern}")
-
-
-def _normalise_base_url(task: str, url: str) -> str:
-    try:
-        parsed = AnyHttpUrl(url)
-    except ValidationError as error:
-        reason = error.errors()[0]["msg"]
-        raise ValueError(f"upstream URL for task {task!r} is invalid ({url!r}): {reason}") from None
-    if parsed.query or parsed.fragment:
-        raise ValueError(f"upstream URL for task {task!r} must not have a query or fragment")
-    # Paths are appended to the base URL, so a trailing slash would double up.
-    return str(parsed).rstrip("/")

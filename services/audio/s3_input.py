@@ -10,7 +10,7 @@ from services.core.errors import (
     ItemTooLarge,
     UpstreamUnavailable,
 )
-from services.core.s3_locations import S3Allowlist, S3Object, parse_object_uri
+from services.core.s3_locations import S3Allowlist, S3Object, parse_object_uri, s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -42,15 +42,9 @@ class S3ClipReader:
     def client(self) -> S3Client:
         """A boto3 S3 client, created on first use."""
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                retries={"max_attempts": 2, "mode": "standard"},
-                connect_timeout=self.timeout_seconds,
-                read_timeout=self.timeout_seconds,
+            self._client = s3_client(
+                self.endpoint_url, timeout_seconds=self.timeout_seconds, max_attempts=2
             )
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
         return self._client
 
     def check_allowed(self, target: S3Object) -> None:

@@ -9,8 +9,12 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from services.core.errors import AccessDenied, InvalidInput
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 MAX_KEY_BYTES = 1024  # S3's own limit on object keys
 
@@ -89,3 +93,17 @@ class S3Allowlist:
                 return
         allowed = ", ".join(f"s3://{bucket}/{prefix}" for bucket, prefix in self.entries)
         raise AccessDenied(f"{target.uri} is outside the allowed locations ({allowed})")
+
+
+def s3_client(endpoint_url: str | None, *, timeout_seconds: float, max_attempts: int) -> S3Client:
+    """A boto3 S3 client (for `endpoint_url`, or AWS when None) whose every call gives up
+    after `timeout_seconds` to connect or read, retried up to `max_attempts` in all."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": max_attempts, "mode": "standard"},
+        connect_timeout=timeout_seconds,
+        read_timeout=timeout_seconds,
+    )
+    return boto3.client("s3", endpoint_url=endpoint_url, config=config)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from services.core.errors import AccessDenied
-from services.core.s3_locations import S3Allowlist, S3Object, parse_object_uri
+from services.core.s3_locations import S3Allowlist, S3Object, parse_object_uri, s3_client
 from services.jobs.errors import JobFailure
 
 if TYPE_CHECKING:
@@ -58,15 +58,9 @@ class JobObjects:
     def client(self) -> S3Client:
         """A boto3 S3 client, created on first use."""
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                retries={"max_attempts": 4, "mode": "standard"},
-                connect_timeout=self.timeout_seconds,
-                read_timeout=self.timeout_seconds,
+            self._client = s3_client(
+                self.endpoint_url, timeout_seconds=self.timeout_seconds, max_attempts=4
             )
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
         return self._client
 
     def check_input(self, uri: str) -> S3Object:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 from typing import Literal, Self
 
-from pydantic import AnyHttpUrl, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.s3_locations import check_allowlist_entries
+from services.core.upstream_urls import check_upstreams, one_url_is_a_list_of_one
 
-TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 TaskKind = Literal["text", "image", "audio"]
@@ -129,23 +128,12 @@ class JobsSettings(BaseSettings):
     @field_validator("upstreams", mode="before")
     @classmethod
     def _one_url_is_a_list_of_one(cls, upstreams: object) -> object:
-        if isinstance(upstreams, dict):
-            return {
-                task: [urls] if isinstance(urls, str) else urls for task, urls in upstreams.items()
-            }
-        return upstreams
+        return one_url_is_a_list_of_one(upstreams)
 
     @field_validator("upstreams")
     @classmethod
     def _check_upstreams(cls, upstreams: dict[str, list[str]]) -> dict[str, list[str]]:
-        checked: dict[str, list[str]] = {}
-        for task, urls in upstreams.items():
-            if not TASK_NAME_PATTERN.fullmatch(task):
-                raise ValueError(f"task name {task!r} does not match {TASK_NAME_PATTERN.pattern}")
-            if not urls:
-                raise ValueError(f"task {task!r} has an empty list of upstream URLs")
-            checked[task] = [_normalise_base_url(task, url) for url in urls]
-        return checked
+        return check_upstreams(upstreams)
 
     @field_validator("input_allowlist", "output_allowlist")
     @classmethod
@@ -180,18 +168,6 @@ class JobsSettings(BaseSettings):
     def kind_of(self, task: str) -> TaskKind:
         """What the task classifies: `text` unless `task_kinds` says otherwise."""
         return self.task_kinds.get(task, "text")
-
-
-def _normalise_base_url(task: str, url: str) -> str:
-    try:
-        parsed = AnyHttpUrl(url)
-    except ValidationError as error:
-        reason = error.errors()[0]["msg"]
-        raise ValueError(f"upstream URL for task {task!r} is invalid ({url!r}): {reason}") from None
-    if parsed.query or parsed.fragment:
-        raise ValueError(f"upstream URL for task {task!r} must not have a query or fragment")
-    # Paths are appended to the base URL, so a trailing slash would double up.
-    return str(parsed).rstrip("/")
 
 
 def jobs_settings_from_environment() -> JobsSettings | None:
