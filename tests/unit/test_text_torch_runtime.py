@@ -151,3 +151,19 @@ def test_auto_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("MTC_TORCH_DTYPE", "float32")
     monkeypatch.setattr(text_settings, "has_native_bfloat16", lambda: True)
     assert TextSettings(model_uri="unused").resolved_torch_dtype == "float32"
+
+
+def test_models_loading_at_once_each_get_their_own_precision(sensitive_dir: Path) -> None:
+    import torch
+
+    async def load_together() -> list[SequenceClassifier]:
+        models = [
+            SequenceClassifier(dtype="bfloat16" if index % 2 else "float32") for index in range(4)
+        ]
+        await asyncio.gather(*(model.start(sensitive_dir) for model in models))
+        return models
+
+    for model in asyncio.run(load_together()):
+        expected = getattr(torch, model.dtype)
+        assert {parameter.dtype for parameter in model._model.parameters()} == {expected}
+        assert len(model.predict(SENTENCES)) == len(SENTENCES)

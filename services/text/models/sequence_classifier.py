@@ -28,6 +28,11 @@ from services.text.models.traced_graph import TRACE_TEXTS, graph_input_names, tr
 # sentinel (1e30) instead of a real maximum.
 _FALLBACK_MAX_TOKENS = 512
 
+# transformers sets torch's process-wide default dtype while it builds a model with a
+# `dtype`: two models loading at once in one process (two apps, or the audio service's
+# transcript model beside another) could build each other's layers in the wrong dtype.
+_LOADING = threading.Lock()
+
 TorchDtype = Literal["float32", "bfloat16"]
 TorchGraph = Literal["traced", "eager"]
 
@@ -101,9 +106,10 @@ class SequenceClassifier(ClassifierModel[str]):
             # Tracing needs the plain attention: the SDPA path takes Python branches on
             # the mask's values, which a trace would freeze.
             attention = {"attn_implementation": "eager"} if self.graph == "traced" else {}
-            model = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, local_files_only=True, dtype=getattr(torch, self.dtype), **attention
-            )
+            with _LOADING:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    model_dir, local_files_only=True, dtype=getattr(torch, self.dtype), **attention
+                )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{model_dir}: cannot load model: {exc}") from exc
         model.eval()
