@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tests.support.processes import start, wait_for_port
+from tests.support.processes import start, stop, wait_for_port
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -98,3 +98,48 @@ def wait_for_job(
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not get there within {timeout} s: {job}")
+
+
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+def start_rabbitmq(
+    port: int, epmd_port: int, dist_port: int, scratch: Path
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """A throwaway RabbitMQ broker on 127.0.0.1:`port` (user guest, password guest), with
+    its own epmd in the foreground (RabbitMQ would otherwise start a daemon no PID of ours
+    stops); returns (epmd, broker), to stop broker first. Waits until AMQP listens."""
+    epmd_binary = shutil.which("epmd") or next(
+        iter(sorted(Path("/usr/lib/erlang").glob("erts-*/bin/epmd"))), None
+    )
+    if not RABBITMQ_SERVER.is_file() or epmd_binary is None:
+        raise RuntimeError("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    epmd = start(
+        [str(epmd_binary), "-port", str(epmd_port), "-address", "127.0.0.1"],
+        log=scratch / "epmd.log",
+    )
+    wait_for_port(epmd_port, epmd)
+    for folder in ("mnesia", "log"):
+        (scratch / folder).mkdir(parents=True, exist_ok=True)
+    broker = start(
+        [str(RABBITMQ_SERVER)],
+        env={
+            "HOME": str(scratch),
+            "RABBITMQ_NODENAME": f"mtc-test-{port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_MNESIA_BASE": str(scratch / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(scratch / "log"),
+            "ERL_EPMD_PORT": str(epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        },
+        log=scratch / "rabbitmq.log",
+    )
+    try:
+        wait_for_port(port, broker, timeout=120)
+    except BaseException:
+        stop(broker, kill=True)
+        stop(epmd, kill=True)
+        raise
+    return epmd, broker
