@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -43,18 +44,36 @@ def amqp_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop(epmd)
 
 
+@dataclass
+class RabbitWorld:
+    """The scripted text service and the jobs settings: RabbitMQ broker, Redis store."""
+
+    service: JobTextService
+    service_url: str
+    settings: JobsSettings
+
+
 @pytest.fixture
-def service() -> Iterator[tuple[JobTextService, str]]:
+def rabbit(
+    amqp_url: str, redis_server: tuple[subprocess.Popen[bytes], int]
+) -> Iterator[RabbitWorld]:
+    _, redis_port = redis_server
     text_service = JobTextService()
     with serving(text_service.create_app()) as url:
-        yield text_service, url
+        settings = JobsSettings(
+            broker_url=amqp_url,
+            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            upstreams={"sentiment": url},
+            chunk_size=CHUNK,
+        )
+        yield RabbitWorld(text_service, url, settings)
 
 
-def worker_env(amqp_url: str, redis_url: str, service_url: str) -> dict[str, str]:
+def worker_env(settings: JobsSettings) -> dict[str, str]:
     return jobs_env(
-        broker_url=amqp_url,
-        redis_url=redis_url,
-        upstreams={"sentiment": service_url},
+        broker_url=settings.broker_url,
+        redis_url=settings.store_url,
+        upstreams=settings.upstreams,
         chunk_size=CHUNK,
         metrics_port=free_port(),
         metrics_host="127.0.0.1",
@@ -63,22 +82,9 @@ def worker_env(amqp_url: str, redis_url: str, service_url: str) -> dict[str, str
     )
 
 
-def test_a_job_runs_through_rabbitmq(
-    amqp_url: str,
-    redis_server: tuple[subprocess.Popen[bytes], int],
-    service: tuple[JobTextService, str],
-    tmp_path: Path,
-) -> None:
-    _, redis_port = redis_server
-    text_service, service_url = service
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    env = worker_env(amqp_url, redis_url, service_url)
-    settings = JobsSettings(
-        broker_url=amqp_url,
-        redis_url=redis_url,
-        upstreams={"sentiment": service_url},
-        chunk_size=CHUNK,
-    )
+def test_a_job_runs_through_rabbitmq(rabbit: RabbitWorld, tmp_path: Path) -> None:
+    text_service, service_url, settings = rabbit.service, rabbit.service_url, rabbit.settings
+    env = worker_env(settings)
     texts = [f"{'good' if n % 2 else 'meh'} text {n}" for n in range(30)]
     worker = start_jobs_worker(env, tmp_path / "worker.log")
     gateway = create_app(GatewaySettings(upstreams={"sentiment": service_url}), settings)
@@ -99,22 +105,11 @@ def test_a_job_runs_through_rabbitmq(
 
 
 def test_a_worker_killed_mid_job_loses_nothing_with_rabbitmq(
-    amqp_url: str,
-    redis_server: tuple[subprocess.Popen[bytes], int],
-    service: tuple[JobTextService, str],
-    tmp_path: Path,
+    rabbit: RabbitWorld, tmp_path: Path
 ) -> None:
-    _, redis_port = redis_server
-    text_service, service_url = service
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    text_service, service_url, settings = rabbit.service, rabbit.service_url, rabbit.settings
     text_service.before_answer = lambda calls: time.sleep(0.2)
-    env = worker_env(amqp_url, redis_url, service_url)
-    settings = JobsSettings(
-        broker_url=amqp_url,
-        redis_url=redis_url,
-        upstreams={"sentiment": service_url},
-        chunk_size=CHUNK,
-    )
+    env = worker_env(settings)
     store = JobStore.from_url(settings.store_url, retention_seconds=600)
     texts = [f"good text {n}" for n in range(64)]
     first = start_jobs_worker(env, tmp_path / "first.log")
