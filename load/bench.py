@@ -353,26 +353,14 @@ def parse_wrk(output: str, *, system: str, seconds: float, cpu_seconds: float) -
     )
 
 
-def write_reviews(path: Path, count: int | None = None, *, seed: int = 16) -> int:
-    """Every distinct review (or `count` of them), shuffled, as a JSON list; returns how many."""
-    chosen = distinct_reviews(count, seed=seed)
-    path.write_text(json.dumps(chosen))
-    return len(chosen)
-
-
 def write_review_bodies(path: Path, *, seed: int = 16) -> int:
-    """Every distinct review, shuffled, as one request body per line (for wrk)."""
-    chosen = distinct_reviews(None, seed=seed)
-    path.write_text("".join(json.dumps({"text": [text]}) + "\n" for text in chosen))
-    return len(chosen)
-
-
-def distinct_reviews(count: int | None, *, seed: int) -> list[str]:
-    """The distinct Rotten Tomatoes reviews (or `count` of them) in a fixed shuffled order."""
+    """Every distinct review, in a fixed shuffled order, as one request body per line (for
+    wrk); returns how many."""
     examples, _ = load_reviews()
     texts = sorted({example.text for example in examples})
     random.Random(seed).shuffle(texts)
-    return texts if count is None else texts[:count]
+    path.write_text("".join(json.dumps({"text": [text]}) + "\n" for text in texts))
+    return len(texts)
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:

@@ -10,7 +10,7 @@ from services.core.errors import (
     ItemTooLarge,
     UpstreamUnavailable,
 )
-from services.core.s3_locations import S3Allowlist, S3Object, parse_object_uri, s3_client
+from services.core.s3_locations import LazyS3Client, S3Allowlist, S3Object, parse_object_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -34,18 +34,14 @@ class S3ClipReader:
             allowlist, setting_name="MTC_S3_INPUT_ALLOWLIST", purpose="reading clips from S3"
         )
         self.max_bytes = max_bytes
-        self.endpoint_url = endpoint_url
-        self.timeout_seconds = timeout_seconds
-        self._client = client
+        self._s3 = LazyS3Client(
+            endpoint_url, timeout_seconds=timeout_seconds, max_attempts=2, client=client
+        )
 
     @property
     def client(self) -> S3Client:
         """A boto3 S3 client, created on first use."""
-        if self._client is None:
-            self._client = s3_client(
-                self.endpoint_url, timeout_seconds=self.timeout_seconds, max_attempts=2
-            )
-        return self._client
+        return self._s3.get()
 
     def check_allowed(self, target: S3Object) -> None:
         """Raise AccessDenied unless the object lies under an allow-listed bucket/prefix."""

@@ -107,3 +107,31 @@ def s3_client(endpoint_url: str | None, *, timeout_seconds: float, max_attempts:
         read_timeout=timeout_seconds,
     )
     return boto3.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+class LazyS3Client:
+    """An S3 client made on first use (importing boto3 and building a client cost time
+    that a service which never reads S3 should not pay at start), or the one given."""
+
+    def __init__(
+        self,
+        endpoint_url: str | None,
+        *,
+        timeout_seconds: float,
+        max_attempts: int,
+        client: S3Client | None = None,
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self.timeout_seconds = timeout_seconds
+        self.max_attempts = max_attempts
+        self._client = client
+
+    def get(self) -> S3Client:
+        """The client."""
+        if self._client is None:
+            self._client = s3_client(
+                self.endpoint_url,
+                timeout_seconds=self.timeout_seconds,
+                max_attempts=self.max_attempts,
+            )
+        return self._client

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from services.core.errors import AccessDenied
-from services.core.s3_locations import S3Allowlist, S3Object, parse_object_uri, s3_client
+from services.core.s3_locations import LazyS3Client, S3Allowlist, S3Object, parse_object_uri
 from services.jobs.errors import JobFailure
 
 if TYPE_CHECKING:
@@ -50,18 +50,14 @@ class JobObjects:
             setting_name="MTC_JOBS_OUTPUT_ALLOWLIST",
             purpose="writing job outputs to S3",
         )
-        self.endpoint_url = endpoint_url
-        self.timeout_seconds = timeout_seconds
-        self._client = client
+        self._s3 = LazyS3Client(
+            endpoint_url, timeout_seconds=timeout_seconds, max_attempts=4, client=client
+        )
 
     @property
     def client(self) -> S3Client:
         """A boto3 S3 client, created on first use."""
-        if self._client is None:
-            self._client = s3_client(
-                self.endpoint_url, timeout_seconds=self.timeout_seconds, max_attempts=4
-            )
-        return self._client
+        return self._s3.get()
 
     def check_input(self, uri: str) -> S3Object:
         """The input's location, if well-formed (else InvalidInput) and allowed (else

@@ -16,7 +16,6 @@ import httpx
 import pytest
 import schemathesis
 from fastapi import FastAPI
-from hypothesis import HealthCheck, settings
 
 from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings
@@ -27,6 +26,7 @@ from services.pose.settings import PoseSettings
 from services.text.api import build_app as build_text_app
 from services.text.settings import TextSettings
 from tests.support.audio_clips import build_tiny_call_model
+from tests.support.fuzzing import derandomised
 from tests.support.in_thread_servers import serving
 from tests.support.pose_images import build_tiny_vit
 
@@ -36,13 +36,7 @@ pytestmark = pytest.mark.integration
 # several hundred cases and the gateway thousands. Figures are in tests/README.md.
 CASES_PER_OPERATION = 300
 
-FUZZ_SETTINGS = settings(
-    max_examples=CASES_PER_OPERATION,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+FUZZ_SETTINGS = derandomised(CASES_PER_OPERATION)
 
 
 def wait_until_ready(url: str) -> None:

@@ -8,24 +8,18 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.jobs.settings import JobsSettings
+from tests.support.fuzzing import derandomised
 from tests.support.in_thread_servers import serving
 from tests.support.processes import free_port, start_redis, stop
 
 pytestmark = pytest.mark.integration
 
 CASES_PER_OPERATION = 200
-FUZZ_SETTINGS = settings(
-    max_examples=CASES_PER_OPERATION,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+FUZZ_SETTINGS = derandomised(CASES_PER_OPERATION)
 # Allow-lists and limits cannot all be stated in a schema: documented refusals are fine.
 CHECKS_CONFIG = schemathesis.Config.from_dict(
     {

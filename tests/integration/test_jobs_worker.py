@@ -116,6 +116,16 @@ def world(
     s3.delete_bucket(Bucket=BUCKET)
 
 
+def failure_of(runner: JobRunner, world: JobWorld, job_id: str) -> str:
+    """Run the job; it must fail, and its reason is returned."""
+    runner.run(job_id)
+    job = world.store.get(job_id)
+    assert job is not None
+    assert job.state == JobState.FAILED
+    assert job.error is not None
+    return job.error
+
+
 def csv_rows(count: int) -> bytes:
     lines = ["id,text,extra"]
     lines += [f"row-{n},{'good' if n % 3 == 0 else 'bad'} film number {n},x" for n in range(count)]
@@ -201,14 +211,9 @@ def test_a_service_down_through_every_retry_fails_the_job(world: JobWorld) -> No
     job_id = world.submit(task="sentiment", inputs=["good one"])
     runner, _ = world.runner()
 
-    runner.run(job_id)
-
-    job = world.store.get(job_id)
-    assert job is not None
-    assert job.state == JobState.FAILED
-    assert job.error is not None
-    assert "answered 503" in job.error
-    assert "after 4 attempts" in job.error
+    error = failure_of(runner, world, job_id)
+    assert "answered 503" in error
+    assert "after 4 attempts" in error
 
 
 def test_a_resumed_job_computes_only_the_missing_chunks(world: JobWorld) -> None:
@@ -301,13 +306,8 @@ def test_bad_input_files_fail_the_job_and_write_nothing(
     job_id = world.submit(task="sentiment", input_uri=source, output_uri=f"s3://{BUCKET}/out/b.csv")
     runner, _ = world.runner()
 
-    runner.run(job_id)
-
-    job = world.store.get(job_id)
-    assert job is not None
-    assert job.state == JobState.FAILED
-    assert job.error is not None
-    assert job.error.startswith(reason)
+    error = failure_of(runner, world, job_id)
+    assert error.startswith(reason)
     assert world.service.chunks == []
     assert not object_exists(world.s3, BUCKET, "out/b.csv")
 
@@ -329,13 +329,8 @@ def test_an_input_file_larger_than_inline_results_needs_an_output_uri(world: Job
     job_id = world.submit(task="sentiment", input_uri=source)
     runner, _ = world.runner()
 
-    runner.run(job_id)
-
-    job = world.store.get(job_id)
-    assert job is not None
-    assert job.state == JobState.FAILED
-    assert job.error is not None
-    assert "give an output_uri" in job.error
+    error = failure_of(runner, world, job_id)
+    assert "give an output_uri" in error
 
 
 @pytest.fixture

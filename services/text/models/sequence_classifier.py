@@ -22,7 +22,7 @@ from services.core.model import (
     encode_scores,
     rank_scores,
 )
-from services.text.models.traced_graph import TRACE_TEXTS, graph_input_names, trace_logits
+from services.text.models.traced_graph import TracedLogits, trace_logits
 
 # Position-embedding tables cap what the model can read; tokenizers sometimes report a
 # sentinel (1e30) instead of a real maximum.
@@ -73,9 +73,8 @@ class SequenceClassifier(ClassifierModel[str]):
         super().__init__()
         self.dtype = dtype
         self.graph = graph
-        self._traced: Any = None
-        """The traced forward pass (positional inputs `_graph_inputs`), when in use."""
-        self._graph_inputs: list[str] = []
+        self._traced: TracedLogits | None = None
+        """The traced forward pass, when in use."""
         if dtype == "bfloat16":
             self.runtime = "torch-bf16"
         self._max_tokens_cap = max_tokens
@@ -129,8 +128,6 @@ class SequenceClassifier(ClassifierModel[str]):
         self._model = model
         if self.graph == "traced":
             self._traced = trace_logits(model, tokenizer, self.dtype)
-            example = tokenizer(list(TRACE_TEXTS), padding=True, return_tensors="pt")
-            self._graph_inputs = graph_input_names(model, example)
         self._labels = labels
         self._multi_label = config.problem_type == "multi_label_classification"
         self.max_tokens = limit
@@ -248,7 +245,7 @@ class SequenceClassifier(ClassifierModel[str]):
         encoded = {name: torch.from_numpy(array) for name, array in arrays.items()}
         with torch.inference_mode():
             if self._traced is not None:
-                logits = self._traced(*(encoded[name] for name in self._graph_inputs)).float()
+                logits = self._traced(encoded).float()
             else:
                 logits = self._model(**encoded).logits.float()
         probabilities = torch.sigmoid(logits) if self._multi_label else logits.softmax(dim=-1)

@@ -15,6 +15,7 @@ import inspect
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,22 @@ def graph_input_names(model: Any, example: Any) -> list[str]:
     ]
 
 
-def trace_logits(model: Any, tokenizer: Any, dtype: str) -> Any | None:
-    """`model` (in eval mode) traced and frozen into a graph taking the tokenizer's tensors
-    positionally (see `graph_input_names`) and returning logits; None when the graph does
-    not reproduce the model, which then runs eagerly."""
+@dataclass(frozen=True)
+class TracedLogits:
+    """A frozen graph from the tokenizer's tensors to logits."""
+
+    graph: Any
+    input_names: list[str]
+    """The tensors the graph takes, positionally, in this order."""
+
+    def __call__(self, encoded: Any) -> Any:
+        """Logits of a batch: `encoded` maps tensor names to tensors."""
+        return self.graph(*(encoded[name] for name in self.input_names))
+
+
+def trace_logits(model: Any, tokenizer: Any, dtype: str) -> TracedLogits | None:
+    """`model` (in eval mode) traced and frozen into a graph returning logits; None when
+    the graph does not reproduce the model, which then runs eagerly."""
     import torch
 
     class LogitsOnly(torch.nn.Module):
@@ -78,7 +91,8 @@ def trace_logits(model: Any, tokenizer: Any, dtype: str) -> Any | None:
                 )
             )
             expected = model(**{name: check[name] for name in names}).logits.float()
-            actual = graph(*(check[name] for name in names)).float()
+            traced = TracedLogits(graph, names)
+            actual = traced(check).float()
     except Exception as error:  # noqa: BLE001 - any failure to trace means: run eagerly
         logger.warning("the model cannot be traced (%s); it runs eagerly", error)
         return None
@@ -92,4 +106,4 @@ def trace_logits(model: Any, tokenizer: Any, dtype: str) -> Any | None:
             tolerance,
         )
         return None
-    return graph
+    return traced
