@@ -3,8 +3,9 @@
 No Dockerfile linter installs here and no base image can be pulled, so the rules are checked
 on the parsed instructions: multi-stage; a pinned slim Python 3.11 base; a numeric non-root
 USER in the final stage; no HEALTHCHECK (Kubernetes probes do that); only the image's own
-pip extra; CPU-only torch from PyTorch's CPU index; a BAKE_MODEL_URI build arg and no model
-copied in otherwise.
+pip extra, installed under the lock's constraints; CPU-only torch (`+cpu`) from a TORCH_INDEX
+build arg that defaults to PyTorch's CPU index; a BAKE_MODEL_URI build arg and no model copied
+in otherwise.
 """
 
 from __future__ import annotations
@@ -17,11 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
 EXTRAS = {"text": "text", "pose": "pose", "audio": "audio", "gateway": "gateway", "worker": "jobs"}
-TORCH = {
-    "text": ("torch==2.14.1",),
-    "pose": ("torch==2.14.1",),
-    "audio": ("torch==2.14.1", "torchvision==0.29.1"),
-}
+TORCH_IMAGES = frozenset({"text", "pose", "audio"})
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 BASE_IMAGE = re.compile(r"^python:3\.11\.\d+-slim(-[a-z]+)?$")
 
@@ -112,11 +109,14 @@ def problems(image: str, text: str) -> list[str]:
     expected = {EXTRAS[image]}
     if installed != expected:
         found.append(f"installs extras {sorted(installed)}, expected only {sorted(expected)}")
-    if image in TORCH:
-        for package in TORCH[image]:
-            pattern = rf"--index-url {re.escape(CPU_INDEX)} [^&]*{re.escape(package)}"
-            if not re.search(pattern, runs):
-                found.append(f"{package} is not installed from the CPU index {CPU_INDEX}")
+    if not re.search(r'--constraint /src/constraints\.txt "/src\[', runs):
+        found.append("the project is not installed under the lock (--constraint constraints.txt)")
+    if image in TORCH_IMAGES:
+        arg_lines = {i.arguments for i in instructions if i.keyword == "ARG"}
+        if f"TORCH_INDEX={CPU_INDEX}" not in arg_lines:
+            found.append(f"no TORCH_INDEX build arg defaulting to the CPU index {CPU_INDEX}")
+        if not re.search(r'--extra-index-url "\$TORCH_INDEX" [^&]*"torch==[^"]*\+cpu"', runs):
+            found.append("torch is not installed as its CPU build (+cpu) from $TORCH_INDEX")
         args = {i.arguments.partition("=")[0] for i in instructions if i.keyword == "ARG"}
         if "BAKE_MODEL_URI" not in args:
             found.append("no BAKE_MODEL_URI build arg to bake a model in")

@@ -12,10 +12,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md constraints.txt /src/
 COPY services /src/services
 COPY gateway /src/gateway
-RUN pip install "/src[gateway]"
+RUN pip install --constraint /src/constraints.txt "/src[gateway]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 mtc \

@@ -12,20 +12,25 @@
 # and run the image with MTC_MODEL_URI=file:///opt/mtc/baked/model (its default).
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# Where torch's CPU build comes from: PyTorch's CPU index, or a mirror of it.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
 FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_INDEX
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-# CPU-only torch from PyTorch's CPU index first: the extra's pin is then already met, so pip
-# never fetches PyPI's multi-GB CUDA build.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1
+COPY constraints.txt /src/
+# torch's CPU build first, at the lock's version: the extra's pin is then met, so pip never
+# fetches PyPI's multi-GB CUDA build (and fails loudly if TORCH_INDEX has no CPU build).
+RUN pip install --extra-index-url "$TORCH_INDEX" --constraint /src/constraints.txt \
+        "torch==$(sed -n 's/^torch==//p' /src/constraints.txt)+cpu"
 COPY pyproject.toml README.md /src/
 COPY services /src/services
 COPY gateway /src/gateway
-RUN pip install "/src[text]"
+RUN pip install --constraint /src/constraints.txt "/src[text]"
 
 FROM build AS model
 ARG BAKE_MODEL_URI=""
