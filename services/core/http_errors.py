@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from services.core.errors import MtcError
+from services.core.errors import MtcError, UnsupportedMediaType
 
 logger = logging.getLogger(__name__)
 
@@ -68,22 +66,57 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return value
+MAX_VALIDATION_ISSUES = 10
+"""Issues listed in a 422 body: enough to fix a request, while a 1 MB list of wrong items
+(hundreds of thousands of issues) cannot make the error body itself a large allocation."""
+
+
+def _body_not_json(errors: list[Any]) -> bool:
+    # FastAPI hands a route the raw bytes when the Content-Type is not JSON; the schema then
+    # reports the whole body (`loc == ("body",)`) with those bytes as its input.
+    return any(
+        tuple(error.get("loc", ())) == ("body",) and isinstance(error.get("input"), bytes)
+        for error in errors
+    )
+
+
+MAX_ECHOED_BYTES = 64
+"""FastAPI's 422 issues echo the offending `input` (and a `ctx`); clients of the W255 API
+compare those bodies, so small values are kept as FastAPI writes them. Larger ones (a whole
+body, a long text) are left out: an error body never grows with the request."""
+
+
+def _issue(error: dict[str, Any]) -> dict[str, Any]:
+    issue: dict[str, Any] = {
+        "type": str(error.get("type", "")),
+        "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+        "msg": str(error.get("msg", ""))[:200],
+    }
+    for key in ("input", "ctx"):
+        if key in error and not isinstance(error[key], bytes | bytearray):
+            try:
+                encoded = json.dumps(error[key], ensure_ascii=True, allow_nan=False, default=str)
+            except (TypeError, ValueError):
+                continue
+            if len(encoded) <= MAX_ECHOED_BYTES:
+                issue[key] = json.loads(encoded)
+    return issue
 
 
 async def _handle_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    # FastAPI's body echoes the bad input; `1e999` (inf) or a lone surrogate in it would make
-    # encoding the 422 fail with a 500, so both are written in a form JSON can carry.
-    detail = _json_safe(jsonable_encoder(exc.errors()))
-    content = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False)
+    errors = list(exc.errors())
+    if _body_not_json(errors):
+        content_type = request.headers.get("content-type", "")[:100]
+        error = UnsupportedMediaType(
+            f"this route reads a JSON body, sent as Content-Type {content_type!r}; "
+            "send it with Content-Type: application/json (curl: -H 'content-type: "
+            "application/json')"
+        )
+        return JSONResponse(error.body(), status_code=error.status_code)
+    issues = [_issue(error) for error in errors[:MAX_VALIDATION_ISSUES]]
+    # ASCII escapes: a message quoting a lone surrogate still encodes.
+    content = json.dumps({"detail": issues}, ensure_ascii=True)
     return Response(content, status_code=422, media_type="application/json")
 
 
