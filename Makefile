@@ -17,7 +17,8 @@ STARTER_MODELS := .mtc/models/sentiment/manifest.json .mtc/models/disaster/manif
 	.mtc/models/pose/manifest.json .mtc/models/audio/manifest.json
 STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/starter/data/*.csv \
 	services/pose/starter.py services/pose/landmarks.py services/audio/starter/*.py \
-	services/audio/training.py)
+	services/audio/training.py services/audio/features.py services/audio/fusion.py \
+	services/audio/evaluation.py services/audio/models/urgency.py)
 CHECKED := services gateway deploy load
 
 .PHONY: install system-tools test-tools image-tools bench-tools lock test-deploy models run lint test test-unit test-integration test-e2e images dashboards \

@@ -206,7 +206,8 @@ def audio_routes(settings: AudioSettings, model: EmergencyCallModel) -> Any:
         )
         async def predict(request: Request, plane: DataPlaneDep) -> JSONResponse:
             """Classify each clip from its sound and its words (sent, or transcribed here);
-            fused scores first, then each branch's scores and the transcript."""
+            fused call-label scores first, then each branch's scores (the audio branch's
+            are `calm` / `urgent`) and the transcript."""
             reader = ready_reader()
             uploads = await reader.read_multipart(request)
             decoded = await asyncio.to_thread(
@@ -266,7 +267,7 @@ def build_app(settings: AudioSettings, model: EmergencyCallModel | None = None) 
         classifier,
         register_routes=audio_routes(settings, classifier),
         title=f"mtc audio service: {settings.task}",
-        description="Emergency-call classification from recordings: a ResNet over log-mel "
-        "spectrograms and a transcript classifier (Whisper ASR when no transcript is sent), "
-        "fused into one decision.",
+        description="Emergency-call classification from recordings: a calm/urgent classifier "
+        "over how the call sounds and a transcript classifier over what was said (Whisper ASR "
+        "when no transcript is sent), fused into one decision over the call labels.",
     )

@@ -49,10 +49,10 @@ class AudioSettings(ServiceSettings):
     """Longest accepted `transcript` in characters; longer -> 413."""
 
     max_batch_size: int = Field(default=8, ge=1)
-    """Most clips analysed in one forward pass of the audio classifier."""
+    """Most clips analysed in one batch of the model."""
 
     max_batch_tokens: int = Field(default=8 * 1900, ge=1)
-    """Padded size budget of one forward pass in spectrogram frames (clips x longest)."""
+    """Size budget of one batch in 20 ms analysis frames (clips x longest)."""
 
     max_queued_items: int = Field(default=64, ge=1)
     """Most clips waiting for the model across all requests; more -> 429."""

