@@ -85,7 +85,7 @@ lint: $(VENV)/.installed ## ruff, ruff format --check, mypy --strict
 	$(BIN)/mypy --strict $(CHECKED)
 
 test: test-tools lint models images ## everything CI runs: lint, then every test suite
-	$(BIN)/python -m pytest -q tests/unit tests/integration tests/e2e tests/deployment
+	$(BIN)/python -m pytest -q tests/unit tests/integration tests/hostile tests/e2e tests/deployment
 
 test-unit: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests/unit

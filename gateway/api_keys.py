@@ -66,37 +66,54 @@ def new_api_key() -> str:
 def parse_api_keys(text: str, source: str) -> list[ApiKey]:
     """Every key listed in a keys file's text; `ApiKeysFileError` naming `source` and the
     line for the first invalid one."""
+    keys, problems = read_api_key_lines(text, source)
+    if problems:
+        raise ApiKeysFileError(problems[0])
+    return keys
+
+
+def read_api_key_lines(text: str, source: str) -> tuple[list[ApiKey], list[str]]:
+    """The keys of a keys file's valid lines, and a message (naming `source` and the line)
+    for each invalid one. A line that repeats an earlier line's name or key is invalid;
+    the earlier line stands."""
     keys: list[ApiKey] = []
+    problems: list[str] = []
     names: set[str] = set()
     digests: set[bytes] = set()
     for number, raw_line in enumerate(text.splitlines(), start=1):
         line = raw_line.split("#", 1)[0].strip()
         if not line:
             continue
-        where = f"{source} line {number}"
-        fields = line.split()
-        if len(fields) < 2:
-            raise ApiKeysFileError(f"{where}: expected NAME SHA256_HEX [rate=N] [burst=N]")
-        name, digest_hex, *options = fields
-        if not KEY_NAME_PATTERN.fullmatch(name):
-            raise ApiKeysFileError(
-                f"{where}: key name {name!r} must match {KEY_NAME_PATTERN.pattern}"
-            )
-        if not SHA256_HEX_PATTERN.fullmatch(digest_hex):
-            raise ApiKeysFileError(
-                f"{where}: expected NAME SHA256_HEX (64 hex digits) after the name; "
-                "hash a key with `python -m gateway.api_keys hash NAME`"
-            )
-        digest = bytes.fromhex(digest_hex)
-        if name in names:
-            raise ApiKeysFileError(f"{where}: key name {name!r} is listed twice")
-        if digest in digests:
-            raise ApiKeysFileError(f"{where}: the same key is listed twice")
-        rate, burst = _parse_options(options, where)
-        names.add(name)
-        digests.add(digest)
-        keys.append(ApiKey(name, digest, rate, burst))
-    return keys
+        try:
+            key = _parse_line(line, f"{source} line {number}", names, digests)
+        except ApiKeysFileError as problem:
+            problems.append(str(problem))
+            continue
+        names.add(key.name)
+        digests.add(key.sha256)
+        keys.append(key)
+    return keys, problems
+
+
+def _parse_line(line: str, where: str, names: set[str], digests: set[bytes]) -> ApiKey:
+    fields = line.split()
+    if len(fields) < 2:
+        raise ApiKeysFileError(f"{where}: expected NAME SHA256_HEX [rate=N] [burst=N]")
+    name, digest_hex, *options = fields
+    if not KEY_NAME_PATTERN.fullmatch(name):
+        raise ApiKeysFileError(f"{where}: key name {name!r} must match {KEY_NAME_PATTERN.pattern}")
+    if not SHA256_HEX_PATTERN.fullmatch(digest_hex):
+        raise ApiKeysFileError(
+            f"{where}: expected NAME SHA256_HEX (64 hex digits) after the name; "
+            "hash a key with `python -m gateway.api_keys hash NAME`"
+        )
+    digest = bytes.fromhex(digest_hex)
+    if name in names:
+        raise ApiKeysFileError(f"{where}: key name {name!r} is listed twice")
+    if digest in digests:
+        raise ApiKeysFileError(f"{where}: the same key is listed twice")
+    rate, burst = _parse_options(options, where)
+    return ApiKey(name, digest, rate, burst)
 
 
 def _parse_options(options: Sequence[str], where: str) -> tuple[float | None, int | None]:
@@ -124,8 +141,11 @@ class ApiKeyStore:
     """The accepted keys, read from a file and re-read when the file changes.
 
     A Kubernetes Secret mounted as a volume is updated in place by the kubelet, so a key
-    rotated in the Secret is picked up within `reload_seconds`. A changed file that does not
-    parse is refused (logged as an error) and the keys already loaded stay in force.
+    rotated in the Secret is picked up within `reload_seconds`. At start every line must be
+    valid (`ApiKeysFileError` otherwise). A changed file takes effect line by line: its
+    valid lines become the accepted keys and each invalid line is logged as an error and
+    left out, because refusing the whole file would keep a key revoked in it working. A
+    file that cannot be read at all (a Secret being swapped) leaves the keys as they are.
     """
 
     def __init__(
@@ -174,13 +194,22 @@ class ApiKeyStore:
             signature = self._file_signature()
             if signature == self._signature:
                 return
-            keys = self._read()
+            keys, problems = read_api_key_lines(self._text(), str(self.path))
         except ApiKeysFileError as error:
             logger.error("keeping the API keys already loaded: %s", error)
             return
         self._signature = signature
         self._keys = keys
-        logger.info("reloaded %d API keys from %s", len(keys), self.path)
+        for problem in problems:
+            # No key material in the message: it names the file, the line and the name.
+            logger.error("API keys file: skipped an invalid line: %s", problem)
+        logger.log(
+            logging.ERROR if problems else logging.INFO,
+            "reloaded %d API keys from %s%s",
+            len(keys),
+            self.path,
+            f"; {len(problems)} invalid lines skipped, fix them" if problems else "",
+        )
 
     def _file_signature(self) -> tuple[int, int, int]:
         try:
@@ -190,11 +219,13 @@ class ApiKeyStore:
         return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
     def _read(self) -> list[ApiKey]:
+        return parse_api_keys(self._text(), str(self.path))
+
+    def _text(self) -> str:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            return self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise ApiKeysFileError(f"cannot read API keys file {self.path}: {error}") from None
-        return parse_api_keys(text, str(self.path))
 
 
 def main(argv: list[str] | None = None) -> int:

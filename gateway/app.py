@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from gateway.access_control import AccessGuard
 from gateway.api_keys import ApiKeyStore
+from gateway.body_budget import BufferedBodyBudget
 from gateway.compat_routes import compat_paths, compat_routers
 from gateway.direct_forwarding import DirectForwarding
 from gateway.errors import InvalidApiKey, MissingApiKey, RateLimited
@@ -40,9 +41,10 @@ from services.jobs.submission import JobDesk, create_job_desk
 
 DESCRIPTION = """\
 One API in front of the mtc model services. `POST /v1/{task}/predict` is forwarded to a
-replica of the task's service and its answer relayed unchanged, with the service's
-`x-inference-time` and `x-queue-time` headers and the gateway's own `x-total-time` (all in
-milliseconds). Every answer carries an `x-request-id` (the client's, or a new one).
+replica of the task's service and its answer relayed unchanged, with the gateway's own
+`x-total-time` and, unless API keys are on, the service's `x-inference-time` and
+`x-queue-time` headers (all in milliseconds). Every answer carries an `x-request-id` (the
+client's, or a new one).
 Errors other than 422 are `{"detail": ..., "error_type": ...}`.
 The compatibility routes keep clients of earlier APIs working; the page at `/ui` tries
 every task in a browser.
@@ -111,7 +113,14 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
         telemetry=WITHOUT_OPENTELEMETRY,
     )
     # Before the task routes: their catch-all `/v1/{task}/{route}` would take `/v1/jobs/{id}`.
-    app.include_router(jobs_router(access_errors, documented=jobs is not None))
+    app.include_router(
+        jobs_router(
+            access_errors,
+            documented=jobs is not None,
+            max_inline_items=jobs_settings.max_inline_items if jobs_settings else None,
+            max_body_bytes=settings.max_json_body_bytes,
+        )
+    )
     app.include_router(task_router(settings, access_errors))
     app.include_router(models_router)
     compat = compat_routers(settings, access_errors)
@@ -125,9 +134,15 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
     install_error_handlers(app)
     # Middleware added later wraps what was added before. Innermost: the documented task
     # routes, answered without FastAPI's routing layers (the gateway's hot path).
-    app.add_middleware(DirectForwarding, routes=documented_task_paths(settings))
-    # Next, the size limit (inside the server-error layer, a body that overflows while
-    # streaming gets its 413, not 500).
+    app.add_middleware(
+        DirectForwarding,
+        routes=documented_task_paths(settings),
+        body_limits={task: settings.body_limit_for(task) for task in settings.tasks},
+    )
+    # Next, the cap on bodies held at once, then the size limit (both inside the
+    # server-error layer, so a body that overflows while streaming gets its 429 or 413,
+    # not 500; the size limit outside, so a body too large for any request gets 413).
+    app.add_middleware(BufferedBodyBudget, max_bytes=settings.max_buffered_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if keys is not None and buckets is not None:
         # Outside the size limit: an unauthenticated body is refused before it is read.

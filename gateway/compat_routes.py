@@ -13,6 +13,7 @@ reshaped. Errors of the service (413, 429, 503, ...) are relayed as they come.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,9 +33,7 @@ from gateway.schemas import (
     LegacyPoseResponse,
     LegacyTextRequest,
     LegacyTextResponse,
-    PoseJsonRequest,
     PosePredictResponse,
-    TextPredictRequest,
     TextPredictResponse,
 )
 from gateway.settings import GatewaySettings
@@ -53,6 +52,7 @@ from services.core.errors import (
     UpstreamUnavailable,
 )
 from services.core.http_errors import error_responses
+from services.core.json_body import BoundedJsonRoute, with_body_schema
 
 COMPAT_TAG = "compatibility"
 PROJECT_PREFIX = "/project"
@@ -107,8 +107,14 @@ def compat_routers(
 ) -> CompatRouters:
     """The compatibility routes whose task is configured; `access_errors` are added to the
     documented errors of the protected ones."""
-    project = APIRouter(tags=[COMPAT_TAG])
-    api_v1 = APIRouter(tags=[COMPAT_TAG])
+    # These bodies are parsed here: at most `max_json_body_bytes`, and lists capped by the
+    # schemas at the configured limits (validation stops as soon as a list passes its cap).
+    route_class = BoundedJsonRoute.with_max_body_bytes(settings.max_json_body_bytes)
+    project = APIRouter(tags=[COMPAT_TAG], route_class=route_class)
+    api_v1 = APIRouter(tags=[COMPAT_TAG], route_class=route_class)
+    texts_schema = BulkPredictRequest.with_limit(settings.max_texts_per_request)
+    legacy_texts_schema = LegacyTextRequest.with_limit(settings.max_texts_per_request)
+    images_schema = LegacyPoseRequest.with_limit(settings.max_images_per_request)
     served = compat_paths(settings)
     text_errors = error_responses(*_FORWARDING_ERRORS, *access_errors)
     image_errors = error_responses(*_FORWARDING_ERRORS, UnsupportedMediaType, *access_errors)
@@ -116,15 +122,9 @@ def compat_routers(
     if BULK_PREDICT_PATH in served:
         sentiment = served[BULK_PREDICT_PATH]
 
-        @project.post(
-            BULK_PREDICT_PATH,
-            response_model=BulkPredictResponse,
-            responses=text_errors,
-            summary="Rate texts POSITIVE or NEGATIVE",
-        )
         async def bulk_predict(body: BulkPredictRequest, upstreams: UpstreamsDep) -> Response:
             """Both labels per text (upper case), highest score first, texts in input order."""
-            request = TextPredictRequest(text=body.text)
+            request = _service_body("text", body.text)
             answer, result = await _predict(upstreams, sentiment, request, TextPredictResponse)
             if result is None:
                 return _relay(answer)
@@ -136,6 +136,13 @@ def compat_routers(
                 for scores in result.predictions
             ]
             return _json({"predictions": predictions}, answer)
+
+        project.post(
+            BULK_PREDICT_PATH,
+            response_model=BulkPredictResponse,
+            responses=text_errors,
+            summary="Rate texts POSITIVE or NEGATIVE",
+        )(with_body_schema(bulk_predict, texts_schema))
 
         @project.get(
             PROJECT_HEALTH_PATH,
@@ -153,25 +160,27 @@ def compat_routers(
 
     if SENTIMENT_ANALYSIS_PATH in served:
         _add_top_label_text_route(
-            api_v1, SENTIMENT_ANALYSIS_PATH, served[SENTIMENT_ANALYSIS_PATH], text_errors
+            api_v1,
+            SENTIMENT_ANALYSIS_PATH,
+            served[SENTIMENT_ANALYSIS_PATH],
+            text_errors,
+            legacy_texts_schema,
         )
     if DISASTER_CLASSIFIER_PATH in served:
         _add_top_label_text_route(
-            api_v1, DISASTER_CLASSIFIER_PATH, served[DISASTER_CLASSIFIER_PATH], text_errors
+            api_v1,
+            DISASTER_CLASSIFIER_PATH,
+            served[DISASTER_CLASSIFIER_PATH],
+            text_errors,
+            legacy_texts_schema,
         )
 
     if POSE_CLASSIFIER_PATH in served:
         pose = served[POSE_CLASSIFIER_PATH]
 
-        @api_v1.post(
-            POSE_CLASSIFIER_PATH,
-            response_model=LegacyPoseResponse,
-            responses=image_errors,
-            summary="Top pose label per photo (base64 JSON)",
-        )
         async def pose_classifier(body: LegacyPoseRequest, upstreams: UpstreamsDep) -> Response:
             """The label with the highest score, and that score, per photo."""
-            request = PoseJsonRequest(images=body.images)
+            request = _service_body("images", body.images)
             answer, result = await _predict(upstreams, pose, request, PosePredictResponse)
             if result is None:
                 return _relay(answer)
@@ -184,15 +193,26 @@ def compat_routers(
             )
             return _json(reply.model_dump(), answer)
 
+        api_v1.post(
+            POSE_CLASSIFIER_PATH,
+            response_model=LegacyPoseResponse,
+            responses=image_errors,
+            summary="Top pose label per photo (base64 JSON)",
+        )(with_body_schema(pose_classifier, images_schema))
+
     return CompatRouters(project=project, api_v1=api_v1)
 
 
 def _add_top_label_text_route(
-    router: APIRouter, path: str, task: str, responses: dict[int | str, dict[str, Any]]
+    router: APIRouter,
+    path: str,
+    task: str,
+    responses: dict[int | str, dict[str, Any]],
+    schema: type[LegacyTextRequest],
 ) -> None:
     async def classify(body: LegacyTextRequest, upstreams: UpstreamsDep) -> Response:
         answer, result = await _predict(
-            upstreams, task, TextPredictRequest(text=body.text), TextPredictResponse
+            upstreams, task, _service_body("text", body.text), TextPredictResponse
         )
         if result is None:
             return _relay(answer)
@@ -209,7 +229,7 @@ def _add_top_label_text_route(
     classify.__doc__ = f"The label with the highest score, and that score, per text ({task})."
     router.add_api_route(
         path,
-        classify,
+        with_body_schema(classify, schema),
         methods=["POST"],
         response_model=LegacyTextResponse,
         responses=responses,
@@ -218,15 +238,33 @@ def _add_top_label_text_route(
     )
 
 
+def _service_body(field: str, items: list[str]) -> bytes:
+    """The service's JSON body `{field: items}`; 400 `invalid_input` for an item that is
+    not valid Unicode (JSON can carry a lone surrogate escape, which no service reads and
+    UTF-8 cannot encode)."""
+    try:
+        return json.dumps({field: items}, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        index = next(i for i, item in enumerate(items) if not _is_unicode(item))
+        raise InvalidInput(
+            f"{field}[{index}] is not valid Unicode (it contains a lone surrogate escape)"
+        ) from None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 async def _predict(
-    upstreams: Upstreams, task: str, request: BaseModel, expected: type[Prediction]
+    upstreams: Upstreams, task: str, body: bytes, expected: type[Prediction]
 ) -> tuple[UpstreamAnswer, Prediction | None]:
-    """The task's answer to `request`, parsed when it is a success (None otherwise)."""
+    """The task's answer to `body`, parsed when it is a success (None otherwise)."""
     answer = await upstreams.forward(
-        task,
-        f"/v1/{task}/predict",
-        body=request.model_dump_json().encode(),
-        content_type="application/json",
+        task, f"/v1/{task}/predict", body=body, content_type="application/json"
     )
     if answer.status_code != 200:
         return answer, None

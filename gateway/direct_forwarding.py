@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.upstreams import Upstreams
-from services.core.errors import MtcError
+from services.core.errors import BodyTooLarge, MtcError
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,15 @@ logger = logging.getLogger(__name__)
 class DirectForwarding:
     """Forward `POST` requests to the given paths straight to the task's service."""
 
-    def __init__(self, app: ASGIApp, routes: Iterable[tuple[str, str]]) -> None:
+    def __init__(
+        self, app: ASGIApp, routes: Iterable[tuple[str, str]], body_limits: dict[str, int]
+    ) -> None:
         """`routes`: (task, path) pairs; the path is the same on the gateway and on the
-        task's service (e.g. `/v1/sentiment/predict`)."""
+        task's service (e.g. `/v1/sentiment/predict`). `body_limits`: task -> the largest
+        body forwarded to its service (a larger one gets 413 here, unread)."""
         self.app = app
         self.task_of_path = {path: task for task, path in routes}
+        self.body_limits = body_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = self.task_of_path.get(scope["path"]) if scope["type"] == "http" else None
@@ -39,13 +43,19 @@ class DirectForwarding:
             await self.app(scope, receive, send)
             return
         content_type: str | None = None
+        declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value.decode("latin-1")
-        body = await _read_body(receive)
-        if body is None:
-            return  # The client went away before sending its whole body.
+            elif name == b"content-length" and value.isdigit():
+                declared = int(value)
+        limit = self.body_limits[task]
         try:
+            if declared is not None and declared > limit:
+                raise _body_too_large(task, limit)
+            body = await _read_body(receive, task, limit)
+            if body is None:
+                return  # The client went away before sending its whole body.
             answer = await upstreams.forward(
                 task,
                 scope["path"],
@@ -67,17 +77,30 @@ class DirectForwarding:
         await _respond(send, answer.status_code, answer.content, answer.headers)
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client disconnected first."""
-    chunks: list[bytes] = []
+async def _read_body(receive: Receive, task: str, limit: int) -> bytearray | None:
+    """The whole request body, or None if the client disconnected first; 413 once it
+    passes `limit` (a body sent without a length is counted as it arrives). Gathered in
+    one growing buffer, forwarded as it is: no second copy of a large body is made."""
+    body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        if len(body) + len(chunk) > limit:
+            raise _body_too_large(task, limit)
+        body += chunk
         if not message.get("more_body", False):
             break
-    return b"".join(chunks)
+    return body
+
+
+def _body_too_large(task: str, limit: int) -> BodyTooLarge:
+    # The service would refuse it too; the gateway does, without forwarding a byte.
+    return BodyTooLarge(
+        f"request body is larger than {limit} bytes, the limit for task '{task}' "
+        "(MTC_GATEWAY_TASK_MAX_BODY_BYTES)"
+    )
 
 
 async def _respond(send: Send, status: int, content: bytes, headers: dict[str, str]) -> None:

@@ -19,12 +19,14 @@ from gateway.request_context import current_request
 from services.core.errors import (
     AccessDenied,
     BatchTooLarge,
+    BodyTooLarge,
     InvalidInput,
     ItemTooLarge,
     MtcError,
     UnknownTask,
 )
 from services.core.http_errors import error_responses
+from services.core.json_body import BoundedJsonRoute, with_body_schema
 from services.jobs.contracts import JobRequest, JobView
 from services.jobs.errors import (
     InvalidJob,
@@ -62,12 +64,43 @@ OwnerDep = Annotated[str, Depends(caller)]
 JobIdPath = Annotated[str, Path(description="The id `POST /v1/jobs` answered with.")]
 
 
-def jobs_router(access_errors: Sequence[type[MtcError]], *, documented: bool) -> APIRouter:
+def jobs_router(
+    access_errors: Sequence[type[MtcError]],
+    *,
+    documented: bool,
+    max_inline_items: int | None = None,
+    max_body_bytes: int | None = None,
+) -> APIRouter:
     """The jobs routes; `access_errors` are those the API key check adds (none when keys
-    are off). `documented`: listed in the OpenAPI document (when jobs are configured)."""
-    router = APIRouter(prefix=JOBS_PATH, tags=["jobs"], include_in_schema=documented)
+    are off). `documented`: listed in the OpenAPI document (when jobs are configured).
+    `max_inline_items` caps the schema's `inputs` (default: the schema's own cap);
+    `max_body_bytes` the submitted JSON."""
+    router = APIRouter(
+        prefix=JOBS_PATH,
+        tags=["jobs"],
+        include_in_schema=documented,
+        route_class=(
+            BoundedJsonRoute.with_max_body_bytes(max_body_bytes)
+            if max_body_bytes is not None
+            else BoundedJsonRoute
+        ),
+    )
+    # The inline list is capped at the configured limit: validating a longer one stops as
+    # soon as it passes the cap.
+    request_schema = (
+        JobRequest.with_limit(max_inline_items) if max_inline_items is not None else JobRequest
+    )
 
-    @router.post(
+    async def submit_job(
+        body: JobRequest, response: Response, desk: JobDeskDep, owner: OwnerDep
+    ) -> JobView:
+        """Queue texts (inline, or a CSV / JSON Lines file in S3) for classification in
+        the background; answers 202 with the job and its `Location`."""
+        job = await asyncio.to_thread(desk.submit, owner, body)
+        response.headers["location"] = f"{JOBS_PATH}/{job.id}"
+        return job
+
+    router.post(
         "",
         status_code=202,
         response_model=JobView,
@@ -82,21 +115,14 @@ def jobs_router(access_errors: Sequence[type[MtcError]], *, documented: bool) ->
                 AccessDenied,
                 UnknownTask,
                 BatchTooLarge,
+                BodyTooLarge,
                 ItemTooLarge,
                 InvalidJob,
                 *_UNAVAILABLE,
                 *access_errors,
             ),
         },
-    )
-    async def submit_job(
-        body: JobRequest, response: Response, desk: JobDeskDep, owner: OwnerDep
-    ) -> JobView:
-        """Queue texts (inline, or a CSV / JSON Lines file in S3) for classification in
-        the background; answers 202 with the job and its `Location`."""
-        job = await asyncio.to_thread(desk.submit, owner, body)
-        response.headers["location"] = f"{JOBS_PATH}/{job.id}"
-        return job
+    )(with_body_schema(submit_job, request_schema))
 
     @router.get(
         "/{job_id}",

@@ -111,7 +111,7 @@ class GatewayMetrics:
         self._quota_store_errors.inc()
 
     def watch_replicas(self, replica_sets: Mapping[str, ReplicaSet]) -> None:
-        """Export each upstream URL's circuit state and requests in flight at scrape time."""
+        """Export each replica's circuit state and requests in flight at scrape time."""
         self.registry.register(_ReplicaCollector(lambda: replica_sets))
 
     def exposition(self) -> tuple[bytes, str]:
@@ -120,7 +120,10 @@ class GatewayMetrics:
 
 
 class _ReplicaCollector(Collector):
-    """Reads the replicas when scraped, so the gauges are never stale."""
+    """Reads the replicas when scraped, so the gauges are never stale.
+
+    A replica is named by its task and its position in the task's list of URLs (`0`,
+    `1`, ...), never by its URL: `/metrics` is public, and internal addresses are not."""
 
     def __init__(self, replica_sets: Callable[[], Mapping[str, ReplicaSet]]) -> None:
         self._replica_sets = replica_sets
@@ -128,19 +131,20 @@ class _ReplicaCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         circuit = GaugeMetricFamily(
             "mtc_gateway_upstream_circuit_open",
-            "1 while the circuit of an upstream URL is open or half-open (no regular "
-            "traffic), 0 while closed.",
-            labels=["task", "upstream"],
+            "1 while the circuit of a replica (task, position in its URL list) is open or "
+            "half-open (no regular traffic), 0 while closed.",
+            labels=["task", "replica"],
         )
         in_flight = GaugeMetricFamily(
             "mtc_gateway_upstream_in_flight",
-            "Requests forwarded to an upstream URL and not yet answered.",
-            labels=["task", "upstream"],
+            "Requests forwarded to a replica (task, position in its URL list) and not yet "
+            "answered.",
+            labels=["task", "replica"],
         )
         for task, replica_set in self._replica_sets().items():
-            for replica in replica_set.replicas:
+            for index, replica in enumerate(replica_set.replicas):
                 is_open = replica.breaker.state is not CircuitState.CLOSED
-                circuit.add_metric([task, replica.url], 1.0 if is_open else 0.0)
-                in_flight.add_metric([task, replica.url], float(replica.in_flight))
+                circuit.add_metric([task, str(index)], 1.0 if is_open else 0.0)
+                in_flight.add_metric([task, str(index)], float(replica.in_flight))
         yield circuit
         yield in_flight

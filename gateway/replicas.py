@@ -24,8 +24,9 @@ class CircuitBreaker:
 
     After `failure_threshold` consecutive failures the circuit opens for `open_seconds`;
     then one request is let through as a probe. Its success closes the circuit, its failure
-    opens it for another `open_seconds`. Any answer from the service counts as a success:
-    the breaker is about reaching the process, not about what it answers.
+    opens it for another `open_seconds`. Any answer from the service counts as a success,
+    and a slow one (a timeout) as neither: the breaker is about reaching the process, not
+    about what it answers or how fast.
     """
 
     def __init__(
@@ -69,7 +70,8 @@ class CircuitBreaker:
         self._probe_in_flight = False
 
     def record_failure(self) -> None:
-        """No answer (refused, broken or timed out): count it, open the circuit if due."""
+        """Not reached (refused, not opened in time, broken): count it, open the circuit if
+        due."""
         self.consecutive_failures += 1
         if self._probe_in_flight or (
             self._opened_at is None and self.consecutive_failures >= self.failure_threshold
@@ -78,7 +80,8 @@ class CircuitBreaker:
         self._probe_in_flight = False
 
     def release(self) -> None:
-        """The request ended with no verdict (the client went away): free the probe slot."""
+        """The request ended with no verdict (the client went away, or the answer was too
+        slow to wait for): free the probe slot."""
         self._probe_in_flight = False
 
     def seconds_until_probe(self) -> float:

@@ -232,9 +232,9 @@ def task_router(settings: GatewaySettings, access_errors: Sequence[type[MtcError
             endpoint = _forwarding_endpoint(task, f"/v1/{task}/{route.suffix}")
             endpoint.__doc__ = (
                 f"{route.summary} with the `{task}` model. The body is forwarded to the "
-                "task's service as sent and its answer relayed, with the service's "
-                "`x-inference-time` and `x-queue-time` and the gateway's `x-total-time` "
-                "headers."
+                "task's service as sent and its answer relayed, with the gateway's "
+                "`x-total-time` header and, while API keys are off, the service's "
+                "`x-inference-time` and `x-queue-time`."
             )
             router.add_api_route(
                 f"/{task}/{route.suffix}",

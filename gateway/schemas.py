@@ -8,16 +8,19 @@ gateway itself.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.settings import TaskKind
 from services.core.contracts import (
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_TEXTS,
     MULTIPART_AUDIO_SCHEMA,
     MULTIPART_IMAGES_SCHEMA,
     AudioPredictResponse,
     AudioS3Request,
+    BatchRequest,
     LabelScoreBody,
     ModelRef,
     PoseJsonRequest,
@@ -114,11 +117,17 @@ class NotReadyBody(BaseModel):
 # --------------------------------------------------------------------------- compatibility
 
 
-class BulkPredictRequest(BaseModel):
+class BulkPredictRequest(BatchRequest):
     """Texts to rate as positive or negative (`POST /project/bulk-predict`)."""
 
+    batch_field: ClassVar[str] = "text"
+    batch_noun: ClassVar[str] = "texts"
+    limit_setting: ClassVar[str] = "MTC_GATEWAY_MAX_TEXTS_PER_REQUEST"
+
     text: list[str] = Field(
-        min_length=1, examples=[["I loved this film", "a tedious, badly written mess"]]
+        min_length=1,
+        max_length=DEFAULT_MAX_TEXTS,
+        examples=[["I loved this film", "a tedious, badly written mess"]],
     )
 
 
@@ -141,10 +150,18 @@ class HealthyResponse(BaseModel):
     status: Literal["healthy"] = "healthy"
 
 
-class LegacyTextRequest(BaseModel):
+class LegacyTextRequest(BatchRequest):
     """Texts to classify (`POST /api/v1/sentiment_analysis`, `/api/v1/disaster_classifier`)."""
 
-    text: list[str] = Field(min_length=1, examples=[["Forest fire near La Ronge Sask. Canada"]])
+    batch_field: ClassVar[str] = "text"
+    batch_noun: ClassVar[str] = "texts"
+    limit_setting: ClassVar[str] = "MTC_GATEWAY_MAX_TEXTS_PER_REQUEST"
+
+    text: list[str] = Field(
+        min_length=1,
+        max_length=DEFAULT_MAX_TEXTS,
+        examples=[["Forest fire near La Ronge Sask. Canada"]],
+    )
 
 
 class LegacyTextResponse(BaseModel):
@@ -159,11 +176,16 @@ class LegacyTextResponse(BaseModel):
     )
 
 
-class LegacyPoseRequest(BaseModel):
+class LegacyPoseRequest(BatchRequest):
     """Photos to classify (`POST /api/v1/pose_classifier`)."""
+
+    batch_field: ClassVar[str] = "images"
+    batch_noun: ClassVar[str] = "images"
+    limit_setting: ClassVar[str] = "MTC_GATEWAY_MAX_IMAGES_PER_REQUEST"
 
     images: list[str] = Field(
         min_length=1,
+        max_length=DEFAULT_MAX_IMAGES,
         description="Base64-encoded JPEG, PNG or WebP files (a `data:image/...;base64,` "
         "prefix is allowed).",
     )

@@ -14,6 +14,10 @@ from services.core.upstream_urls import check_task_name, check_upstreams, one_ur
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 TaskKind = Literal["text", "image", "audio"]
 
+MIB = 1024 * 1024
+DEFAULT_BODY_LIMITS: dict[TaskKind, int] = {"text": 20 * MIB, "image": 64 * MIB, "audio": 12 * MIB}
+"""Per kind of task, the default `MTC_MAX_BODY_BYTES` of its service."""
+
 
 class GatewaySettings(BaseSettings):
     """Everything the gateway needs to start; validated once, before it serves anything.
@@ -50,10 +54,19 @@ class GatewaySettings(BaseSettings):
     (retried on another replica if there is one, else 503)."""
 
     request_timeout_seconds: float = Field(default=30.0, gt=0)
-    """Time allowed for a service to answer a forwarded request before it fails with 504."""
+    """The services' deadline for a forwarded request: set it to their
+    `MTC_REQUEST_TIMEOUT_SECONDS`. The gateway waits `upstream_timeout_margin_seconds`
+    longer, so a request the model is too slow for gets the service's own 504 `timeout`;
+    the gateway's 504 `upstream_timeout` means the service stopped answering."""
 
     task_timeouts: dict[str, float] = Field(default_factory=dict)
     """Per-task overrides of `request_timeout_seconds`, as a JSON object of task -> seconds."""
+
+    upstream_timeout_margin_seconds: float = Field(default=5.0, gt=0)
+    """How much longer than a task's timeout (`request_timeout_seconds` or its entry in
+    `task_timeouts`) the gateway waits for the task's service before answering 504
+    `upstream_timeout`: the service, whose deadline is the task's timeout, always answers
+    first when it still can."""
 
     status_timeout_seconds: float = Field(default=2.0, gt=0)
     """Time allowed for each service's `/v1/models` answer behind the gateway's `/v1/models`
@@ -62,8 +75,35 @@ class GatewaySettings(BaseSettings):
     max_connections: int = Field(default=100, ge=1)
     """Most connections open at once to all services together (one shared pool)."""
 
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(default=64 * MIB, ge=1)
     """Largest request body accepted; larger ones get 413 before anything is forwarded."""
+
+    task_max_body_bytes: dict[str, int] = Field(default_factory=dict)
+    """Per-task limits of a forwarded body in bytes, as a JSON object of task -> bytes; a
+    task not listed gets the default `MTC_MAX_BODY_BYTES` of its kind's service (text
+    20 MiB, image 64 MiB, audio 12 MiB), and none exceeds `max_body_bytes`. A larger body
+    gets 413 from the gateway before anything is forwarded; keep each at most the limit
+    of the task's service."""
+
+    max_json_body_bytes: int = Field(default=20 * MIB, ge=1024)
+    """Largest body of the routes whose JSON the gateway parses itself (the compatibility
+    routes and `/v1/jobs`); larger ones get 413 before they are read."""
+
+    max_texts_per_request: int = Field(default=1024, ge=1)
+    """Most texts the compatibility text routes accept in one request (the cap of their
+    schema: validation stops once a list passes it); more -> 413. Keep it equal to the text
+    services' `MTC_MAX_ITEMS_PER_REQUEST`."""
+
+    max_images_per_request: int = Field(default=16, ge=1)
+    """Most images `/api/v1/pose_classifier` accepts in one request; more -> 413. Keep it
+    equal to the pose service's `MTC_MAX_IMAGES_PER_REQUEST`."""
+
+    max_buffered_bytes: int = Field(default=128 * MIB, ge=1024)
+    """Most bytes of request bodies held at once, all requests together (a body is read
+    whole before it is forwarded, so that a refused connection can be retried); a request
+    whose body would pass it gets 429 `overloaded` with `Retry-After` before it is read.
+    At least `max_body_bytes`. Size the gateway's memory for about twice this: a body
+    being sent is copied once more into the connection's send buffer."""
 
     retry_attempts: int = Field(default=2, ge=0, le=10)
     """Extra attempts for a request whose connection to a service could not be opened
@@ -75,8 +115,11 @@ class GatewaySettings(BaseSettings):
     base x 2^(n-1) (full jitter), so replicas recovering together are not hit in step."""
 
     circuit_failure_threshold: int = Field(default=5, ge=1)
-    """Consecutive failures (no connection, broken connection or timeout) after which a
-    service URL's circuit opens: it gets no traffic until `circuit_open_seconds` pass."""
+    """Consecutive failures to reach a service URL (connection refused or not opened in
+    time, connection broken) after which its circuit opens: it gets no traffic until
+    `circuit_open_seconds` pass. A slow answer (timeout) or an error answer is no failure
+    of the URL: a slow model is not a reason to stop sending a replica every tenant's
+    traffic."""
 
     circuit_open_seconds: float = Field(default=3.0, gt=0)
     """How long an open circuit stays open; then one request probes the URL (half-open),
@@ -89,7 +132,15 @@ class GatewaySettings(BaseSettings):
 
     api_keys_reload_seconds: float = Field(default=10.0, gt=0)
     """How often the keys file is checked for changes (a rotated Secret is picked up
-    without a restart); a changed file that is invalid is refused and the old keys stay."""
+    without a restart). A changed file takes effect line by line: its valid lines replace
+    the keys in force (a removed key stops working) and each invalid line is logged as an
+    error and skipped; at start, an invalid line stops the gateway."""
+
+    relay_timing_headers: bool | None = None
+    """Relay the services' `x-queue-time` and `x-inference-time` headers. Unset: only
+    while API keys are off. With keys on, several tenants share the services' prediction
+    cache, and those headers (zero for an answer from the cache) would tell one tenant
+    which texts another sent; `x-total-time` is sent either way."""
 
     rate_limit_per_second: float = Field(default=10.0, ge=0)
     """Requests per second each API key may make on average (token bucket refill rate),
@@ -152,6 +203,15 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"timeout for task {task!r} must be positive, got {seconds}")
         return timeouts
 
+    @field_validator("task_max_body_bytes")
+    @classmethod
+    def _check_task_body_limits(cls, limits: dict[str, int]) -> dict[str, int]:
+        for task, limit in limits.items():
+            check_task_name(task)
+            if limit < 1:
+                raise ValueError(f"body limit for task {task!r} must be positive, got {limit}")
+        return limits
+
     @field_validator("cors_origins")
     @classmethod
     def _check_cors_origins(cls, origins: list[str]) -> list[str]:
@@ -178,10 +238,18 @@ class GatewaySettings(BaseSettings):
         for field_name, tasks in (
             ("task_timeouts", self.task_timeouts),
             ("task_kinds", self.task_kinds),
+            ("task_max_body_bytes", self.task_max_body_bytes),
         ):
             unknown = sorted(set(tasks) - set(self.upstreams))
             if unknown:
                 raise ValueError(f"{field_name} names tasks with no upstream: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_body_fits_the_buffer(self) -> Self:
+        # Otherwise a body of the largest accepted size could never be forwarded.
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_body_bytes")
         return self
 
     @property
@@ -190,8 +258,25 @@ class GatewaySettings(BaseSettings):
         return list(self.upstreams)
 
     def timeout_for(self, task: str) -> float:
-        """Seconds a service may take to answer a forwarded request for `task`."""
+        """The deadline of `task`'s services, in seconds."""
         return self.task_timeouts.get(task, self.request_timeout_seconds)
+
+    def upstream_deadline_for(self, task: str) -> float:
+        """Seconds the gateway waits for `task`'s service: its deadline plus the margin."""
+        return self.timeout_for(task) + self.upstream_timeout_margin_seconds
+
+    def body_limit_for(self, task: str) -> int:
+        """Largest body forwarded to `task`'s service, in bytes."""
+        limit = self.task_max_body_bytes.get(task, DEFAULT_BODY_LIMITS[self.kind_of(task)])
+        return min(limit, self.max_body_bytes)
+
+    @property
+    def relays_timing_headers(self) -> bool:
+        """Whether the services' timing headers reach clients (see
+        `relay_timing_headers`)."""
+        if self.relay_timing_headers is not None:
+            return self.relay_timing_headers
+        return self.api_keys_file is None
 
     def kind_of(self, task: str) -> TaskKind:
         """What the task classifies: `text` unless `task_kinds` says otherwise."""

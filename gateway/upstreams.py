@@ -27,7 +27,7 @@ from gateway.replicas import CircuitBreaker, Replica, ReplicaSet
 from gateway.request_context import REQUEST_ID_HEADER, current_request
 from gateway.schemas import ModelsResponse, ModelStatus
 from gateway.settings import GatewaySettings
-from services.core.errors import UnknownTask, UpstreamTimeout, UpstreamUnavailable
+from services.core.errors import BodyTooLarge, UnknownTask, UpstreamTimeout, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +35,16 @@ logger = logging.getLogger(__name__)
 # does; reusing one the service is closing fails the request with a protocol error.
 KEEPALIVE_EXPIRY_SECONDS = 4.0
 
-# Headers of a service's answer that clients read (timings for load tests, back-off, and
-# the methods a 405 allows).
-RELAYED_HEADERS = ("content-type", "x-inference-time", "x-queue-time", "retry-after", "allow")
+# Headers of a service's answer that clients read (back-off, and the methods a 405 allows),
+# and its timings for load tests, relayed when `relays_timing_headers` says so.
+RELAYED_HEADERS = ("content-type", "retry-after", "allow")
+TIMING_HEADERS = ("x-inference-time", "x-queue-time")
+
+EXPECT_CONTINUE_BYTES = 1024 * 1024
+"""Bodies larger than this are sent with `Expect: 100-continue`: the service answers a body
+it refuses from its headers alone (413 too large, 503 not ready...) before a byte of it is
+sent, instead of closing a connection the gateway is still writing to (which could lose
+that answer). Smaller bodies are sent at once, as the wait costs a round trip."""
 
 
 @asynccontextmanager
@@ -62,7 +69,8 @@ async def create_http_client(settings: GatewaySettings) -> AsyncIterator[aiohttp
         auto_decompress=False,
         raise_for_status=False,
         timeout=aiohttp.ClientTimeout(
-            total=settings.request_timeout_seconds, sock_connect=settings.connect_timeout_seconds
+            total=max(settings.upstream_deadline_for(task) for task in settings.tasks),
+            sock_connect=settings.connect_timeout_seconds,
         ),
     )
     try:
@@ -121,6 +129,9 @@ class Upstreams:
         self.replica_sets = (
             replica_sets if replica_sets is not None else build_replica_sets(settings)
         )
+        self._relayed_headers = RELAYED_HEADERS + (
+            TIMING_HEADERS if settings.relays_timing_headers else ()
+        )
 
     @property
     def tasks(self) -> list[str]:
@@ -139,7 +150,7 @@ class Upstreams:
         path: str,
         *,
         method: str = "POST",
-        body: bytes = b"",
+        body: bytes | bytearray = b"",
         content_type: str | None = None,
         query: str = "",
     ) -> UpstreamAnswer:
@@ -150,8 +161,15 @@ class Upstreams:
         declared JSON. Any answer of the service, including its 4xx/5xx errors, is returned.
         """
         self.check_task(task)
+        limit = self._settings.body_limit_for(task)
+        if len(body) > limit:
+            raise BodyTooLarge(
+                f"request body is larger than {limit} bytes, the limit for task '{task}' "
+                "(MTC_GATEWAY_TASK_MAX_BODY_BYTES)"
+            )
         replica_set = self.replica_sets[task]
-        timeout_seconds = self._settings.timeout_for(task)
+        # Longer than the service's own deadline, so a slow model is the service's 504.
+        timeout_seconds = self._settings.upstream_deadline_for(task)
         started = time.monotonic()
         deadline = started + timeout_seconds
         # Clients may omit it; older clients send JSON without declaring it.
@@ -218,12 +236,17 @@ class Upstreams:
         replica: Replica,
         method: str,
         url: URL,
-        body: bytes,
+        body: bytes | bytearray,
         headers: dict[str, str],
         timeout_seconds: float,
     ) -> tuple[int, bytes, dict[str, str]]:
         """One attempt on one replica, keeping its breaker and in-flight counts up to date;
-        returns the status, the body and the relayed headers."""
+        returns the status, the body and the relayed headers.
+
+        Only a failure to reach the replica (no connection, a broken one) counts against
+        its breaker. A timeout does not: it says the request was slow (a long batch, a
+        loaded model), which one tenant can cause for all; the replica stays in use and
+        the request gets 504. Any answer, error statuses included, is a success."""
         timeout = aiohttp.ClientTimeout(
             total=timeout_seconds,
             sock_connect=min(self._settings.connect_timeout_seconds, timeout_seconds),
@@ -233,11 +256,18 @@ class Upstreams:
         verdict_given = False
         try:
             async with self._client.request(
-                method, url, data=body or None, headers=headers, timeout=timeout
+                method,
+                url,
+                data=body or None,
+                headers=headers,
+                timeout=timeout,
+                expect100=len(body) > EXPECT_CONTINUE_BYTES,
             ) as response:
                 content = await response.read()
                 relayed = {
-                    name: value for name in RELAYED_HEADERS if (value := response.headers.get(name))
+                    name: value
+                    for name in self._relayed_headers
+                    if (value := response.headers.get(name))
                 }
                 status = response.status
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
@@ -246,7 +276,10 @@ class Upstreams:
             verdict_given = True
             self._record_failure(task, str(url), "connect", error)
             raise _ConnectionNotOpened from error
-        except (aiohttp.ClientError, TimeoutError):
+        except TimeoutError:
+            # Slow, not unreachable: no verdict (the `finally` frees a probe slot).
+            raise
+        except aiohttp.ClientError:
             replica.breaker.record_failure()
             verdict_given = True
             raise

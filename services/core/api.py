@@ -28,6 +28,7 @@ from services.core.cache import MemoryCache, NullCache, RedisCache, ResponseCach
 from services.core.dataplane import DataPlane
 from services.core.errors import ModelNotReady
 from services.core.http_errors import ErrorBody, install_error_handlers, without_locations
+from services.core.json_body import BoundedJsonRoute
 from services.core.metrics import ServiceMetrics
 from services.core.model import ClassifierModel
 from services.core.settings import ServiceSettings
@@ -201,6 +202,8 @@ def create_app(
     app.state.service_state = state
     app.state.metrics = metrics
     app.state.settings = settings
+    # Every JSON body is checked against what its schema can need before it is parsed.
+    app.router.route_class = BoundedJsonRoute
     install_error_handlers(app)
 
     def model_info() -> ModelInfo:

@@ -6,9 +6,19 @@ to document the same contract in its own OpenAPI document.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    BaseModel,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+
+from services.core.errors import BatchTooLarge
 
 
 class LabelScoreBody(BaseModel):
@@ -25,11 +35,84 @@ class ModelRef(BaseModel):
     version: str
 
 
-class TextPredictRequest(BaseModel):
+DEFAULT_MAX_TEXTS = 1024
+"""Texts per request unless configured otherwise (`MTC_MAX_ITEMS_PER_REQUEST`)."""
+DEFAULT_MAX_IMAGES = 16
+"""Images per request unless configured otherwise (`MTC_MAX_IMAGES_PER_REQUEST`)."""
+
+
+class BatchRequest(BaseModel):
+    """A request body whose list field `batch_field` holds the items to classify.
+
+    The schema caps that list (`max_length`, `maxItems` in OpenAPI) at the per-request
+    limit; `with_limit` makes the schema of a configured limit. Pydantic stops validating a
+    list as soon as it passes `max_length`, so 500,000 wrong items cost at most the cap's
+    worth of item checks and one error, not 500,000 errors; the length error is answered
+    413 `batch_too_large` naming the setting, like every other size limit.
+    """
+
+    batch_field: ClassVar[str]
+    """Name of the list field."""
+    batch_noun: ClassVar[str] = "items"
+    """What its items are called in the refusal (`texts`, `images`, ...)."""
+    batch_unit: ClassVar[str] = "in one request"
+    """What holds them, in the refusal."""
+    limit_setting: ClassVar[str]
+    """The setting the limit comes from, named in the refusal."""
+    limit_hint: ClassVar[str] = ""
+    """Appended to the refusal: what to do instead."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _refuse_long_batches(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        try:
+            return handler(data)
+        except ValidationError as error:
+            for issue in error.errors(include_url=False):
+                if issue["type"] == "too_long" and issue["loc"] == (cls.batch_field,):
+                    context = issue.get("ctx", {})
+                    # Raised as a domain error, which pydantic lets through unchanged.
+                    raise BatchTooLarge(
+                        f"{context.get('actual_length')} {cls.batch_noun} {cls.batch_unit}; "
+                        f"the limit is {context.get('max_length')} ({cls.limit_setting})"
+                        f"{cls.limit_hint}"
+                    ) from None
+            raise
+
+    @classmethod
+    def with_limit(cls, max_items: int, *, setting: str | None = None) -> type[Self]:
+        """This schema with its list capped at `max_items` (a subclass of the same name, so
+        routes validate, and OpenAPI documents, the configured limit); `setting` names the
+        setting the limit comes from when it is not `limit_setting`."""
+        original = cls.model_fields[cls.batch_field]
+        capped = FieldInfo.merge_field_infos(original, Field(max_length=max_items))
+        fields: dict[str, Any] = {cls.batch_field: (original.annotation, capped)}
+        bounded = create_model(cls.__name__, __base__=cls, __module__=cls.__module__, **fields)
+        bounded.__doc__ = cls.__doc__
+        if setting is not None:
+            bounded.limit_setting = setting
+        return bounded
+
+    @classmethod
+    def max_items(cls) -> int | None:
+        """The cap of the list, if any."""
+        for constraint in cls.model_fields[cls.batch_field].metadata:
+            limit = getattr(constraint, "max_length", None)
+            if isinstance(limit, int):
+                return limit
+        return None
+
+
+class TextPredictRequest(BatchRequest):
     """Texts to classify; the answer holds one prediction list per text, in the same order."""
+
+    batch_field: ClassVar[str] = "text"
+    batch_noun: ClassVar[str] = "texts"
+    limit_setting: ClassVar[str] = "MTC_MAX_ITEMS_PER_REQUEST"
 
     text: list[str] = Field(
         min_length=1,
+        max_length=DEFAULT_MAX_TEXTS,
         description="One or more texts (at most MTC_MAX_ITEMS_PER_REQUEST, default 1,024, "
         "each at most MTC_MAX_TEXT_CHARS characters, default 10,000).",
         examples=[["An absolute triumph, moving and beautifully acted"]],
@@ -50,11 +133,16 @@ class TextPredictResponse(BaseModel):
     )
 
 
-class PoseJsonRequest(BaseModel):
+class PoseJsonRequest(BatchRequest):
     """Images to classify as base64 strings, in the order their predictions are returned."""
+
+    batch_field: ClassVar[str] = "images"
+    batch_noun: ClassVar[str] = "images"
+    limit_setting: ClassVar[str] = "MTC_MAX_IMAGES_PER_REQUEST"
 
     images: list[str] = Field(
         min_length=1,
+        max_length=DEFAULT_MAX_IMAGES,
         description="Base64-encoded JPEG, PNG or WebP files (a `data:image/...;base64,` "
         "prefix is allowed), at most MTC_MAX_IMAGES_PER_REQUEST (default 16).",
     )
@@ -101,7 +189,8 @@ class AudioClipDetail(BaseModel):
     """What the fused prediction of one clip was made from."""
 
     audio: list[LabelScoreBody] = Field(
-        description="Scores of the audio classifier (log-mel ResNet), highest first."
+        description="The audio branch's `calm` and `urgent` scores (how the call sounds), "
+        "highest first."
     )
     text: list[LabelScoreBody] | None = Field(
         description="Scores of the transcript classifier, highest first; null when there "

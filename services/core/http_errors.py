@@ -24,9 +24,21 @@ _LOCATION = re.compile(
 )
 
 
+# Memory addresses, as in a library's message quoting an object's repr (Pillow's "cannot
+# identify image file <_io.BytesIO object at 0x7f3a...>"): they help whoever maps the
+# process's memory, no client. Six hex digits or more, so a byte value such as 0xff stays.
+_ADDRESS = re.compile(r"\b0x[0-9a-f]{6,}\b", re.IGNORECASE)
+
+
+def without_addresses(text: str) -> str:
+    """`text` with memory addresses replaced by `<address>`."""
+    return _ADDRESS.sub("<address>", text)
+
+
 def without_locations(text: str) -> str:
-    """`text` for a response body: paths and URLs replaced by `<redacted>`."""
-    return _LOCATION.sub("<redacted>", text)
+    """`text` for a response body: paths and URLs replaced by `<redacted>`, memory
+    addresses by `<address>`."""
+    return _LOCATION.sub("<redacted>", without_addresses(text))
 
 
 class ErrorBody(BaseModel):
@@ -54,7 +66,9 @@ async def _handle_mtc_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MtcError)
     if exc.status_code >= 500:
         logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc)
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+    # Details may quote a library's message; whatever it held, no address leaves.
+    body = {**exc.body(), "detail": without_addresses(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _handle_http_exception(request: Request, exc: Exception) -> Response:

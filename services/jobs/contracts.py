@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.core.contracts import LabelScoreBody
+from services.core.contracts import BatchRequest, LabelScoreBody
 
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-class JobRequest(BaseModel):
+DEFAULT_MAX_INLINE_ITEMS = 1000
+"""Inline texts per job unless configured otherwise (`MTC_JOBS_MAX_INLINE_ITEMS`)."""
+
+
+class JobRequest(BatchRequest):
     """A batch of texts to classify in the background: inline `inputs`, or an `input_uri`
     naming a CSV (with a `text` column) or JSON Lines file (a `text` field per line)."""
 
     model_config = ConfigDict(extra="forbid")
+    batch_field: ClassVar[str] = "inputs"
+    batch_noun: ClassVar[str] = "inline inputs"
+    batch_unit: ClassVar[str] = "in one job"
+    limit_setting: ClassVar[str] = "MTC_JOBS_MAX_INLINE_ITEMS"
+    limit_hint: ClassVar[str] = ": put larger batches in a file and give its input_uri"
 
     task: str = Field(description="A text task, as listed by `GET /v1/models`.")
     inputs: list[str] | None = Field(
         default=None,
         min_length=1,
+        max_length=DEFAULT_MAX_INLINE_ITEMS,
         description="Texts to classify (at most MTC_JOBS_MAX_INLINE_ITEMS, default 1,000).",
         examples=[["An absolute triumph", "Dull and far too long"]],
     )

@@ -48,17 +48,36 @@ def result_rows(
     return results
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a cell as a formula (or, tab and carriage
+return, that some of them strip before doing so)."""
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets a
+    leading `'` (`=HYPERLINK(...)` becomes `'=HYPERLINK(...)`); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def render_output(results: Sequence[ItemResult], file_format: OutputFormat) -> bytes:
     """The whole output file. CSV columns: index, id (when any row has one), label, score,
-    scores (the JSON list of every label and score)."""
+    scores (the JSON list of every label and score); text cells are `spreadsheet_safe`,
+    as ids come from the caller's file and a spreadsheet opening the output would run a
+    formula hidden in one. JSON Lines keeps every value as it was."""
     if file_format == "jsonl":
         return "".join(json.dumps(result, ensure_ascii=False) + "\n" for result in results).encode()
     with_ids = any("id" in result for result in results)
     columns = ["index", *(["id"] if with_ids else []), "label", "score", "scores"]
     buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
+    # CRLF, as RFC 4180 has it: the csv module quotes a cell holding a character of the
+    # line terminator, so a carriage return in an id is quoted instead of breaking its row.
+    writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(columns)
     for result in results:
         row = {**result, "scores": json.dumps(result["scores"], ensure_ascii=False)}
-        writer.writerow(["" if row.get(column) is None else row[column] for column in columns])
+        writer.writerow(
+            ["" if row.get(column) is None else spreadsheet_safe(row[column]) for column in columns]
+        )
     return buffer.getvalue().encode()

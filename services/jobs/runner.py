@@ -9,11 +9,14 @@ Knows nothing of Celery (see `services.jobs.worker`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import redis
 
 from services.jobs.errors import JobFailure
 from services.jobs.inputs import InputLimits, InputRow, parse_input
@@ -22,7 +25,7 @@ from services.jobs.outputs import CONTENT_TYPES, output_format_of, render_output
 from services.jobs.prediction_client import PredictionClient
 from services.jobs.s3_objects import JobObjects
 from services.jobs.settings import JobsSettings
-from services.jobs.store import JobRecord, JobState, JobStore
+from services.jobs.store import JobRecord, JobState, JobStore, Transition
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +146,35 @@ class JobRunner:
         started = self.store.start(job_id)
         if not started.changed:
             return Finished()  # cancelled (or finished) since the message was sent
+        with self._delivery(job_id):
+            return self._run_started(job_id, heartbeat, started)
+
+    @contextlib.contextmanager
+    def _delivery(self, job_id: str) -> Iterator[None]:
+        """While the started job runs in this worker; leaving (by any outcome or exception)
+        tells the store the worker came back. Only a worker that dies never leaves."""
+        try:
+            yield
+        finally:
+            try:
+                self.store.end_delivery(job_id)
+            except redis.RedisError as error:
+                logger.warning("job %s: could not record the end of its run: %s", job_id, error)
+
+    def _run_started(
+        self, job_id: str, heartbeat: LeaseHeartbeat, started: Transition
+    ) -> RunOutcome:
+        deaths = started.unfinished_deliveries
+        if deaths >= self.settings.max_deliveries:
+            # Delivered again after each death; each time the worker died with it.
+            reason = (
+                f"the job was started {deaths} times by a worker that died while running it "
+                "(killed, out of memory or crashed), so it is not started again "
+                f"(MTC_JOBS_MAX_DELIVERIES is {self.settings.max_deliveries})"
+            )
+            logger.error("job %s failed: %s", job_id, reason)
+            self.fail(job_id, reason)
+            return Finished()
         if started.previous == JobState.QUEUED:
             self.metrics.entered(JobState.RUNNING)
         job = self.store.get(job_id)

@@ -18,6 +18,59 @@ if TYPE_CHECKING:
 
 MISSING_OBJECT_CODES = ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
 DENIED_CODES = ("403", "AccessDenied", "Forbidden")
+# 4xx codes that say "slow down" or "try again", not "this request can never work".
+RETRYABLE_CLIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "SlowDown",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "PriorRequestNotComplete",
+        "RequestTimeTooSkewed",
+    }
+)
+
+
+def is_permanent(error: Exception) -> bool:
+    """Whether an S3 error will happen again however often the request is repeated: a
+    4xx answer (no such bucket or key, access denied, an invalid bucket name...) other than
+    throttling and timeouts, or a request botocore refuses to send. 5xx answers, throttling
+    and connection errors pass, and are retried."""
+    from botocore.exceptions import ClientError, ParamValidationError
+
+    if isinstance(error, ParamValidationError):
+        return True
+    if not isinstance(error, ClientError):
+        return False
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in RETRYABLE_CLIENT_CODES or status in (408, 429):
+        return False
+    if isinstance(status, int):
+        return 400 <= status < 500
+    # No status (an error parsed without one): trust the code's own 4xx spelling.
+    return code.isdigit() and code.startswith("4")
+
+
+def _refusal(error: Exception, action: str, uri: str) -> JobFailure:
+    """The job's reason for a permanent S3 error: the code and message S3 gave."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        code = details.get("Code", "an error")
+        message = details.get("Message", "")
+        return JobFailure(
+            f"S3 refused to {action} {uri}: {code}" + (f" ({message})" if message else "")
+        )
+    return JobFailure(f"S3 cannot {action} {uri}: {type(error).__name__}")
 
 
 @dataclass(frozen=True)
@@ -73,8 +126,10 @@ class JobObjects:
         return target
 
     def read_input(self, uri: str, *, max_bytes: int) -> InputObject:
-        """The input object's bytes; JobFailure if it is missing, too large or unreadable."""
-        from botocore.exceptions import ClientError
+        """The input object's bytes; JobFailure if it is missing, too large or unreadable
+        (any permanent S3 error); a passing one (5xx, throttling, no connection) is
+        raised as botocore raised it, for the worker to retry."""
+        from botocore.exceptions import ClientError, ParamValidationError
 
         try:
             target = self.check_input(uri)
@@ -91,12 +146,18 @@ class JobObjects:
             response = self.client.get_object(Bucket=target.bucket, Key=target.key)
             # One byte past the limit: the object may have been replaced since the HEAD.
             data = response["Body"].read(max_bytes + 1)
-        except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code", ""))
+        except (ClientError, ParamValidationError) as error:
+            code = (
+                str(error.response.get("Error", {}).get("Code", ""))
+                if isinstance(error, ClientError)
+                else ""
+            )
             if code in MISSING_OBJECT_CODES:
                 raise JobFailure(f"the input object {target.uri} does not exist") from None
             if code in DENIED_CODES:
                 raise JobFailure(f"the worker's S3 credentials may not read {target.uri}") from None
+            if is_permanent(error):
+                raise _refusal(error, "read", target.uri) from None
             raise
         if len(data) > max_bytes:
             raise JobFailure(
@@ -106,8 +167,9 @@ class JobObjects:
         return InputObject(data, str(etag) if etag else None)
 
     def write_output(self, uri: str, body: bytes, content_type: str) -> None:
-        """Write the whole output in one PutObject (all or nothing)."""
-        from botocore.exceptions import ClientError
+        """Write the whole output in one PutObject (all or nothing); JobFailure for a
+        permanent S3 error, a passing one raised for the worker to retry."""
+        from botocore.exceptions import ClientError, ParamValidationError
 
         try:
             target = self.check_output(uri)
@@ -117,10 +179,7 @@ class JobObjects:
             self.client.put_object(
                 Bucket=target.bucket, Key=target.key, Body=body, ContentType=content_type
             )
-        except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code", ""))
-            if code in DENIED_CODES or code in MISSING_OBJECT_CODES:
-                raise JobFailure(
-                    f"the output could not be written to {target.uri} ({code})"
-                ) from None
+        except (ClientError, ParamValidationError) as error:
+            if is_permanent(error):
+                raise _refusal(error, "write", target.uri) from None
             raise

@@ -84,12 +84,27 @@ class JobsSettings(BaseSettings):
     the time a worker may legitimately hold a message; a redelivery of a job that is still
     running waits for the running worker's lease instead of running it twice."""
 
+    max_deliveries: int = Field(default=3, ge=1, le=100)
+    """How many times a job may be started by a worker that then dies while running it
+    (killed, out of memory, a crash): at the next delivery the job fails with that reason
+    instead of taking down one more worker. A worker stopped with SIGTERM puts its job back
+    cleanly, and that does not count."""
+
+    max_transient_retries: int = Field(default=8, ge=0, le=100)
+    """Times a job is tried again after S3 or the job store failed in a way that passes
+    (a 5xx answer, throttling, no connection), waiting 1 s, then twice as long each time
+    up to a minute; then the job fails with the reason. Permanent S3 errors (no such
+    bucket or key, access denied, an invalid bucket name, other 4xx) fail it at once."""
+
     lease_seconds: float = Field(default=30.0, ge=1)
     """Lifetime of the lease a worker holds on a running job, renewed every third of it;
     after a worker dies, another may take the job over once the lease has expired."""
 
     request_timeout_seconds: float = Field(default=60.0, gt=0)
-    """Time allowed for a model service to answer one chunk before the attempt is retried."""
+    """Time allowed for a model service to answer one chunk before the attempt is retried.
+    Keep it above the services' `MTC_REQUEST_TIMEOUT_SECONDS` (30 s), so a slow chunk gets
+    the service's own 504, which is retried, rather than being abandoned while the service
+    still computes it."""
 
     retry_attempts: int = Field(default=5, ge=0, le=20)
     """Extra attempts for a chunk whose service could not be reached, timed out or answered

@@ -57,6 +57,10 @@ class JobRecord:
     """The worker is writing the output: too late to cancel."""
     deliveries: int = 0
     """How many times a worker started (or resumed) the job."""
+    unfinished_deliveries: int = 0
+    """Starts whose worker never came back from running the job (it was killed, ran out
+    of memory or crashed): each start counts one, and a worker that returns from the job,
+    however it ended, takes its count back."""
 
     @property
     def finished(self) -> bool:
@@ -72,6 +76,8 @@ class Transition:
     previous: JobState | None
     """None when the job does not exist (never created, or expired)."""
     finalizing: bool = False
+    unfinished_deliveries: int = 0
+    """For a start: the job's unfinished deliveries before this one."""
 
 
 ItemResult = dict[str, Any]
@@ -101,16 +107,26 @@ return {1, state, finalizing}
 """
 
 # KEYS[1] job hash; ARGV[1] retention, ARGV[2] now. A queued or running job becomes
-# running; started_at is set the first time only. Returns {changed, previous state}.
+# running; started_at is set the first time only; the start counts as a delivery and as
+# an unfinished one until `_END_DELIVERY`. Returns {changed, previous state, unfinished
+# deliveries before this one}.
 _START = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {0, ''} end
-if state ~= 'queued' and state ~= 'running' then return {0, state} end
+if not state then return {0, '', 0} end
+if state ~= 'queued' and state ~= 'running' then return {0, state, 0} end
 redis.call('HSET', KEYS[1], 'state', 'running')
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+local unfinished = redis.call('HINCRBY', KEYS[1], 'unfinished_deliveries', 1) - 1
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return {1, state}
+return {1, state, unfinished}
+"""
+
+# KEYS[1] job hash. The worker came back from a start: take its unfinished count back.
+_END_DELIVERY = """
+local unfinished = tonumber(redis.call('HGET', KEYS[1], 'unfinished_deliveries') or '0')
+if unfinished > 0 then redis.call('HINCRBY', KEYS[1], 'unfinished_deliveries', -1) end
+return unfinished
 """
 
 # KEYS[1] job hash, KEYS[2] chunk results; ARGV[1] chunk index, ARGV[2] results JSON,
@@ -147,6 +163,7 @@ class JobStore:
         self.retention_seconds = retention_seconds
         self._transition = client.register_script(_TRANSITION)
         self._start = client.register_script(_START)
+        self._end_delivery = client.register_script(_END_DELIVERY)
         self._save_chunk = client.register_script(_SAVE_CHUNK)
         self._renew_lease = client.register_script(_RENEW_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
@@ -200,6 +217,7 @@ class JobStore:
             "chunk_size": str(job.chunk_size),
             "done": "0",
             "deliveries": "0",
+            "unfinished_deliveries": "0",
         }
         optional = {
             "total": job.total,
@@ -247,6 +265,7 @@ class JobStore:
             input_etag=fields.get("input_etag"),
             finalizing=fields.get("finalizing") == "1",
             deliveries=int(fields.get("deliveries", "0")),
+            unfinished_deliveries=int(fields.get("unfinished_deliveries", "0")),
         )
 
     def state(self, job_id: str) -> JobState | None:
@@ -263,12 +282,22 @@ class JobStore:
         return texts
 
     def start(self, job_id: str, now: float | None = None) -> Transition:
-        """Mark a queued (or resumed running) job running."""
-        changed, previous = self._start(
+        """Mark a queued (or resumed running) job running, counting the delivery as
+        unfinished until `end_delivery`."""
+        changed, previous, unfinished = self._start(
             keys=[self.job_key(job_id)],
             args=[self.retention_seconds, repr(now if now is not None else time.time())],
         )
-        return Transition(bool(changed), JobState(previous) if previous else None)
+        return Transition(
+            bool(changed),
+            JobState(previous) if previous else None,
+            unfinished_deliveries=int(unfinished),
+        )
+
+    def end_delivery(self, job_id: str) -> None:
+        """The worker that started the job came back from running it (whatever the job's
+        fate): its start no longer counts as unfinished."""
+        self._end_delivery(keys=[self.job_key(job_id)])
 
     def record_input(self, job_id: str, *, total: int, etag: str | None) -> None:
         """Remember how many items the input holds and which version of it was read."""

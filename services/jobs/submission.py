@@ -165,7 +165,7 @@ class JobDesk:
         if request.inputs is not None:
             if len(request.inputs) > self.settings.max_inline_items:
                 raise BatchTooLarge(
-                    f"{len(request.inputs)} inline inputs; the limit is "
+                    f"{len(request.inputs)} inline inputs in one job; the limit is "
                     f"{self.settings.max_inline_items} (MTC_JOBS_MAX_INLINE_ITEMS): put "
                     "larger batches in a file and give its input_uri"
                 )

@@ -33,12 +33,14 @@ from services.jobs.store import JobStore
 
 logger = logging.getLogger("services.jobs.worker")
 
-# Failures of the store or of S3 that pass: the job waits and resumes, it does not fail.
+# Failures of the store or of S3 that may pass: the job waits and resumes, up to
+# `max_transient_retries` times. Permanent S3 errors never get here: `JobObjects` turns
+# them into the job's failure.
 TRANSIENT_ERRORS = (redis.RedisError, BotoCoreError, ClientError)
 MAX_TRANSIENT_DELAY_SECONDS = 60.0
 
 
-def register_job_task(app: Celery, runner: JobRunner) -> Task:
+def register_job_task(app: Celery, runner: JobRunner, *, max_transient_retries: int) -> Task:
     """Register the task that runs a job, by the name the gateway sends."""
 
     @app.task(  # type: ignore[untyped-decorator]
@@ -50,13 +52,20 @@ def register_job_task(app: Celery, runner: JobRunner) -> Task:
         # Registered on this app only, not on every Celery app of the process.
         shared=False,
     )
-    def run_job(task: Task, job_id: str) -> None:
+    def run_job(task: Task, job_id: str, transient_failures: int = 0) -> None:
+        # `transient_failures` travels in the retried message: Celery's own retry count
+        # also counts the waits for another worker's lease, which are no failures.
         try:
             outcome = runner.run(job_id)
         except TRANSIENT_ERRORS as error:
-            delay = min(MAX_TRANSIENT_DELAY_SECONDS, 2.0 ** min(task.request.retries, 6))
+            if transient_failures >= max_transient_retries:
+                give_up(task, job_id, transient_failures + 1, error)
+                return
+            delay = min(MAX_TRANSIENT_DELAY_SECONDS, 2.0 ** min(transient_failures, 6))
             logger.warning("job %s: %s; trying again in %.0f s", job_id, error, delay)
-            raise task.retry(countdown=delay, exc=error) from None
+            raise task.retry(
+                countdown=delay, exc=error, kwargs={"transient_failures": transient_failures + 1}
+            ) from None
         except Exception:
             # A bug: fail the job with a reason instead of leaving it `running` forever.
             logger.exception("job %s: unexpected error", job_id)
@@ -67,6 +76,23 @@ def register_job_task(app: Celery, runner: JobRunner) -> Task:
             raise task.retry(countdown=outcome.retry_in_seconds + random.uniform(0, 1))
         if isinstance(outcome, Interrupted):
             raise Reject("worker shutting down", requeue=True)
+
+    def give_up(task: Task, job_id: str, attempts: int, error: Exception) -> None:
+        # The class only: botocore's messages name endpoints, which the job's owner sees.
+        reason = (
+            f"S3 or the job store stayed unavailable through {attempts} attempts "
+            f"({type(error).__name__}); submit the job again later"
+        )
+        logger.error("job %s failed: %s (last error: %s)", job_id, reason, error)
+        try:
+            runner.fail(job_id, reason)
+        except redis.RedisError:
+            # The store is down: the job cannot even be marked failed. Try again later.
+            raise task.retry(
+                countdown=MAX_TRANSIENT_DELAY_SECONDS,
+                exc=error,
+                kwargs={"transient_failures": attempts},
+            ) from None
 
     return run_job
 
@@ -91,7 +117,7 @@ def build_worker(settings: JobsSettings) -> tuple[Celery, WorkerMetrics, threadi
     )
     stopping = threading.Event()
     runner = JobRunner(settings, store, predictions, objects, metrics, stopping)
-    register_job_task(app, runner)
+    register_job_task(app, runner, max_transient_retries=settings.max_transient_retries)
     return app, metrics, stopping
 
 

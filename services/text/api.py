@@ -22,6 +22,7 @@ from services.core.errors import (
     RequestTimedOut,
 )
 from services.core.http_errors import error_responses
+from services.core.json_body import with_body_schema
 from services.core.model import LabelScore
 from services.text.models.onnx_classifier import OnnxSequenceClassifier
 from services.text.models.sequence_classifier import SequenceClassifier
@@ -58,32 +59,16 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
                 counts[index] = count
         return [index for index, count in enumerate(counts) if count is not None and count > limit]
 
+    # The list cap of the schema is the configured limit: validating an over-long list
+    # stops as soon as it passes the cap, whatever its length.
+    request_schema = TextPredictRequest.with_limit(settings.max_items_per_request)
+
     def register(app: FastAPI, dataplane: DataPlane[Any]) -> None:
-        @app.post(
-            f"/v1/{settings.task}/predict",
-            tags=[settings.task],
-            response_model=TextPredictResponse,
-            responses=error_responses(
-                BatchTooLarge,
-                BodyTooLarge,
-                InvalidInput,
-                ItemTooLarge,
-                Overloaded,
-                ModelNotReady,
-                RequestTimedOut,
-            ),
-            summary=f"Classify texts ({settings.task})",
-        )
         async def predict(body: TextPredictRequest, plane: DataPlaneDep) -> JSONResponse:
             """Classify each text; every label is returned with its score, highest first."""
             texts = body.text
             if not model.ready:
                 raise ModelNotReady(f"the {settings.task} model is not loaded yet")
-            if len(texts) > settings.max_items_per_request:
-                raise BatchTooLarge(
-                    f"{len(texts)} texts in one request; the limit is "
-                    f"{settings.max_items_per_request} (MTC_MAX_ITEMS_PER_REQUEST)"
-                )
             for index, text in enumerate(texts):
                 if not text.isascii():
                     try:
@@ -113,6 +98,22 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
             return PredictionResponse(
                 response, headers=timing_headers(result.queue_seconds, result.inference_seconds)
             )
+
+        app.post(
+            f"/v1/{settings.task}/predict",
+            tags=[settings.task],
+            response_model=TextPredictResponse,
+            responses=error_responses(
+                BatchTooLarge,
+                BodyTooLarge,
+                InvalidInput,
+                ItemTooLarge,
+                Overloaded,
+                ModelNotReady,
+                RequestTimedOut,
+            ),
+            summary=f"Classify texts ({settings.task})",
+        )(with_body_schema(predict, request_schema))
 
     return register
 

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.e2e
 
 TEXT_SERVICE = "services.text"
 SLOW_TASK_TIMEOUT_SECONDS = 2.0
+# The gateway waits this much past a task's timeout, for the service's own answer.
+TIMEOUT_MARGIN_SECONDS = 1.0
 CIRCUIT_OPEN_SECONDS = 1.0
 # Far below the gateway's 30 s request timeout: an answer within it proves no hang.
 HANG_GUARD = httpx.Timeout(10.0)
@@ -86,6 +88,7 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 "slow": stack.service_url("slow"),
             },
             task_timeouts={"slow": SLOW_TASK_TIMEOUT_SECONDS},
+            upstream_timeout_margin_seconds=TIMEOUT_MARGIN_SECONDS,
             circuit_failure_threshold=3,
             circuit_open_seconds=CIRCUIT_OPEN_SECONDS,
         )
@@ -140,7 +143,7 @@ def test_a_slow_service_answers_504_within_its_timeout(stack: FaultStack) -> Non
     assert response.status_code == 504
     assert response.json() == {
         "detail": f"the service for task 'slow' did not answer within "
-        f"{SLOW_TASK_TIMEOUT_SECONDS:g} seconds",
+        f"{SLOW_TASK_TIMEOUT_SECONDS + TIMEOUT_MARGIN_SECONDS:g} seconds",
         "error_type": "upstream_timeout",
     }
     # The slow service takes 60 s; the client gave up after the timeout + 10 s.

@@ -128,6 +128,13 @@ POSE_BODIES: dict[str, Callable[[], tuple[bytes, dict[str, str]]]] = {
     "invalid-base64-json": lambda: (json.dumps({"images": ["%%%not base64%%%"]}).encode(), JSON),
     "xml": lambda: (corpus_file("not-json.xml"), {"content-type": "application/xml"}),
     "invalid-utf8-json": lambda: (b'{"images": ["\xff\xfe"]}', JSON),
+    "huge-integer-json": lambda: (b'{"images": [' + b"9" * 5000 + b"]}", JSON),
+    "huge-float-json": lambda: (b'{"images": [1e999999]}', JSON),
+    "deeply-nested-json": lambda: (b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON),
+    "megabyte-of-integers-json": lambda: (
+        b'{"images": [' + b",".join([b"1"] * 500_000) + b"]}",
+        JSON,
+    ),
 }
 
 

@@ -26,7 +26,26 @@ CHECKS_CONFIG = schemathesis.Config.from_dict(
         "checks": {
             "positive_data_acceptance": {
                 "expected-statuses": ["2xx", "400", "403", "404", "409", "413", "422"]
-            }
+            },
+            # More inline inputs than the schema's `maxItems` is a size limit, refused with
+            # 413 `batch_too_large` (documented), which is a rejection too.
+            "negative_data_rejection": {
+                "expected-statuses": [
+                    "400",
+                    "401",
+                    "403",
+                    "404",
+                    "405",
+                    "406",
+                    "409",
+                    "413",
+                    "415",
+                    "422",
+                    "428",
+                    "429",
+                    "5xx",
+                ]
+            },
         }
     }
 )

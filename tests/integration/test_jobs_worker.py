@@ -494,3 +494,44 @@ def until_running(world: JobWorld, job_id: str) -> None:
             return
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.05)
+
+
+def test_a_job_whose_workers_keep_dying_fails_at_its_next_delivery(world: JobWorld) -> None:
+    job_id = world.submit(task="sentiment", inputs=["good one", "bad one"])
+    # What each worker killed while running the job (out of memory, SIGKILL, a crash in
+    # native code) leaves behind: a start that never ended.
+    for _ in range(world.settings.max_deliveries):
+        assert world.store.start(job_id).changed
+    runner, _ = world.runner()
+
+    assert runner.run(job_id) == Finished()
+
+    job = world.store.get(job_id)
+    assert job is not None
+    assert job.state == JobState.FAILED
+    assert job.error is not None
+    assert job.error.startswith(
+        f"the job was started {world.settings.max_deliveries} times by a worker that died "
+        "while running it"
+    )
+    assert world.service.chunks == [], "the model never saw it again"
+
+
+def test_deliveries_a_worker_came_back_from_do_not_count(world: JobWorld) -> None:
+    job_id = world.submit(task="sentiment", inputs=[f"good text {n}" for n in range(20)])
+    runner, metrics = world.runner()
+    stopping = threading.Event()
+    stopping.set()
+    leaving = JobRunner(
+        world.settings, world.store, runner.predictions, runner.objects, metrics, stopping
+    )
+    # One worker died with it; many others were stopped cleanly (SIGTERM) and put it back.
+    assert world.store.start(job_id).changed
+    outcomes = [leaving.run(job_id) for _ in range(world.settings.max_deliveries + 2)]
+
+    runner.run(job_id)
+
+    job = world.store.get(job_id)
+    assert job is not None
+    assert {type(outcome).__name__ for outcome in outcomes} == {"Interrupted"}
+    assert (job.state, job.done, job.unfinished_deliveries) == (JobState.SUCCEEDED, 20, 1)

@@ -40,11 +40,14 @@ class FakeTextService:
 
     It records every request under `/v1/` as it arrived, so tests can check what the
     gateway forwarded. The text "overload me" gets the service's 429; `GET
-    /v1/{task}/about` answers with the query string it received.
+    /v1/{task}/about` answers with the query string it received. With `timeout_answer`,
+    every prediction is answered, after the delay, with the 504 `timeout` of a service
+    whose deadline (the delay) passed.
     """
 
     task: str
     predict_delay_seconds: float = 0.0
+    timeout_answer: bool = False
     labels: tuple[str, str] = ("positive", "negative")
     scores: tuple[float, float] = (0.75, 0.25)
     received: list[ReceivedRequest] = field(default_factory=list)
@@ -99,6 +102,11 @@ class FakeTextService:
             payload: PredictBody, request: Request, response: Response
         ) -> dict[str, Any] | JSONResponse:
             await asyncio.sleep(self.predict_delay_seconds)
+            if self.timeout_answer:
+                return JSONResponse(
+                    {"detail": "the model did not finish in time", "error_type": "timeout"},
+                    status_code=504,
+                )
             if "overload me" in payload.text:
                 return JSONResponse(
                     {"detail": "queue full", "error_type": "overloaded"},

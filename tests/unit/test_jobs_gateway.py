@@ -63,8 +63,8 @@ def jobs() -> Iterator[httpx.Client]:
             {"task": "sentiment", "inputs": ["a", "b", "c", "d"]},
             413,
             "batch_too_large",
-            "4 inline inputs; the limit is 3 (MTC_JOBS_MAX_INLINE_ITEMS): put larger batches "
-            "in a file and give its input_uri",
+            "4 inline inputs in one job; the limit is 3 (MTC_JOBS_MAX_INLINE_ITEMS): put "
+            "larger batches in a file and give its input_uri",
         ),
         (
             {"task": "sentiment", "inputs": ["short", "x" * 21]},

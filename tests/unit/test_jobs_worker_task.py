@@ -33,7 +33,7 @@ class WorkingRunner(BrokenRunner):
 def run_eagerly(runner: BrokenRunner) -> None:
     settings = JobsSettings(broker_url="redis://127.0.0.1:1/0", upstreams={"s": "http://s"})
     app = create_celery_app(settings)
-    register_job_task(app, runner)  # type: ignore[arg-type]
+    register_job_task(app, runner, max_transient_retries=2)  # type: ignore[arg-type]
     app.tasks[RUN_JOB_TASK].apply(args=["0" * 32])
 
 
