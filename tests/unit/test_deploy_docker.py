@@ -1,15 +1,28 @@
-"""The Dockerfiles follow the image rules (deploy/dockerfile_lint.py) and the rules bite."""
+"""The Dockerfiles follow the image rules (deploy/dockerfile_lint.py) and the rules bite; the
+build script picks its engine, base and torch source as docs/images.md says."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from deploy.dockerfile_lint import DOCKER_DIR, EXTRAS, parse, problems
+from deploy.dockerfile_lint import (
+    DOCKER_DIR,
+    EXTRAS,
+    TORCH_IMAGES,
+    parse,
+    problems,
+    shared_torch_problems,
+)
 from deploy.render import REPO
+
+IMAGES = ("text", "pose", "audio", "gateway", "worker")
+OFFLINE_BASE = "localhost/mtc-python:3.11-bookworm"
+REGISTRY_BASE = "docker.io/library/python:3.11.11-slim-bookworm"
 
 
 def dockerfile(image: str) -> str:
@@ -19,6 +32,10 @@ def dockerfile(image: str) -> str:
 @pytest.mark.parametrize("image", sorted(EXTRAS))
 def test_dockerfile_follows_the_rules(image: str) -> None:
     assert problems(image, dockerfile(image)) == []
+
+
+def test_model_images_share_the_torch_stage_and_its_layer() -> None:
+    assert shared_torch_problems({image: dockerfile(image) for image in TORCH_IMAGES}) == []
 
 
 @pytest.mark.parametrize("image", ["text", "pose", "audio"])
@@ -44,22 +61,105 @@ def test_worker_image_runs_the_worker_without_torch_or_model() -> None:
     assert any("torch" in p for p in problems("worker", with_torch))
 
 
-def test_broken_dockerfiles_are_caught() -> None:
-    text = dockerfile("text")
-    as_root = text.replace("USER 10001:10001", "USER root")
-    assert any("non-root" in p for p in problems("text", as_root))
-    with_healthcheck = text + "HEALTHCHECK CMD curl -f http://localhost:8000/health/live\n"
-    assert any("HEALTHCHECK" in p for p in problems("text", with_healthcheck))
-    every_extra = text.replace('"/src[text]"', '"/src[text,pose,audio]"')
-    assert any("extras" in p for p in problems("text", every_extra))
-    cuda_torch = text.replace('+cpu"', '"')
-    assert any("CPU build" in p for p in problems("text", cuda_torch))
-    unlocked = text.replace('--constraint /src/constraints.txt "/src[text]"', '"/src[text]"')
-    assert any("lock" in p for p in problems("text", unlocked))
-    single_stage = "FROM python:3.11.11-slim-bookworm\nUSER 10001\nRUN pip install '/src[text]'\n"
-    assert any("multi-stage" in p for p in problems("text", single_stage))
-    unpinned = text.replace("python:3.11.11-slim-bookworm", "python:latest")
-    assert any("pinned" in p for p in problems("text", unpinned))
+TEXT = dockerfile("text")
+SECRET = "--mount=type=secret,id=pip_cert,target=/run/secrets/pip_cert,required=false"
+WHEELS_MOUNT = "--mount=type=bind,from=wheels,target=/wheels"
+# (what is broken, the broken Dockerfile, words the problem must contain)
+BROKEN = [
+    ("root user", TEXT.replace("USER 10001:10001", "USER root"), "non-root"),
+    ("healthcheck", TEXT + "HEALTHCHECK CMD curl -f http://localhost:8000/health/live\n", "HEALTH"),
+    ("every extra", TEXT.replace('"/src[text]"', '"/src[text,pose,audio]"'), "extras"),
+    ("starter extra", TEXT.replace('"/src[text]"', '"/src[text,starter]"'), "extras"),
+    ("CUDA torch", TEXT.replace('"torch==$torch+cpu"', '"torch==$torch"'), "CPU build"),
+    (
+        "unlocked project",
+        TEXT.replace('--constraint /src/constraints.txt "/src[text]"', '"/src[text]"'),
+        "lock",
+    ),
+    (
+        "unlocked torch",
+        TEXT.replace('--constraint /src/constraints.txt "torch==', '"torch=='),
+        "lock",
+    ),
+    (
+        "single stage",
+        "FROM python:3.11.11-slim-bookworm\nUSER 10001\nRUN pip install '/src[text]'\n",
+        "multi-stage",
+    ),
+    ("unpinned base", TEXT.replace("python:3.11.11-slim-bookworm", "python:latest"), "pinned"),
+    ("syntax line", "# syntax=docker/dockerfile:1.7\n" + TEXT, "syntax"),
+    (
+        "another torch index",
+        TEXT.replace("--extra-index-url $TORCH_INDEX", "--extra-index-url https://example.com/cu"),
+        "index",
+    ),
+    (
+        "TORCH_INDEX default not the CPU index",
+        TEXT.replace(
+            "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu",
+            "ARG TORCH_INDEX=https://download.pytorch.org/whl/cu121",
+        ),
+        "CPU index",
+    ),
+    (
+        "index replacing PyPI",
+        TEXT.replace(
+            'pip install --constraint /src/constraints.txt "/src[text]"',
+            "pip install --index-url https://example.com/simple "
+            '--constraint /src/constraints.txt "/src[text]"',
+        ),
+        "--index-url",
+    ),
+    (
+        "wheels from elsewhere",
+        TEXT.replace("--find-links /wheels", "--find-links /tmp/wheels"),
+        "/wheels",
+    ),
+    ("wheels not mounted", TEXT.replace(WHEELS_MOUNT + " \\\n    ", ""), "mounted"),
+    (
+        "wheels stage with content",
+        TEXT.replace("FROM scratch AS wheels\n", "FROM python:3.11.11-slim-bookworm AS wheels\n"),
+        "scratch",
+    ),
+    (
+        "pip without the CA secret",
+        TEXT.replace(SECRET + " \\\n    if", "if", 1),
+        "pip_cert",
+    ),
+    (
+        "CA bundle baked in",
+        TEXT.replace("FROM deps AS build\n", "FROM deps AS build\nENV PIP_CERT=/etc/ca.crt\n"),
+        "PIP_CERT",
+    ),
+    (
+        "no model baking",
+        TEXT.replace('ARG BAKE_MODEL_URI=""\n', ""),
+        "BAKE_MODEL_URI",
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "broken", "words"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_dockerfiles_are_caught(what: str, broken: str, words: str) -> None:
+    assert broken != TEXT, f"the {what} mutation changed nothing"
+    found = problems("text", broken)
+    assert any(words in p for p in found), found
+
+
+def test_model_images_that_stop_sharing_torch_are_caught() -> None:
+    texts = {image: dockerfile(image) for image in TORCH_IMAGES}
+    drifted = dict(texts, pose=texts["pose"].replace("PYTHONDONTWRITEBYTECODE=1\n", "", 1))
+    assert drifted["pose"] != texts["pose"]
+    assert any("pose: its torch stage differs" in p for p in shared_torch_problems(drifted))
+    late = "COPY --from=torch /opt/venv /opt/venv\n"
+    reordered = (
+        texts["audio"]
+        .replace(late, "", 1)
+        .replace("COPY --from=build /opt/extra", late + "COPY --from=build /opt/extra")
+    )
+    assert reordered != texts["audio"]
+    found = shared_torch_problems(dict(texts, audio=reordered))
+    assert any("audio: the runtime stage does not start" in p for p in found)
 
 
 def test_dockerignore_keeps_the_context_to_the_sources() -> None:
@@ -76,22 +176,192 @@ def test_dockerignore_keeps_the_context_to_the_sources() -> None:
     }
 
 
-def test_build_script_builds_every_image_with_the_project_version() -> None:
+# A stand-in for docker and podman (and for mmdebstrap and dpkg-query, which the offline base
+# needs): each call is logged, `pull` and `docker info` answer as the test says, images exist
+# as the test says, and every image has the test's size.
+STUB = r"""#!/usr/bin/env bash
+tool="$(basename "$0")"
+echo "$tool $*" >>"$STUB_LOG"
+case "$tool" in
+  mmdebstrap)
+    for arg in "$@"; do [[ "$arg" == *.tar ]] && : >"$arg"; done
+    exit 0 ;;
+  dpkg-query) echo "install ok installed"; exit 0 ;;
+esac
+while [[ "${1:-}" == --runtime || "${1:-}" == --cgroup-manager ]]; do shift 2; done
+case "${1:-}" in
+  --version) [[ "$tool" == podman ]] && echo "podman version 4.3.1" || echo "Docker 28.2.2" ;;
+  info) exit "${STUB_DOCKER_INFO:-1}" ;;
+  pull) exit "${STUB_PULL:-1}" ;;
+  image)
+    if [[ "$3" == --format ]]; then echo "${STUB_SIZE:-100000000}"; exit 0; fi
+    for have in ${STUB_IMAGES:-}; do [[ "$3" == "$have" ]] && exit 0; done
+    exit 1 ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("docker", "podman", "mmdebstrap", "dpkg-query"):
+        (bin_dir / tool).write_text(STUB)
+        (bin_dir / tool).chmod(0o755)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    cert = tmp_path / "ca.crt"
+    cert.write_text("not a real bundle\n")
+    return {
+        # The stubs come first: they stand in for any real docker or podman on the machine.
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "STUB_LOG": str(tmp_path / "calls.log"),
+        "SIZES_FILE": str(tmp_path / "sizes.txt"),
+        "WHEELS": str(wheels),
+        "PIP_CERT": str(cert),
+    }
+
+
+def build_images(
+    env: dict[str, str], **extra: str
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     result = subprocess.run(
         ["bash", str(DOCKER_DIR / "build-images.sh")],
-        env={
-            # `echo` stands in for docker: no image can be built here, the commands can be read.
-            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
-            "DOCKER": "echo",
-            "REGISTRY": "registry.example.com/mtc",
-        },
+        env={**env, **extra},
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         cwd=REPO,
     )
-    commands = result.stdout.splitlines()
-    assert commands == [
-        f"build --file docker/{image}.Dockerfile --tag registry.example.com/mtc/mtc-{image}:0.1.0 ."
-        for image in ("text", "pose", "audio", "gateway", "worker")
-    ]
+    log = Path(env["STUB_LOG"])
+    calls = log.read_text().splitlines() if log.exists() else []
+    # Hosts with cgroup v1 get runc's flags ahead of every command; the rest does not vary.
+    calls = [c.replace(" --runtime runc --cgroup-manager cgroupfs", "") for c in calls]
+    return result, calls
+
+
+def builds(calls: list[str]) -> list[str]:
+    return [c for c in calls if re.match(r"^\S+ build ", c)]
+
+
+def test_offline_the_base_is_made_from_debian_and_torch_comes_from_the_wheels(
+    stub: dict[str, str],
+) -> None:
+    result, calls = build_images(stub, REGISTRY="registry.example.com/mtc")
+    assert result.returncode == 0, result.stderr
+    assert f"podman pull {REGISTRY_BASE}" in calls
+    (debootstrap,) = [c for c in calls if c.startswith("mmdebstrap ")]
+    assert "--variant=minbase" in debootstrap
+    assert "python3,python3-venv,python-is-python3,ca-certificates,passwd" in debootstrap
+    assert any(c.startswith("podman import ") and c.endswith(OFFLINE_BASE) for c in calls)
+    secret = f"--secret id=pip_cert,src={stub['PIP_CERT']}"
+    wheels = f"--build-context wheels={stub['WHEELS']}"
+    expected = []
+    for image in IMAGES:
+        command = (
+            f"podman build --network host --file docker/{image}.Dockerfile"
+            f" --tag registry.example.com/mtc/mtc-{image}:0.1.0"
+            f" --build-arg PYTHON_IMAGE={OFFLINE_BASE} {secret}"
+        )
+        expected.append(command + (f" {wheels} ." if image in TORCH_IMAGES else " ."))
+    assert builds(calls) == expected
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [row[0] for row in rows] == [f"registry.example.com/mtc/mtc-{i}:0.1.0" for i in IMAGES]
+    assert all(row[1] == "100" for row in rows)
+    assert Path(stub["SIZES_FILE"]).read_text() == result.stdout
+
+
+def test_an_existing_offline_base_is_reused(stub: dict[str, str]) -> None:
+    result, calls = build_images(stub, STUB_IMAGES=OFFLINE_BASE, IMAGES="gateway")
+    assert result.returncode == 0, result.stderr
+    assert not [c for c in calls if c.startswith(("mmdebstrap", "podman import"))]
+    assert f"--build-arg PYTHON_IMAGE={OFFLINE_BASE}" in builds(calls)[0]
+
+
+def test_online_the_registry_base_and_torch_index_are_used(stub: dict[str, str]) -> None:
+    env = {k: v for k, v in stub.items() if k != "PIP_CERT"}
+    result, calls = build_images(
+        env, STUB_PULL="0", WHEELS="", TORCH_INDEX="https://mirror.example.com/whl/cpu"
+    )
+    assert result.returncode == 0, result.stderr
+    assert not [c for c in calls if c.startswith("mmdebstrap")]
+    for command in builds(calls):
+        assert f"--build-arg PYTHON_IMAGE={REGISTRY_BASE}" in command
+        assert "--secret" not in command, "no PIP_CERT, nothing mounted"
+        assert "--build-context" not in command
+        model_image = any(f"docker/{i}.Dockerfile" in command for i in TORCH_IMAGES)
+        assert ("TORCH_INDEX=https://mirror.example.com/whl/cpu" in command) == model_image
+
+
+def test_a_given_base_is_used_without_trying_a_pull(stub: dict[str, str]) -> None:
+    result, calls = build_images(stub, PYTHON_IMAGE="registry.example.com/python:3.11.9-slim")
+    assert result.returncode == 0, result.stderr
+    assert not [c for c in calls if " pull " in c]
+    assert all("PYTHON_IMAGE=registry.example.com/python:3.11.9-slim" in c for c in builds(calls))
+
+
+def test_docker_is_used_when_its_daemon_answers(stub: dict[str, str]) -> None:
+    result, calls = build_images(stub, STUB_DOCKER_INFO="0", STUB_PULL="0")
+    assert result.returncode == 0, result.stderr
+    assert [c.split()[0] for c in builds(calls)] == ["docker"] * 5
+    assert all("--network host" not in c for c in builds(calls)), "podman's flags only"
+
+
+def test_an_image_over_its_budget_fails_the_build_and_is_not_pushed(stub: dict[str, str]) -> None:
+    result, calls = build_images(stub, STUB_SIZE=str(10**12), PUSH="1")
+    assert result.returncode == 1
+    assert result.stdout.count("OVER BUDGET") == 5
+    assert not [c for c in calls if " push " in c]
+    result, calls = build_images(stub, STUB_SIZE=str(10**12), PUSH="1", SIZE_BUDGETS="0")
+    assert result.returncode == 0, result.stderr
+    assert [c for c in calls if " push " in c] == [f"podman push mtc-{i}:0.1.0" for i in IMAGES]
+
+
+def test_bad_requests_fail_before_building(stub: dict[str, str], tmp_path: Path) -> None:
+    result, calls = build_images(stub, IMAGES="text web")
+    assert result.returncode == 2
+    assert "no docker/web.Dockerfile" in result.stderr
+    assert not builds(calls)
+    result, calls = build_images(stub, WHEELS=str(tmp_path))
+    assert result.returncode == 2
+    assert "no torch-2.13.0+cpu wheel" in result.stderr
+    assert not builds(calls)
+
+
+def test_an_s3_model_is_baked_with_the_aws_credentials_as_a_secret(
+    stub: dict[str, str], tmp_path: Path
+) -> None:
+    credentials = tmp_path / ".aws" / "credentials"
+    credentials.parent.mkdir()
+    credentials.write_text("[default]\n")
+    result, calls = build_images(
+        stub, BAKE_MODEL_URI="s3://mtc-models/sentiment/1.0.0", IMAGES="text gateway"
+    )
+    assert result.returncode == 0, result.stderr
+    text, gateway = builds(calls)
+    assert "--build-arg BAKE_MODEL_URI=s3://mtc-models/sentiment/1.0.0" in text
+    assert f"--secret id=aws,src={credentials}" in text
+    assert "BAKE_MODEL_URI" not in gateway
+
+
+def test_docs_state_the_budgets_the_build_enforces() -> None:
+    script = (DOCKER_DIR / "build-images.sh").read_text()
+    declared = re.search(r"declare -A BUDGET_MB=\(([^)]*)\)", script)
+    assert declared
+    budgets = {k: int(v) for k, v in re.findall(r"\[(\w+)\]=(\d+)", declared[1])}
+    assert set(budgets) == set(IMAGES)
+    docs = (REPO / "docs" / "images.md").read_text()
+    documented = {
+        m[1]: int(m[2]) for m in re.finditer(r"^\| `mtc-(\w+)` \|[^|]*\| *(\d+) *\|", docs, re.M)
+    }
+    assert documented == budgets
+
+
+def test_a_model_from_the_context_must_exist(stub: dict[str, str]) -> None:
+    result, calls = build_images(stub, BAKE_MODEL_URI="file:///context/models/no-such-model")
+    assert result.returncode == 2
+    assert "not a directory of the context" in result.stderr
+    assert not builds(calls)
