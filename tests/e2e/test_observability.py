@@ -257,6 +257,8 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             "MTC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "MTC_GATEWAY_API_KEYS_FILE": str(keys),
             "MTC_GATEWAY_TASK_TIMEOUTS": json.dumps({"pose": 0.001}),
+            # With no room over the service's deadline, pose times out in the gateway.
+            "MTC_GATEWAY_UPSTREAM_TIMEOUT_MARGIN_SECONDS": "0.001",
             # A short queue, so a burst overflows it (429, counted as refused: overloaded).
             "MTC_MAX_QUEUED_ITEMS": str(OVERLOAD_ITEMS),
             "MTC_MAX_ITEMS_PER_REQUEST": str(OVERLOAD_ITEMS),
