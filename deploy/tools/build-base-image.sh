@@ -19,11 +19,17 @@ cd "$(dirname "$0")/../.."
 source deploy/tools/container-engine.sh
 
 name="${1:-localhost/mtc-python:3.11-bookworm}"
+# Which version of this recipe made the image: docker/build-images.sh rebuilds a base made
+# by an older one.
+recipe="$(sha256sum deploy/tools/build-base-image.sh | cut -c1-12)"
 suite="${DEBIAN_SUITE:-bookworm}"
 mtc_engine_init
 
 deploy/tools/install-system-packages.sh "the offline base image" mmdebstrap
 
+# mmdebstrap runs hooks in a shell with the root filesystem's path as $1.
+# shellcheck disable=SC2016
+apt_slim='printf "%s\n" "APT::Keep-Downloaded-Packages \"false\";" "Acquire::Languages \"none\";" >"$1/etc/apt/apt.conf.d/90mtc-slim"'
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 started=$SECONDS
@@ -39,7 +45,7 @@ mmdebstrap --variant=minbase --quiet \
   --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/locale/*' \
-  --customize-hook='printf "%s\n" "APT::Keep-Downloaded-Packages \"false\";" "Acquire::Languages \"none\";" >"$1/etc/apt/apt.conf.d/90mtc-slim"' \
+  --customize-hook="$apt_slim" \
   --customize-hook="chroot \"\$1\" dpkg-query -W -f='\${Version}' python3.11 > '$work/python-version'" \
   "$suite" "$work/rootfs.tar" ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"}
 
@@ -51,5 +57,6 @@ python_version="$(cat "$work/python-version" 2>/dev/null || echo unknown)"
   --change 'ENV LANG=C.UTF-8' \
   --change 'CMD ["python3"]' \
   --change "LABEL org.opencontainers.image.description=\"Debian $suite python3.11 $python_version, built by deploy/tools/build-base-image.sh\"" \
+  --change "LABEL mtc.base-recipe=$recipe" \
   "$work/rootfs.tar" "$name" >/dev/null
 echo "built $name (Debian $suite, python3.11 $python_version) in $((SECONDS - started)) s" >&2

@@ -25,7 +25,12 @@ source deploy/tools/container-engine.sh
 IMAGES="${IMAGES:-text pose audio gateway worker}"
 TAG="${TAG:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
 prefix="${REGISTRY:+${REGISTRY%/}/}"
-MODELS="$(cd "${MODELS:-.mtc/models}" 2>/dev/null && pwd || true)"
+MODELS="${MODELS:-.mtc/models}"
+if [[ -d "$MODELS" ]]; then
+  MODELS="$(cd "$MODELS" && pwd)"
+else
+  MODELS=""
+fi
 READY_TIMEOUT="${READY_TIMEOUT:-300}"
 mtc_engine_init
 

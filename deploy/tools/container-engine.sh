@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by docker/build-images.sh, deploy/tools/build-base-image.sh and
 # deploy/tools/check-images.sh: which container engine builds and runs the images, and the
 # flags it needs on this host.
@@ -8,7 +9,6 @@
 # Docker's packages): the Dockerfiles use build secrets and named build contexts. The
 # scripts run from the repository root. After mtc_engine_init:
 #   DOCKER        the engine command
-#   ENGINE_KIND   docker or podman (podman behind a `docker` alias counts as podman)
 #   ENGINE        the command with its global flags, as an array: "${ENGINE[@]}" build ...
 #   BUILD_FLAGS   flags every `build` needs here
 #   RUN_FLAGS     flags every `run` needs here
@@ -30,7 +30,6 @@ mtc_engine_init() {
   BUILD_FLAGS=()
   RUN_FLAGS=()
   if "$DOCKER" --version 2>/dev/null | grep -qi podman; then
-    ENGINE_KIND=podman
     # crun fails on cgroup v1 and hybrid hierarchies (this sandbox's); runc works there. A
     # CONTAINERS_CONF of the user's own wins: it may name another runtime on purpose.
     if [[ -z "${CONTAINERS_CONF:-}" ]] && command -v runc >/dev/null 2>&1 &&
@@ -41,8 +40,9 @@ mtc_engine_init() {
     # bridge network to set up; and the same for containers, which bind 127.0.0.1 ports.
     BUILD_FLAGS+=(--network host)
     RUN_FLAGS+=(--network host)
-    # podman asks for more open files (and processes) than a container host may allow,
-    # and the container then fails to start; the host's own hard limits always fit.
+    # podman asks for more open files and processes than a container host may allow, and
+    # the container then fails to start: the host's hard limits fit, the process limit
+    # capped at podman build's own default (this sandbox refuses anything above it).
     local nofile nproc
     nofile="$(ulimit -Hn)"
     nproc="$(ulimit -Hu)"
@@ -50,7 +50,6 @@ mtc_engine_init() {
     [[ "$nproc" == unlimited || "$nproc" -gt 32768 ]] && nproc=32768
     RUN_FLAGS+=(--ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc")
   else
-    ENGINE_KIND=docker
     # Build secrets, bind mounts and named build contexts need BuildKit.
     export DOCKER_BUILDKIT=1
     RUN_FLAGS+=(--network host)

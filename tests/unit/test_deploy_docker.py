@@ -3,6 +3,7 @@ build script picks its engine, base and torch source as docs/images.md says."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -194,6 +195,7 @@ case "${1:-}" in
   info) exit "${STUB_DOCKER_INFO:-1}" ;;
   pull) exit "${STUB_PULL:-1}" ;;
   image)
+    if [[ "$4" == *base-recipe* ]]; then echo "${STUB_BASE_RECIPE:-}"; exit 0; fi
     if [[ "$3" == --format ]]; then echo "${STUB_SIZE:-100000000}"; exit 0; fi
     for have in ${STUB_IMAGES:-}; do [[ "$3" == "$have" ]] && exit 0; done
     exit 1 ;;
@@ -274,11 +276,21 @@ def test_offline_the_base_is_made_from_debian_and_torch_comes_from_the_wheels(
     assert Path(stub["SIZES_FILE"]).read_text() == result.stdout
 
 
-def test_an_existing_offline_base_is_reused(stub: dict[str, str]) -> None:
-    result, calls = build_images(stub, STUB_IMAGES=OFFLINE_BASE, IMAGES="gateway")
+def test_an_offline_base_is_reused_until_its_recipe_changes(stub: dict[str, str]) -> None:
+    recipe = hashlib.sha256((REPO / "deploy/tools/build-base-image.sh").read_bytes()).hexdigest()
+    result, calls = build_images(
+        stub, STUB_IMAGES=OFFLINE_BASE, STUB_BASE_RECIPE=recipe[:12], IMAGES="gateway"
+    )
     assert result.returncode == 0, result.stderr
     assert not [c for c in calls if c.startswith(("mmdebstrap", "podman import"))]
     assert f"--build-arg PYTHON_IMAGE={OFFLINE_BASE}" in builds(calls)[0]
+    Path(stub["STUB_LOG"]).unlink()
+    result, calls = build_images(
+        stub, STUB_IMAGES=OFFLINE_BASE, STUB_BASE_RECIPE="0123456789ab", IMAGES="gateway"
+    )
+    assert result.returncode == 0, result.stderr
+    (imported,) = [c for c in calls if c.startswith("podman import")]
+    assert f"LABEL mtc.base-recipe={recipe[:12]}" in imported
 
 
 def test_online_the_registry_base_and_torch_index_are_used(stub: dict[str, str]) -> None:
