@@ -21,7 +21,7 @@ STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/sta
 	services/audio/evaluation.py services/audio/models/urgency.py)
 CHECKED := services gateway deploy load
 
-.PHONY: install system-tools test-tools image-tools bench-tools lock test-deploy models run lint test test-unit test-integration test-e2e images dashboards \
+.PHONY: install system-tools test-tools image-tools bench-tools lock test-deploy check-images models run lint test test-unit test-integration test-e2e images dashboards \
 	bench bench-audio clean
 
 $(BIN)/python:
@@ -100,6 +100,9 @@ images: ## build the five images with docker or podman (docs/images.md)
 	@# Debian and Ubuntu get podman and mmdebstrap when missing; elsewhere the engine there is.
 	@if command -v apt-get >/dev/null 2>&1; then $(MAKE) --no-print-directory image-tools; fi
 	docker/build-images.sh
+
+check-images: models images ## run each image as Kubernetes would: imports, contents, readiness, one prediction
+	deploy/tools/check-images.sh
 
 test-deploy: test-tools models images $(VENV)/.installed ## run the dev overlay's pods from the images
 	$(BIN)/python -m pytest -q tests/deployment
