@@ -7,7 +7,6 @@ unless it is listed here on purpose.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 
@@ -18,7 +17,7 @@ from gateway.errors import API_KEY_CHALLENGE, InvalidApiKey, MissingApiKey, Rate
 from gateway.metrics import GatewayMetrics
 from gateway.quotas import TokenBuckets
 from gateway.request_context import current_request
-from services.core.errors import MtcError
+from services.core.http_errors import send_error
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class AccessGuard:
         presented = presented_api_key(scope)
         if presented is None:
             self.metrics.observe_rejection("missing_api_key")
-            await _refuse(
+            await send_error(
                 send,
                 MissingApiKey(
                     "this route needs an API key: send it as `Authorization: Bearer <key>` "
@@ -104,7 +103,7 @@ class AccessGuard:
         key = self.keys.identify(presented)
         if key is None:
             self.metrics.observe_rejection("invalid_api_key")
-            await _refuse(
+            await send_error(
                 send, InvalidApiKey("the API key is not valid", headers=API_KEY_CHALLENGE)
             )
             return
@@ -118,7 +117,7 @@ class AccessGuard:
             if not decision.allowed:
                 self.metrics.observe_rejection("rate_limited")
                 wait = max(1, math.ceil(decision.retry_after_seconds))
-                await _refuse(
+                await send_error(
                     send,
                     RateLimited(
                         f"API key '{key.name}' is over its quota of {rate:g} requests per "
@@ -128,14 +127,3 @@ class AccessGuard:
                 )
                 return
         await self.app(scope, receive, send)
-
-
-async def _refuse(send: Send, error: MtcError) -> None:
-    body = json.dumps(error.body()).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        *((name.encode(), value.encode()) for name, value in error.headers.items()),
-    ]
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

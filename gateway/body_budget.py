@@ -9,11 +9,10 @@ of the bodies being held and refuses a request that would pass `max_bytes` with 
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.core.errors import Overloaded
+from services.core.http_errors import send_error
 
 RETRY_AFTER_SECONDS = 1
 """Bodies held are forwarded within a request's time, so room is usually back soon."""
@@ -90,16 +89,4 @@ async def _refuse(send: Send, max_bytes: int) -> None:
         f"MTC_GATEWAY_MAX_BUFFERED_BYTES); retry in {RETRY_AFTER_SECONDS} s",
         headers={"retry-after": str(RETRY_AFTER_SECONDS)},
     )
-    body = json.dumps(error.body()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status_code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *((name.encode(), value.encode()) for name, value in error.headers.items()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, error)

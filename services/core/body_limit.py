@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.core.errors import BodyTooLarge
+from services.core.http_errors import send_error
 
 
 class _BodyOverflow(Exception):
@@ -62,16 +61,4 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        error = BodyTooLarge(f"request body is larger than {self.max_bytes} bytes")
-        body = json.dumps(error.body()).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": error.status_code,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, BodyTooLarge(f"request body is larger than {self.max_bytes} bytes"))

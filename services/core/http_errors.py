@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.types import Send
 
 from services.core.errors import MtcError, UnsupportedMediaType
 
@@ -60,6 +61,19 @@ class ValidationErrorBody(BaseModel):
     """FastAPI's own 422 body, kept because existing clients parse it."""
 
     detail: list[ValidationIssue]
+
+
+async def send_error(send: Send, error: MtcError) -> None:
+    """Answer with `error` straight on the ASGI channel, for middleware that refuses a request
+    before any route (body limits, quotas, the gateway's byte budget) runs."""
+    body = json.dumps(error.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.encode(), value.encode()) for name, value in error.headers.items()),
+    ]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _handle_mtc_error(request: Request, exc: Exception) -> JSONResponse:
