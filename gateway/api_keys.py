@@ -7,9 +7,13 @@ would only add latency to every request. The file holds one key per line:
     # NAME       SHA256 OF THE KEY (64 hex digits)                                  OPTIONS
     alice        2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae
     batch-jobs   fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9  rate=50 burst=100
+    team-a       8d969eef6ecad3c29a3a629280e686cf0c3f5d5a86aff3ca12020c923adc6c92  s3=calls/team-a/
 
-`rate` (requests per second) and `burst` override the default quota for that key; `rate=0`
-exempts it. Names identify keys in logs and quota counters and must be unique.
+`rate` (tokens per second) and `burst` override the default quota for that key; `rate=0`
+exempts it. `s3=bucket/prefix[,bucket/prefix...]` names the S3 locations the key may read
+and write (within the services' allow-lists); without it, a key gets its own folder
+`<entry>/<name>/` under each allow-listed entry. Names identify keys in logs, quota
+counters and S3 folders, and must be unique.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.core.s3_locations import S3Scope, check_allowlist_entries
+
 logger = logging.getLogger(__name__)
 
 KEY_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
@@ -34,6 +40,8 @@ SHA256_HEX_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 KEY_PREFIX = "mtc_"
 # Longer presented keys are refused without hashing them (no work for junk headers).
 MAX_KEY_LENGTH = 256
+# The locations travel to the services in a header: keep it small.
+MAX_S3_LOCATIONS = 16
 
 
 class ApiKeysFileError(ValueError):
@@ -47,9 +55,17 @@ class ApiKey:
     name: str
     sha256: bytes
     rate_per_second: float | None = None
-    """Quota override (requests per second); None keeps the gateway's default."""
+    """Quota override (tokens per second); None keeps the gateway's default."""
     burst: int | None = None
     """Bucket size override; None keeps the gateway's default."""
+    s3_locations: tuple[str, ...] | None = None
+    """The key's own `bucket/prefix` S3 locations (`s3=`); None: its folder under each
+    allow-listed entry (see `S3Scope`)."""
+
+    @property
+    def s3_scope(self) -> S3Scope:
+        """The S3 locations this key may name."""
+        return S3Scope(tenant=self.name, locations=self.s3_locations)
 
 
 def hash_api_key(key: str) -> str:
@@ -98,7 +114,9 @@ def read_api_key_lines(text: str, source: str) -> tuple[list[ApiKey], list[str]]
 def _parse_line(line: str, where: str, names: set[str], digests: set[bytes]) -> ApiKey:
     fields = line.split()
     if len(fields) < 2:
-        raise ApiKeysFileError(f"{where}: expected NAME SHA256_HEX [rate=N] [burst=N]")
+        raise ApiKeysFileError(
+            f"{where}: expected NAME SHA256_HEX [rate=N] [burst=N] [s3=bucket/prefix,...]"
+        )
     name, digest_hex, *options = fields
     if not KEY_NAME_PATTERN.fullmatch(name):
         raise ApiKeysFileError(f"{where}: key name {name!r} must match {KEY_NAME_PATTERN.pattern}")
@@ -112,17 +130,23 @@ def _parse_line(line: str, where: str, names: set[str], digests: set[bytes]) -> 
         raise ApiKeysFileError(f"{where}: key name {name!r} is listed twice")
     if digest in digests:
         raise ApiKeysFileError(f"{where}: the same key is listed twice")
-    rate, burst = _parse_options(options, where)
-    return ApiKey(name, digest, rate, burst)
+    rate, burst, s3_locations = _parse_options(options, where)
+    return ApiKey(name, digest, rate, burst, s3_locations)
 
 
-def _parse_options(options: Sequence[str], where: str) -> tuple[float | None, int | None]:
+def _parse_options(
+    options: Sequence[str], where: str
+) -> tuple[float | None, int | None, tuple[str, ...] | None]:
     rate: float | None = None
     burst: int | None = None
+    s3_locations: tuple[str, ...] | None = None
     for option in options:
         field, _, value = option.partition("=")
+        if field == "s3":
+            s3_locations = _parse_s3_locations(value, where)
+            continue
         if field not in ("rate", "burst"):
-            raise ApiKeysFileError(f"{where}: unknown option {option!r} (rate=, burst=)")
+            raise ApiKeysFileError(f"{where}: unknown option {option!r} (rate=, burst=, s3=)")
         try:
             if field == "rate":
                 rate = float(value)
@@ -134,7 +158,18 @@ def _parse_options(options: Sequence[str], where: str) -> tuple[float | None, in
             valid = False
         if not valid:
             raise ApiKeysFileError(f"{where}: {option!r} needs a number (rate >= 0, burst >= 1)")
-    return rate, burst
+    return rate, burst, s3_locations
+
+
+def _parse_s3_locations(value: str, where: str) -> tuple[str, ...]:
+    entries = value.split(",")
+    if len(entries) > MAX_S3_LOCATIONS:
+        raise ApiKeysFileError(f"{where}: at most {MAX_S3_LOCATIONS} s3= locations")
+    try:
+        check_allowlist_entries(entries)
+    except ValueError as error:
+        raise ApiKeysFileError(f"{where}: s3=: {error}") from None
+    return tuple(entries)
 
 
 class ApiKeyStore:
@@ -247,8 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     hashed.add_argument("name", help="name of the key, shown in logs and quota counters")
     for command in (new, hashed):
-        command.add_argument("--rate", type=float, help="requests per second for this key")
-        command.add_argument("--burst", type=int, help="bucket size for this key")
+        command.add_argument("--rate", type=float, help="quota tokens per second for this key")
+        command.add_argument("--burst", type=int, help="quota bucket size for this key")
+        command.add_argument(
+            "--s3",
+            help="the key's own S3 locations, bucket/prefix[,bucket/prefix...] (default: "
+            "its folder <entry>/NAME/ under each allow-listed entry)",
+        )
     args = parser.parse_args(argv)
     if not KEY_NAME_PATTERN.fullmatch(args.name):
         parser.error(f"NAME must match {KEY_NAME_PATTERN.pattern}")
@@ -256,24 +296,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rate must be 0 (no quota) or more")
     if args.burst is not None and args.burst < 1:
         parser.error("--burst must be 1 or more")
+    if args.s3 is not None:
+        try:
+            _parse_s3_locations(args.s3, "--s3")
+        except ApiKeysFileError as error:
+            parser.error(str(error))
     if args.command == "new":
         key = new_api_key()
         print(f"API key for {args.name} (hand it to its user; only its hash is kept):")
         print(f"  {key}")
         print("Line for the keys file:")
-        print(f"  {_key_line(args.name, key, args.rate, args.burst)}")
+        print(f"  {_key_line(args.name, key, args.rate, args.burst, args.s3)}")
         return 0
     key = sys.stdin.readline().strip()
     if not key:
         print("no key on standard input", file=sys.stderr)
         return 2
-    print(_key_line(args.name, key, args.rate, args.burst))
+    print(_key_line(args.name, key, args.rate, args.burst, args.s3))
     return 0
 
 
-def _key_line(name: str, key: str, rate: float | None, burst: int | None) -> str:
+def _key_line(
+    name: str, key: str, rate: float | None, burst: int | None, s3_locations: str | None
+) -> str:
     options = [f"rate={rate:g}"] if rate is not None else []
     options += [f"burst={burst}"] if burst is not None else []
+    options += [f"s3={s3_locations}"] if s3_locations is not None else []
     return " ".join([name, hash_api_key(key), *options])
 
 

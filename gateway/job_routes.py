@@ -16,10 +16,12 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from gateway.request_context import current_request
+from gateway.work_meter import charge_items
 from services.core.errors import (
     AccessDenied,
     BatchTooLarge,
     BodyTooLarge,
+    InputNotFound,
     InvalidInput,
     ItemTooLarge,
     MtcError,
@@ -27,13 +29,16 @@ from services.core.errors import (
 )
 from services.core.http_errors import error_responses
 from services.core.json_body import BoundedJsonRoute, with_body_schema
+from services.core.s3_locations import UNRESTRICTED, S3Scope
 from services.jobs.contracts import JobRequest, JobView
 from services.jobs.errors import (
     InvalidJob,
     JobFinished,
+    JobLimitReached,
     JobNotFound,
     JobQueueUnavailable,
     JobsNotConfigured,
+    JobStoreFull,
 )
 from services.jobs.submission import ANONYMOUS_OWNER, JobDesk
 
@@ -59,8 +64,18 @@ def caller() -> str:
     return context.api_key_name
 
 
+def caller_s3_scope() -> S3Scope:
+    """The S3 locations the request's API key may name; every allow-listed one with keys
+    off."""
+    context = current_request()
+    if context is None or context.s3_scope is None:
+        return UNRESTRICTED
+    return context.s3_scope
+
+
 JobDeskDep = Annotated[JobDesk, Depends(get_job_desk)]
 OwnerDep = Annotated[str, Depends(caller)]
+S3ScopeDep = Annotated[S3Scope, Depends(caller_s3_scope)]
 JobIdPath = Annotated[str, Path(description="The id `POST /v1/jobs` answered with.")]
 
 
@@ -92,11 +107,18 @@ def jobs_router(
     )
 
     async def submit_job(
-        body: JobRequest, response: Response, desk: JobDeskDep, owner: OwnerDep
+        body: JobRequest,
+        response: Response,
+        desk: JobDeskDep,
+        owner: OwnerDep,
+        s3_scope: S3ScopeDep,
     ) -> JobView:
-        """Queue texts (inline, or a CSV / JSON Lines file in S3) for classification in
-        the background; answers 202 with the job and its `Location`."""
-        job = await asyncio.to_thread(desk.submit, owner, body)
+        """Queue texts (inline, or a CSV / JSON Lines file in S3 within the API key's
+        locations) for classification in the background; answers 202 with the job and its
+        `Location`."""
+        # Inline texts are charged by count; a file's rows by the jobs' own row budget.
+        await charge_items(len(body.inputs) if body.inputs is not None else 1)
+        job = await asyncio.to_thread(desk.submit, owner, body, s3_scope)
         response.headers["location"] = f"{JOBS_PATH}/{job.id}"
         return job
 
@@ -113,11 +135,14 @@ def jobs_router(
             **error_responses(
                 InvalidInput,
                 AccessDenied,
+                InputNotFound,
                 UnknownTask,
                 BatchTooLarge,
                 BodyTooLarge,
                 ItemTooLarge,
                 InvalidJob,
+                JobLimitReached,
+                JobStoreFull,
                 *_UNAVAILABLE,
                 *access_errors,
             ),

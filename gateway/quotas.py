@@ -1,8 +1,12 @@
-"""Per-key request quotas as token buckets, in Redis (shared by every gateway replica) or
-in memory (one replica's own count: the fallback while Redis is unset or down).
+"""Per-key quotas as token buckets, in Redis (shared by every gateway replica) or in
+memory (one replica's own count: the fallback while Redis is unset or down).
 
-A bucket holds up to `burst` tokens and gains `rate` tokens per second; each request takes
-one, and a request finding less than one is refused with the time until one is there.
+A bucket holds up to `burst` tokens and gains `rate` tokens per second. A request takes one
+token on arrival, and is refused with the time until one is there when the bucket holds
+less; once its body is read, the rest of its cost (by the work it asks for, see
+`gateway.work_meter`) is charged, which may leave the bucket below zero: the key's next
+requests then wait while it refills. So a key's work per second stays within its rate
+whatever the size of its requests, and a request larger than the burst can still be made.
 """
 
 from __future__ import annotations
@@ -44,8 +48,29 @@ else
   wait = (1 - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 return {allowed, tostring(wait), tostring(tokens)}
+"""
+
+# Takes ARGV[3] tokens whatever the bucket holds (the work was done): it may go below zero.
+# Kept until refilled, so a debt outlives the bucket's usual expiry.
+CHARGE_SCRIPT = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens = tonumber(state[1])
+local updated = tonumber(state[2])
+if tokens == nil or updated == nil then
+  tokens = burst
+  updated = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate) - cost
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return tostring(tokens)
 """
 
 
@@ -60,10 +85,14 @@ class QuotaDecision:
 
 
 class TokenBuckets(Protocol):
-    """Takes one token from a named bucket."""
+    """Takes one token from a named bucket, or charges it the cost of work done."""
 
     async def take(self, bucket: str, rate: float, burst: int) -> QuotaDecision:
         """Take a token from `bucket` (created full) refilled at `rate` per second."""
+        ...
+
+    async def charge(self, bucket: str, rate: float, burst: int, tokens: float) -> float:
+        """Take `tokens` from `bucket` even below zero; the tokens left."""
         ...
 
     async def close(self) -> None:
@@ -91,11 +120,22 @@ class MemoryTokenBuckets:
             decision = QuotaDecision(True, 0.0, tokens - 1)
         else:
             decision = QuotaDecision(False, (1 - tokens) / rate, tokens)
-        self._buckets[bucket] = (decision.remaining, now)
+        self._store(bucket, decision.remaining, now)
+        return decision
+
+    async def charge(self, bucket: str, rate: float, burst: int, tokens: float) -> float:
+        """Take `tokens` even below zero; never waits."""
+        now = self._clock()
+        held, updated = self._buckets.get(bucket, (float(burst), now))
+        remaining = min(float(burst), held + max(0.0, now - updated) * rate) - tokens
+        self._store(bucket, remaining, now)
+        return remaining
+
+    def _store(self, bucket: str, tokens: float, now: float) -> None:
+        self._buckets[bucket] = (tokens, now)
         self._buckets.move_to_end(bucket)
         while len(self._buckets) > self.max_buckets:
             self._buckets.popitem(last=False)
-        return decision
 
     async def close(self) -> None:
         """Forget every bucket."""
@@ -134,6 +174,7 @@ class RedisTokenBuckets:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._script = self._client.register_script(TAKE_TOKEN_SCRIPT)
+        self._charge_script = self._client.register_script(CHARGE_SCRIPT)
         self._fallback = MemoryTokenBuckets(clock=clock)
         self._redacted_url = without_credentials(url)
         self.retry_seconds = retry_seconds
@@ -158,10 +199,28 @@ class RedisTokenBuckets:
         except Exception as error:  # noqa: BLE001 - any Redis failure must degrade, not fail
             self._failed(error)
             return await self._fallback.take(bucket, rate, burst)
+        self._back()
+        return QuotaDecision(bool(int(allowed)), float(wait), float(remaining))
+
+    async def charge(self, bucket: str, rate: float, burst: int, tokens: float) -> float:
+        """Charge in Redis, or in memory while Redis is unavailable."""
+        if self._down_until is not None and self._clock() < self._down_until:
+            self._on_error()
+            return await self._fallback.charge(bucket, rate, burst, tokens)
+        try:
+            remaining = await self._charge_script(
+                keys=[REDIS_KEY_PREFIX + bucket], args=[rate, burst, tokens]
+            )
+        except Exception as error:  # noqa: BLE001 - any Redis failure must degrade, not fail
+            self._failed(error)
+            return await self._fallback.charge(bucket, rate, burst, tokens)
+        self._back()
+        return float(remaining)
+
+    def _back(self) -> None:
         if self._down_until is not None:
             logger.warning("redis quota store at %s is back", self._redacted_url)
             self._down_until = None
-        return QuotaDecision(bool(int(allowed)), float(wait), float(remaining))
 
     async def close(self) -> None:
         """Close the connection pool."""

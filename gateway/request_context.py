@@ -7,8 +7,13 @@ import re
 import secrets
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from gateway.work_meter import WorkMeter
+    from services.core.s3_locations import S3Scope
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -25,6 +30,10 @@ class RequestContext:
     """Base URL of the service replica that answered, once one did."""
     api_key_name: str | None = None
     """Name (never the key) of the API key that authenticated the request."""
+    s3_scope: S3Scope | None = None
+    """The S3 locations the request's API key may name; None while keys are off."""
+    work_meter: WorkMeter | None = None
+    """Charges the key's quota for the request's work, when a quota applies."""
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("mtc_gateway_request", default=None)

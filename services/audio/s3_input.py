@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from services.core.errors import (
-    AccessDenied,
-    InputNotFound,
-    ItemTooLarge,
-    UpstreamUnavailable,
+from services.core.errors import ItemTooLarge, UpstreamUnavailable
+from services.core.s3_locations import (
+    LazyS3Client,
+    S3Allowlist,
+    S3Object,
+    S3Scope,
+    no_readable_object,
+    parse_object_uri,
 )
-from services.core.s3_locations import LazyS3Client, S3Allowlist, S3Object, parse_object_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = ["S3ClipReader", "S3Object", "parse_object_uri"]
+
+HIDDEN_OBJECT_CODES = frozenset(
+    {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "403", "AccessDenied", "Forbidden"}
+)
+"""S3 error codes answered as "no such object": S3 answers 403 for a missing object to
+credentials that may not list the bucket, so the two cannot be told apart anyway."""
 
 
 class S3ClipReader:
@@ -43,16 +51,19 @@ class S3ClipReader:
         """A boto3 S3 client, created on first use."""
         return self._s3.get()
 
-    def check_allowed(self, target: S3Object) -> None:
-        """Raise AccessDenied unless the object lies under an allow-listed bucket/prefix."""
-        self.allowlist.check(target)
+    def check_allowed(self, target: S3Object, scope: S3Scope) -> None:
+        """Raise `no_readable_object` (404) unless the object lies under an allow-listed
+        location open to `scope`: the answer a missing object gets too."""
+        self.allowlist.check_readable(target, scope)
 
-    def read(self, uri: str) -> bytes:
-        """The object's bytes (blocking: call from a worker thread)."""
+    def read(self, uri: str, scope: S3Scope) -> bytes:
+        """The object's bytes (blocking: call from a worker thread). An object outside the
+        locations open to `scope`, a missing one and one S3 refuses to show all get the
+        same 404 (`no_readable_object`), so no answer tells whether an object exists."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         target = parse_object_uri(uri)
-        self.check_allowed(target)
+        self.check_allowed(target, scope)
         try:
             head = self.client.head_object(Bucket=target.bucket, Key=target.key)
             size = int(head["ContentLength"])
@@ -66,12 +77,8 @@ class S3ClipReader:
             data = response["Body"].read(self.max_bytes + 1)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
-                raise InputNotFound(f"{target.uri} does not exist") from None
-            if code in ("403", "AccessDenied", "Forbidden"):
-                raise AccessDenied(
-                    f"{target.uri}: the service's S3 credentials may not read it"
-                ) from None
+            if code in HIDDEN_OBJECT_CODES:
+                raise no_readable_object(target) from None
             raise UpstreamUnavailable(f"S3 refused to serve {target.uri} ({code})") from None
         except BotoCoreError as exc:
             raise UpstreamUnavailable(

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from services.audio.decoding import AudioLimits, decode_audio
+from services.audio.decoding import (
+    MAX_CHANNELS,
+    MAX_SAMPLE_RATE,
+    AudioLimits,
+    decode_audio,
+    decoded_bytes,
+)
 from services.audio.evaluation import (
     CallMix,
     emergency_scores,
@@ -39,7 +45,7 @@ from services.audio.evaluation import (
 )
 from services.audio.features import AcousticFeatureConfig, acoustic_features
 from services.audio.fusion import FusionRule, fit_fusion, fit_weights
-from services.audio.models.emergency_call import AUDIO_DIR, TRANSCRIPT_DIR
+from services.audio.models.emergency_call import AUDIO_DIR, KOREAN_TRANSCRIPT_DIR, TRANSCRIPT_DIR
 from services.audio.models.urgency import URGENCY_LABELS, UrgencyClassifier
 from services.core.errors import MtcError
 from services.core.manifest import Manifest, write_manifest
@@ -55,7 +61,12 @@ SPLIT_RULE = (
     "falls in the text training's held-out bucket"
 )
 _READ_LIMITS = AudioLimits(
-    max_bytes=100 * 1024 * 1024, max_seconds=120.0, min_seconds=0.1, silence_threshold_dbfs=-80
+    max_bytes=100 * 1024 * 1024,
+    max_seconds=120.0,
+    min_seconds=0.1,
+    silence_threshold_dbfs=-80,
+    # Training folders are the operator's own files: any rate and channel count accepted.
+    max_decoded_bytes=decoded_bytes(120.0, MAX_CHANNELS, MAX_SAMPLE_RATE),
 )
 
 
@@ -516,6 +527,7 @@ def train_audio_model(
     min_audio_accuracy: float | None = None,
     call_mix: CallMix | None = None,
     asr_sentences_per_label: int = 0,
+    korean_head_dir: Path | None = None,
     progress: bool = False,
 ) -> Manifest:
     """Train, fit the fusion, evaluate on held-out clips, write the model directory.
@@ -525,7 +537,8 @@ def train_audio_model(
     `asr_sentences_per_label`, that many held-out sentences per label are transcribed by
     Whisper to fit the weights of recognised transcripts (otherwise they get the written
     transcripts' weights). With `min_heldout_accuracy` / `min_audio_accuracy`, a model
-    below either is refused before anything is written.
+    below either is refused before anything is written. `korean_head_dir` (a trained
+    Korean transcript head, `models/korean_transcripts.py`) is copied in as it is.
     """
     config = config or AudioTrainConfig()
     started = time.perf_counter()
@@ -637,6 +650,8 @@ def train_audio_model(
         write_call_model_files(
             staging, classifier=classifier, labels=labels, text_model_dir=text_model_dir
         )
+        if korean_head_dir is not None:
+            shutil.copytree(korean_head_dir, staging / KOREAN_TRANSCRIPT_DIR)
         recipe = {key: value for key, value in asdict(config).items() if key != "features"}
         return write_manifest(
             staging,

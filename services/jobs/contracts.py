@@ -27,7 +27,9 @@ class JobRequest(BatchRequest):
     limit_setting: ClassVar[str] = "MTC_JOBS_MAX_INLINE_ITEMS"
     limit_hint: ClassVar[str] = ": put larger batches in a file and give its input_uri"
 
-    task: str = Field(description="A text task, as listed by `GET /v1/models`.")
+    task: str = Field(
+        description="A text task, as listed by `GET /v1/models`.", examples=["sentiment"]
+    )
     inputs: list[str] | None = Field(
         default=None,
         min_length=1,

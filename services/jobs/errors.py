@@ -45,3 +45,22 @@ class JobQueueUnavailable(MtcError):
 
 class JobFailure(Exception):
     """Why a worker gave up on a job; the message becomes the job's `error`."""
+
+
+class JobLimitReached(MtcError):
+    """The API key already holds what its limits allow (`MTC_JOBS_MAX_*_PER_OWNER`): too
+    many queued or running jobs, rows in flight, or bytes in the job store."""
+
+    status_code = 429
+    error_type = "job_limit_reached"
+
+
+class JobStoreFull(MtcError):
+    """The job store is close to its memory limit: new jobs wait, so the jobs it holds can
+    still finish and be cancelled (`MTC_JOBS_STORE_ADMISSION_RATIO`)."""
+
+    status_code = 503
+    error_type = "job_store_full"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": "30"})

@@ -62,22 +62,48 @@ def spreadsheet_safe(value: object) -> object:
 
 
 def render_output(results: Sequence[ItemResult], file_format: OutputFormat) -> bytes:
-    """The whole output file. CSV columns: index, id (when any row has one), label, score,
-    scores (the JSON list of every label and score); text cells are `spreadsheet_safe`,
-    as ids come from the caller's file and a spreadsheet opening the output would run a
-    formula hidden in one. JSON Lines keeps every value as it was."""
-    if file_format == "jsonl":
-        return "".join(json.dumps(result, ensure_ascii=False) + "\n" for result in results).encode()
-    with_ids = any("id" in result for result in results)
-    columns = ["index", *(["id"] if with_ids else []), "label", "score", "scores"]
-    buffer = io.StringIO(newline="")
-    # CRLF, as RFC 4180 has it: the csv module quotes a cell holding a character of the
-    # line terminator, so a carriage return in an id is quoted instead of breaking its row.
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(columns)
-    for result in results:
-        row = {**result, "scores": json.dumps(result["scores"], ensure_ascii=False)}
-        writer.writerow(
-            ["" if row.get(column) is None else spreadsheet_safe(row[column]) for column in columns]
-        )
-    return buffer.getvalue().encode()
+    """The whole output file (see `OutputRenderer`), ids in CSV when any row has one."""
+    renderer = OutputRenderer(file_format, with_ids=any("id" in result for result in results))
+    return renderer.header() + renderer.rows(results)
+
+
+class OutputRenderer:
+    """An output file piece by piece: `header()`, then `rows(...)` chunk after chunk.
+
+    CSV columns: index, id (when `with_ids`: the input gave ids), label, score, scores (the
+    JSON list of every label and score); text cells are `spreadsheet_safe`, as ids come from
+    the caller's file and a spreadsheet opening the output would run a formula hidden in
+    one. JSON Lines keeps every value as it was."""
+
+    def __init__(self, file_format: OutputFormat, *, with_ids: bool) -> None:
+        self.file_format = file_format
+        self.columns = ["index", *(["id"] if with_ids else []), "label", "score", "scores"]
+
+    def header(self) -> bytes:
+        """The CSV header line; nothing for JSON Lines."""
+        return self._csv([self.columns]) if self.file_format == "csv" else b""
+
+    def rows(self, results: Sequence[ItemResult]) -> bytes:
+        """The lines of `results`."""
+        if self.file_format == "jsonl":
+            return "".join(
+                json.dumps(result, ensure_ascii=False) + "\n" for result in results
+            ).encode()
+        lines = []
+        for result in results:
+            row = {**result, "scores": json.dumps(result["scores"], ensure_ascii=False)}
+            lines.append(
+                [
+                    "" if row.get(column) is None else spreadsheet_safe(row[column])
+                    for column in self.columns
+                ]
+            )
+        return self._csv(lines)
+
+    @staticmethod
+    def _csv(lines: Sequence[Sequence[object]]) -> bytes:
+        buffer = io.StringIO(newline="")
+        # CRLF, as RFC 4180 has it: the csv module quotes a cell holding a character of the
+        # line terminator, so a carriage return in an id is quoted instead of breaking its row.
+        csv.writer(buffer, lineterminator="\r\n").writerows(lines)
+        return buffer.getvalue().encode()

@@ -1,6 +1,11 @@
 """Running one job: read its inputs, classify them chunk by chunk, store each chunk's
 results, then write the output or keep the results for `GET`.
 
+An input file is read twice as a stream, never held whole: once to check and count its
+rows, then chunk by chunk to classify them; the output is streamed from the stored chunks
+to S3 (`JobObjects.write_output_parts`). A job holds a chunk of rows and a part of its
+output at a time, whatever the size of its file.
+
 Safe to run again for the same job at any point (a redelivered message, a worker that
 died mid-job): chunks already stored are skipped, a chunk stored twice counts once, and
 only the holder of the job's lease runs it, so two workers never work on it together.
@@ -13,19 +18,21 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import redis
 
+from services.core.s3_locations import S3Scope
 from services.jobs.errors import JobFailure
-from services.jobs.inputs import InputLimits, InputRow, parse_input
+from services.jobs.inputs import InputLimits, InputRow, read_rows
 from services.jobs.metrics import WorkerMetrics
-from services.jobs.outputs import CONTENT_TYPES, output_format_of, render_output, result_rows
+from services.jobs.outputs import CONTENT_TYPES, OutputRenderer, output_format_of, result_rows
 from services.jobs.prediction_client import PredictionClient
-from services.jobs.s3_objects import JobObjects
+from services.jobs.s3_objects import REPLACED_INPUT, JobObjects
 from services.jobs.settings import JobsSettings
-from services.jobs.store import JobRecord, JobState, JobStore, Transition
+from services.jobs.store import FINAL_STATES, JobRecord, JobState, JobStore, Transition
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +56,17 @@ class Interrupted:
 
 
 RunOutcome = Finished | Busy | Interrupted
+
+
+@dataclass(frozen=True)
+class InputSurvey:
+    """What the first reading of a job's input found."""
+
+    total: int
+    with_ids: bool
+    """Some row has an id (the CSV output then has an `id` column)."""
+    etag: str | None
+    """The version of the input object read (None for inputs in the job store)."""
 
 
 def chunk_spans(total: int, chunk_size: int) -> list[range]:
@@ -126,6 +144,7 @@ class JobRunner:
             logger.warning("job %s: not in the store (expired or never stored); skipped", job_id)
             return Finished()
         if job.finished:
+            self._discard_staged_inputs(job)
             return Finished()
         token = uuid.uuid4().hex
         if not self.store.acquire_lease(job_id, token, self.settings.lease_seconds):
@@ -181,28 +200,42 @@ class JobRunner:
         if job is None:
             return Finished()
         try:
-            rows = self._read_inputs(job)
-            spans = chunk_spans(len(rows), job.chunk_size)
-            todo = pending_chunks(spans, self.store.saved_chunks(job_id))
-            if len(todo) < len(spans):
-                logger.info(
-                    "job %s: resuming with %d of %d chunks done",
-                    job_id,
-                    len(spans) - len(todo),
-                    len(spans),
-                )
-            for index in todo:
-                interruption = self._interruption(job_id, heartbeat)
-                if interruption is not None:
-                    return interruption
-                self._compute_chunk(job, index, spans[index], rows)
-            interruption = self._interruption(job_id, heartbeat)
-            if interruption is not None:
-                return interruption
-            self._finish(job, len(rows))
+            outcome = self._classify(job, heartbeat)
         except JobFailure as failure:
             logger.info("job %s failed: %s", job_id, failure)
             self.fail(job_id, str(failure))
+            outcome = Finished()
+        if isinstance(outcome, Finished) and self.store.state(job_id) in FINAL_STATES:
+            self._discard_staged_inputs(job)
+        return outcome
+
+    def _classify(self, job: JobRecord, heartbeat: LeaseHeartbeat) -> RunOutcome:
+        survey = self._survey_input(job)
+        spans = chunk_spans(survey.total, job.chunk_size)
+        todo = pending_chunks(spans, self.store.saved_chunks(job.id))
+        if len(todo) < len(spans):
+            logger.info(
+                "job %s: resuming with %d of %d chunks done",
+                job.id,
+                len(spans) - len(todo),
+                len(spans),
+            )
+        if todo:
+            pending = set(todo)
+            with self._input_rows(job, survey.etag) as (rows, _):
+                for index, chunk in enumerate(_batches(rows, job.chunk_size)):
+                    if index not in pending:
+                        continue
+                    interruption = self._interruption(job.id, heartbeat)
+                    if interruption is not None:
+                        return interruption
+                    self._compute_chunk(job, index, spans[index], chunk)
+                    if index == todo[-1]:
+                        break
+        interruption = self._interruption(job.id, heartbeat)
+        if interruption is not None:
+            return interruption
+        self._finish(job, survey)
         return Finished()
 
     def fail(self, job_id: str, reason: str) -> None:
@@ -210,36 +243,70 @@ class JobRunner:
         if self.store.fail(job_id, reason).changed:
             self.metrics.entered(JobState.FAILED)
 
-    def _read_inputs(self, job: JobRecord) -> list[InputRow]:
-        if job.input_uri is None:
+    @contextlib.contextmanager
+    def _input_rows(
+        self, job: JobRecord, etag: str | None
+    ) -> Iterator[tuple[Iterator[InputRow], str | None]]:
+        """The job's input rows as a stream, and the version of the object they come from
+        (None in the job store); an object in S3 must still be version `etag` if given."""
+        if job.input_uri is None and job.staged_input_uri is None:
             try:
-                rows = [InputRow(text) for text in self.store.inline_inputs(job.id)]
+                texts = self.store.inline_inputs(job.id)
             except LookupError:
                 raise JobFailure("the job's inputs are no longer stored") from None
-            etag = None
+            yield (InputRow(text) for text in texts), None
+            return
+        if job.input_uri is not None:
+            uri, scope, file_format = job.input_uri, _scope_of(job), job.input_format or "csv"
         else:
-            fetched = self.objects.read_input(
-                job.input_uri, max_bytes=self.settings.max_input_bytes
-            )
-            if job.input_etag is not None and fetched.etag != job.input_etag:
-                raise JobFailure(
-                    "the input object was replaced while the job ran; submit a new job"
-                )
-            rows = parse_input(fetched.data, job.input_format or "csv", self.limits)
-            etag = fetched.etag
-        if job.output_uri is None and len(rows) > self.settings.max_inline_results:
+            uri, scope, file_format = job.staged_input_uri or "", None, "jsonl"
+        stream = self.objects.open_input(
+            uri, max_bytes=self.settings.input_bytes_limit, scope=scope, etag=etag
+        )
+        try:
+            yield read_rows(stream.read, file_format, self.limits), stream.etag
+        finally:
+            stream.close()
+
+    def _survey_input(self, job: JobRecord) -> InputSurvey:
+        """Read the whole input once, checking every row and counting them, before any is
+        classified: a bad row fails the job before work is spent on it."""
+        with self._input_rows(job, None) as (rows, read_etag):
+            total, with_ids = 0, False
+            for row in rows:
+                total += 1
+                with_ids = with_ids or row.id is not None
+        # Only the caller's file is versioned in the record; staged inputs never change.
+        etag = read_etag if job.input_uri is not None else None
+        if job.input_etag is not None and etag != job.input_etag:
+            raise JobFailure(REPLACED_INPUT)
+        if job.output_uri is None and total > self.settings.max_inline_results:
             raise JobFailure(
-                f"the input has {len(rows)} rows; a job without an output_uri returns at "
+                f"the input has {total} rows; a job without an output_uri returns at "
                 f"most {self.settings.max_inline_results} results "
                 "(MTC_JOBS_MAX_INLINE_RESULTS): give an output_uri"
             )
-        if not rows:
+        if total == 0:
             raise JobFailure("the input has no rows to classify")
-        if job.total is not None and job.total != len(rows):
+        if job.total is not None and job.total != total:
             raise JobFailure("the input changed while the job ran; submit a new job")
+        if job.total is None:
+            self._count_rows_of_owner(job, total)
         if job.total is None or etag != job.input_etag:
-            self.store.record_input(job.id, total=len(rows), etag=etag)
-        return rows
+            self.store.record_input(job.id, total=total, etag=etag)
+        return InputSurvey(total, with_ids, etag)
+
+    def _count_rows_of_owner(self, job: JobRecord, total: int) -> None:
+        """A file's rows, known only now, join its owner's budget of rows in flight."""
+        budget = self.settings.max_active_rows_per_owner
+        others = self.store.count_rows(job.owner, job.id, rows=total, max_rows=budget)
+        if others is not None:
+            raise JobFailure(
+                f"the input has {total} rows and the key's other queued or running jobs "
+                f"{others}: more than the {budget} rows a key may have in flight "
+                "(MTC_JOBS_MAX_ACTIVE_ROWS_PER_OWNER); submit it again once they have "
+                "finished, or split it"
+            )
 
     def _interruption(self, job_id: str, heartbeat: LeaseHeartbeat) -> RunOutcome | None:
         if heartbeat.lost.is_set():
@@ -256,9 +323,8 @@ class JobRunner:
         return None
 
     def _compute_chunk(
-        self, job: JobRecord, index: int, span: range, rows: Sequence[InputRow]
+        self, job: JobRecord, index: int, span: range, chunk: Sequence[InputRow]
     ) -> None:
-        chunk = rows[span.start : span.stop]
         try:
             predictions = self.predictions.classify(job.task, [row.text for row in chunk])
         except JobFailure as failure:
@@ -269,19 +335,58 @@ class JobRunner:
         if self.store.save_chunk(job.id, index, results):
             self.metrics.predicted(job.task, len(results))
 
-    def _finish(self, job: JobRecord, total: int) -> None:
-        results = self.store.results(job.id)
-        if len(results) != total:
-            raise RuntimeError(f"job {job.id}: {len(results)} results stored for {total} items")
+    def _finish(self, job: JobRecord, survey: InputSurvey) -> None:
         if job.output_uri is None:
+            results = self.store.results(job.id)
+            if len(results) != survey.total:
+                raise RuntimeError(
+                    f"job {job.id}: {len(results)} results stored for {survey.total} items"
+                )
             finished = self.store.succeed(job.id, keep_results=True)
         else:
             file_format = output_format_of(job.output_uri) or "jsonl"
             if not self.store.begin_output(job.id).changed:
                 return  # cancelled just before
-            body = render_output(results, file_format)
-            self.objects.write_output(job.output_uri, body, CONTENT_TYPES[file_format])
+            renderer = OutputRenderer(file_format, with_ids=survey.with_ids)
+            self.objects.write_output_parts(
+                job.output_uri,
+                self._output_pieces(job, survey.total, renderer),
+                CONTENT_TYPES[file_format],
+                scope=_scope_of(job),
+                job_id=job.id,
+            )
             finished = self.store.succeed(job.id, keep_results=False)
         if finished.changed:
             self.metrics.entered(JobState.SUCCEEDED)
-            logger.info("job %s succeeded: %d items", job.id, total)
+            logger.info("job %s succeeded: %d items", job.id, survey.total)
+
+    def _output_pieces(
+        self, job: JobRecord, total: int, renderer: OutputRenderer
+    ) -> Iterator[bytes]:
+        """The output file, a stored chunk at a time; raises (and so aborts the upload)
+        when a chunk is missing."""
+        yield renderer.header()
+        written = 0
+        for index in range(len(chunk_spans(total, job.chunk_size))):
+            results = self.store.chunk_results(job.id, index)
+            if results is None:
+                raise RuntimeError(f"job {job.id}: chunk {index} is not stored")
+            written += len(results)
+            yield renderer.rows(results)
+        if written != total:
+            raise RuntimeError(f"job {job.id}: {written} results stored for {total} items")
+
+    def _discard_staged_inputs(self, job: JobRecord) -> None:
+        if job.staged_input_uri is not None:
+            self.objects.delete_staged(job.staged_input_uri)
+
+
+def _batches(rows: Iterable[InputRow], size: int) -> Iterator[list[InputRow]]:
+    iterator = iter(rows)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _scope_of(job: JobRecord) -> S3Scope:
+    """The owner's S3 locations stored with the job (`JobStore.get` always gives one)."""
+    return job.s3_scope if job.s3_scope is not None else S3Scope(tenant=job.owner)

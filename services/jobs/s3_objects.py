@@ -1,23 +1,59 @@
-"""Reading job inputs from S3 and writing job outputs to it, inside the allow-lists.
+"""Reading job inputs from S3 and writing job outputs to it, inside the allow-lists and
+the locations open to the job's owner (`S3Scope`, stored with the job at submission).
 
 An output is written with one PutObject of the whole file, which S3 applies all or
-nothing: a reader never sees half an output, and a job that fails writes nothing.
+nothing: a reader never sees half an output, and a job that fails writes nothing. The put
+is conditional (`If-None-Match: *`): a job never replaces an object that exists, whoever
+wrote it, and a job finding its output already written by itself (a redelivery after the
+put) takes it as done.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from services.core.errors import AccessDenied
-from services.core.s3_locations import LazyS3Client, S3Allowlist, S3Object, parse_object_uri
+from services.core.errors import AccessDenied, InputNotFound
+from services.core.s3_locations import (
+    LazyS3Client,
+    S3Allowlist,
+    S3Object,
+    S3Scope,
+    no_readable_object,
+    parse_object_uri,
+)
 from services.jobs.errors import JobFailure
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-MISSING_OBJECT_CODES = ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
-DENIED_CODES = ("403", "AccessDenied", "Forbidden")
+logger = logging.getLogger(__name__)
+
+OUTPUT_PART_BYTES = 8 * 1024 * 1024
+"""Size of each part of a streamed output upload (S3's least is 5 MiB): what a job holds of
+its output at once."""
+CHANGED_INPUT_CODES = ("412", "PreconditionFailed")
+REPLACED_INPUT = "the input object was replaced while the job ran; submit a new job"
+MAX_RESUMED_READS = 3
+"""Times one reading of an input resumes after its connection broke."""
+
+# One answer for both: S3 answers 403 for a missing object to credentials that may not
+# list the bucket, and a job's reason must not tell whether another tenant's object exists.
+HIDDEN_OBJECT_CODES = (
+    "404",
+    "NoSuchKey",
+    "NotFound",
+    "NoSuchBucket",
+    "403",
+    "AccessDenied",
+    "Forbidden",
+)
+OUTPUT_EXISTS_CODES = ("PreconditionFailed", "412")
+JOB_ID_METADATA = "mtc-job-id"
+"""User metadata naming the job that wrote an output (`x-amz-meta-mtc-job-id`)."""
 # 4xx codes that say "slow down" or "try again", not "this request can never work".
 RETRYABLE_CLIENT_CODES = frozenset(
     {
@@ -34,6 +70,8 @@ RETRYABLE_CLIENT_CODES = frozenset(
         "BandwidthLimitExceeded",
         "PriorRequestNotComplete",
         "RequestTimeTooSkewed",
+        # Two conditional writes of one key at once: S3 asks the loser to try again.
+        "ConditionalRequestConflict",
     }
 )
 
@@ -81,6 +119,50 @@ class InputObject:
     etag: str | None
 
 
+@dataclass
+class InputStream:
+    """An input object being read: `read(n)` gives up to n more bytes (b"" at the end).
+
+    A job reads between chunks it classifies, so the connection may sit idle long enough for
+    S3 to drop it: a read that fails so is resumed from where it was (a ranged GET of the
+    same version), up to `MAX_RESUMED_READS` times."""
+
+    etag: str | None
+    size: int
+    max_bytes: int
+    body: Any = field(repr=False)
+    """botocore's StreamingBody."""
+    reopen: Callable[[int], Any] | None = field(default=None, repr=False)
+    """A new body from a byte offset on, of the same version."""
+    bytes_read: int = 0
+    resumed_reads: int = 0
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` more bytes; JobFailure once past `max_bytes` (the object may have
+        been replaced by a larger one since it was measured)."""
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            block: bytes = self.body.read(size)
+        except BotoCoreError:
+            if self.reopen is None or self.resumed_reads >= MAX_RESUMED_READS:
+                raise
+            self.resumed_reads += 1
+            self.body.close()
+            self.body = self.reopen(self.bytes_read)
+            block = self.body.read(size)
+        self.bytes_read += len(block)
+        if self.bytes_read > self.max_bytes:
+            raise JobFailure(
+                f"the input object has more than {self.max_bytes} bytes (MTC_JOBS_MAX_INPUT_BYTES)"
+            )
+        return block
+
+    def close(self) -> None:
+        """Stop reading (closes the connection)."""
+        self.body.close()
+
+
 class JobObjects:
     """S3 access of jobs: reads under `input_allowlist`, writes under `output_allowlist`."""
 
@@ -112,28 +194,28 @@ class JobObjects:
         """A boto3 S3 client, created on first use."""
         return self._s3.get()
 
-    def check_input(self, uri: str) -> S3Object:
-        """The input's location, if well-formed (else InvalidInput) and allowed (else
-        AccessDenied)."""
+    def check_input(self, uri: str, scope: S3Scope) -> S3Object:
+        """The input's location, if well-formed (else InvalidInput) and open to `scope`
+        (else InputNotFound: the answer a missing object gets from the worker too)."""
         target = parse_object_uri(uri)
-        self.inputs.check(target)
+        self.inputs.check_readable(target, scope)
         return target
 
-    def check_output(self, uri: str) -> S3Object:
-        """The output's location, if well-formed and allowed."""
+    def check_output(self, uri: str, scope: S3Scope) -> S3Object:
+        """The output's location, if well-formed and open to `scope` (else AccessDenied)."""
         target = parse_object_uri(uri)
-        self.outputs.check(target)
+        self.outputs.check(target, scope)
         return target
 
-    def read_input(self, uri: str, *, max_bytes: int) -> InputObject:
+    def read_input(self, uri: str, *, max_bytes: int, scope: S3Scope) -> InputObject:
         """The input object's bytes; JobFailure if it is missing, too large or unreadable
         (any permanent S3 error); a passing one (5xx, throttling, no connection) is
         raised as botocore raised it, for the worker to retry."""
         from botocore.exceptions import ClientError, ParamValidationError
 
         try:
-            target = self.check_input(uri)
-        except AccessDenied as error:
+            target = self.check_input(uri, scope)
+        except (AccessDenied, InputNotFound) as error:
             raise JobFailure(error.detail) from None
         try:
             head = self.client.head_object(Bucket=target.bucket, Key=target.key)
@@ -152,10 +234,8 @@ class JobObjects:
                 if isinstance(error, ClientError)
                 else ""
             )
-            if code in MISSING_OBJECT_CODES:
-                raise JobFailure(f"the input object {target.uri} does not exist") from None
-            if code in DENIED_CODES:
-                raise JobFailure(f"the worker's S3 credentials may not read {target.uri}") from None
+            if code in HIDDEN_OBJECT_CODES:
+                raise JobFailure(no_readable_object(target).detail) from None
             if is_permanent(error):
                 raise _refusal(error, "read", target.uri) from None
             raise
@@ -166,20 +246,237 @@ class JobObjects:
         etag = response.get("ETag")
         return InputObject(data, str(etag) if etag else None)
 
-    def write_output(self, uri: str, body: bytes, content_type: str) -> None:
-        """Write the whole output in one PutObject (all or nothing); JobFailure for a
-        permanent S3 error, a passing one raised for the worker to retry."""
+    def write_output(
+        self, uri: str, body: bytes, content_type: str, *, scope: S3Scope, job_id: str
+    ) -> None:
+        """Write the whole output in one PutObject (all or nothing) unless the object
+        exists; JobFailure for an existing object that another job wrote or for a permanent
+        S3 error, a passing one raised for the worker to retry."""
         from botocore.exceptions import ClientError, ParamValidationError
 
         try:
-            target = self.check_output(uri)
+            target = self.check_output(uri, scope)
         except AccessDenied as error:
             raise JobFailure(error.detail) from None
         try:
+            # S3 (since 2024), MinIO and moto honour If-None-Match on PUT; a store that
+            # ignored it would overwrite, which is why the location check above comes first.
             self.client.put_object(
-                Bucket=target.bucket, Key=target.key, Body=body, ContentType=content_type
+                Bucket=target.bucket,
+                Key=target.key,
+                Body=body,
+                ContentType=content_type,
+                IfNoneMatch="*",
+                Metadata={JOB_ID_METADATA: job_id},
             )
         except (ClientError, ParamValidationError) as error:
+            if isinstance(error, ClientError) and _error_code(error) in OUTPUT_EXISTS_CODES:
+                if self._written_by(target, job_id):
+                    return
+                raise JobFailure(
+                    f"the output object {target.uri} already exists; a job never replaces "
+                    "an object: give a new output_uri"
+                ) from None
             if is_permanent(error):
                 raise _refusal(error, "write", target.uri) from None
             raise
+
+    def open_input(
+        self,
+        uri: str,
+        *,
+        max_bytes: int,
+        scope: S3Scope | None,
+        etag: str | None = None,
+    ) -> InputStream:
+        """The input object, to read as a stream (see `read_input` for the failures); also
+        JobFailure if it is no longer the version `etag`, when given. `scope` None: inline
+        inputs the gateway staged (`stage_inputs`), whose URI comes from the job store, not
+        from the caller."""
+        from botocore.exceptions import ClientError, ParamValidationError
+
+        try:
+            target = parse_object_uri(uri) if scope is None else self.check_input(uri, scope)
+        except (AccessDenied, InputNotFound) as error:
+            raise JobFailure(error.detail) from None
+        try:
+            head = self.client.head_object(Bucket=target.bucket, Key=target.key)
+            size = int(head["ContentLength"])
+            if size > max_bytes:
+                raise JobFailure(
+                    f"the input object has {size} bytes; the limit is {max_bytes} "
+                    "(MTC_JOBS_MAX_INPUT_BYTES)"
+                )
+            if etag is None:
+                response = self.client.get_object(Bucket=target.bucket, Key=target.key)
+            else:
+                response = self.client.get_object(
+                    Bucket=target.bucket, Key=target.key, IfMatch=etag
+                )
+        except (ClientError, ParamValidationError) as error:
+            code = _error_code(error)
+            if code in CHANGED_INPUT_CODES:
+                raise JobFailure(REPLACED_INPUT) from None
+            if code in HIDDEN_OBJECT_CODES:
+                raise JobFailure(no_readable_object(target).detail) from None
+            if is_permanent(error):
+                raise _refusal(error, "read", target.uri) from None
+            raise
+        found = str(response["ETag"]) if response.get("ETag") else None
+
+        def reopen(offset: int) -> Any:
+            try:
+                ranged = self.client.get_object(
+                    Bucket=target.bucket,
+                    Key=target.key,
+                    Range=f"bytes={offset}-",
+                    IfMatch=found or "",
+                )
+            except ClientError as error:
+                if _error_code(error) in CHANGED_INPUT_CODES:
+                    raise JobFailure(REPLACED_INPUT) from None
+                raise
+            return ranged["Body"]
+
+        # Without a version to hold to, a resumed read could join two different objects.
+        resume = reopen if found is not None else None
+        return InputStream(found, size, max_bytes, response["Body"], resume)
+
+    def write_output_parts(
+        self, uri: str, pieces: Iterable[bytes], content_type: str, *, scope: S3Scope, job_id: str
+    ) -> None:
+        """Write the output from `pieces` as they come, all or nothing: one conditional put
+        (`write_output`) when it fits in `OUTPUT_PART_BYTES`, else a multipart upload of
+        parts of that size, completed at the end unless the object exists (aborted if
+        anything fails, so nothing is visible)."""
+        from botocore.exceptions import ClientError, ParamValidationError
+
+        try:
+            target = self.check_output(uri, scope)
+        except AccessDenied as error:
+            raise JobFailure(error.detail) from None
+        buffer = bytearray()
+        upload = _MultipartUpload(self.client, target, content_type, job_id)
+        try:
+            for piece in pieces:
+                buffer += piece
+                if len(buffer) >= OUTPUT_PART_BYTES:
+                    upload.send_part(bytes(buffer))
+                    buffer.clear()
+            if upload.upload_id is None:
+                self.write_output(uri, bytes(buffer), content_type, scope=scope, job_id=job_id)
+                return
+            if buffer:
+                upload.send_part(bytes(buffer))
+            upload.complete()
+        except (ClientError, ParamValidationError) as error:
+            upload.abort()
+            if isinstance(error, ClientError) and _error_code(error) in OUTPUT_EXISTS_CODES:
+                if self._written_by(target, job_id):
+                    return
+                raise JobFailure(
+                    f"the output object {target.uri} already exists; a job never replaces "
+                    "an object: give a new output_uri"
+                ) from None
+            if is_permanent(error):
+                raise _refusal(error, "write", target.uri) from None
+            raise
+        except BaseException:
+            upload.abort()
+            raise
+
+    def stage_inputs(self, staging_prefix: str, job_id: str, texts: list[str]) -> str:
+        """Write an inline job's texts under `staging_prefix` (`bucket/prefix/`) as JSON
+        Lines, for the worker to read instead of the job store; returns their URI. S3
+        errors are raised as botocore raised them."""
+        bucket, _, prefix = staging_prefix.partition("/")
+        key = (prefix.rstrip("/") + "/" if prefix.strip("/") else "") + f"{job_id}.jsonl"
+        body = "".join(json.dumps({"text": text}) + "\n" for text in texts).encode()
+        self.client.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType="application/x-ndjson"
+        )
+        return f"s3://{bucket}/{key}"
+
+    def delete_staged(self, uri: str) -> None:
+        """Delete staged inputs once their job has ended; a failure is only logged (a
+        lifecycle rule on the staging prefix removes what is left)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        target = parse_object_uri(uri)
+        try:
+            self.client.delete_object(Bucket=target.bucket, Key=target.key)
+        except (BotoCoreError, ClientError) as error:
+            logger.warning("could not delete the staged inputs %s: %s", uri, error)
+
+    def _written_by(self, target: S3Object, job_id: str) -> bool:
+        """Whether the existing object is this job's own output (a put that succeeded
+        before the worker died, the job then delivered again)."""
+        head = self.client.head_object(Bucket=target.bucket, Key=target.key)
+        return head.get("Metadata", {}).get(JOB_ID_METADATA) == job_id
+
+
+def _error_code(error: Exception) -> str:
+    from botocore.exceptions import ClientError
+
+    if not isinstance(error, ClientError):
+        return ""
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+class _MultipartUpload:
+    """A multipart upload of an output, started at its first part."""
+
+    def __init__(self, client: S3Client, target: S3Object, content_type: str, job_id: str) -> None:
+        self.client = client
+        self.target = target
+        self.content_type = content_type
+        self.job_id = job_id
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def send_part(self, data: bytes) -> None:
+        """Upload the next part (starting the upload at the first)."""
+        if self.upload_id is None:
+            started = self.client.create_multipart_upload(
+                Bucket=self.target.bucket,
+                Key=self.target.key,
+                ContentType=self.content_type,
+                Metadata={JOB_ID_METADATA: self.job_id},
+            )
+            self.upload_id = started["UploadId"]
+        number = len(self.parts) + 1
+        sent = self.client.upload_part(
+            Bucket=self.target.bucket,
+            Key=self.target.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=data,
+        )
+        self.parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+
+    def complete(self) -> None:
+        """Make the object visible, whole, unless one exists under its key."""
+        if self.upload_id is None:
+            raise RuntimeError("no part was sent")
+        self.client.complete_multipart_upload(
+            Bucket=self.target.bucket,
+            Key=self.target.key,
+            UploadId=self.upload_id,
+            MultipartUpload={"Parts": self.parts},  # type: ignore[typeddict-item]
+            IfNoneMatch="*",
+        )
+        self.upload_id = None
+
+    def abort(self) -> None:
+        """Drop the parts sent, if any (best effort: nothing of them is visible anyway)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self.upload_id is None:
+            return
+        try:
+            self.client.abort_multipart_upload(
+                Bucket=self.target.bucket, Key=self.target.key, UploadId=self.upload_id
+            )
+        except (BotoCoreError, ClientError) as error:
+            logger.warning("could not abort the upload of %s: %s", self.target.uri, error)
+        self.upload_id = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
@@ -12,6 +13,26 @@ from services.core.s3_locations import check_allowlist_entries
 from services.core.upstream_urls import check_upstreams, one_url_is_a_list_of_one
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+DEFAULT_WORKER_MEMORY_BYTES = 1024 * 1024 * 1024
+"""A worker's memory when neither `MTC_JOBS_WORKER_MEMORY_BYTES` nor a cgroup says (the
+manifests' limit)."""
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+"""Where cgroup v2, then v1, give the memory limit of the worker's container."""
+UNLIMITED_CGROUP_BYTES = 1 << 60
+"""cgroup v1 writes "no limit" as a number near 2^63."""
+
+STORED_RESULT_ROW_BYTES = 200
+"""Job store bytes of one result row waiting for its job to end: its JSON with two labels
+and an id of up to 32 characters, measured at 120 to 170 bytes (more labels or longer ids
+cost more)."""
+JOB_RECORD_BYTES = 2048
+"""A job's hash, lease, queue message and the keys' own overhead in Redis."""
+STORE_BASE_BYTES = 16 * 1024 * 1024
+"""An empty Redis with the broker's structures and the scripts loaded."""
 
 TaskKind = Literal["text", "image", "audio"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -67,16 +88,59 @@ class JobsSettings(BaseSettings):
     max_input_rows: int = Field(default=1_000_000, ge=1)
     """Most rows an input file may hold; a larger file fails the job."""
 
-    max_input_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
-    """Largest input object in bytes; a larger one fails the job before it is read."""
+    max_input_bytes: int | None = Field(default=None, ge=1)
+    """Largest input object in bytes; a larger one fails the job before it is read. Unset:
+    the worker's memory (`MTC_JOBS_WORKER_MEMORY_BYTES`). Files are streamed, a chunk of
+    rows at a time, so a job's memory does not grow with its file; the limit ties the
+    largest file to the size of the workers that read it."""
+
+    worker_memory_bytes: int | None = Field(default=None, ge=64 * 1024 * 1024)
+    """Memory a worker may use, which sets the default of `MTC_JOBS_MAX_INPUT_BYTES`.
+    Unset: the worker's cgroup limit (`/sys/fs/cgroup/memory.max`, or cgroup v1's
+    `memory.limit_in_bytes`), or 1 GiB when it has none."""
 
     max_text_chars: int = Field(default=10_000, ge=1)
     """Longest text of one row or inline input in characters (keep it at most the text
     service's `MTC_MAX_TEXT_CHARS`); longer: inline -> 413, in a file -> the job fails."""
 
     retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
-    """How long a job, its progress and its results are kept in the store after its last
-    change; then they expire (`GET` -> 404)."""
+    """How long an unfinished job, its progress and its stored chunks are kept in the store
+    after its last change; then they expire (`GET` -> 404)."""
+
+    result_retention_seconds: int = Field(default=3600, ge=60)
+    """How long a finished job, and the results `GET` serves for it, are kept in the store
+    after it finished; then they expire (`GET` -> 404). Results of large jobs belong in an
+    `output_uri`."""
+
+    max_active_jobs_per_owner: int = Field(default=10, ge=1)
+    """Most queued or running jobs one API key (owner) may have; one more -> 429
+    `job_limit_reached`."""
+
+    max_active_rows_per_owner: int = Field(default=250_000, ge=1)
+    """Most items (inline texts, input file rows) in one API key's queued and running jobs
+    together: its budget of work in flight, and of results waiting in the store. An inline
+    job over it -> 429 `job_limit_reached`; a file job whose rows pass it fails when the
+    worker has counted them."""
+
+    max_held_bytes_per_owner: int = Field(default=8 * 1024 * 1024, ge=1)
+    """Most bytes one API key may hold in the job store: the inline inputs of its queued and
+    running jobs, and the results kept for `GET` of its finished ones (until they expire,
+    `MTC_JOBS_RESULT_RETENTION_SECONDS`). A job over it -> 429 `job_limit_reached`."""
+
+    store_admission_ratio: float = Field(default=0.8, gt=0, le=1)
+    """New jobs are refused (503 `job_store_full`, `Retry-After: 30`) while the job store
+    uses more than this share of its `maxmemory`: the rest stays free for the jobs it holds
+    to finish, be cancelled and keep their results, however many keys submit at once. A
+    store without `maxmemory` is not checked."""
+
+    max_stored_inline_bytes: int = Field(default=1024 * 1024, ge=1)
+    """Largest inline `inputs` (as JSON) kept in the job store; a larger one goes to
+    `MTC_JOBS_STAGING_PREFIX` in S3, or is refused with 413 when that is unset."""
+
+    staging_prefix: str | None = None
+    """`bucket/prefix/` where the gateway writes inline inputs larger than
+    `MTC_JOBS_MAX_STORED_INLINE_BYTES` (the worker reads them from there and deletes them
+    when the job ends); unset: such inputs are refused. The gateway needs write access."""
 
     visibility_timeout_seconds: int = Field(default=600, ge=1)
     """Redis broker only: a job message taken by a worker that neither finishes nor gives
@@ -117,19 +181,23 @@ class JobsSettings(BaseSettings):
 
     input_allowlist: list[str] = Field(default_factory=list)
     """`bucket` or `bucket/prefix` entries jobs may read input files from (JSON list, e.g.
-    `["batch-in/uploads/"]`); empty: jobs take inline inputs only. The endpoint is
-    `MTC_S3_ENDPOINT_URL`, credentials the usual `AWS_*` variables."""
+    `["batch-in/uploads/"]`); empty: jobs take inline inputs only. With API keys on, each
+    key reads only its own part: its folder `<entry>/<key name>/`, or its keys-file `s3=`
+    locations. The endpoint is `MTC_S3_ENDPOINT_URL`, credentials the usual `AWS_*`
+    variables."""
 
     output_allowlist: list[str] = Field(default_factory=list)
-    """`bucket` or `bucket/prefix` entries jobs may write results to (JSON list); empty:
-    results are returned inline only."""
+    """`bucket` or `bucket/prefix` entries jobs may write results to (JSON list), each API
+    key in its own part of them as for inputs; a job never replaces an existing object.
+    Empty: results are returned inline only."""
 
     s3_endpoint_url: str | None = Field(default=None, validation_alias="MTC_S3_ENDPOINT_URL")
     """S3 API endpoint for input and output objects (`MTC_S3_ENDPOINT_URL`, shared with the
     model services: MinIO or another S3-compatible store); unset means AWS."""
 
     metrics_port: int = Field(default=8105, ge=1, le=65535)
-    """Port of the worker's Prometheus `/metrics` endpoint."""
+    """Port of the worker's Prometheus `/metrics` and of its probes' `/health/live` and
+    `/health/ready` (the worker has no other HTTP port)."""
 
     metrics_host: str = "0.0.0.0"
     """Interface the worker's metrics endpoint binds to."""
@@ -154,6 +222,13 @@ class JobsSettings(BaseSettings):
     @classmethod
     def _entries_name_buckets(cls, entries: list[str]) -> list[str]:
         return check_allowlist_entries(entries)
+
+    @field_validator("staging_prefix")
+    @classmethod
+    def _staging_names_a_bucket(cls, prefix: str | None) -> str | None:
+        if prefix is None or not prefix.strip():
+            return None
+        return check_allowlist_entries([prefix])[0]
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -180,9 +255,40 @@ class JobsSettings(BaseSettings):
         """The job store's Redis URL (`redis_url`, or the broker's)."""
         return self.redis_url or self.broker_url
 
+    @property
+    def input_bytes_limit(self) -> int:
+        """`max_input_bytes`, or the worker's memory when unset."""
+        if self.max_input_bytes is not None:
+            return self.max_input_bytes
+        return self.worker_memory_bytes or cgroup_memory_limit() or DEFAULT_WORKER_MEMORY_BYTES
+
+    def store_bytes_for_owners(self, owners: int) -> int:
+        """Job store memory that `owners` API keys need when each holds everything its
+        limits allow at once (docs/jobs.md, "Sizing the job store"): its inline inputs and
+        kept results, the results of its rows in flight, and its jobs' records."""
+        per_owner = (
+            self.max_held_bytes_per_owner
+            + self.max_active_rows_per_owner * STORED_RESULT_ROW_BYTES
+            + self.max_active_jobs_per_owner * JOB_RECORD_BYTES
+        )
+        return STORE_BASE_BYTES + owners * per_owner
+
     def kind_of(self, task: str) -> TaskKind:
         """What the task classifies: `text` unless `task_kinds` says otherwise."""
         return self.task_kinds.get(task, "text")
+
+
+def cgroup_memory_limit(files: tuple[Path, ...] = CGROUP_MEMORY_LIMITS) -> int | None:
+    """The container's memory limit in bytes from its cgroup, or None without one."""
+    for file in files:
+        try:
+            value = file.read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit() and int(value) < UNLIMITED_CGROUP_BYTES:
+            return int(value)
+        return None  # "max", or v1's "unlimited"
+    return None
 
 
 def jobs_settings_from_environment() -> JobsSettings | None:

@@ -17,6 +17,8 @@ from typing import Any, Literal, cast
 
 import redis
 
+from services.core.s3_locations import S3Scope
+
 
 class JobState(StrEnum):
     """Where a job stands."""
@@ -53,6 +55,12 @@ class JobRecord:
     output_uri: str | None = None
     input_etag: str | None = None
     """ETag of the input object when first read: a resumed job refuses a changed input."""
+    s3_scope: S3Scope | None = None
+    """The S3 locations open to the owner at submission, checked again by the worker
+    before it reads the input or writes the output. A job stored without one (before they
+    were kept) gets its owner's own folders, the safe reading of a missing field."""
+    staged_input_uri: str | None = None
+    """Where the gateway put inline inputs too large for the store (JSON Lines in S3)."""
     finalizing: bool = False
     """The worker is writing the output: too late to cancel."""
     deliveries: int = 0
@@ -78,6 +86,8 @@ class Transition:
     finalizing: bool = False
     unfinished_deliveries: int = 0
     """For a start: the job's unfinished deliveries before this one."""
+    owner: str | None = None
+    """For a state change: the job's owner."""
 
 
 ItemResult = dict[str, Any]
@@ -86,16 +96,19 @@ ItemResult = dict[str, Any]
 # KEYS[1] job hash, KEYS[2..] other keys of the job; ARGV[1] retention seconds,
 # ARGV[2] states allowed before (space separated), ARGV[3] new state, ARGV[4] "1" to refuse
 # while the output is being written, ARGV[5] per other key "d" delete or "e" expire,
-# ARGV[6..] field/value pairs to set. Returns {changed, previous state, finalizing}.
+# ARGV[6..] field/value pairs to set. Returns {changed, previous state, finalizing, owner}.
 _TRANSITION = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {0, '', 0} end
+if not state then return {0, '', 0, ''} end
 local finalizing = redis.call('HGET', KEYS[1], 'finalizing') == '1' and 1 or 0
+local owner = redis.call('HGET', KEYS[1], 'owner') or ''
 local allowed = false
 for candidate in string.gmatch(ARGV[2], '%S+') do
   if candidate == state then allowed = true end
 end
-if not allowed or (ARGV[4] == '1' and finalizing == 1) then return {0, state, finalizing} end
+if not allowed or (ARGV[4] == '1' and finalizing == 1) then
+  return {0, state, finalizing, owner}
+end
 redis.call('HSET', KEYS[1], 'state', ARGV[3])
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -103,7 +116,7 @@ for i = 2, #KEYS do
   if string.sub(ARGV[5], i - 1, i - 1) == 'd' then redis.call('DEL', KEYS[i])
   else redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 end
-return {1, state, finalizing}
+return {1, state, finalizing, owner}
 """
 
 # KEYS[1] job hash; ARGV[1] retention, ARGV[2] now. A queued or running job becomes
@@ -154,23 +167,137 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# What one owner (API key) holds, in three keys of its own slot `{<owner>}`:
+# - `active`: hash of its queued and running jobs, id -> "<rows> <bytes in the store>";
+# - `kept`: sorted set of "<id> <bytes>" for results kept for `GET`, scored by expiry time;
+# - `kept-bytes`: the sum of the bytes in `kept`.
+# An entry is added when a job is admitted and moved to `kept` (or dropped) when it ends;
+# an entry whose job is gone without ending (a worker crashed between the two, the job
+# expired) is found and released by `JobStore.reconcile_owner`, and kept results leave
+# `kept` when they expire, so nothing held is counted forever.
+
+# Shared prologue: KEYS[2] kept, KEYS[3] kept-bytes; ARGV[1] now. Forgets expired results.
+_FORGET_EXPIRED_RESULTS = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+if #expired > 0 then
+  local freed = 0
+  for _, member in ipairs(expired) do
+    freed = freed + tonumber(string.match(member, ' (%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+  if redis.call('DECRBY', KEYS[3], freed) < 0 then redis.call('SET', KEYS[3], 0) end
+end
+"""
+
+# KEYS[1] active, KEYS[2] kept, KEYS[3] kept-bytes; ARGV[1] now, ARGV[2] job id, ARGV[3]
+# rows, ARGV[4] bytes, ARGV[5..7] most jobs, rows, bytes, ARGV[8] seconds the keys live.
+# Returns {limit passed ('' when admitted), active jobs, rows, bytes held before this job}.
+_ADMIT = (
+    _FORGET_EXPIRED_RESULTS
+    + """
+local jobs, rows = 0, 0
+local held = tonumber(redis.call('GET', KEYS[3]) or '0')
+for _, entry in ipairs(redis.call('HVALS', KEYS[1])) do
+  local entry_rows, entry_bytes = string.match(entry, '^(%d+) (%d+)$')
+  jobs = jobs + 1
+  rows = rows + tonumber(entry_rows)
+  held = held + tonumber(entry_bytes)
+end
+local verdict = ''
+if jobs + 1 > tonumber(ARGV[5]) then verdict = 'jobs'
+elseif rows + tonumber(ARGV[3]) > tonumber(ARGV[6]) then verdict = 'rows'
+elseif held + tonumber(ARGV[4]) > tonumber(ARGV[7]) then verdict = 'bytes'
+else
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. ' ' .. ARGV[4])
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[8]) end
+end
+return {verdict, jobs, rows, held}
+"""
+)
+
+# KEYS[1] active; ARGV[1] job id, ARGV[2] its rows, ARGV[3] most rows. Records the rows of
+# a job known only once its input was read. Returns {1 recorded or 0 refused, rows of the
+# owner's other active jobs}.
+_COUNT_ROWS = """
+local others, own_bytes = 0, '0'
+for _, job in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local entry_rows, entry_bytes = string.match(redis.call('HGET', KEYS[1], job), '^(%d+) (%d+)$')
+  if job == ARGV[1] then own_bytes = entry_bytes else others = others + tonumber(entry_rows) end
+end
+if others + tonumber(ARGV[2]) > tonumber(ARGV[3]) then return {0, others} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. own_bytes)
+return {1, others}
+"""
+
+# KEYS[1] active, KEYS[2] kept, KEYS[3] kept-bytes; ARGV[1] now, ARGV[2] job id, ARGV[3]
+# bytes of results kept (0: none), ARGV[4] when they expire, ARGV[5] seconds the keys live.
+# Idempotent: a job released twice is counted once. Returns 1 if released now.
+_RELEASE = (
+    _FORGET_EXPIRED_RESULTS
+    + """
+if redis.call('HDEL', KEYS[1], ARGV[2]) == 0 then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2] .. ' ' .. ARGV[3])
+  redis.call('INCRBY', KEYS[3], ARGV[3])
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+end
+return 1
+"""
+)
+
+
+@dataclass(frozen=True)
+class OwnerLimits:
+    """What one owner (API key) may hold at once (`MTC_JOBS_MAX_*_PER_OWNER`)."""
+
+    max_jobs: int
+    max_rows: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Outcome of admitting a job: which limit it would pass (None: admitted), and what
+    the owner held before it."""
+
+    passed_limit: Literal["jobs", "rows", "bytes"] | None
+    active_jobs: int
+    active_rows: int
+    held_bytes: int
+
 
 class JobStore:
     """Jobs in Redis. Blocking calls: the gateway runs them in a thread."""
 
-    def __init__(self, client: redis.Redis, *, retention_seconds: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        retention_seconds: int,
+        result_retention_seconds: int | None = None,
+    ) -> None:
         self.client = client
         self.retention_seconds = retention_seconds
+        self.result_retention_seconds = result_retention_seconds or retention_seconds
+        """How long a finished job is kept (its record, and its results when kept)."""
         self._transition = client.register_script(_TRANSITION)
         self._start = client.register_script(_START)
         self._end_delivery = client.register_script(_END_DELIVERY)
         self._save_chunk = client.register_script(_SAVE_CHUNK)
         self._renew_lease = client.register_script(_RENEW_LEASE)
         self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._admit = client.register_script(_ADMIT)
+        self._count_rows = client.register_script(_COUNT_ROWS)
+        self._release = client.register_script(_RELEASE)
 
     @classmethod
     def from_url(
-        cls, url: str, *, retention_seconds: int, timeout_seconds: float = 5.0
+        cls,
+        url: str,
+        *,
+        retention_seconds: int,
+        result_retention_seconds: int | None = None,
+        timeout_seconds: float = 5.0,
     ) -> JobStore:
         """A store on the Redis at `url`."""
         client = redis.Redis.from_url(
@@ -180,7 +307,11 @@ class JobStore:
             socket_connect_timeout=timeout_seconds,
             health_check_interval=30,
         )
-        return cls(client, retention_seconds=retention_seconds)
+        return cls(
+            client,
+            retention_seconds=retention_seconds,
+            result_retention_seconds=result_retention_seconds,
+        )
 
     def close(self) -> None:
         """Close the connections."""
@@ -206,6 +337,12 @@ class JobStore:
         """The token of the worker running the job, while its lease lasts."""
         return f"mtc:job:{{{job_id}}}:lease"
 
+    @staticmethod
+    def owner_keys(owner: str) -> list[str]:
+        """The owner's active jobs, kept results and their bytes (see `_ADMIT`)."""
+        base = f"mtc:owner:{{{owner}}}"
+        return [f"{base}:active", f"{base}:kept", f"{base}:kept-bytes"]
+
     def create(self, job: JobRecord, inline_inputs: list[str] | None = None) -> None:
         """Store a new job (queued) and its inline texts."""
         fields: dict[str, str] = {
@@ -224,6 +361,8 @@ class JobStore:
             "input_uri": job.input_uri,
             "input_format": job.input_format,
             "output_uri": job.output_uri,
+            "staged_input_uri": job.staged_input_uri,
+            "s3_scope": job.s3_scope.to_json() if job.s3_scope is not None else None,
         }
         fields.update({name: str(value) for name, value in optional.items() if value is not None})
         pipe = self.client.pipeline(transaction=True)
@@ -263,6 +402,12 @@ class JobStore:
             input_format=fields.get("input_format"),  # type: ignore[arg-type]
             output_uri=fields.get("output_uri"),
             input_etag=fields.get("input_etag"),
+            staged_input_uri=fields.get("staged_input_uri"),
+            s3_scope=(
+                S3Scope.from_json(fields["s3_scope"])
+                if "s3_scope" in fields
+                else S3Scope(tenant=fields["owner"])
+            ),
             finalizing=fields.get("finalizing") == "1",
             deliveries=int(fields.get("deliveries", "0")),
             unfinished_deliveries=int(fields.get("unfinished_deliveries", "0")),
@@ -318,6 +463,14 @@ class JobStore:
         if stored == -1:
             raise LookupError(f"job {job_id} disappeared from the store while running")
         return bool(stored)
+
+    def chunk_results(self, job_id: str, index: int) -> list[ItemResult] | None:
+        """The stored results of one chunk, or None if it is not stored."""
+        raw: str | None = self.client.hget(self.chunks_key(job_id), str(index))  # type: ignore[assignment]
+        if raw is None:
+            return None
+        results: list[ItemResult] = json.loads(raw)
+        return results
 
     def saved_chunks(self, job_id: str) -> set[int]:
         """Indices of the chunks whose results are stored."""
@@ -385,10 +538,10 @@ class JobStore:
         others = [self.inputs_key(job_id), self.chunks_key(job_id)]
         actions = ("d" if final else "e") + ("d" if drop_results else "e")
         pairs = [item for name_value in fields.items() for item in name_value]
-        changed, previous, finalizing = self._transition(
+        changed, previous, finalizing, owner = self._transition(
             keys=[self.job_key(job_id), *others],
             args=[
-                self.retention_seconds,
+                self.result_retention_seconds if final else self.retention_seconds,
                 " ".join(state.value for state in allowed),
                 to.value,
                 "1" if refuse_while_finalizing else "0",
@@ -396,7 +549,111 @@ class JobStore:
                 *pairs,
             ],
         )
-        return Transition(bool(changed), JobState(previous) if previous else None, bool(finalizing))
+        if changed and final and owner:
+            kept = 0 if drop_results else self.results_bytes(job_id)
+            self.release(owner, job_id, kept_bytes=kept)
+        return Transition(
+            bool(changed),
+            JobState(previous) if previous else None,
+            bool(finalizing),
+            owner=owner or None,
+        )
+
+    def results_bytes(self, job_id: str) -> int:
+        """Bytes of the job's stored results."""
+        indices: list[str] = self.client.hkeys(self.chunks_key(job_id))  # type: ignore[assignment]
+        pipe = self.client.pipeline(transaction=False)
+        for index in indices:
+            pipe.hstrlen(self.chunks_key(job_id), index)
+        return sum(int(length) for length in pipe.execute())
+
+    def memory_use(self) -> tuple[int, int]:
+        """(bytes used, `maxmemory`) of the store; `maxmemory` 0 means no limit."""
+        info = self.client.info("memory")
+        return int(info["used_memory"]), int(info.get("maxmemory", 0))
+
+    def admit(
+        self,
+        owner: str,
+        job_id: str,
+        *,
+        rows: int,
+        stored_bytes: int,
+        limits: OwnerLimits,
+        now: float | None = None,
+    ) -> Admission:
+        """Count a new job against its owner's limits, atomically: admitted (and from now
+        on held) only if it fits them all."""
+        verdict, jobs, active_rows, held = self._admit(
+            keys=self.owner_keys(owner),
+            args=[
+                repr(now if now is not None else time.time()),
+                job_id,
+                rows,
+                stored_bytes,
+                limits.max_jobs,
+                limits.max_rows,
+                limits.max_bytes,
+                self.retention_seconds,
+            ],
+        )
+        return Admission(
+            verdict or None,
+            active_jobs=int(jobs),
+            active_rows=int(active_rows),
+            held_bytes=int(held),
+        )
+
+    def count_rows(self, owner: str, job_id: str, *, rows: int, max_rows: int) -> int | None:
+        """Record the rows of an admitted job once known; None if they fit the owner's
+        budget, else the rows of its other active jobs (and nothing is recorded)."""
+        recorded, others = self._count_rows(
+            keys=self.owner_keys(owner)[:1], args=[job_id, rows, max_rows]
+        )
+        return None if recorded else int(others)
+
+    def release(
+        self, owner: str, job_id: str, *, kept_bytes: int = 0, now: float | None = None
+    ) -> bool:
+        """The job no longer runs: drop it from its owner's active jobs, counting the
+        results kept for `GET` (`kept_bytes`) until they expire. True if released now."""
+        moment = now if now is not None else time.time()
+        released = self._release(
+            keys=self.owner_keys(owner),
+            args=[
+                repr(moment),
+                job_id,
+                kept_bytes,
+                repr(moment + self.result_retention_seconds),
+                self.retention_seconds,
+            ],
+        )
+        return bool(released)
+
+    def active_jobs(self, owner: str) -> list[str]:
+        """Ids of the jobs counted as the owner's queued or running ones."""
+        ids: list[str] = self.client.hkeys(self.owner_keys(owner)[0])  # type: ignore[assignment]
+        return ids
+
+    def reconcile_owner(self, owner: str) -> int:
+        """Release the owner's active jobs that are no longer queued or running (their end
+        was not recorded: a worker or the gateway died in between) or no longer exist
+        (expired); returns how many."""
+        ids = self.active_jobs(owner)
+        if not ids:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(self.job_key(job_id), ["state", "output_uri"])
+        released = 0
+        for job_id, (state, output_uri) in zip(ids, pipe.execute(), strict=True):
+            if state in (JobState.QUEUED.value, JobState.RUNNING.value):
+                continue
+            kept = 0
+            if state == JobState.SUCCEEDED.value and output_uri is None:
+                kept = self.results_bytes(job_id)
+            released += self.release(owner, job_id, kept_bytes=kept)
+        return released
 
     def acquire_lease(self, job_id: str, token: str, seconds: float) -> bool:
         """Take the job's lease if no live worker holds it."""

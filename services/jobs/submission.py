@@ -4,6 +4,7 @@ to its owner, cancel it. Raises the API's errors; knows nothing of HTTP."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -16,20 +17,22 @@ from kombu.exceptions import OperationalError
 from prometheus_client import Counter
 
 from services.core.errors import BatchTooLarge, InvalidInput, ItemTooLarge, UnknownTask
-from services.core.s3_locations import S3Object
+from services.core.s3_locations import S3Object, S3Scope
 from services.jobs.contracts import JobProgress, JobRequest, JobResult, JobView
 from services.jobs.errors import (
     InvalidJob,
     JobFinished,
+    JobLimitReached,
     JobNotFound,
     JobQueueUnavailable,
+    JobStoreFull,
 )
 from services.jobs.inputs import format_from_name
 from services.jobs.outputs import output_format_of
 from services.jobs.queue import create_celery_app, send_job
 from services.jobs.s3_objects import JobObjects
 from services.jobs.settings import JobsSettings
-from services.jobs.store import InputFormat, JobRecord, JobState, JobStore
+from services.jobs.store import InputFormat, JobRecord, JobState, JobStore, OwnerLimits
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +71,37 @@ class JobDesk:
         self.store.close()
         self.celery_app.close()
 
-    def submit(self, owner: str, request: JobRequest) -> JobView:
-        """Check a submission, store the job and queue it."""
+    def submit(self, owner: str, request: JobRequest, scope: S3Scope) -> JobView:
+        """Check a submission, store the job and queue it. `scope`: the S3 locations open
+        to the owner, checked here and stored with the job for the worker to check again."""
         self._check_task(request.task)
-        total, input_format = self._check_inputs(request)
-        self._check_output(request, total)
+        total, input_format = self._check_inputs(request, scope)
+        self._check_output(request, total, scope)
+        job_id = new_job_id()
+        staged = self._needs_staging(request)
+        stored_bytes = 0 if request.inputs is None or staged else _stored_size(request.inputs)
+        self._admit(owner, job_id, rows=total or 0, stored_bytes=stored_bytes)
+        try:
+            return self._store_and_queue(owner, job_id, request, scope, total, input_format, staged)
+        except BaseException:
+            with contextlib.suppress(redis.RedisError):
+                # If this fails too, the next submission's reconciliation releases it.
+                self.store.release(owner, job_id)
+            raise
+
+    def _store_and_queue(
+        self,
+        owner: str,
+        job_id: str,
+        request: JobRequest,
+        scope: S3Scope,
+        total: int | None,
+        input_format: InputFormat | None,
+        staged: bool,
+    ) -> JobView:
+        staged_input_uri = self._stage(job_id, request.inputs or []) if staged else None
         job = JobRecord(
-            id=new_job_id(),
+            id=job_id,
             owner=owner,
             task=request.task,
             state=JobState.QUEUED,
@@ -84,9 +111,11 @@ class JobDesk:
             input_uri=request.input_uri,
             input_format=input_format,
             output_uri=request.output_uri,
+            s3_scope=scope,
+            staged_input_uri=staged_input_uri,
         )
         try:
-            self.store.create(job, request.inputs)
+            self.store.create(job, None if staged else request.inputs)
         except redis.RedisError as error:
             raise _store_unreachable(error) from None
         try:
@@ -97,6 +126,8 @@ class JobDesk:
             with contextlib.suppress(redis.RedisError):
                 # If this fails too, the orphan expires after the retention period.
                 self.store.delete(job.id)
+            if staged_input_uri is not None:
+                self.objects.delete_staged(staged_input_uri)
             raise JobQueueUnavailable("the job queue is unreachable; try again later") from None
         self.count(JobState.QUEUED)
         logger.info(
@@ -150,6 +181,87 @@ class JobDesk:
             raise JobNotFound(f"no job with id {job_id}")
         return job
 
+    def _needs_staging(self, request: JobRequest) -> bool:
+        """Whether the inline inputs are too large for the job store and go to S3."""
+        if request.inputs is None:
+            return False
+        size = _stored_size(request.inputs)
+        limit = self.settings.max_stored_inline_bytes
+        if size <= limit:
+            return False
+        if self.settings.staging_prefix is None:
+            raise BatchTooLarge(
+                f"the inline inputs take {size} bytes; the job store keeps at most {limit} "
+                "(MTC_JOBS_MAX_STORED_INLINE_BYTES): upload them to S3 as a CSV or JSON Lines "
+                "file and pass its input_uri"
+            )
+        return True
+
+    def _stage(self, job_id: str, texts: list[str]) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.objects.stage_inputs(self.settings.staging_prefix or "", job_id, texts)
+        except (BotoCoreError, ClientError) as error:
+            # Where the staging bucket is stays in the log, not in the answer.
+            logger.warning("job %s: could not stage its inline inputs: %s", job_id, error)
+            raise JobQueueUnavailable(
+                "the inline inputs could not be put aside; try again later"
+            ) from None
+
+    def _admit(self, owner: str, job_id: str, *, rows: int, stored_bytes: int) -> None:
+        """Count the job against its owner's limits, or refuse it with 429 naming the limit."""
+        limits = OwnerLimits(
+            max_jobs=self.settings.max_active_jobs_per_owner,
+            max_rows=self.settings.max_active_rows_per_owner,
+            max_bytes=self.settings.max_held_bytes_per_owner,
+        )
+        try:
+            self._check_store_room()
+            admission = self.store.admit(
+                owner, job_id, rows=rows, stored_bytes=stored_bytes, limits=limits
+            )
+            if admission.passed_limit is not None and self.store.reconcile_owner(owner):
+                # Some jobs had ended without being released (a worker died in between).
+                admission = self.store.admit(
+                    owner, job_id, rows=rows, stored_bytes=stored_bytes, limits=limits
+                )
+        except redis.RedisError as error:
+            raise _store_unreachable(error) from None
+        if admission.passed_limit == "jobs":
+            raise JobLimitReached(
+                f"this key has {admission.active_jobs} queued or running jobs, the most it "
+                f"may have (MTC_JOBS_MAX_ACTIVE_JOBS_PER_OWNER is {limits.max_jobs}); submit "
+                "again when one has finished"
+            )
+        if admission.passed_limit == "rows":
+            raise JobLimitReached(
+                f"this job's {rows} items and the {admission.active_rows} of this key's queued "
+                f"and running jobs pass the {limits.max_rows} a key may have in flight "
+                "(MTC_JOBS_MAX_ACTIVE_ROWS_PER_OWNER); submit again when some have finished"
+            )
+        if admission.passed_limit == "bytes":
+            raise JobLimitReached(
+                f"this job's {stored_bytes} bytes of inline inputs and the "
+                f"{admission.held_bytes} bytes this key holds in the job store (inline inputs "
+                "of unfinished jobs, results kept for GET) pass its limit of "
+                f"{limits.max_bytes} (MTC_JOBS_MAX_HELD_BYTES_PER_OWNER); submit again when "
+                "jobs have finished or their results expired, or upload the inputs to S3 and "
+                "pass input_uri"
+            )
+
+    def _check_store_room(self) -> None:
+        """Refuse new jobs while the store is near its memory limit: per-key limits bound
+        each key, not how many keys submit, and a full `noeviction` store could no longer
+        finish or cancel the jobs it holds."""
+        used, maximum = self.store.memory_use()
+        ratio = self.settings.store_admission_ratio
+        if maximum > 0 and used >= ratio * maximum:
+            raise JobStoreFull(
+                f"the job store holds {used / maximum:.0%} of its memory limit; new jobs are "
+                f"accepted below {ratio:.0%} (MTC_JOBS_STORE_ADMISSION_RATIO): retry later"
+            )
+
     def _check_task(self, task: str) -> None:
         if task not in self.settings.upstreams:
             known = ", ".join(sorted(self.settings.upstreams))
@@ -161,7 +273,9 @@ class JobDesk:
                 "jobs run text tasks only"
             )
 
-    def _check_inputs(self, request: JobRequest) -> tuple[int | None, InputFormat | None]:
+    def _check_inputs(
+        self, request: JobRequest, scope: S3Scope
+    ) -> tuple[int | None, InputFormat | None]:
         if request.inputs is not None:
             if len(request.inputs) > self.settings.max_inline_items:
                 raise BatchTooLarge(
@@ -184,7 +298,7 @@ class JobDesk:
                         ) from None
             return len(request.inputs), None
         input_uri = request.input_uri or ""
-        target = self._location(lambda: self.objects.check_input(input_uri))
+        target = self._location(lambda: self.objects.check_input(input_uri, scope))
         input_format = request.input_format or format_from_name(target.key)
         if input_format is None:
             raise InvalidJob(
@@ -193,7 +307,7 @@ class JobDesk:
             )
         return None, input_format
 
-    def _check_output(self, request: JobRequest, total: int | None) -> None:
+    def _check_output(self, request: JobRequest, total: int | None, scope: S3Scope) -> None:
         if request.output_uri is None:
             if total is not None and total > self.settings.max_inline_results:
                 raise InvalidJob(
@@ -202,7 +316,7 @@ class JobDesk:
                 )
             return
         output_uri = request.output_uri
-        target = self._location(lambda: self.objects.check_output(output_uri))
+        target = self._location(lambda: self.objects.check_output(output_uri, scope))
         if output_format_of(target.key) is None:
             raise InvalidJob(f"the output_uri must end in .jsonl or .csv, got {target.uri}")
 
@@ -213,6 +327,11 @@ class JobDesk:
         except InvalidInput as error:
             # A URI that names no object is a bad field value, like the schema's own 422s.
             raise InvalidJob(error.detail) from None
+
+
+def _stored_size(texts: list[str]) -> int:
+    """Bytes the job store spends on inline texts (`JobStore.create` stores their JSON)."""
+    return len(json.dumps(texts))
 
 
 def _store_unreachable(error: redis.RedisError) -> JobQueueUnavailable:
@@ -248,7 +367,11 @@ def create_job_desk(settings: JobsSettings, jobs_total: Counter | None = None) -
     """A job desk connected (lazily) to the settings' store and broker."""
     return JobDesk(
         settings,
-        JobStore.from_url(settings.store_url, retention_seconds=settings.retention_seconds),
+        JobStore.from_url(
+            settings.store_url,
+            retention_seconds=settings.retention_seconds,
+            result_retention_seconds=settings.result_retention_seconds,
+        ),
         create_celery_app(settings),
         JobObjects(
             input_allowlist=settings.input_allowlist,

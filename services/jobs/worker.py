@@ -1,9 +1,13 @@
 """`python -m services.jobs.worker`: a Celery worker that runs jobs, in one process.
 
 Jobs run in threads of this process (Celery's `threads` pool), so stopping or killing its
-PID stops all of its work; the metrics endpoint listens on `MTC_JOBS_METRICS_PORT`. On
-SIGTERM, running jobs stop after their current chunk and go back to the queue, to resume
-on another worker from the chunks already stored.
+PID stops all of its work; `/metrics`, `/health/live` and `/health/ready` listen on
+`MTC_JOBS_METRICS_PORT`. On SIGTERM, running jobs stop after their current chunk and go back
+to the queue, to resume on another worker from the chunks already stored.
+
+The probes ask about this process only: an unreachable Redis or model service is for the
+jobs to wait out (they retry), not a reason to restart the worker. The queue length is read
+by a thread of its own, so neither a probe nor a scrape waits for the broker.
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
-from prometheus_client import start_http_server
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from services.jobs.metrics import WorkerMetrics
+from services.core.metrics_server import MetricsServer
+from services.jobs.metrics import QueueLengthPoller, WorkerMetrics
 from services.jobs.prediction_client import PredictionClient
 from services.jobs.queue import RUN_JOB_TASK, create_celery_app, queue_length
 from services.jobs.runner import Busy, Interrupted, JobRunner
@@ -38,6 +42,8 @@ logger = logging.getLogger("services.jobs.worker")
 # them into the job's failure.
 TRANSIENT_ERRORS = (redis.RedisError, BotoCoreError, ClientError)
 MAX_TRANSIENT_DELAY_SECONDS = 60.0
+# One read of the queue length; well under the refresh interval, so reads never pile up.
+QUEUE_READ_TIMEOUT_SECONDS = 2.0
 
 
 def register_job_task(app: Celery, runner: JobRunner, *, max_transient_retries: int) -> Task:
@@ -97,12 +103,21 @@ def register_job_task(app: Celery, runner: JobRunner, *, max_transient_retries: 
     return run_job
 
 
-def build_worker(settings: JobsSettings) -> tuple[Celery, WorkerMetrics, threading.Event]:
-    """The Celery app with the job task registered, its metrics, and the shutdown flag."""
+def build_worker(
+    settings: JobsSettings,
+) -> tuple[Celery, WorkerMetrics, QueueLengthPoller, threading.Event]:
+    """The Celery app with the job task registered, its metrics, the (not yet started)
+    reader of the queue length, and the shutdown flag."""
     app = create_celery_app(settings)
     metrics = WorkerMetrics(settings.upstreams)
-    metrics.watch_queue(lambda: queue_length(app, settings.queue))
-    store = JobStore.from_url(settings.store_url, retention_seconds=settings.retention_seconds)
+    queue_poller = metrics.watch_queue(
+        lambda: queue_length(app, settings.queue, timeout_seconds=QUEUE_READ_TIMEOUT_SECONDS)
+    )
+    store = JobStore.from_url(
+        settings.store_url,
+        retention_seconds=settings.retention_seconds,
+        result_retention_seconds=settings.result_retention_seconds,
+    )
     predictions = PredictionClient(
         settings.upstreams,
         timeout_seconds=settings.request_timeout_seconds,
@@ -118,7 +133,7 @@ def build_worker(settings: JobsSettings) -> tuple[Celery, WorkerMetrics, threadi
     stopping = threading.Event()
     runner = JobRunner(settings, store, predictions, objects, metrics, stopping)
     register_job_task(app, runner, max_transient_retries=settings.max_transient_retries)
-    return app, metrics, stopping
+    return app, metrics, queue_poller, stopping
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,15 +147,22 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    app, metrics, stopping = build_worker(settings)
+    app, metrics, queue_poller, stopping = build_worker(settings)
 
     def stop_jobs(**_: Any) -> None:
         stopping.set()
 
     worker_shutting_down.connect(stop_jobs, weak=False)
-    start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
+    # Ready until shutdown begins: the rollout waits for it, and it asks nothing downstream.
+    MetricsServer(
+        metrics.registry,
+        settings.metrics_host,
+        settings.metrics_port,
+        ready=lambda: not stopping.is_set(),
+    ).start()
+    queue_poller.start()
     logger.info(
-        "jobs worker: queue %s, %d at a time, metrics on :%d",
+        "jobs worker: queue %s, %d at a time, metrics and health on :%d",
         settings.queue,
         settings.concurrency,
         settings.metrics_port,

@@ -3,7 +3,8 @@
 Everything a client can get wrong about an image is caught here, in the API layer, before
 anything is queued: the model only ever sees decoded, right-side-up, bounded RGB arrays.
 The format is read from the file's magic bytes, never from its name or declared type, and
-the pixel count is checked from the header before any pixel data is decoded.
+the pixel count is checked from the header before any pixel data is decoded
+(`read_header`), so a request's images can be checked together before any is decoded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
-from services.core.errors import InvalidInput, ItemTooLarge, UnsupportedMediaType
+from services.core.errors import InvalidInput, ItemTooLarge, MtcError, UnsupportedMediaType
 
 SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP")
 """Pillow format names of the accepted image types."""
@@ -80,6 +81,31 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file declares before any of its pixels is decoded."""
+
+    format: str
+    """`JPEG`, `PNG` or `WEBP`, as read from the magic bytes."""
+    width: int
+    """Width as stored (before any EXIF rotation)."""
+    height: int
+    """Height as stored (before any EXIF rotation)."""
+
+    @property
+    def pixels(self) -> int:
+        """Width x height: what decoding the image costs, about 4 bytes each."""
+        return self.width * self.height
+
+
+def read_header(data: bytes, *, label: str, limits: ImageLimits) -> ImageHeader:
+    """Validate one image from its header alone; raises as `decode_image` does."""
+    image_format, image = _open_checked(data, label=label, limits=limits)
+    with image:
+        width, height = image.size
+    return ImageHeader(format=image_format, width=width, height=height)
+
+
 def decode_image(data: bytes, *, label: str, limits: ImageLimits) -> DecodedImage:
     """Validate and decode one image; `label` (e.g. `image[2] (cat.jpg)`) names it in errors.
 
@@ -87,6 +113,28 @@ def decode_image(data: bytes, *, label: str, limits: ImageLimits) -> DecodedImag
     for anything that is not a JPEG, PNG or WebP file, and `InvalidInput` (400) for a
     truncated or corrupt file or one smaller than the minimum size.
     """
+    image_format, image = _open_checked(data, label=label, limits=limits)
+    with image:
+        width, height = image.size
+        try:
+            if _swaps_sides(image):
+                width, height = height, width
+            pixels = _decode_rgb(image, limits.max_side)
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this item's fault
+            problem = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+            raise InvalidInput(f"{label}: {problem} {image_format} ({exc})") from None
+    return DecodedImage(
+        pixels=pixels,
+        sha256=hashlib.sha256(data).hexdigest(),
+        format=image_format,
+        width=width,
+        height=height,
+    )
+
+
+def _open_checked(data: bytes, *, label: str, limits: ImageLimits) -> tuple[str, Image.Image]:
+    """The format and the lazily opened image (header read, no pixel decoded), once the
+    byte, type, pixel and size checks have passed."""
     if len(data) > limits.max_bytes:
         # Callers may read only one byte past the limit, so the true size is not known.
         raise ItemTooLarge(
@@ -110,32 +158,25 @@ def decode_image(data: bytes, *, label: str, limits: ImageLimits) -> DecodedImag
         ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt headers
         raise InvalidInput(f"{label}: corrupt {image_format} header ({exc})") from None
-    with image:
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            raise ItemTooLarge(
-                f"{label}: {width}x{height} is {width * height} pixels; the limit is "
-                f"{limits.max_pixels} (MTC_MAX_IMAGE_PIXELS)"
-            )
-        if min(width, height) < limits.min_side:
-            raise InvalidInput(
-                f"{label}: {width}x{height} is too small; both sides must be at least "
-                f"{limits.min_side} pixels (MTC_MIN_IMAGE_SIDE)"
-            )
-        try:
-            if _swaps_sides(image):
-                width, height = height, width
-            pixels = _decode_rgb(image, limits.max_side)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is this item's fault
-            problem = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-            raise InvalidInput(f"{label}: {problem} {image_format} ({exc})") from None
-    return DecodedImage(
-        pixels=pixels,
-        sha256=hashlib.sha256(data).hexdigest(),
-        format=image_format,
-        width=width,
-        height=height,
-    )
+    try:
+        _check_size(*image.size, label=label, limits=limits)
+    except MtcError:
+        image.close()
+        raise
+    return image_format, image
+
+
+def _check_size(width: int, height: int, *, label: str, limits: ImageLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise ItemTooLarge(
+            f"{label}: {width}x{height} is {width * height} pixels; the limit is "
+            f"{limits.max_pixels} (MTC_MAX_IMAGE_PIXELS)"
+        )
+    if min(width, height) < limits.min_side:
+        raise InvalidInput(
+            f"{label}: {width}x{height} is too small; both sides must be at least "
+            f"{limits.min_side} pixels (MTC_MIN_IMAGE_SIDE)"
+        )
 
 
 def _decode_rgb(image: Image.Image, max_side: int) -> npt.NDArray[np.uint8]:
@@ -143,9 +184,11 @@ def _decode_rgb(image: Image.Image, max_side: int) -> npt.NDArray[np.uint8]:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: far less work and memory.
         image.draft("RGB", (max_side, max_side))
     image.load()
-    upright = ImageOps.exif_transpose(image)
-    upright.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    return np.asarray(_to_rgb(upright), dtype=np.uint8).copy()
+    # Scaled down in place before turning upright: a transposed (or, when upright, copied)
+    # full-size image would be a second 4 bytes per pixel while the first is still held.
+    image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    ImageOps.exif_transpose(image, in_place=True)
+    return np.asarray(_to_rgb(image), dtype=np.uint8).copy()
 
 
 def _swaps_sides(image: Image.Image) -> bool:

@@ -32,6 +32,20 @@ class PoseSettings(ServiceSettings):
     before its pixel data is decoded, so a small compressed file cannot expand into
     gigabytes of memory (a decompression bomb)."""
 
+    max_pixels_per_request: int = Field(default=200_000_000, ge=256)
+    """Most pixels the images of one request may declare together, read from their headers
+    before any is decoded; more -> 413. Each pixel costs decoding time and, while its image
+    is decoded, about 5 bytes, so this bounds the work one request buys: the default fits
+    `MTC_MAX_IMAGES_PER_REQUEST` (16) photos of 12.5 megapixels (a 4000 x 3000 phone photo
+    is 12), or 5 images at `MTC_MAX_IMAGE_PIXELS`."""
+
+    max_concurrent_decodes: int = Field(default=2, ge=1, le=64)
+    """Images decoded at the same time across all requests; the others wait their turn (at
+    most `MTC_REQUEST_TIMEOUT_SECONDS`, then 504). One decode holds up to about 5 bytes per
+    pixel of `MTC_MAX_IMAGE_PIXELS` (210 MB at the default: the decoded image, then a
+    half-size copy while it is scaled down), so this number times that bounds the memory
+    decoding can take."""
+
     min_image_side: int = Field(default=16, ge=1)
     """Smallest accepted width and height in pixels; a smaller image -> 400 naming it."""
 
@@ -51,4 +65,6 @@ class PoseSettings(ServiceSettings):
             )
         if self.max_image_pixels < self.min_image_side**2:
             raise ValueError("max_image_pixels must allow at least min_image_side squared")
+        if self.max_pixels_per_request < self.max_image_pixels:
+            raise ValueError("max_pixels_per_request must allow one image of max_image_pixels")
         return self

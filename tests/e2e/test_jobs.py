@@ -192,18 +192,18 @@ def submit(client: httpx.Client, **request: object) -> str:
 
 def test_a_5000_row_csv_job_writes_every_row_in_order(stack: JobStack) -> None:
     rows = sample_rows(ROWS, "first")
-    source = stack.upload_csv("in/reviews.csv", rows)
+    source = stack.upload_csv("in/alice/reviews.csv", rows)
     with stack.client(ALICE_KEY) as alice:
         job_id = submit(
-            alice, task="sentiment", input_uri=source, output_uri=f"s3://{BUCKET}/out/a.jsonl"
+            alice, task="sentiment", input_uri=source, output_uri=f"s3://{BUCKET}/out/alice/a.jsonl"
         )
         job = wait_for_job(alice, job_id, timeout=JOB_TIMEOUT)
 
     assert job["state"] == "succeeded", job
     assert job["progress"] == {"done": ROWS, "total": ROWS}
-    assert job["output_uri"] == f"s3://{BUCKET}/out/a.jsonl"
+    assert job["output_uri"] == f"s3://{BUCKET}/out/alice/a.jsonl"
     assert job["results"] is None
-    written = output_rows(stack, "out/a.jsonl")
+    written = output_rows(stack, "out/alice/a.jsonl")
     assert [row["id"] for row in written] == [row_id for row_id, _ in rows]
     assert [row["index"] for row in written] == list(range(ROWS))
     assert {row["label"] for row in written} == LABELS
@@ -215,10 +215,10 @@ def test_a_5000_row_csv_job_writes_every_row_in_order(stack: JobStack) -> None:
 
 def test_a_job_survives_its_worker_being_killed_half_way(stack: JobStack) -> None:
     rows = sample_rows(ROWS, "killed")
-    source = stack.upload_csv("in/killed.csv", rows)
+    source = stack.upload_csv("in/alice/killed.csv", rows)
     with stack.client(ALICE_KEY) as alice:
         job_id = submit(
-            alice, task="sentiment", input_uri=source, output_uri=f"s3://{BUCKET}/out/k.jsonl"
+            alice, task="sentiment", input_uri=source, output_uri=f"s3://{BUCKET}/out/alice/k.jsonl"
         )
         half = wait_for_job(
             alice,
@@ -236,17 +236,17 @@ def test_a_job_survives_its_worker_being_killed_half_way(stack: JobStack) -> Non
     assert 0 < at_kill["progress"]["done"] < ROWS
     assert job["state"] == "succeeded", job
     assert job["progress"] == {"done": ROWS, "total": ROWS}
-    written = output_rows(stack, "out/k.jsonl")
+    written = output_rows(stack, "out/alice/k.jsonl")
     assert len(written) == ROWS
     assert [row["id"] for row in written] == [row_id for row_id, _ in rows]
     assert {row["label"] for row in written} == LABELS
 
 
 def test_a_running_job_cancelled_stops_and_writes_nothing(stack: JobStack) -> None:
-    source = stack.upload_csv("in/cancel.csv", sample_rows(ROWS, "cancelled"))
+    source = stack.upload_csv("in/alice/cancel.csv", sample_rows(ROWS, "cancelled"))
     with stack.client(ALICE_KEY) as alice:
         job_id = submit(
-            alice, task="sentiment", input_uri=source, output_uri=f"s3://{BUCKET}/out/c.jsonl"
+            alice, task="sentiment", input_uri=source, output_uri=f"s3://{BUCKET}/out/alice/c.jsonl"
         )
         wait_for_job(alice, job_id, until=lambda job: job["progress"]["done"] > 0)
         cancelled = alice.delete(f"/v1/jobs/{job_id}")
@@ -260,7 +260,7 @@ def test_a_running_job_cancelled_stops_and_writes_nothing(stack: JobStack) -> No
     assert cancelled.json()["state"] == "cancelled"
     assert after["state"] == "cancelled"
     assert after["progress"]["done"] < ROWS
-    assert not object_exists(stack.s3, BUCKET, "out/c.jsonl")
+    assert not object_exists(stack.s3, BUCKET, "out/alice/c.jsonl")
     assert again.status_code == 409
     assert again.json()["error_type"] == "job_finished"
     # The gateway counts the cancellation where it happens.
@@ -278,20 +278,20 @@ def test_a_running_job_cancelled_stops_and_writes_nothing(stack: JobStack) -> No
 def test_a_bad_input_file_fails_the_job_with_its_reason(
     stack: JobStack, body: bytes, reason: str
 ) -> None:
-    stack.s3.put_object(Bucket=BUCKET, Key="in/bad.csv", Body=body)
+    stack.s3.put_object(Bucket=BUCKET, Key="in/alice/bad.csv", Body=body)
     with stack.client(ALICE_KEY) as alice:
         job_id = submit(
             alice,
             task="sentiment",
-            input_uri=f"s3://{BUCKET}/in/bad.csv",
-            output_uri=f"s3://{BUCKET}/out/bad.csv",
+            input_uri=f"s3://{BUCKET}/in/alice/bad.csv",
+            output_uri=f"s3://{BUCKET}/out/alice/bad.csv",
         )
         job = wait_for_job(alice, job_id)
 
     assert job["state"] == "failed"
     assert job["error"].startswith(reason)
     assert job["finished_at"] is not None
-    assert not object_exists(stack.s3, BUCKET, "out/bad.csv")
+    assert not object_exists(stack.s3, BUCKET, "out/alice/bad.csv")
 
 
 def test_a_job_is_invisible_to_other_keys_and_unknown_ids_are_404(stack: JobStack) -> None:

@@ -168,8 +168,10 @@ def test_clip_from_allowed_s3_prefix(client: TestClient, s3_bucket: Any) -> None
 @pytest.mark.parametrize(
     ("uri", "status"),
     [
-        (f"s3://{BUCKET}/private/call.wav", 403),
-        ("s3://another-bucket/incoming/call.wav", 403),
+        # Outside the allow-list: the same answer as a missing object, so a caller cannot
+        # tell which objects exist where it may not read.
+        (f"s3://{BUCKET}/private/call.wav", 404),
+        ("s3://another-bucket/incoming/call.wav", 404),
         (f"s3://{BUCKET}/incoming/../private/call.wav", 403),
         (f"s3://{BUCKET}/incoming/missing.wav", 404),
         ("https://example.com/call.wav", 400),

@@ -94,6 +94,20 @@ def encode(
     return buffer.getvalue()
 
 
+def constant_flac(channels: int, rate: int, seconds: float, *, level: float = 0.25) -> bytes:
+    """A FLAC of a constant level in every channel (the default is loud enough not to
+    count as silence): it compresses to almost nothing whatever its length."""
+    frames = round(rate * seconds)
+    buffer = io.BytesIO()
+    block = np.full((rate, channels), level, dtype=np.float32)
+    with soundfile.SoundFile(
+        buffer, "w", samplerate=rate, channels=channels, format="FLAC", subtype="PCM_16"
+    ) as sound:
+        for start_frame in range(0, frames, rate):
+            sound.write(block[: min(rate, frames - start_frame)])
+    return buffer.getvalue()
+
+
 def reencode(wav: bytes, file_format: str) -> bytes:
     """A WAV file converted to another format."""
     samples, rate = soundfile.read(io.BytesIO(wav), dtype="float32")

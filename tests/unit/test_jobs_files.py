@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 
 import pytest
 
 from services.jobs.errors import JobFailure
-from services.jobs.inputs import InputLimits, InputRow, format_from_name, parse_input
-from services.jobs.outputs import output_format_of, render_output, result_rows
+from services.jobs.inputs import (
+    READ_BLOCK_BYTES,
+    InputLimits,
+    InputRow,
+    format_from_name,
+    parse_input,
+    read_rows,
+)
+from services.jobs.outputs import OutputRenderer, output_format_of, render_output, result_rows
 from services.jobs.runner import chunk_spans, pending_chunks
+from services.jobs.store import InputFormat
 
 LIMITS = InputLimits(max_rows=5, max_text_chars=12)
 
@@ -173,3 +182,67 @@ def test_a_resumed_job_computes_only_the_chunks_not_stored() -> None:
     assert pending_chunks(spans, set()) == [0, 1, 2, 3, 4]
     assert pending_chunks(spans, {0, 2, 4}) == [1, 3]
     assert pending_chunks(spans, {0, 1, 2, 3, 4}) == []
+
+
+class CountingStream:
+    """A file served by `read(n)`, counting the bytes handed out."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = io.BytesIO(data)
+        self.bytes_read = 0
+
+    def read(self, size: int) -> bytes:
+        block = self.data.read(size)
+        self.bytes_read += len(block)
+        return block
+
+
+def test_a_file_is_read_as_a_stream_a_block_at_a_time() -> None:
+    data = ("text\n" + "fine\n" * 1_000_000).encode()
+    stream = CountingStream(data)
+    limits = InputLimits(max_rows=2_000_000, max_text_chars=12)
+
+    rows = read_rows(stream.read, "csv", limits)
+    first = next(rows)
+
+    assert first == InputRow("fine")
+    assert stream.bytes_read <= READ_BLOCK_BYTES < len(data)
+    assert sum(1 for _ in rows) == 999_999
+    assert stream.bytes_read == len(data)
+
+
+@pytest.mark.parametrize("file_format", ["csv", "jsonl"])
+def test_a_line_longer_than_any_valid_row_fails_before_it_is_held_whole(
+    file_format: InputFormat,
+) -> None:
+    header = [b"text\n"] if file_format == "csv" else []
+    endless = itertools.chain(header, itertools.repeat(b"a" * 65536))
+    counted = 0
+
+    def read(size: int) -> bytes:
+        nonlocal counted
+        block = next(endless)
+        counted += len(block)
+        return block
+
+    with pytest.raises(
+        JobFailure, match=r"input line [12] is longer than .* MTC_JOBS_MAX_TEXT_CHARS"
+    ):
+        list(read_rows(read, file_format, LIMITS))
+    assert counted <= LIMITS.max_line_bytes + 2 * 65536
+
+
+def test_csv_lines_may_end_with_a_lone_carriage_return() -> None:
+    assert parse_input(b"id,text\r1,fine\r2,good\r", "csv", LIMITS) == [
+        InputRow("fine", "1"),
+        InputRow("good", "2"),
+    ]
+
+
+def test_an_output_rendered_chunk_by_chunk_is_the_whole_output() -> None:
+    rows = [InputRow("a", "=1"), InputRow("b"), InputRow("c", 7)]
+    results = result_rows(0, rows, [SCORES[0]] * 3)
+    for file_format in ("csv", "jsonl"):
+        renderer = OutputRenderer(file_format, with_ids=True)
+        pieces = renderer.header() + renderer.rows(results[:2]) + renderer.rows(results[2:])
+        assert pieces == render_output(results, file_format)

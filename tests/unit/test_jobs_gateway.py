@@ -87,9 +87,9 @@ def jobs() -> Iterator[httpx.Client]:
         ),
         (
             {"task": "sentiment", "input_uri": "s3://secrets/in/a.csv"},
-            403,
-            "forbidden",
-            "s3://secrets/in/a.csv is outside the allowed locations (s3://batch/in/)",
+            404,
+            "input_not_found",
+            "s3://secrets/in/a.csv: no such object in the S3 locations this caller may read",
         ),
         (
             {"task": "sentiment", "input_uri": "s3://batch/in/../out/a.csv"},
@@ -119,7 +119,8 @@ def jobs() -> Iterator[httpx.Client]:
             },
             403,
             "forbidden",
-            "s3://batch/in/a.out.jsonl is outside the allowed locations (s3://batch/out/)",
+            "s3://batch/in/a.out.jsonl is outside the S3 locations open to this caller "
+            "(s3://batch/out/)",
         ),
         (
             {

@@ -17,6 +17,7 @@ import redis
 from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
+from services.core.s3_locations import UNRESTRICTED, S3Scope
 from services.jobs.errors import JobFailure
 from services.jobs.queue import RUN_JOB_TASK, create_celery_app
 from services.jobs.runner import Finished, RunOutcome
@@ -72,7 +73,9 @@ def test_a_permanent_error_writing_the_output_fails_the_job_with_its_reason(
     )
 
     with stub, pytest.raises(JobFailure) as failure:
-        objects.write_output("s3://batch/out/x.csv", b"index\r\n", "text/csv")
+        objects.write_output(
+            "s3://batch/out/x.csv", b"index\r\n", "text/csv", scope=UNRESTRICTED, job_id=JOB_ID
+        )
 
     assert str(failure.value) == f"S3 refused to write s3://batch/out/x.csv: {code} (as S3 says)"
 
@@ -83,7 +86,7 @@ def test_a_permanent_error_reading_the_input_fails_the_job(code: str, status: in
     stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
 
     with stub, pytest.raises(JobFailure, match=re.escape("s3://batch/in/x.csv")):
-        objects.read_input("s3://batch/in/x.csv", max_bytes=1000)
+        objects.read_input("s3://batch/in/x.csv", max_bytes=1000, scope=UNRESTRICTED)
 
 
 @pytest.mark.parametrize(("code", "status"), TRANSIENT)
@@ -92,13 +95,109 @@ def test_an_error_that_may_pass_is_left_to_the_worker(code: str, status: int) ->
     stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
 
     with stub, pytest.raises(ClientError) as raised:
-        objects.write_output("s3://batch/out/x.csv", b"index\r\n", "text/csv")
+        objects.write_output(
+            "s3://batch/out/x.csv", b"index\r\n", "text/csv", scope=UNRESTRICTED, job_id=JOB_ID
+        )
 
     assert not is_permanent(raised.value)
 
 
 def test_connection_errors_may_pass() -> None:
     assert not is_permanent(EndpointConnectionError(endpoint_url="http://s3"))
+
+
+def _conditional_put(stub: Stubber) -> None:
+    stub.add_response(
+        "put_object",
+        {},
+        expected_params={
+            "Bucket": "batch",
+            "Key": "out/x.csv",
+            "Body": b"index\r\n",
+            "ContentType": "text/csv",
+            "IfNoneMatch": "*",
+            "Metadata": {"mtc-job-id": JOB_ID},
+        },
+    )
+
+
+def test_an_output_is_written_only_if_no_object_has_its_name() -> None:
+    objects, stub = stubbed_objects()
+    _conditional_put(stub)
+
+    with stub:
+        objects.write_output(
+            "s3://batch/out/x.csv", b"index\r\n", "text/csv", scope=UNRESTRICTED, job_id=JOB_ID
+        )
+        stub.assert_no_pending_responses()
+
+
+def test_an_existing_output_of_another_job_fails_the_job_and_is_left_alone() -> None:
+    objects, stub = stubbed_objects()
+    stub.add_client_error(
+        "put_object", service_error_code="PreconditionFailed", http_status_code=412
+    )
+    stub.add_response("head_object", {"Metadata": {"mtc-job-id": "f" * 32}})
+
+    with stub, pytest.raises(JobFailure) as failure:
+        objects.write_output(
+            "s3://batch/out/x.csv", b"index\r\n", "text/csv", scope=UNRESTRICTED, job_id=JOB_ID
+        )
+
+    assert str(failure.value) == (
+        "the output object s3://batch/out/x.csv already exists; a job never replaces an "
+        "object: give a new output_uri"
+    )
+
+
+def test_an_output_this_job_already_wrote_counts_as_written() -> None:
+    # The worker died after its put: the job, delivered again, finds its own output.
+    objects, stub = stubbed_objects()
+    stub.add_client_error(
+        "put_object", service_error_code="PreconditionFailed", http_status_code=412
+    )
+    stub.add_response("head_object", {"Metadata": {"mtc-job-id": JOB_ID}})
+
+    with stub:
+        objects.write_output(
+            "s3://batch/out/x.csv", b"index\r\n", "text/csv", scope=UNRESTRICTED, job_id=JOB_ID
+        )
+        stub.assert_no_pending_responses()
+
+
+def test_the_worker_checks_the_owners_locations_again_before_any_s3_call() -> None:
+    objects, stub = stubbed_objects()
+    alice = S3Scope("alice")
+
+    with stub:
+        with pytest.raises(JobFailure) as reading:
+            objects.read_input("s3://batch/in/bob/x.csv", max_bytes=1000, scope=alice)
+        with pytest.raises(JobFailure) as writing:
+            objects.write_output(
+                "s3://batch/out/bob/x.csv", b"index\r\n", "text/csv", scope=alice, job_id=JOB_ID
+            )
+
+    # The reason a missing input gives, word for word.
+    assert str(reading.value) == (
+        "s3://batch/in/bob/x.csv: no such object in the S3 locations this caller may read"
+    )
+    assert str(writing.value).startswith("s3://batch/out/bob/x.csv is outside the S3 locations")
+
+
+def test_a_missing_input_and_one_s3_hides_give_the_same_reason() -> None:
+    reasons = []
+    for code, status in (("NoSuchKey", 404), ("AccessDenied", 403)):
+        objects, stub = stubbed_objects()
+        stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
+        with stub, pytest.raises(JobFailure) as failure:
+            objects.read_input("s3://batch/in/alice/x.csv", max_bytes=1000, scope=S3Scope("alice"))
+        reasons.append(str(failure.value))
+
+    assert (
+        reasons
+        == ["s3://batch/in/alice/x.csv: no such object in the S3 locations this caller may read"]
+        * 2
+    )
 
 
 # --------------------------------------------------------------------------- the worker
