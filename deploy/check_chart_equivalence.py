@@ -7,10 +7,22 @@ Labels (of objects, pod templates and volume claim templates) are compared on th
 select or classify (name, instance, component, grafana_dashboard); labels that only say who
 rendered the object (managed-by, helm.sh/chart, version) are not. JSON values
 in ConfigMaps are compared parsed, so key order and spacing do not count.
+
+A changed setting must roll the pods that read it, which the two do differently: kustomize
+generates ConfigMaps named with a hash of their content, the chart annotates each pod template
+with `checksum/config`. The check requires each in its own rendering (a ConfigMap a pod reads
+without a hash suffix, or a pod template reading ConfigMaps without the checksum, is a
+difference), then compares names without the suffix and templates without the checksum.
+
+The chart renders no Namespace (`helm install --create-namespace` makes it, unlabelled), so the
+overlay's Namespace is not compared as an object; what it decides is: every object must be in
+it, and whether each pod gets an Istio sidecar (the namespace's `istio-injection` label, or the
+pod's own `sidecar.istio.io/inject`) must agree.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from collections.abc import Iterator
@@ -18,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from deploy.external_tools import REPO
-from deploy.render import PROD_VALUES, Manifest, helm_template, kustomize
+from deploy.render import (
+    NAMESPACE,
+    PROD_VALUES,
+    Manifest,
+    helm_template,
+    kustomize,
+    without_hash_suffix,
+)
 
 COMPARED_LABELS = frozenset(
     {
@@ -26,10 +45,15 @@ COMPARED_LABELS = frozenset(
         "app.kubernetes.io/instance",
         "app.kubernetes.io/component",
         "grafana_dashboard",
+        # kube-prometheus-stack selects monitors and rules by it.
+        "release",
+        "sidecar.istio.io/inject",
     }
 )
-# The chart leaves the namespace to `helm install --create-namespace`.
+# The chart leaves the namespace to `helm install --create-namespace`; see sidecar_injection.
 KINDS_ONLY_IN_KUSTOMIZE = frozenset({"Namespace"})
+CHECKSUM_ANNOTATION = "checksum/config"
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job"})
 
 
 def _labels(labels: dict[str, str] | None) -> dict[str, str]:
@@ -81,6 +105,123 @@ def normalise(manifest: Manifest) -> Manifest:
     return result
 
 
+def _pod_template(manifest: Manifest) -> dict[str, Any] | None:
+    if manifest.get("kind") not in WORKLOAD_KINDS:
+        return None
+    template: dict[str, Any] | None = manifest.get("spec", {}).get("template")
+    return template
+
+
+def _config_map_references(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dicts whose `name` names a ConfigMap the pod reads (env, envFrom, volumes)."""
+    references: list[dict[str, Any]] = []
+    for container in pod_spec.get("containers", []) + pod_spec.get("initContainers", []):
+        references += [
+            s["configMapRef"] for s in container.get("envFrom", []) if "configMapRef" in s
+        ]
+        references += [
+            v["valueFrom"]["configMapKeyRef"]
+            for v in container.get("env", [])
+            if "configMapKeyRef" in v.get("valueFrom", {})
+        ]
+    for volume in pod_spec.get("volumes", []):
+        if "configMap" in volume:
+            references.append(volume["configMap"])
+        for source in volume.get("projected", {}).get("sources", []):
+            if "configMap" in source:
+                references.append(source["configMap"])
+    return references
+
+
+def unhash_config_maps(kustomized: list[Manifest]) -> tuple[list[Manifest], list[str]]:
+    """kustomize's objects with generated ConfigMaps under their written names, and a problem
+    for every ConfigMap a pod reads that has no hash suffix (a change would not roll it)."""
+    manifests = copy.deepcopy(kustomized)
+    written = {
+        m["metadata"]["name"]: without_hash_suffix(m["metadata"]["name"])
+        for m in manifests
+        if m["kind"] == "ConfigMap"
+    }
+    problems: list[str] = []
+    for manifest in manifests:
+        if manifest["kind"] == "ConfigMap":
+            manifest["metadata"]["name"] = written[manifest["metadata"]["name"]]
+        template = _pod_template(manifest)
+        if template is None:
+            continue
+        for reference in _config_map_references(template.get("spec", {})):
+            name = reference.get("name", "")
+            if written.get(name) == name:
+                problems.append(
+                    f"{manifest['kind']}/{manifest['metadata']['name']}: reads ConfigMap/{name}, "
+                    "which kustomize does not generate with a hash suffix: a change to it would "
+                    "not roll the pods"
+                )
+            reference["name"] = written.get(name, name)
+    return manifests, problems
+
+
+def drop_checksums(charted: list[Manifest]) -> tuple[list[Manifest], list[str]]:
+    """The chart's objects without the checksum/config annotation, and a problem for every pod
+    template that reads a ConfigMap but lacks it (a change would not roll the pods)."""
+    manifests = copy.deepcopy(charted)
+    problems: list[str] = []
+    for manifest in manifests:
+        template = _pod_template(manifest)
+        if template is None:
+            continue
+        annotations = template.get("metadata", {}).get("annotations") or {}
+        reads_config = bool(_config_map_references(template.get("spec", {})))
+        if reads_config and CHECKSUM_ANNOTATION not in annotations:
+            problems.append(
+                f"{manifest['kind']}/{manifest['metadata']['name']}: reads a ConfigMap but its "
+                f"pod template has no {CHECKSUM_ANNOTATION} annotation: a change would not roll "
+                "the pods"
+            )
+        annotations.pop(CHECKSUM_ANNOTATION, None)
+    return manifests, problems
+
+
+def sidecar_injection(manifests: list[Manifest]) -> dict[tuple[str, str], bool]:
+    """Whether Istio injects a sidecar into each workload's pods: the pod's own
+    sidecar.istio.io/inject label if it has one, else its Namespace's istio-injection label
+    (a Namespace not in the rendering, as with Helm, has no labels)."""
+    namespaces = {
+        m["metadata"]["name"]: m["metadata"].get("labels") or {}
+        for m in manifests
+        if m["kind"] == "Namespace"
+    }
+    injected: dict[tuple[str, str], bool] = {}
+    for manifest in manifests:
+        template = _pod_template(manifest)
+        if template is None:
+            continue
+        labels = template.get("metadata", {}).get("labels") or {}
+        namespace = namespaces.get(manifest["metadata"].get("namespace", NAMESPACE), {})
+        if "sidecar.istio.io/inject" in labels:
+            injected[_key(manifest)] = labels["sidecar.istio.io/inject"] == "true"
+        else:
+            injected[_key(manifest)] = namespace.get("istio-injection") == "enabled"
+    return injected
+
+
+def namespace_problems(kustomized: list[Manifest]) -> list[str]:
+    """The overlay must create the namespace Helm installs into, and put every object in it."""
+    created = [m["metadata"]["name"] for m in kustomized if m["kind"] == "Namespace"]
+    problems = [
+        f"Namespace/{name}: the chart is checked as installed into {NAMESPACE}"
+        for name in created
+        if name != NAMESPACE
+    ]
+    problems += [
+        f"{m['kind']}/{m['metadata']['name']}: in namespace {m['metadata'].get('namespace')}, "
+        f"not {NAMESPACE}"
+        for m in kustomized
+        if m["kind"] != "Namespace" and m["metadata"].get("namespace") != NAMESPACE
+    ]
+    return problems
+
+
 def _key(manifest: Manifest) -> tuple[str, str]:
     return manifest["kind"], manifest["metadata"]["name"]
 
@@ -105,9 +246,20 @@ def differences(left: Any, right: Any, path: str = "") -> Iterator[str]:
 
 def compare(kustomized: list[Manifest], charted: list[Manifest]) -> list[str]:
     """Every difference between the two sets of objects; empty when they agree."""
+    problems = namespace_problems(kustomized)
+    left_injected, right_injected = sidecar_injection(kustomized), sidecar_injection(charted)
+    for key in sorted(set(left_injected) & set(right_injected)):
+        if left_injected[key] != right_injected[key]:
+            problems.append(
+                f"{key[0]}/{key[1]}: Istio sidecar injected: kustomize {left_injected[key]} "
+                f"!= chart {right_injected[key]}"
+            )
+    kustomized, unhashed = unhash_config_maps(kustomized)
+    charted, unsummed = drop_checksums(charted)
+    problems += unhashed + unsummed
     left = {_key(m): normalise(m) for m in kustomized if m["kind"] not in KINDS_ONLY_IN_KUSTOMIZE}
     right = {_key(m): normalise(m) for m in charted}
-    problems = [
+    problems += [
         f"{kind}/{name}: only in kustomize" for kind, name in sorted(set(left) - set(right))
     ]
     problems += [

@@ -1,5 +1,8 @@
 """Minimal JSON schemas of the custom resources mtc ships that no offline validator knows:
-Prometheus Operator's ServiceMonitor, PodMonitor and PrometheusRule, and KEDA's ScaledObject.
+Prometheus Operator's ServiceMonitor, PodMonitor and PrometheusRule, KEDA's ScaledObject, and
+Istio's PeerAuthentication and AuthorizationPolicy (the typed Istio models ignore unknown
+fields, and a misspelt `notPaths` in an ALLOW rule would silently allow more), and the Gateway
+API's HTTPRoute.
 
 They cover the fields mtc writes (required fields, types, closed objects where a typo would
 silently do nothing), not the whole CRDs.
@@ -192,9 +195,226 @@ SCALED_OBJECT = _resource(
     },
 )
 
+_WORKLOAD_SELECTOR: Schema = {
+    "type": "object",
+    "required": ["matchLabels"],
+    "additionalProperties": False,
+    "properties": {"matchLabels": {**_LABELS, "minProperties": 1}},
+}
+_MTLS: Schema = {
+    "type": "object",
+    "required": ["mode"],
+    "additionalProperties": False,
+    "properties": {"mode": {"enum": ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]}},
+}
+_STRINGS: Schema = {"type": "array", "minItems": 1, "items": _STRING}
+_PORTS: Schema = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "string", "pattern": "^[0-9]+$"},
+}
+
+PEER_AUTHENTICATION = _resource(
+    "security.istio.io/v1",
+    "PeerAuthentication",
+    {
+        "type": "object",
+        "required": ["mtls"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": _WORKLOAD_SELECTOR,
+            "mtls": _MTLS,
+            "portLevelMtls": {
+                "type": "object",
+                "propertyNames": {"pattern": "^[0-9]+$"},
+                "additionalProperties": _MTLS,
+            },
+        },
+    },
+)
+
+
+def _matchers(*fields: str, values: Schema = _STRINGS) -> Schema:
+    """Istio's `field` and `notField` lists of a rule's source or operation."""
+    names = [*fields, *(f"not{field[0].upper()}{field[1:]}" for field in fields)]
+    return dict.fromkeys(names, values)
+
+
+def _closed_list_of(name: str, properties: Schema) -> Schema:
+    """`[{name: {...}}]`, as a rule's `from` (sources) and `to` (operations) are written."""
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": [name],
+            "additionalProperties": False,
+            "properties": {
+                name: {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "minProperties": 1,
+                    "properties": properties,
+                }
+            },
+        },
+    }
+
+
+AUTHORIZATION_POLICY = _resource(
+    "security.istio.io/v1",
+    "AuthorizationPolicy",
+    {
+        "type": "object",
+        "required": ["action", "rules"],
+        "additionalProperties": False,
+        "properties": {
+            "selector": _WORKLOAD_SELECTOR,
+            "action": {"enum": ["ALLOW", "DENY", "AUDIT"]},
+            "rules": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "minProperties": 1,
+                    "properties": {
+                        "from": _closed_list_of(
+                            "source",
+                            _matchers(
+                                "principals",
+                                "namespaces",
+                                "ipBlocks",
+                                "remoteIpBlocks",
+                                "requestPrincipals",
+                            ),
+                        ),
+                        "to": _closed_list_of(
+                            "operation",
+                            {
+                                **_matchers("ports", values=_PORTS),
+                                **_matchers("hosts", "methods", "paths"),
+                            },
+                        ),
+                    },
+                },
+            },
+        },
+    },
+)
+
+# Gateway API (gateway.networking.k8s.io/v1): its durations, names and the parts of an
+# HTTPRoute mtc writes (components/gateway-api).
+_GATEWAY_API_DURATION: Schema = {"type": "string", "pattern": "^([0-9]{1,5}(h|m|s|ms)){1,4}$"}
+_GATEWAY_API_NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 253}
+_HTTP_PATH_MATCH: Schema = {
+    "type": "object",
+    "required": ["type", "value"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"enum": ["Exact", "PathPrefix", "RegularExpression"]},
+        "value": {"type": "string", "pattern": "^/", "maxLength": 1024},
+    },
+}
+
+HTTP_ROUTE = _resource(
+    "gateway.networking.k8s.io/v1",
+    "HTTPRoute",
+    {
+        "type": "object",
+        "required": ["parentRefs", "rules"],
+        "additionalProperties": False,
+        "properties": {
+            "parentRefs": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 32,
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "group": {"type": "string"},
+                        "kind": _STRING,
+                        "namespace": _STRING,
+                        "name": _GATEWAY_API_NAME,
+                        "sectionName": _STRING,
+                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                    },
+                },
+            },
+            "hostnames": {"type": "array", "maxItems": 16, "items": _STRING},
+            "rules": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 16,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": _STRING,
+                        "matches": {
+                            "type": "array",
+                            "maxItems": 64,
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "path": _HTTP_PATH_MATCH,
+                                    "method": {
+                                        "enum": [
+                                            "GET",
+                                            "HEAD",
+                                            "POST",
+                                            "PUT",
+                                            "DELETE",
+                                            "CONNECT",
+                                            "OPTIONS",
+                                            "TRACE",
+                                            "PATCH",
+                                        ]
+                                    },
+                                },
+                            },
+                        },
+                        "backendRefs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "port"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "group": {"type": "string"},
+                                    "kind": _STRING,
+                                    "namespace": _STRING,
+                                    "name": _GATEWAY_API_NAME,
+                                    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                    "weight": {"type": "integer", "minimum": 0, "maximum": 1000000},
+                                },
+                            },
+                        },
+                        "timeouts": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "minProperties": 1,
+                            "properties": {
+                                "request": _GATEWAY_API_DURATION,
+                                "backendRequest": _GATEWAY_API_DURATION,
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+)
+
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
     ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
+    ("security.istio.io/v1", "PeerAuthentication"): PEER_AUTHENTICATION,
+    ("security.istio.io/v1", "AuthorizationPolicy"): AUTHORIZATION_POLICY,
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTE,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,12 @@ CHART = REPO / "charts" / "mtc"
 PROD_VALUES = CHART / "ci" / "prod-values.yaml"
 RELEASE = "mtc"
 NAMESPACE = "mtc"
+# The oldest kubectl (and its built-in kustomize, 5.0.1) every overlay and component renders
+# with; README.md and docs/deploy.md state it, tests/unit/test_deploy_manifests.py checks it.
+OLDEST_KUBECTL = (1, 27)
+# kustomize names generated objects NAME-HASH: ten characters from the alphabet of its hasher
+# (hex digits with 0, 1, 3, a, e replaced by g, h, k, m, t).
+KUSTOMIZE_HASH_SUFFIX = re.compile(r"-[2456789bcdfghkmt]{10}$")
 
 
 def _run(command: list[str]) -> str:
@@ -29,14 +36,20 @@ def parse(text: str) -> list[Manifest]:
     return [document for document in yaml.safe_load_all(text) if document]
 
 
-def kustomize_text(directory: Path) -> str:
-    """`kubectl kustomize DIRECTORY` output."""
-    return _run([str(kubectl()), "kustomize", str(directory)])
+def kustomize_text(directory: Path, kubectl_binary: Path | None = None) -> str:
+    """`kubectl kustomize DIRECTORY` output (with the venv's kubectl unless one is named)."""
+    return _run([str(kubectl_binary or kubectl()), "kustomize", str(directory)])
 
 
-def kustomize(directory: Path) -> list[Manifest]:
+def kustomize(directory: Path, kubectl_binary: Path | None = None) -> list[Manifest]:
     """The objects `kubectl kustomize DIRECTORY` renders."""
-    return parse(kustomize_text(directory))
+    return parse(kustomize_text(directory, kubectl_binary))
+
+
+def without_hash_suffix(name: str) -> str:
+    """A generated ConfigMap's or Secret's name as written in the kustomization
+    (`mtc-gateway-7h2f9m4c5b` -> `mtc-gateway`); other names unchanged."""
+    return KUSTOMIZE_HASH_SUFFIX.sub("", name)
 
 
 def helm_text(*values: Path, chart: Path = CHART) -> str:

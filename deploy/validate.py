@@ -3,7 +3,8 @@
 - Built-in kinds: `kubernetes-validate --strict` against several Kubernetes versions; any
   WARN (such as "no schema for kind") counts as a failure.
 - Istio kinds: the typed models of cloudcoil-models-istio.
-- ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject: the schemas in deploy/crd_schemas.py.
+- ServiceMonitor, PodMonitor, PrometheusRule, ScaledObject, PeerAuthentication,
+  AuthorizationPolicy, HTTPRoute (Gateway API): the schemas in deploy/crd_schemas.py.
 - Anything else: refused, so a new kind cannot slip through unvalidated.
 """
 
@@ -39,10 +40,16 @@ def _name(manifest: Manifest) -> str:
     return f"{manifest.get('kind')}/{manifest.get('metadata', {}).get('name')}"
 
 
+# Groups under k8s.io that are custom resources all the same (installed as CRDs).
+CUSTOM_K8S_IO_GROUPS = frozenset({"gateway.networking.k8s.io"})
+
+
 def is_builtin(manifest: Manifest) -> bool:
     """Whether the object is a Kubernetes built-in kind (no custom resource group)."""
     api_version = str(manifest.get("apiVersion", ""))
     group = api_version.split("/")[0] if "/" in api_version else ""
+    if group in CUSTOM_K8S_IO_GROUPS:
+        return False
     return "." not in group or group.endswith(".k8s.io")
 
 

@@ -5,6 +5,10 @@ and the gateway in front of them, waits until every model is loaded, prints wher
 and stops everything on Ctrl-C (or when any process dies). `make run` calls this after
 building the starter models.
 
+`--canary TASK=URI:WEIGHT` releases another version of a task's model beside the stable
+one: one more service serves it, and the gateway sends it WEIGHT % of the task's traffic
+(`MTC_GATEWAY_UPSTREAM_WEIGHTS`); each answer names its version (`x-model-version`).
+
 Batch jobs (`/v1/jobs`) come with it when `redis-server` is installed: a throwaway Redis
 (broker and job store) and one jobs worker are started too; `--no-jobs` leaves them out.
 """
@@ -50,13 +54,26 @@ class ServiceProcess:
     port: int
     replica: int = 1
     replicas: int = 1
+    canary: bool = False
+    """Serves the task's canary version (`--canary`) rather than its stable one."""
 
     @property
     def name(self) -> str:
         """How messages refer to the process."""
+        if self.canary:
+            return f"{self.task} canary service"
         if self.replicas == 1:
             return f"{self.task} service"
         return f"{self.task} service (replica {self.replica} of {self.replicas})"
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A new version of a task's model served beside the stable one."""
+
+    model_uri: str
+    weight: float
+    """Percent of the task's traffic it gets (0-100); the stable replicas share the rest."""
 
 
 @dataclass
@@ -112,6 +129,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "gateway (repeatable; default 1 each)",
     )
     parser.add_argument(
+        "--canary",
+        action="append",
+        default=[],
+        metavar="TASK=URI:WEIGHT",
+        help="also serve TASK's model from URI with one more service and send it WEIGHT %% "
+        "of TASK's traffic, the stable version the rest (repeatable; batch jobs stay on the "
+        "stable version). Promote: run again with --model TASK=URI; roll back: without it",
+    )
+    parser.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for every model"
     )
     parser.add_argument(
@@ -161,42 +187,92 @@ def replica_counts(pairs: list[str], tasks: list[str]) -> dict[str, int]:
     return counts
 
 
+def canaries_from(pairs: list[str], tasks: list[str]) -> dict[str, Canary]:
+    """TASK -> its canary, from `--canary TASK=URI:WEIGHT` options."""
+    canaries: dict[str, Canary] = {}
+    for pair in pairs:
+        task, sep, rest = pair.partition("=")
+        # The URI may hold colons itself (s3://, file://): the weight is after the last one.
+        uri, colon, weight = rest.rpartition(":")
+        try:
+            share = float(weight)
+        except ValueError:
+            share = -1.0
+        if not sep or task not in tasks or not colon or not uri or not 0 <= share <= 100:
+            raise SystemExit(
+                f"--canary expects TASK=URI:WEIGHT with a served task ({', '.join(tasks)}) "
+                f"and a WEIGHT from 0 to 100, got {pair!r}"
+            )
+        canaries[task] = Canary(uri, share)
+    return canaries
+
+
 def plan_services(
-    models: dict[str, tuple[str, str]], replicas: dict[str, int], first_port: int
+    models: dict[str, tuple[str, str]],
+    replicas: dict[str, int],
+    first_port: int,
+    canaries: dict[str, Canary] | None = None,
 ) -> list[ServiceProcess]:
-    """Every service process, on consecutive ports from `first_port`, in task order."""
+    """Every service process, on consecutive ports from `first_port`, in task order; the
+    canaries' after all the stable ones."""
     services: list[ServiceProcess] = []
     for task, (module, uri) in models.items():
         count = replicas.get(task, 1)
         for replica in range(1, count + 1):
             port = first_port + len(services)
             services.append(ServiceProcess(task, module, uri, port, replica, count))
+    for task, canary in (canaries or {}).items():
+        module = models[task][0]
+        port = first_port + len(services)
+        services.append(ServiceProcess(task, module, canary.model_uri, port, canary=True))
     return services
 
 
-def gateway_environment(services: list[ServiceProcess], host: str, port: int) -> dict[str, str]:
-    """The gateway's settings for these services: every replica's URL per task, and the
-    kind of each image task (text is the default)."""
+def gateway_environment(
+    services: list[ServiceProcess],
+    host: str,
+    port: int,
+    canaries: dict[str, Canary] | None = None,
+) -> dict[str, str]:
+    """The gateway's settings for these services: every replica's URL per task, the kind of
+    each image task (text is the default), and for a task with a canary the share of each
+    URL: the canary's weight, and the rest split evenly between the stable replicas."""
     upstreams: dict[str, list[str]] = {}
     kinds: dict[str, str] = {}
     for service in services:
         upstreams.setdefault(service.task, []).append(f"http://{host}:{service.port}")
         if service.module in TASK_KIND_OF_SERVICE:
             kinds[service.task] = TASK_KIND_OF_SERVICE[service.module]
-    return {
+    weights: dict[str, dict[str, float]] = {}
+    for task, canary in (canaries or {}).items():
+        serving = [service for service in services if service.task == task]
+        stable_count = sum(1 for service in serving if not service.canary)
+        weights[task] = {
+            f"http://{host}:{service.port}": (
+                canary.weight if service.canary else (100 - canary.weight) / stable_count
+            )
+            for service in serving
+        }
+    environment = {
         "MTC_GATEWAY_HOST": host,
         "MTC_GATEWAY_PORT": str(port),
         "MTC_GATEWAY_UPSTREAMS": json.dumps(upstreams),
         "MTC_GATEWAY_TASK_KINDS": json.dumps(kinds),
     }
+    if weights:
+        environment["MTC_GATEWAY_UPSTREAM_WEIGHTS"] = json.dumps(weights)
+    return environment
 
 
 def jobs_environment(
     services: list[ServiceProcess], host: str, redis_port: int, metrics_port: int
 ) -> dict[str, str]:
     """The jobs settings shared by the gateway and the worker: the local Redis as broker
-    and store, the same services as the gateway's."""
-    gateway_env = gateway_environment(services, host, 0)
+    and store, the same services as the gateway's but the canaries (jobs are not weighted:
+    they stay on the stable versions)."""
+    gateway_env = gateway_environment(
+        [service for service in services if not service.canary], host, 0
+    )
     return {
         "MTC_JOBS_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
         "MTC_JOBS_UPSTREAMS": gateway_env["MTC_GATEWAY_UPSTREAMS"],
@@ -249,10 +325,20 @@ def wait_for_port(port: int, child: Child, timeout: float = 15.0) -> None:
     raise RuntimeError(f"{child.name} did not listen on port {port} within {timeout:g} s")
 
 
-def banner(base: str, models: dict[str, tuple[str, str]], jobs_metrics: str | None = None) -> str:
+def banner(
+    base: str,
+    models: dict[str, tuple[str, str]],
+    jobs_metrics: str | None = None,
+    canaries: dict[str, Canary] | None = None,
+) -> str:
     """What to tell the user once everything is up: where to look, one call per kind."""
     lines = [
         f"\nmtc is up: gateway {base} ({', '.join(models)})",
+        *(
+            f"  canary:    {task} {canary.weight:g} % from {canary.model_uri} (the answers' "
+            "x-model-version header names the version)"
+            for task, canary in (canaries or {}).items()
+        ),
         f"  web page:  {base}/ui",
         f"  API docs:  {base}/docs",
         f"  models:    curl {base}/v1/models",
@@ -308,10 +394,23 @@ def stop_all(children: list[Child]) -> None:
             child.process.wait()
 
 
+def all_replicas_ready(models: object) -> bool:
+    """Whether a `/v1/models` answer shows every replica of every task ready."""
+    listed = models.get("models") if isinstance(models, dict) else None
+    return isinstance(listed, list) and all(
+        isinstance(model, dict)
+        and model.get("ready")
+        and model.get("replicas_ready") == model.get("replicas")
+        for model in listed
+    )
+
+
 def wait_until_ready(
     url: str, children: list[Child], timeout: float, interrupted: Callable[[], bool]
 ) -> None:
-    """Poll the gateway's readiness until every upstream model is loaded."""
+    """Poll the gateway's `/v1/models` (`url`) until every replica of every task has its
+    model loaded: the gateway is ready with one replica per task, but a replica (a canary)
+    still loading would answer its share of the traffic 503."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if interrupted():
@@ -320,9 +419,10 @@ def wait_until_ready(
             if child.process.poll() is not None:
                 raise RuntimeError(f"{child.name} exited with code {child.process.returncode}")
         try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
+            answer = httpx.get(url, timeout=2.0)
+            if answer.status_code == 200 and all_replicas_ready(answer.json()):
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.25)
     raise RuntimeError(f"the stack was not ready within {timeout:g} s ({url})")
@@ -342,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    canaries = canaries_from(args.canary, list(models))
     services = plan_services(
-        models, replica_counts(args.replicas, list(models)), args.first_service_port
+        models, replica_counts(args.replicas, list(models)), args.first_service_port, canaries
     )
     try:
         for service in services:
@@ -354,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                 "MTC_PORT": str(service.port),
             }
             children.append(start_child(service.name, service.module, env))
-        gateway_env = gateway_environment(services, args.host, args.gateway_port)
+        gateway_env = gateway_environment(services, args.host, args.gateway_port, canaries)
         jobs_metrics: str | None = None
         if args.no_jobs:
             print("batch jobs are off (--no-jobs): /v1/jobs answers 503", flush=True)
@@ -378,8 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs_metrics = f"http://{args.host}:{metrics_port}/metrics"
         children.append(start_child("gateway", "gateway", gateway_env))
         base = f"http://{args.host}:{args.gateway_port}"
-        wait_until_ready(f"{base}/health/ready", children, args.ready_timeout, lambda: stopping)
-        print(banner(base, models, jobs_metrics), flush=True)
+        wait_until_ready(f"{base}/v1/models", children, args.ready_timeout, lambda: stopping)
+        print(banner(base, models, jobs_metrics, canaries), flush=True)
         while not stopping:
             for child in children:
                 if child.process.poll() is not None:

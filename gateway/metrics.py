@@ -14,6 +14,16 @@ from gateway.replicas import CircuitState, ReplicaSet
 
 UNKNOWN_TASK_LABEL = "unknown"
 
+MAX_MODEL_VERSIONS_PER_TASK = 8
+"""Distinct `model_version` label values kept per task (a stable and a canary version, and
+a few past ones over the gateway's life); later ones are counted as `other`: the values
+come from the services, and a series per value must stay bounded."""
+MAX_MODEL_VERSION_LENGTH = 128
+NO_MODEL_VERSION_LABEL = "none"
+"""An answer without a version: the service's model is not loaded yet (503), or the service
+predates the `x-model-version` header."""
+OTHER_MODEL_VERSION_LABEL = "other"
+
 # From a cache hit on a small model (milliseconds) to a batch on a slow CPU model (tens of s).
 REQUEST_DURATION_BUCKETS = (
     0.005,
@@ -78,6 +88,15 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self._model_answers = Counter(
+            "mtc_gateway_model_responses_total",
+            "Answers of a task's services, by the model version that gave them (their "
+            "x-model-version header, `name/version`) and status class: a canary's share of the "
+            "traffic and its errors beside the stable version's.",
+            ["task", "model_version", "status_class"],
+            registry=self.registry,
+        )
+        self._model_versions_seen: dict[str, set[str]] = {}
         self._quota_store_errors = Counter(
             "mtc_gateway_quota_store_errors_total",
             "Quota checks counted in memory because Redis failed or was being skipped.",
@@ -105,6 +124,28 @@ class GatewayMetrics:
     def observe_rejection(self, reason: RejectionReason) -> None:
         """Count one request refused by the API key check or the quota."""
         self._rejected.labels(reason=reason).inc()
+
+    def observe_model_answer(self, task: str, model_version: str | None, status_code: int) -> None:
+        """Count one answer of the task's service by the model version it named."""
+        self._model_answers.labels(
+            task=self.task_label(task),
+            model_version=self._model_version_label(task, model_version),
+            status_class=f"{status_code // 100}xx",
+        ).inc()
+
+    def _model_version_label(self, task: str, model_version: str | None) -> str:
+        if not model_version:
+            return NO_MODEL_VERSION_LABEL
+        seen = self._model_versions_seen.setdefault(task, set())
+        if model_version in seen:
+            return model_version
+        if (
+            len(seen) >= MAX_MODEL_VERSIONS_PER_TASK
+            or len(model_version) > MAX_MODEL_VERSION_LENGTH
+        ):
+            return OTHER_MODEL_VERSION_LABEL
+        seen.add(model_version)
+        return model_version
 
     def count_quota_store_error(self) -> None:
         """Count one quota check that could not use Redis."""

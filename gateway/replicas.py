@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -98,27 +98,58 @@ class Replica:
     url: str
     breaker: CircuitBreaker
     in_flight: int = field(default=0)
+    weight: float | None = field(default=None)
+    """Its share of the task's traffic when the task is weighted (`upstream_weights`)."""
+    current_weight: float = field(default=0.0)
+    """Smooth weighted round robin's running score (weighted tasks only)."""
 
 
 class ReplicaSet:
     """Picks the replica for each attempt: fewest requests in flight among those whose
     circuit lets traffic through, ties taken in turn (round robin), so an idle pool is
-    spread evenly and a slow replica gets less."""
+    spread evenly and a slow replica gets less.
 
-    def __init__(self, urls: Sequence[str], make_breaker: Callable[[], CircuitBreaker]) -> None:
+    With `weights` (URL -> share, e.g. a stable model 90 and a canary 10) each attempt goes
+    to a replica in proportion to its weight instead (smooth weighted round robin: the
+    split is exact over every `sum(weights)` requests, not just on average), among those
+    whose circuit lets traffic through; a replica of weight 0 gets no traffic at all, even
+    when the others' circuits are open: it is a version taken out of service.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        make_breaker: Callable[[], CircuitBreaker],
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
         if not urls:
             raise ValueError("a replica set needs at least one URL")
-        self.replicas = [Replica(url, make_breaker()) for url in urls]
+        if weights is not None and (set(weights) != set(urls) or sum(weights.values()) <= 0):
+            raise ValueError("weights must give every URL a share, and not all zero")
+        self.replicas = [
+            Replica(url, make_breaker(), weight=None if weights is None else weights[url])
+            for url in urls
+        ]
+        self.weighted = weights is not None
         self._turn = 0
 
     def choose(self, tried: Collection[str] = ()) -> Replica | None:
         """The replica for the next attempt, preferring ones this request has not tried;
         None when every circuit is open. The chosen replica's breaker is claimed."""
-        open_to_traffic = [replica for replica in self.replicas if replica.breaker.can_send()]
+        open_to_traffic = [
+            replica
+            for replica in self.replicas
+            if replica.breaker.can_send() and (replica.weight is None or replica.weight > 0)
+        ]
         untried = [replica for replica in open_to_traffic if replica.url not in tried]
         candidates = untried or open_to_traffic
         if not candidates:
             return None
+        chosen = self._by_weight(candidates) if self.weighted else self._least_busy(candidates)
+        chosen.breaker.claim()
+        return chosen
+
+    def _least_busy(self, candidates: list[Replica]) -> Replica:
         count = len(self.replicas)
         # Ties go to the replica nearest after this turn's one, in configuration order.
         order = {
@@ -126,9 +157,24 @@ class ReplicaSet:
         }
         chosen = min(candidates, key=lambda replica: (replica.in_flight, order[replica.url]))
         self._turn = (self._turn + 1) % count
-        chosen.breaker.claim()
+        return chosen
+
+    @staticmethod
+    def _by_weight(candidates: list[Replica]) -> Replica:
+        # nginx's smooth weighted round robin: every candidate gains its weight, the leader
+        # is chosen and pays back the total, so picks interleave (90/10: no run of 10 canary
+        # requests) and replicas whose circuit is open simply sit out the round.
+        total = 0.0
+        for replica in candidates:
+            weight = replica.weight or 0.0
+            replica.current_weight += weight
+            total += weight
+        chosen = max(candidates, key=lambda replica: replica.current_weight)
+        chosen.current_weight -= total
         return chosen
 
     def seconds_until_probe(self) -> float:
-        """When all circuits are open: seconds until the first one lets a probe through."""
-        return min(replica.breaker.seconds_until_probe() for replica in self.replicas)
+        """When all circuits are open: seconds until the first one lets a probe through
+        (replicas of weight 0 never do)."""
+        in_service = [replica for replica in self.replicas if replica.weight != 0]
+        return min(replica.breaker.seconds_until_probe() for replica in in_service)

@@ -1,5 +1,5 @@
 """ASGI middleware that times, counts and logs every request for a task, whatever its
-outcome: `/v1/{task}/...` and the compatibility routes."""
+outcome: `/v1/{task}/...`, `/v2/models/{task}/...` and the compatibility routes."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ access_logger = logging.getLogger("gateway.access")
 # Same segment rule as the `{task}` route parameter, so both agree on what a task is.
 # `/v1/models` has no segment after the task position, so it is not task traffic.
 TASK_PATH = re.compile(r"/v1/(?P<task>[^/]+)/.+")
+# The Open Inference Protocol names the task as its model: `/v2/models/{task}[/...]`.
+OPEN_INFERENCE_TASK_PATH = re.compile(r"/v2/models/(?P<task>[^/]+)(?:/.*)?")
 
 
 class TaskTraffic:
@@ -36,7 +38,7 @@ class TaskTraffic:
 
     def task_of(self, path: str) -> str | None:
         """The task a request path belongs to, or None for the gateway's own routes."""
-        match = TASK_PATH.fullmatch(path)
+        match = TASK_PATH.fullmatch(path) or OPEN_INFERENCE_TASK_PATH.fullmatch(path)
         if match is not None:
             return match["task"]
         return self.compat_paths.get(path)

@@ -14,7 +14,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -28,6 +28,7 @@ from gateway.request_context import REQUEST_ID_HEADER, current_request
 from gateway.schemas import ModelsResponse, ModelStatus
 from gateway.settings import GatewaySettings
 from services.core.errors import BodyTooLarge, UnknownTask, UpstreamTimeout, UpstreamUnavailable
+from services.core.s3_locations import S3_SCOPE_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,17 @@ logger = logging.getLogger(__name__)
 # does; reusing one the service is closing fails the request with a protocol error.
 KEEPALIVE_EXPIRY_SECONDS = 4.0
 
-# Headers of a service's answer that clients read (back-off, and the methods a 405 allows),
-# and its timings for load tests, relayed when `relays_timing_headers` says so.
-RELAYED_HEADERS = ("content-type", "retry-after", "allow")
+# Headers of a service's answer that clients read (back-off, the methods a 405 allows, where
+# an Open Inference answer's binary tensors start, the model version that answered), and its
+# timings for load tests, relayed when `relays_timing_headers` says so.
+MODEL_VERSION_HEADER = "x-model-version"
+RELAYED_HEADERS = (
+    "content-type",
+    "retry-after",
+    "allow",
+    "inference-header-content-length",
+    MODEL_VERSION_HEADER,
+)
 TIMING_HEADERS = ("x-inference-time", "x-queue-time")
 
 EXPECT_CONTINUE_BYTES = 1024 * 1024
@@ -95,13 +104,15 @@ class UpstreamAnswer:
 def build_replica_sets(
     settings: GatewaySettings, clock: Callable[[], float] = time.monotonic
 ) -> dict[str, ReplicaSet]:
-    """Task -> its replicas, each URL with a circuit breaker configured by `settings`."""
+    """Task -> its replicas, each URL with a circuit breaker configured by `settings`, and
+    its share of the traffic when `upstream_weights` weighs the task."""
     return {
         task: ReplicaSet(
             urls,
             lambda: CircuitBreaker(
                 settings.circuit_failure_threshold, settings.circuit_open_seconds, clock
             ),
+            weights=settings.upstream_weights.get(task),
         )
         for task, urls in settings.upstreams.items()
     }
@@ -153,12 +164,15 @@ class Upstreams:
         body: bytes | bytearray = b"",
         content_type: str | None = None,
         query: str = "",
+        headers: Mapping[str, str] | None = None,
     ) -> UpstreamAnswer:
         """Send a request, as received, to a replica of the task's service.
 
         `path` is the path on the service (e.g. `/v1/sentiment/predict`). The client's
         Content-Type is kept (multipart uploads need their boundary); a body without one is
-        declared JSON. Any answer of the service, including its 4xx/5xx errors, is returned.
+        declared JSON. `headers` are other client headers the service reads (the caller
+        chooses them; nothing else of the client's goes on). Any answer of the service,
+        including its 4xx/5xx errors, is returned.
         """
         self.check_task(task)
         limit = self._settings.body_limit_for(task)
@@ -173,9 +187,13 @@ class Upstreams:
         started = time.monotonic()
         deadline = started + timeout_seconds
         # Clients may omit it; older clients send JSON without declaring it.
-        headers = self._forwarded_headers(
-            content_type or ("application/json" if method == "POST" else None)
-        )
+        # The gateway's own headers (request id, S3 scope) win over any the caller passes.
+        forwarded_headers = {
+            **(headers or {}),
+            **self._forwarded_headers(
+                content_type or ("application/json" if method == "POST" else None)
+            ),
+        }
         tried: list[str] = []
         while True:
             replica = replica_set.choose(tried)
@@ -188,7 +206,7 @@ class Upstreams:
             pool_was_full = self._in_flight >= self._settings.max_connections
             try:
                 status, content, relayed = await self._send(
-                    task, replica, method, url, body, headers, remaining
+                    task, replica, method, url, body, forwarded_headers, remaining
                 )
             except _ConnectionNotOpened as failure:
                 retries_done = len(tried) - 1
@@ -222,6 +240,7 @@ class Upstreams:
             context = current_request()
             if context is not None:
                 context.upstream = replica.url
+            self._metrics.observe_model_answer(task, relayed.get(MODEL_VERSION_HEADER), status)
             return UpstreamAnswer(
                 status_code=status,
                 content=content,
@@ -294,13 +313,19 @@ class Upstreams:
                 replica.breaker.release()
 
     def _forwarded_headers(self, content_type: str | None) -> dict[str, str]:
-        # The client's API key is not among them: keys never leave the gateway.
+        # Built here from nothing: the client's API key never leaves the gateway, and a
+        # client's own S3 scope header never reaches a service.
         headers: dict[str, str] = {}
         if content_type is not None:
             headers["content-type"] = content_type
         context = current_request()
         if context is not None:
             headers[REQUEST_ID_HEADER] = context.request_id
+            if context.s3_scope is not None:
+                # The service checks S3 URIs against it, on every route: the gateway need
+                # not parse the bodies of the routes that name objects, nor know which
+                # those are. Services accept traffic from the gateway and workers only.
+                headers[S3_SCOPE_HEADER] = context.s3_scope.to_json()
         return headers
 
     def _backoff(self, retry_number: int) -> float:
@@ -320,13 +345,13 @@ class Upstreams:
     async def model_statuses(self, tasks: Sequence[str] | None = None) -> list[ModelStatus]:
         """The status of the given tasks (default: all, in configuration order), asking
         each distinct service URL once, all together. A task is ready when at least one of
-        its replicas is."""
+        its replicas in service is (a URL of weight 0 is neither asked nor counted)."""
         wanted = list(tasks) if tasks is not None else self.tasks
         for task in wanted:
             self.check_task(task)
         tasks_by_url: dict[str, list[str]] = {}
         for task in wanted:
-            for url in self._settings.upstreams[task]:
+            for url in self._urls_in_service(task):
                 tasks_by_url.setdefault(url, []).append(task)
         urls = list(tasks_by_url)
         answers = await asyncio.gather(
@@ -340,10 +365,15 @@ class Upstreams:
         return [
             self._merge_replicas(
                 task,
-                [by_url_and_task[(url, task)] for url in self._settings.upstreams[task]],
+                [by_url_and_task[(url, task)] for url in self._urls_in_service(task)],
             )
             for task in wanted
         ]
+
+    def _urls_in_service(self, task: str) -> list[str]:
+        """The task's URLs that may get traffic: all but those of weight 0."""
+        weights = self._settings.upstream_weights.get(task, {})
+        return [url for url in self._settings.upstreams[task] if weights.get(url, 1) > 0]
 
     def _merge_replicas(self, task: str, statuses: list[ModelStatus]) -> ModelStatus:
         ready = [status for status in statuses if status.ready]

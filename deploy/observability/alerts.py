@@ -18,6 +18,8 @@ BY = "namespace, task"
 INTERACTIVE_P99_SLO_SECONDS = 1.0
 AUDIO_P99_SLO_SECONDS = 15.0
 ERROR_RATIO_THRESHOLD = 0.05
+# Seconds without a successful read of the job queue by any worker (they read every 5 s).
+JOBS_QUEUE_UNREAD_SECONDS = 120.0
 
 Severity = Literal["warning", "critical"]
 
@@ -76,20 +78,39 @@ def _latency() -> Alert:
     )
 
 
+# Tasks the gateway routes: its circuit gauge has a series per task and replica from its start,
+# whether or not any model pod runs. Pods stuck in Init, ImagePullBackOff or CrashLoopBackOff
+# export no `mtc_model_ready` at all, and `sum(...) == 0` over nothing is nothing.
+ROUTED_TASKS = "group by (namespace, task) (mtc_gateway_upstream_circuit_open)"
+
+
+def _unreported_tasks() -> str:
+    """Tasks the gateway routes that no pod reports `mtc_model_ready` for, valued 0 (ready
+    replicas), labelled by namespace and task."""
+    return f"({ROUTED_TASKS} unless on (namespace, task) mtc_model_ready) * 0"
+
+
 def _model_not_ready() -> Alert:
     signal = "sum by (namespace, task, pod) (mtc_model_ready)"
     return Alert(
         name="MtcModelNotReady",
         signal=signal,
-        expr=f"{signal} == 0",
+        expr=f"{signal} == 0\nor\n{_unreported_tasks()}",
         # Longer than the startup probe allows (audio: 10 minutes) so a slow start is not paged.
         for_="15m",
         severity="warning",
-        summary="{{ $labels.pod }}: model for {{ $labels.task }} not loaded",
+        summary=(
+            "{{ with $labels.pod }}{{ . }}: model for {{ $labels.task }} not loaded"
+            "{{ else }}{{ $labels.task }}: no pod reports its model{{ end }}"
+        ),
         description=(
-            "Pod {{ $labels.pod }} in {{ $labels.namespace }} has not loaded its "
+            "{{ with $labels.pod }}Pod {{ . }} in {{ $labels.namespace }} has not loaded its "
             "{{ $labels.task }} model for 15 minutes; its /health/ready answer gives the "
-            "reason (download, checksum or load failure)."
+            "reason (download, checksum or load failure).{{ else }}No pod of "
+            "{{ $labels.task }} in {{ $labels.namespace }} has reported its model for 15 "
+            "minutes although the gateway routes the task: the pods are stuck before the "
+            "server starts (Init, ImagePullBackOff, CrashLoopBackOff); kubectl describe pod "
+            "shows why.{{ end }}"
         ),
     )
 
@@ -99,7 +120,7 @@ def _task_unavailable() -> Alert:
     return Alert(
         name="MtcTaskUnavailable",
         signal=signal,
-        expr=f"{signal} == 0",
+        expr=f"{signal} == 0\nor\n{_unreported_tasks()}",
         for_="5m",
         severity="critical",
         summary="{{ $labels.task }}: no replica has its model loaded",
@@ -126,9 +147,35 @@ def _redis_down() -> Alert:
     )
 
 
+def _jobs_queue_unreadable() -> Alert:
+    # The workers read the queue's length every few seconds; the freshest read of any worker
+    # being this old means none of them reaches the broker.
+    signal = "min by (namespace) (mtc_jobs_queue_length_age_seconds)"
+    return Alert(
+        name="MtcJobsQueueUnreadable",
+        signal=signal,
+        expr=f"{signal} > {JOBS_QUEUE_UNREAD_SECONDS:g}",
+        for_="5m",
+        severity="warning",
+        summary="{{ $labels.namespace }}: batch workers cannot reach the job queue",
+        description=(
+            "No batch worker in {{ $labels.namespace }} has read the job queue for "
+            "{{ $value | humanizeDuration }}: the jobs broker (Redis or RabbitMQ) is "
+            "unreachable. Jobs wait, and the workers' autoscaler holds its replica count."
+        ),
+    )
+
+
 def all_alerts() -> tuple[Alert, ...]:
     """Every alert shipped."""
-    return (_error_ratio(), _latency(), _model_not_ready(), _task_unavailable(), _redis_down())
+    return (
+        _error_ratio(),
+        _latency(),
+        _model_not_ready(),
+        _task_unavailable(),
+        _redis_down(),
+        _jobs_queue_unreadable(),
+    )
 
 
 def rule_groups() -> dict[str, Any]:

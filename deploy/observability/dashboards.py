@@ -267,8 +267,45 @@ def audio_service() -> Dashboard:
     )
 
 
+def _traffic_by_model_version() -> Panel:
+    return Panel(
+        "Answers per second by model version",
+        "Answers of each task's services by the model version that gave them (their "
+        "x-model-version header): during a canary release, the stable and the canary "
+        "version's shares of the traffic; `none` is a service without a loaded model.",
+        (
+            Query(
+                rate_sum("mtc_gateway_model_responses_total", "task, model_version", FILTER, RATE),
+                "{{task}} {{model_version}}",
+            ),
+        ),
+        "reqps",
+    )
+
+
+def _errors_by_model_version() -> Panel:
+    metric = "mtc_gateway_model_responses_total"
+    answers = rate_sum(metric, "task, model_version", FILTER, RATE)
+    # A version without a single 5xx has no such series: 0 for it, not a missing line.
+    five_xx = rate_sum(metric, "task, model_version", ('status_class="5xx"', *FILTER), RATE)
+    errors = f"{five_xx}\nor\n0 * {answers}"
+    return Panel(
+        "Error ratio (5xx) by model version",
+        "Share of each model version's answers that are 5xx: a canary whose ratio rises above "
+        "the stable version's is one to roll back (docs/deploy.md, \"Releasing a model "
+        'version").',
+        (
+            Query(
+                ratio(errors, answers),
+                "{{task}} {{model_version}}",
+            ),
+        ),
+        "percentunit",
+    )
+
+
 def gateway() -> Dashboard:
-    """The gateway: traffic per task and how its upstreams behave."""
+    """The gateway: traffic per task and model version, and how its upstreams behave."""
     return Dashboard(
         uid="mtc-gateway",
         title="mtc / Gateway",
@@ -280,6 +317,8 @@ def gateway() -> Dashboard:
                 "Latency",
                 "Time from receiving a prediction request to sending its response headers.",
             ),
+            _traffic_by_model_version(),
+            _errors_by_model_version(),
             Panel(
                 "Upstream errors",
                 "Attempts to reach a task's service that failed: connect, timeout, protocol, "

@@ -30,8 +30,12 @@ MODELS_DIR = REPO / ".mtc" / "models"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 GATEWAY = "http://127.0.0.1:18080"
 MOTO_PORT = 19000
-# The ports overlays/single-host gives each pod, and the S3 server's.
-PORTS = (18080, 18101, 18102, 18103, 18104, 18105, 16379, 16380, MOTO_PORT)
+# The ports overlays/single-host gives each pod (the gateway's and the models' metrics ports
+# too), and the S3 server's.
+PORTS = (
+    *(18080, 18101, 18102, 18103, 18104, 18105, 16379, 16380, MOTO_PORT),
+    *(19080, 19101, 19102, 19103, 19104),
+)
 # Stores first, then the models, then their clients: the order a cluster converges to.
 START_ORDER = (
     "mtc-redis",

@@ -225,3 +225,42 @@ def test_schema_refuses_derived_or_misspelt_jobs_settings(tmp_path: Path) -> Non
     assert result.returncode != 0
     for field in ("MTC_JOBS_UPSTREAMS", "MTC_JOB_CHUNK_SIZE", "sise"):
         assert field in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        ("enabled: false\n", "set auth.anonymous=true"),
+        ("enabled: true\n  anonymous: true\n", "choose API keys or anonymous"),
+    ],
+    ids=["neither", "both"],
+)
+def test_the_chart_refuses_an_open_gateway_nobody_asked_for(
+    tmp_path: Path, auth: str, message: str
+) -> None:
+    values = tmp_path / "auth.yaml"
+    values.write_text("auth:\n  " + auth)
+    result = subprocess.run(
+        [str(helm()), "template", "mtc", str(CHART), "--values", str(values)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_the_chart_requires_keys_unless_anonymous_is_set(tmp_path: Path) -> None:
+    def gateway_config(manifests: list[Manifest]) -> dict[str, str]:
+        [config] = [
+            m
+            for m in manifests
+            if m["kind"] == "ConfigMap" and m["metadata"]["name"] == "mtc-gateway"
+        ]
+        data: dict[str, str] = config["data"]
+        return data
+
+    assert gateway_config(helm_template())["MTC_GATEWAY_AUTHENTICATION"] == "keys"
+    values = tmp_path / "anonymous.yaml"
+    values.write_text("auth:\n  enabled: false\n  anonymous: true\n")
+    assert gateway_config(helm_template(values))["MTC_GATEWAY_AUTHENTICATION"] == "anonymous"

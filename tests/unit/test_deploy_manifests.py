@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from deploy.external_tools import promtool
-from deploy.render import REPO, Manifest, kustomize
+from deploy.render import REPO, Manifest, kustomize, without_hash_suffix
 from deploy.validate import KUBERNETES_VERSIONS, KUSTOMIZATIONS, validate, validate_builtin
+from gateway.settings import GatewaySettings
 
 MODELS = ("mtc-sentiment", "mtc-disaster", "mtc-pose", "mtc-audio")
 PRESTOP_SECONDS = 5
@@ -29,7 +31,15 @@ def rendered() -> dict[str, list[Manifest]]:
 
 
 def by_kind(manifests: list[Manifest], kind: str) -> dict[str, Manifest]:
-    return {m["metadata"]["name"]: m for m in manifests if m["kind"] == kind}
+    """Objects of one kind by name; generated ConfigMaps by the name the kustomization gives
+    them, without the hash suffix."""
+    return {
+        without_hash_suffix(m["metadata"]["name"])
+        if kind == "ConfigMap"
+        else m["metadata"]["name"]: m
+        for m in manifests
+        if m["kind"] == kind
+    }
 
 
 def workloads(manifests: list[Manifest]) -> dict[str, Manifest]:
@@ -139,7 +149,10 @@ def test_model_pods_fetch_probe_and_drain(rendered: dict[str, list[Manifest]]) -
         settings = {**config_maps["mtc-config"]["data"], **config_maps[name]["data"]}
         drain = PRESTOP_SECONDS + float(settings["MTC_REQUEST_TIMEOUT_SECONDS"])
         assert spec["terminationGracePeriodSeconds"] >= drain, name
-        assert server["ports"] == [{"name": "http", "containerPort": int(settings["MTC_PORT"])}]
+        assert server["ports"] == [
+            {"name": "http", "containerPort": int(settings["MTC_PORT"])},
+            {"name": "metrics", "containerPort": int(settings["MTC_METRICS_PORT"])},
+        ]
 
 
 def test_gateway_probes_liveness_only_and_drains_the_longest_request(
@@ -462,7 +475,10 @@ def test_gateway_and_workers_share_the_jobs_settings(rendered: dict[str, list[Ma
         deployments = by_kind(manifests, "Deployment")
         for name in ("mtc-gateway", "mtc-worker"):
             container = pod_spec(deployments[name])["containers"][0]
-            sources = [source["configMapRef"]["name"] for source in container["envFrom"]]
+            sources = [
+                without_hash_suffix(source["configMapRef"]["name"])
+                for source in container["envFrom"]
+            ]
             assert "mtc-jobs" in sources, (path, name)
             env = env_of(container)
             secret = env["JOBS_REDIS_PASSWORD"]["secretKeyRef"]
@@ -491,7 +507,7 @@ def test_gateway_and_workers_share_the_jobs_settings(rendered: dict[str, list[Ma
         assert json.loads(settings[key]) == [], "no bucket is readable or writable by default"
 
 
-def test_worker_probes_its_metrics_port_and_finishes_chunks_on_stop(
+def test_worker_probes_its_own_health_and_finishes_chunks_on_stop(
     rendered: dict[str, list[Manifest]],
 ) -> None:
     manifests = rendered["overlays/prod"]
@@ -502,8 +518,10 @@ def test_worker_probes_its_metrics_port_and_finishes_chunks_on_stop(
     assert worker["ports"] == [
         {"name": "metrics", "containerPort": int(settings["MTC_JOBS_METRICS_PORT"])}
     ]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert worker[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, probe
+    # Not /metrics: it shows the queue length, which is Redis's to give (issue 19).
+    assert worker["startupProbe"]["httpGet"] == {"path": "/health/live", "port": "metrics"}
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "metrics"}
+    assert worker["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "metrics"}
     assert "command" not in worker, "the image's CMD runs python -m services.jobs.worker"
     assert "lifecycle" not in worker, "no traffic to drain: SIGTERM starts Celery's warm shutdown"
     # On SIGTERM each running job finishes its current chunk: every attempt may time out.
@@ -529,3 +547,35 @@ def test_worker_probes_its_metrics_port_and_finishes_chunks_on_stop(
     ]
     assert "worker" in component["values"]
     assert {"port": "metrics", "protocol": "TCP"} in scrape["ingress"][0]["ports"]
+
+
+def gateway_settings_of(manifests: list[Manifest]) -> dict[str, str]:
+    """The gateway's MTC_GATEWAY_* settings as its pod would see them: the ConfigMap, then
+    the container's literal `env` values."""
+    config = by_kind(manifests, "ConfigMap")["mtc-gateway"]
+    settings = {k: v for k, v in config["data"].items() if k.startswith("MTC_GATEWAY_")}
+    [container] = pod_spec(workloads(manifests)["mtc-gateway"])["containers"]
+    for item in container.get("env", []):
+        if item["name"].startswith("MTC_GATEWAY_") and "value" in item:
+            settings[item["name"]] = item["value"]
+    return settings
+
+
+def test_a_gateway_without_its_keys_file_refuses_to_start(
+    rendered: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """base/ alone asks for API keys without mounting any: the gateway stops at its settings
+    instead of serving everyone. prod mounts keys; dev is anonymous on purpose."""
+
+    def load(path: str) -> GatewaySettings:
+        with monkeypatch.context() as patch:
+            for name, value in gateway_settings_of(rendered[path]).items():
+                patch.setenv(name, value)
+            # Cluster DNS names, not resolvable here; settings validation does not resolve.
+            return GatewaySettings()
+
+    with pytest.raises(ValidationError, match="MTC_GATEWAY_API_KEYS_FILE is unset"):
+        load("base")
+    assert load("overlays/prod").authentication == "keys"
+    assert load("overlays/prod").api_keys_file is not None
+    assert load("overlays/dev").authentication == "anonymous"

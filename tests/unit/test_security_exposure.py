@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from gateway.api_keys import hash_api_key
+from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings
 from services.core.http_errors import without_locations
 from services.pose.api import build_app as build_pose_app
@@ -24,6 +26,7 @@ from services.text.settings import TextSettings
 from tests.support.fake_services import FakeTextService
 from tests.support.in_thread_servers import served_gateway, serving
 from tests.support.pose_images import build_tiny_vit
+from tests.support.processes import free_port
 from tests.support.service_client import wait_ready
 
 ALICE_KEY = "alice-exposure-key-0123456789"
@@ -108,3 +111,49 @@ def test_only_long_hex_numbers_count_as_addresses() -> None:
         without_locations("byte 0xff of <Foo object at 0x7f3a2c001a40> in /srv/models/x")
         == "byte 0xff of <Foo object at <address>> in <redacted>"
     )
+
+
+def test_with_a_metrics_port_the_gateway_api_port_serves_no_metrics() -> None:
+    metrics_port = free_port()
+    settings = GatewaySettings(
+        upstreams={"sentiment": "http://127.0.0.1:9"}, metrics_port=metrics_port
+    )
+
+    with TestClient(create_gateway(settings)) as gateway:
+        on_api_port = gateway.get("/metrics")
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+
+    assert on_api_port.status_code == 404
+    assert "/metrics" not in gateway.get("/openapi.json").json()["paths"]
+    assert scraped.status_code == 200
+    assert 'mtc_gateway_upstream_circuit_open{replica="0",task="sentiment"} 0.0' in scraped.text
+    with pytest.raises(httpx.ConnectError):  # closed with the app
+        httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+def test_with_a_metrics_port_a_service_api_port_serves_no_metrics(tiny_model_dir: Path) -> None:
+    metrics_port = free_port()
+    settings = TextSettings(
+        task="sentiment", model_uri=str(tiny_model_dir), metrics_port=metrics_port
+    )
+
+    with TestClient(build_text_app(settings)) as service:
+        on_api_port = service.get("/metrics")
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+
+    assert on_api_port.status_code == 404
+    assert scraped.status_code == 200
+    assert 'mtc_model_ready{task="sentiment"}' in scraped.text
+
+
+def test_without_a_metrics_port_metrics_stay_on_the_api_port_for_local_runs() -> None:
+    settings = GatewaySettings(upstreams={"sentiment": "http://127.0.0.1:9"})
+    with TestClient(create_gateway(settings)) as gateway:
+        assert gateway.get("/metrics").status_code == 200
+
+
+def test_the_metrics_port_must_differ_from_the_api_port() -> None:
+    with pytest.raises(ValidationError, match="metrics_port must differ"):
+        GatewaySettings(upstreams={"sentiment": "http://s"}, port=8080, metrics_port=8080)
+    with pytest.raises(ValidationError, match="metrics_port must differ"):
+        TextSettings(port=8000, metrics_port=8000)

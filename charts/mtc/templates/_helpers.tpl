@@ -29,20 +29,93 @@ app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version }}
 {{- end -}}
 
-{{/* Labels of a pod template: selector labels plus component, nothing that changes per release. */}}
+{{/* Labels of a pod template: selector labels plus component, nothing that changes per release.
+With Istio, the pod asks for its sidecar itself: the chart does not own the namespace, so it
+cannot rely on the namespace's istio-injection label. */}}
 {{- define "mtc.podLabels" -}}
 {{ include "mtc.selectorLabels" . }}
 app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/part-of: mtc
+{{- if .ctx.Values.istio.enabled }}
+sidecar.istio.io/inject: "true"
+{{- end }}
 {{- end -}}
 
-{{/* Pod annotations for the Istio sidecar (see components/istio/sidecar-annotations.yaml). */}}
-{{- define "mtc.istioPodAnnotations" -}}
-{{- if .Values.istio.enabled }}
+{{/* Pod template annotations, later ones winning: the Istio sidecar's settings (`istio`, a
+dict, used when istio.enabled), the global podAnnotations, the workload's podAnnotations,
+and checksum/config, a hash of the settings the pod reads, so a changed setting rolls the pods
+(as kustomize's hashed ConfigMap names do). Call with
+(dict "ctx" $ "workload" VALUES "istio" DICT "checksum" SHA256). */}}
+{{- define "mtc.podAnnotations" -}}
+{{- $annotations := dict -}}
+{{- if .ctx.Values.istio.enabled -}}
+{{- $annotations = mergeOverwrite $annotations (.istio | default dict) -}}
+{{- end -}}
+{{- $annotations = mergeOverwrite $annotations (.ctx.Values.podAnnotations | default dict) -}}
+{{- $annotations = mergeOverwrite $annotations ((.workload | default dict).podAnnotations | default dict) -}}
+{{- with .checksum -}}
+{{- $_ := set $annotations "checksum/config" . -}}
+{{- end -}}
+{{- with $annotations }}
 annotations:
-  proxy.istio.io/config: |
-    terminationDrainDuration: {{ .Values.istio.terminationDrainDuration }}
-  traffic.sidecar.istio.io/excludeOutboundPorts: {{ .Values.istio.excludeOutboundPorts | quote }}
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Where a pod runs and how its images are pulled: imagePullSecrets (global), then
+priorityClassName, nodeSelector, tolerations and affinity, each the workload's own value when
+set, else the global one. Call with (dict "ctx" $ "workload" VALUES). */}}
+{{- define "mtc.podScheduling" -}}
+{{- $global := .ctx.Values -}}
+{{- $workload := .workload | default dict -}}
+{{- with $global.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($workload.priorityClassName | default $global.priorityClassName) }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with ($workload.nodeSelector | default $global.nodeSelector) }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($workload.tolerations | default $global.tolerations) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($workload.affinity | default $global.affinity) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Seconds a task's service may take for one request (its MTC_REQUEST_TIMEOUT_SECONDS, else
+the gateway's default), as the gateway's MTC_GATEWAY_TASK_TIMEOUTS says. Call with
+(dict "ctx" $ "model" MODEL). */}}
+{{- define "mtc.taskTimeout" -}}
+{{- .model.config.MTC_REQUEST_TIMEOUT_SECONDS | default .ctx.Values.gateway.config.MTC_GATEWAY_REQUEST_TIMEOUT_SECONDS | default "30" | float64 -}}
+{{- end -}}
+
+{{/* How much longer than a task's timeout the gateway waits for its service
+(MTC_GATEWAY_UPSTREAM_TIMEOUT_MARGIN_SECONDS, default 5 in gateway/settings.py). */}}
+{{- define "mtc.upstreamMargin" -}}
+{{- .Values.gateway.config.MTC_GATEWAY_UPSTREAM_TIMEOUT_MARGIN_SECONDS | default "5" | float64 -}}
+{{- end -}}
+
+{{/* Data of the ConfigMap every model service shares. */}}
+{{- define "mtc.sharedConfigData" -}}
+{{- range $setting, $value := .Values.config }}
+{{ $setting }}: {{ $value | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Data of one model's ConfigMap. Call with (dict "model" MODEL). */}}
+{{- define "mtc.modelConfigData" -}}
+MTC_TASK: {{ .model.task | quote }}
+# Where the initContainer fetches the model from; the server reads the local copy.
+MTC_MODEL_URI: {{ .model.modelUri | quote }}
+{{- range $setting, $value := .model.config }}
+{{ $setting }}: {{ $value | quote }}
 {{- end }}
 {{- end -}}
 
@@ -94,9 +167,14 @@ securityContext:
       optional: true
 {{- end -}}
 
-{{/* Image reference; the tag defaults to the chart's appVersion. */}}
+{{/* Image reference; the tag defaults to the chart's appVersion. A digest (image.digest:
+sha256:...) pins the image and replaces the tag, as kustomize's `images: digest` does. */}}
 {{- define "mtc.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .image.repository (.image.tag | default .ctx.Chart.AppVersion) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Name of the Redis password Secret. */}}
