@@ -318,8 +318,13 @@ def train_adapter(
     config: TrainConfig,
     *,
     progress: bool = True,
+    initial: Adapter | None = None,
 ) -> Adapter:
-    """Fine-tune adapters + head on `train`; deterministic for a given config and data."""
+    """Fine-tune adapters + head on `train`; deterministic for a given config and data.
+
+    With `initial`, training continues from that adapter's tensors (same rank and labels)
+    instead of a fresh low-rank update and a new head.
+    """
     import torch
 
     if len({example.label for example in train}) < 2:
@@ -333,7 +338,7 @@ def train_adapter(
     torch.manual_seed(config.seed)
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(base_dir, train, labels, config, progress)
+        return _train(base_dir, train, labels, config, progress, initial)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)
@@ -345,6 +350,7 @@ def _train(
     labels: Sequence[str],
     config: TrainConfig,
     progress: bool,
+    initial: Adapter | None,
 ) -> Adapter:
     import torch
     from tqdm import tqdm
@@ -371,6 +377,8 @@ def _train(
         adapters[name] = adapter
     for name in full_names:
         model.get_submodule(name).requires_grad_(True)
+    if initial is not None:
+        _start_from(model, adapters, full_names, initial, labels, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     logger.info(
         "training %d parameters (%d adapters of rank %d) on %d texts",
@@ -426,6 +434,7 @@ def _train(
             tensors[f"{name}.{key}"] = value.detach().to(torch.float32).contiguous()
     weights = _base_weights_file(base_dir)
     info: dict[str, Any] = {
+        "initial_adapter_sha256": initial.info.get("adapter_sha256") if initial else None,
         "format": ADAPTER_FORMAT,
         "labels": list(labels),
         "base_model_sha256": sha256_file(weights),
@@ -450,6 +459,48 @@ def _train(
         "torch_version": torch.__version__,
     }
     return Adapter(tensors=tensors, info=info)
+
+
+def _start_from(
+    model: Any,
+    adapters: dict[str, Any],
+    full_names: Sequence[str],
+    initial: Adapter,
+    labels: Sequence[str],
+    config: TrainConfig,
+) -> None:
+    """Load an earlier adapter's low-rank factors and head into freshly built modules."""
+    import torch
+
+    # Older adapter records lack labels; the head's shape is still checked when it loads.
+    if "labels" in initial.info and list(initial.info["labels"]) != list(labels):
+        raise TrainingError(f"the initial adapter's labels are not {list(labels)}")
+    if (
+        int(initial.info["rank"]) != config.rank
+        or float(initial.scale) != config.alpha / config.rank
+    ):
+        raise TrainingError(
+            f"the initial adapter has rank {initial.info['rank']} and scale {initial.scale}; "
+            f"the recipe asks for rank {config.rank} and scale {config.alpha / config.rank}"
+        )
+    with torch.no_grad():
+        for name, adapter in adapters.items():
+            try:
+                adapter.lora_A.copy_(initial.tensors[name + _LORA_A].to(torch.float32))
+                adapter.lora_B.copy_(initial.tensors[name + _LORA_B].to(torch.float32))
+            except KeyError as exc:
+                raise TrainingError(f"the initial adapter has no {exc} for {name}") from exc
+        for module_name in full_names:
+            prefix = module_name + "."
+            state = {
+                key.removeprefix(prefix): value.to(torch.float32)
+                for key, value in initial.tensors.items()
+                if key.startswith(prefix)
+            }
+            try:
+                model.get_submodule(module_name).load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise TrainingError(f"initial adapter: {module_name}: {exc}") from exc
 
 
 def _pad_id(tokenizer: Any) -> int:

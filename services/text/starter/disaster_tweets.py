@@ -10,6 +10,9 @@ from services.text.training import LabelledText, read_labelled_csv
 LABELS: tuple[str, str] = ("not_disaster", "disaster")
 DATA_DIR = Path(__file__).with_name("data")
 TWEETS_FILE = DATA_DIR / "disaster_tweets.csv"
+FIGURATIVE_AND_CASUAL_FILE = DATA_DIR / "disaster_tweets_figurative_casual.csv"
+"""A second written set: everyday posts that use disaster words figuratively, and real
+emergencies told casually, misspelled or indirectly."""
 TRAPS_FILE = DATA_DIR / "disaster_traps.csv"
 """40 further tweets (mostly figurative uses of disaster words) that no model trains on."""
 
@@ -20,6 +23,19 @@ def load_tweets() -> tuple[list[LabelledText], dict[str, Any]]:
     description = {
         "corpus": "mtc disaster tweets: hand-written, English, see DATASHEET.md",
         "source_file": "services/text/starter/data/disaster_tweets.csv",
+        "licence": "CC0-1.0",
+        "rows_read": len(examples),
+    }
+    return examples, description
+
+
+def load_figurative_and_casual() -> tuple[list[LabelledText], dict[str, Any]]:
+    """The second written set, and a description of it."""
+    examples = read_labelled_csv(FIGURATIVE_AND_CASUAL_FILE, LABELS)
+    description = {
+        "corpus": "mtc figurative and casual disaster tweets: hand-written, English, see "
+        "DATASHEET.md",
+        "source_file": "services/text/starter/data/disaster_tweets_figurative_casual.csv",
         "licence": "CC0-1.0",
         "rows_read": len(examples),
     }

@@ -1,0 +1,37 @@
+"""Evaluation sets written apart from the training data, by another author from a brief that
+asks for the hard cases (see data/independent/PROVENANCE.md). No model trains on them, and a
+test keeps training rows from near-duplicating them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from services.text.training import DataError, LabelledText, read_labelled_csv
+
+INDEPENDENT_DIR = Path(__file__).with_name("data") / "independent"
+INDEPENDENT_FILES: dict[str, str] = {
+    "sentiment": "sentiment_reviews.csv",
+    "disaster": "disaster_tweets.csv",
+}
+
+
+def independent_set_path(task: str) -> Path:
+    """Where the independent evaluation set of `task` lives."""
+    if task not in INDEPENDENT_FILES:
+        raise DataError(f"no independent evaluation set is defined for {task!r}")
+    return INDEPENDENT_DIR / INDEPENDENT_FILES[task]
+
+
+def load_independent_set(task: str, labels: Sequence[str]) -> list[LabelledText]:
+    """The set's rows, labels matched to the model's case-insensitively (the author wrote them
+    apart from the code, so `positive` and `POSITIVE` both count)."""
+    path = independent_set_path(task)
+    by_folded = {label.casefold(): label for label in labels}
+    examples: list[LabelledText] = []
+    for line, example in enumerate(read_labelled_csv(path), start=2):
+        label = by_folded.get(example.label.casefold())
+        if label is None:
+            raise DataError(f"{path}:{line}: label {example.label!r} is not one of {list(labels)}")
+        examples.append(LabelledText(example.text, label))
+    return examples
