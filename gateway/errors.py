@@ -37,3 +37,33 @@ class UpstreamInvalidAnswer(MtcError):
 
     status_code = 502
     error_type = "upstream_invalid_answer"
+
+
+class UrlNotAllowed(MtcError):
+    """An image URL (or a redirect it answered with) names a host the gateway may not
+    fetch from (`MTC_GATEWAY_IMAGE_URL_HOSTS`), or one that resolves to a private address."""
+
+    status_code = 403
+    error_type = "url_not_allowed"
+
+
+class UrlFetchFailed(MtcError):
+    """An image URL could not be fetched: no connection, an error status, or too many
+    redirects."""
+
+    status_code = 502
+    error_type = "url_fetch_failed"
+
+
+class UrlFetchTimeout(MtcError):
+    """An image URL did not deliver its image within `MTC_GATEWAY_IMAGE_URL_TIMEOUT_SECONDS`."""
+
+    status_code = 504
+    error_type = "url_timeout"
+
+
+class AsyncPredictionFailed(MtcError):
+    """The job behind `POST /api/predict/` failed or was cancelled; the detail says why."""
+
+    status_code = 502
+    error_type = "prediction_failed"

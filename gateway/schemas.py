@@ -8,9 +8,18 @@ gateway itself.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from gateway.settings import TaskKind
 from services.core.contracts import (
@@ -28,6 +37,10 @@ from services.core.contracts import (
     TextPredictRequest,
     TextPredictResponse,
 )
+from services.core.errors import BatchTooLarge
+
+MAX_IMAGE_URL_CHARS = 2048
+"""Longest image URL `/api/v1/pose_classifier` accepts."""
 
 __all__ = [
     "MULTIPART_AUDIO_SCHEMA",
@@ -177,18 +190,66 @@ class LegacyTextResponse(BaseModel):
 
 
 class LegacyPoseRequest(BatchRequest):
-    """Photos to classify (`POST /api/v1/pose_classifier`)."""
+    """Photos to classify (`POST /api/v1/pose_classifier`): base64 `images`, or the `url`
+    of each photo on a host the gateway may fetch from."""
 
     batch_field: ClassVar[str] = "images"
     batch_noun: ClassVar[str] = "images"
     limit_setting: ClassVar[str] = "MTC_GATEWAY_MAX_IMAGES_PER_REQUEST"
 
-    images: list[str] = Field(
+    images: list[str] | None = Field(
+        default=None,
         min_length=1,
         max_length=DEFAULT_MAX_IMAGES,
         description="Base64-encoded JPEG, PNG or WebP files (a `data:image/...;base64,` "
         "prefix is allowed).",
     )
+    # No `examples`: the API collections send `images`, and a body may not carry both.
+    url: list[Annotated[str, Field(max_length=MAX_IMAGE_URL_CHARS)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=DEFAULT_MAX_IMAGES,
+        description="http(s) URLs of the photos, instead of `images`: fetched by the "
+        "gateway from the hosts of MTC_GATEWAY_IMAGE_URL_HOSTS only (none by default: 403 "
+        "`url_not_allowed`), each within MTC_GATEWAY_IMAGE_URL_MAX_BYTES and "
+        "MTC_GATEWAY_IMAGE_URL_TIMEOUT_SECONDS.",
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _refuse_long_url_lists(
+        cls, data: Any, handler: ModelWrapValidatorHandler[LegacyPoseRequest]
+    ) -> LegacyPoseRequest:
+        try:
+            return handler(data)
+        except ValidationError as error:
+            for issue in error.errors(include_url=False):
+                if issue["type"] == "too_long" and issue["loc"] == ("url",):
+                    context = issue.get("ctx", {})
+                    raise BatchTooLarge(
+                        f"{context.get('actual_length')} URLs in one request; the limit is "
+                        f"{context.get('max_length')} ({cls.limit_setting})"
+                    ) from None
+            raise
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.images is None) == (self.url is None):
+            raise ValueError("give exactly one of `images` and `url`")
+        return self
+
+    @classmethod
+    def with_limit(cls, max_items: int, *, setting: str | None = None) -> type[Self]:
+        """This schema with both lists capped at `max_items`."""
+        bounded = super().with_limit(max_items, setting=setting)
+        original = cls.model_fields["url"]
+        capped = FieldInfo.merge_field_infos(original, Field(max_length=max_items))
+        fields: dict[str, Any] = {"url": (original.annotation, capped)}
+        urls_bounded = create_model(
+            cls.__name__, __base__=bounded, __module__=cls.__module__, **fields
+        )
+        urls_bounded.__doc__ = cls.__doc__
+        return cast(type[Self], urls_bounded)
 
 
 class LegacyPoseResponse(BaseModel):
@@ -200,3 +261,41 @@ class LegacyPoseResponse(BaseModel):
     prediction_time: int = Field(
         description="Milliseconds from forwarding to the model service until its answer."
     )
+
+
+class EmergencyCallPrediction(BaseModel):
+    """The emergency-call project's answer (`POST /predict`): the call's label and the
+    probability of every label, highest first."""
+
+    filename: str | None = Field(description="The uploaded file's name, as sent.")
+    label: str = Field(description="The label with the highest probability.")
+    probabilities: dict[str, float] = Field(
+        description="Label -> probability (the fused scores of mtc's audio model), highest first.",
+        examples=[{"emergency": 0.91, "routine": 0.09}],
+    )
+
+
+class EmergencyCallS3Prediction(BaseModel):
+    """The emergency-call project's answer for a recording in S3 (`POST /predict_s3`)."""
+
+    s3_uri: str = Field(description="The recording's URI, as sent.")
+    label: str = Field(description="The label with the highest probability.")
+    probabilities: dict[str, float] = Field(
+        description="Label -> probability, highest first.",
+        examples=[{"emergency": 0.91, "routine": 0.09}],
+    )
+
+
+class ToneRequest(BaseModel):
+    """One text to rate (`POST /api/predict/`)."""
+
+    text: str = Field(examples=["The support team solved my problem in minutes"])
+
+
+class TonePrediction(BaseModel):
+    """The rating of the text, from the batch job that made it."""
+
+    text: str = Field(description="The text, as sent.")
+    label: str = Field(description="The label with the highest score.")
+    score: float = Field(description="Its score.")
+    job_id: str = Field(description="The job that made the prediction (`GET /v1/jobs/{id}`).")

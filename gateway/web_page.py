@@ -1,9 +1,10 @@
-"""The try-it web page at `/ui`: a few static files (no build step) served with strict
-security headers.
+"""The try-it web page at `/ui`, and the emergency-call project's upload page at `/upload`:
+a few static files (no build step) served with strict security headers.
 
-The page only talks to this gateway (`/v1/models`, `/v1/{task}/predict`); the Content
-Security Policy allows nothing else: no inline script or style, no other origin, no
-framing. Photos and recordings are shown from `blob:` URLs made in the browser.
+The pages only talk to this gateway (`/v1/models`, `/v1/{task}/predict`, `predict-s3`,
+`/predict`, `/predict_s3`); the Content Security Policy allows nothing else: no inline
+script or style, no other origin, no framing, no native form submission (the pages post
+with `fetch`). Photos and recordings are shown from `blob:` URLs made in the browser.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ PAGE_FILES: Final = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
+    "upload.html": "text/html; charset=utf-8",
+    "upload.js": "text/javascript; charset=utf-8",
 }
 
 CONTENT_SECURITY_POLICY: Final = "; ".join(
@@ -48,9 +51,10 @@ SECURITY_HEADERS: Final = {
 }
 
 
-def web_page_router() -> APIRouter:
+def web_page_router(*, upload_page: bool = False) -> APIRouter:
     """`GET /ui` (the page) and `GET /ui/{file}` (its script, style sheet and icon), read
-    from `gateway/ui` once, when the app is built."""
+    from `gateway/ui` once, when the app is built; with `upload_page`, `GET /upload` too
+    (a WAV upload or an S3 key, sent to `/predict` or `/predict_s3`)."""
     files = {name: (UI_DIR / name).read_bytes() for name in PAGE_FILES}
     router = APIRouter(include_in_schema=False)
 
@@ -66,5 +70,11 @@ def web_page_router() -> APIRouter:
     @router.get("/ui/{name}")
     async def web_page_asset(name: str) -> Response:
         return page_file(name)
+
+    if upload_page:
+
+        @router.get("/upload")
+        async def upload_page_html() -> Response:
+            return page_file("upload.html")
 
     return router

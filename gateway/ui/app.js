@@ -1,6 +1,7 @@
 // The try-it page of the mtc gateway: lists the tasks of GET /v1/models and calls
-// POST /v1/{task}/predict with text, a photo or a recording. No framework and no build
-// step; everything shown is set with textContent, never parsed as HTML.
+// POST /v1/{task}/predict with text, a photo or a recording (or /v1/{task}/predict-s3 with
+// the S3 URI of one). No framework and no build step; everything shown is set with
+// textContent, never parsed as HTML.
 "use strict";
 
 // MediaPipe Pose landmarks joined into a skeleton (names as the pose service sends them).
@@ -97,12 +98,12 @@ function describeModel(model) {
 
 // ---------------------------------------------------------------- calling the API
 
-async function predict(body, contentType) {
+async function predict(body, contentType, route = "predict") {
   const headers = apiHeaders();
   if (contentType) headers["Content-Type"] = contentType;
   setStatus("Classifying…");
   const started = performance.now();
-  const response = await fetch(`/v1/${encodeURIComponent(state.task.task)}/predict`, {
+  const response = await fetch(`/v1/${encodeURIComponent(state.task.task)}/${route}`, {
     method: "POST",
     headers,
     body,
@@ -314,15 +315,24 @@ function wavFile(samples, sampleRate) {
 }
 
 async function classifyAudio() {
-  const file = element("audio-input").files[0];
-  const recording = file || state.recording;
-  if (!recording) throw new Error("Choose a recording or record one.");
-  const name = file ? file.name : "recording.wav";
-  const form = new FormData();
-  form.append("audio", recording, name);
   const transcript = element("transcript-input").value.trim();
-  if (transcript) form.append("transcript", transcript);
-  const answer = await predict(form);
+  const s3Uri = element("s3-uri-input").value.trim();
+  let name;
+  let answer;
+  if (s3Uri) {
+    name = s3Uri;
+    const body = transcript ? { s3_uri: s3Uri, transcript } : { s3_uri: s3Uri };
+    answer = await predict(JSON.stringify(body), "application/json", "predict-s3");
+  } else {
+    const file = element("audio-input").files[0];
+    const recording = file || state.recording;
+    if (!recording) throw new Error("Choose a recording, record one, or give its S3 URI.");
+    name = file ? file.name : "recording.wav";
+    const form = new FormData();
+    form.append("audio", recording, name);
+    if (transcript) form.append("transcript", transcript);
+    answer = await predict(form);
+  }
   answer.predictions.forEach((scores, index) => {
     const card = make("article", "prediction");
     card.append(make("h3", "", name), scoreBars(scores));
@@ -376,6 +386,7 @@ document.addEventListener("DOMContentLoaded", () => {
   element("audio-input").addEventListener("change", () => {
     element("audio-preview").hidden = true;
     state.recording = null;
+    element("s3-uri-input").value = "";
   });
   loadModels();
 });

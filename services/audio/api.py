@@ -12,6 +12,8 @@ classifiers, fusion) runs in the serving kit's batching queue.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,6 +35,7 @@ from services.core.contracts import (
     AudioS3Request,
 )
 from services.core.dataplane import DataPlane, PredictionResult
+from services.core.decode_workers import DecodeWorkers
 from services.core.errors import (
     AccessDenied,
     BatchTooLarge,
@@ -48,6 +51,8 @@ from services.core.errors import (
     UpstreamUnavailable,
 )
 from services.core.http_errors import error_responses
+from services.core.open_inference import BytesTensor, InputTensor, ItemLimit, TensorAdapter
+from services.core.s3_locations import S3_SCOPE_HEADER, scope_from_header
 
 _DECODE_ERRORS = (
     InvalidInput,
@@ -77,6 +82,7 @@ class ClipUploadReader:
             max_seconds=settings.max_audio_seconds,
             min_seconds=settings.min_audio_seconds,
             silence_threshold_dbfs=settings.silence_threshold_dbfs,
+            max_decoded_bytes=settings.decoded_bytes_limit,
         )
 
     def transcript(self, label: str, value: str | None) -> str | None:
@@ -160,6 +166,7 @@ def _response(model: EmergencyCallModel, result: PredictionResult) -> JSONRespon
                 else [{"label": s.label, "score": s.score} for s in prediction.text],
                 "transcript": prediction.transcript,
                 "transcript_source": prediction.transcript_source,
+                "transcript_language": prediction.transcript_language,
                 "duration_seconds": prediction.duration_seconds,
             }
         )
@@ -176,8 +183,60 @@ def _response(model: EmergencyCallModel, result: PredictionResult) -> JSONRespon
     )
 
 
-def audio_routes(settings: AudioSettings, model: EmergencyCallModel) -> Any:
-    """The route registrar for `create_app`."""
+class ClipTensorAdapter(TensorAdapter):
+    """Open Inference inputs `audio` (BYTES, one encoded file per element; base64 strings in
+    JSON) and optionally `transcript` (BYTES, UTF-8, one per clip; empty: transcribe): the
+    clips of `/v1/{task}/predict`, with its checks and limits."""
+
+    def __init__(
+        self, settings: AudioSettings, model: EmergencyCallModel, decoders: DecodeWorkers
+    ) -> None:
+        super().__init__(
+            [
+                InputTensor(AUDIO_FILE_FIELD, "One WAV, FLAC, OGG/Vorbis or MP3 file per element."),
+                InputTensor(
+                    TRANSCRIPT_FIELD,
+                    "What was said in each clip (UTF-8); empty: the service transcribes it.",
+                    required=False,
+                ),
+            ],
+            ItemLimit(settings.max_clips_per_request, "clips", "MTC_MAX_CLIPS_PER_REQUEST"),
+        )
+        self.settings = settings
+        self.model = model
+        self.decoders = decoders
+
+    async def predict(
+        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any]
+    ) -> PredictionResult:
+        """Fused predictions of the clips."""
+        if not self.model.ready:
+            raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
+        reader = ClipUploadReader(self.settings, self.model.features.sample_rate)
+        files = tensors[AUDIO_FILE_FIELD].files(reader.limits.max_bytes, "MTC_MAX_AUDIO_BYTES")
+        given = tensors.get(TRANSCRIPT_FIELD)
+        transcripts = (
+            [reader.transcript(given.label(i), text) for i, text in enumerate(given.texts())]
+            if given is not None
+            else [None] * len(files)
+        )
+        # One clip at a time per request: the decode threads are shared by all requests.
+        deadline = self.decoders.deadline()
+        decoded = [
+            await self.decoders.run(partial(reader.decode, label, data), deadline=deadline)
+            for label, data in files
+        ]
+        clips = [
+            CallClip(audio.samples, audio.sample_rate, transcript)
+            for audio, transcript in zip(decoded, transcripts, strict=True)
+        ]
+        return await plane.predict(clips)
+
+
+def audio_routes(
+    settings: AudioSettings, model: EmergencyCallModel, decoders: DecodeWorkers
+) -> Any:
+    """The route registrar for `create_app`; `decoders` are shared with the `/v2` routes."""
     s3 = S3ClipReader(
         settings.s3_input_allowlist,
         max_bytes=settings.max_audio_bytes,
@@ -210,9 +269,12 @@ def audio_routes(settings: AudioSettings, model: EmergencyCallModel) -> Any:
             are `calm` / `urgent`) and the transcript."""
             reader = ready_reader()
             uploads = await reader.read_multipart(request)
-            decoded = await asyncio.to_thread(
-                lambda: [reader.decode(label, data) for label, data, _ in uploads]
-            )
+            # One clip at a time per request: the decode threads are shared by all requests.
+            deadline = decoders.deadline()
+            decoded = [
+                await decoders.run(partial(reader.decode, label, data), deadline=deadline)
+                for label, data, _ in uploads
+            ]
             clips = [
                 CallClip(audio.samples, audio.sample_rate, transcript)
                 for audio, (_, _, transcript) in zip(decoded, uploads, strict=True)
@@ -228,16 +290,21 @@ def audio_routes(settings: AudioSettings, model: EmergencyCallModel) -> Any:
             ),
             summary=f"Classify an emergency call stored in S3 ({settings.task})",
         )
-        async def predict_s3(body: AudioS3Request, plane: DataPlaneDep) -> JSONResponse:
-            """Fetch the clip from an allow-listed bucket/prefix (others: 403), then as
-            `predict`."""
+        async def predict_s3(
+            body: AudioS3Request, plane: DataPlaneDep, request: Request
+        ) -> JSONResponse:
+            """Fetch the clip from an allow-listed bucket/prefix open to the caller's API
+            key, then as `predict`. Outside them or missing: the same 404."""
             reader = ready_reader()
             transcript = reader.transcript(TRANSCRIPT_FIELD, body.transcript)
+            # Set by the gateway from the caller's API key (see S3_SCOPE_HEADER).
+            scope = scope_from_header(request.headers.get(S3_SCOPE_HEADER))
 
-            def fetch_and_decode() -> DecodedAudio:
-                return reader.decode(body.s3_uri, s3.read(body.s3_uri))
-
-            audio = await asyncio.to_thread(fetch_and_decode)
+            # The download waits on the network, so it does not hold a decode thread.
+            data = await asyncio.to_thread(s3.read, body.s3_uri, scope)
+            audio = await decoders.run(
+                partial(reader.decode, body.s3_uri, data), deadline=decoders.deadline()
+            )
             clip = CallClip(audio.samples, audio.sample_rate, transcript)
             return _response(model, await plane.predict([clip]))
 
@@ -249,6 +316,7 @@ def build_app(settings: AudioSettings, model: EmergencyCallModel | None = None) 
     limits = {
         "max_audio_bytes": settings.max_audio_bytes,
         "max_audio_seconds": settings.max_audio_seconds,
+        "max_audio_decoded_bytes": settings.decoded_bytes_limit,
         "min_audio_seconds": settings.min_audio_seconds,
         "max_clips_per_request": settings.max_clips_per_request,
         "max_transcript_chars": settings.max_transcript_chars,
@@ -260,12 +328,20 @@ def build_app(settings: AudioSettings, model: EmergencyCallModel | None = None) 
         asr_language=settings.asr_language,
         asr_threads=settings.asr_threads,
         torch_threads=settings.threads_per_worker,
+        korean_transcripts_enabled=settings.korean_transcripts_enabled,
         limits=limits,
+    )
+    # Shared by both APIs: one bound on the decode threads, whichever route a clip came by.
+    decoders = DecodeWorkers(
+        settings.max_concurrent_decodes,
+        wait_seconds=settings.request_timeout_seconds,
+        setting="MTC_MAX_CONCURRENT_DECODES",
     )
     return create_app(
         settings,
         classifier,
-        register_routes=audio_routes(settings, classifier),
+        register_routes=audio_routes(settings, classifier, decoders),
+        tensor_adapter=ClipTensorAdapter(settings, classifier, decoders),
         title=f"mtc audio service: {settings.task}",
         description="Emergency-call classification from recordings: a calm/urgent classifier "
         "over how the call sounds and a transcript classifier over what was said (Whisper ASR "

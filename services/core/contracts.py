@@ -200,6 +200,12 @@ class AudioClipDetail(BaseModel):
     transcript_source: Literal["request", "asr", "none"] = Field(
         description="`request`: sent by the client; `asr`: recognised by Whisper; `none`."
     )
+    transcript_language: Literal["en", "ko"] | None = Field(
+        default=None,
+        description="Which transcript classifier scored `text`: `en` (English) or `ko` "
+        "(Korean, for transcripts written mostly in Hangul; sent transcripts only, since "
+        "speech recognition is English-only); null when there was no transcript.",
+    )
     duration_seconds: float = Field(description="Length of the clip that was analysed.")
 
 
@@ -220,7 +226,7 @@ class AudioS3Request(BaseModel):
         min_length=6,
         max_length=2048,
         description="`s3://bucket/key` of a WAV, FLAC, OGG or MP3 file.",
-        examples=["s3://calls/incoming/2026-11-22/call-0042.wav"],
+        examples=["s3://calls/incoming/call-0042.wav"],
     )
     transcript: str | None = Field(
         default=None,

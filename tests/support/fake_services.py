@@ -190,13 +190,34 @@ class ReceivedClip:
 
 
 @dataclass
+class ReceivedS3Request:
+    """One `predict-s3` request: its JSON body and the S3 scope header the gateway set."""
+
+    body: dict[str, Any]
+    s3_scope: str | None
+
+
+@dataclass
 class FakeAudioService:
     """An audio service answering multipart uploads (`audio` files, optional `transcript`
-    fields) with fixed scores; clips without a transcript get a made-up recognised one."""
+    fields) with fixed scores; clips without a transcript get a made-up recognised one.
+    `predict-s3` answers the same for URIs under `s3://calls/`, 404 `input_not_found`
+    for any other."""
 
     task: str = "audio"
     received: list[ReceivedClip] = field(default_factory=list)
+    received_s3: list[ReceivedS3Request] = field(default_factory=list)
     recognised_transcript: str = "there is smoke coming from the kitchen"
+
+    @staticmethod
+    def prediction_body(clips: list[dict[str, Any]]) -> dict[str, Any]:
+        """The answer for `clips` (fused scores: emergency 0.8, routine 0.2)."""
+        fused = [{"label": "emergency", "score": 0.8}, {"label": "routine", "score": 0.2}]
+        return {
+            "model": {"name": "calls-fake", "version": "2"},
+            "predictions": [fused] * len(clips),
+            "clips": clips,
+        }
 
     def create_app(self) -> FastAPI:
         """The service's FastAPI app."""
@@ -227,12 +248,27 @@ class FakeAudioService:
                         "duration_seconds": 1.5,
                     }
                 )
-            fused = [{"label": "emergency", "score": 0.8}, {"label": "routine", "score": 0.2}]
-            return {
-                "model": {"name": "calls-fake", "version": "2"},
-                "predictions": [fused] * len(clips),
-                "clips": clips,
+            return self.prediction_body(clips)
+
+        @app.post(f"/v1/{self.task}/predict-s3", response_model=None)
+        async def predict_s3(request: Request) -> dict[str, Any] | JSONResponse:
+            body = await request.json()
+            self.received_s3.append(ReceivedS3Request(body, request.headers.get("x-mtc-s3-scope")))
+            uri = str(body.get("s3_uri", ""))
+            if not uri.startswith("s3://calls/"):
+                return JSONResponse(
+                    {"detail": f"{uri}: no such object", "error_type": "input_not_found"},
+                    status_code=404,
+                )
+            transcript = body.get("transcript")
+            clip = {
+                "audio": [{"label": "urgent", "score": 0.7}, {"label": "calm", "score": 0.3}],
+                "text": None,
+                "transcript": transcript or self.recognised_transcript,
+                "transcript_source": "request" if transcript else "asr",
+                "duration_seconds": 2.0,
             }
+            return self.prediction_body([clip])
 
         @app.get("/v1/models")
         async def models() -> dict[str, Any]:

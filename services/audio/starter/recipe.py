@@ -8,26 +8,32 @@
 3. The calm/urgent classifier trained on clips of the training sentences, the fusion fitted
    and the whole model evaluated on clips of held-out sentences (the text model's held-out
    split), weighted by `CALL_MIX`.
+4. The Korean transcript head (`korean_transcript_head/`, trained by
+   `mtc train starter korean-transcript` and committed) copied in as it is: Korean
+   transcripts are scored by it and fused with the same weights.
 
-The result is rebuilt only when an input changes (sentences, adapter, synthesis, features
-or training code, recipe), and refused below `MIN_HELDOUT_ACCURACY` (fused, with written
-transcripts) or `MIN_AUDIO_ACCURACY` (calm/urgent).
+The result is rebuilt only when an input changes (sentences, adapter, Korean head,
+synthesis, features or training code, recipe), and refused below `MIN_HELDOUT_ACCURACY`
+(fused, with written transcripts) or `MIN_AUDIO_ACCURACY` (calm/urgent).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from services.audio import evaluation, features, fusion
 from services.audio import training as audio_training
 from services.audio.evaluation import CallMix
 from services.audio.models import urgency
-from services.audio.starter import soundscape, synthesis
+from services.audio.models.korean_transcripts import HEAD_CONFIG
+from services.audio.starter import korean_transcripts, soundscape, synthesis
 from services.audio.training import AudioTrainConfig, read_clip_folder, train_audio_model
 from services.audio.transcription import bundled_whisper_dir
 from services.core.errors import ModelLoadError
@@ -39,7 +45,7 @@ from services.text.training import is_heldout, normalise, read_labelled_csv
 logger = logging.getLogger(__name__)
 
 NAME = "mtc-emergency-call"
-VERSION = "2.0.0"
+VERSION = "2.1.0"
 VARIANTS_PER_SENTENCE = 2
 """One calm and one urgent clip of every sentence."""
 MIN_HELDOUT_ACCURACY = 0.75
@@ -65,6 +71,7 @@ def inputs_digest() -> str:
     sources = (
         emergency_transcripts.TRANSCRIPTS_FILE,
         EMERGENCY_TRANSCRIPT.adapter_path,
+        *sorted(korean_transcripts.HEAD_DIR.iterdir()),
         *(
             Path(module.__file__ or "")
             for module in (
@@ -89,6 +96,21 @@ def inputs_digest() -> str:
     )
     digest.update(repr(settings).encode())
     return digest.hexdigest()
+
+
+def korean_head_summary() -> dict[str, Any]:
+    """What the manifest records of the committed Korean transcript head."""
+    config = json.loads((korean_transcripts.HEAD_DIR / HEAD_CONFIG).read_text(encoding="utf-8"))
+    return {
+        "name": config["name"],
+        "encoder": config["encoder"],
+        "transcripts": "services/audio/starter/data/korean_transcripts.csv (hand-written, "
+        "CC0-1.0, see services/audio/starter/DATASHEET.md)",
+        "heldout": {
+            key: config["metrics"]["heldout"][key]
+            for key in ("accuracy", "macro_f1", "expected_calibration_error", "examples")
+        },
+    }
 
 
 def _current_build(out: Path, digest: str) -> Manifest | None:
@@ -158,6 +180,7 @@ def build_audio_starter(out: Path, *, force: bool = False, progress: bool = Fals
             min_audio_accuracy=MIN_AUDIO_ACCURACY,
             call_mix=CALL_MIX,
             asr_sentences_per_label=asr_sentences,
+            korean_head_dir=korean_transcripts.HEAD_DIR,
             progress=progress,
             training_data={
                 "inputs_sha256": digest,
@@ -179,6 +202,7 @@ def build_audio_starter(out: Path, *, force: bool = False, progress: bool = Fals
                     "version": text.manifest.version,
                     "heldout_accuracy": text.manifest.metrics.get("heldout_accuracy"),
                 },
+                "korean_transcript_model": korean_head_summary(),
             },
         )
     return BuildResult(out.absolute(), True, manifest, time.perf_counter() - started)
