@@ -11,7 +11,8 @@ import asyncio
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
@@ -28,7 +29,8 @@ from services.core.contracts import (
     PoseJsonRequest,
     PosePredictResponse,
 )
-from services.core.dataplane import DataPlane
+from services.core.dataplane import DataPlane, PredictionResult
+from services.core.decode_workers import DecodeWorkers
 from services.core.errors import (
     BatchTooLarge,
     BodyTooLarge,
@@ -41,11 +43,13 @@ from services.core.errors import (
 )
 from services.core.http_errors import error_responses
 from services.core.json_body import check_json_values
+from services.core.open_inference import BytesTensor, InputTensor, ItemLimit, TensorAdapter
 from services.pose.images import (
     DecodedImage,
     ImageLimits,
     decode_image,
     guard_decompression_bombs,
+    read_header,
 )
 from services.pose.keypoints import KeypointResolver
 from services.pose.models.auto import AutoPoseModel
@@ -78,6 +82,11 @@ class ImageUploadReader:
             max_side=settings.decode_max_side,
         )
         self.json_schema = PoseJsonRequest.with_limit(settings.max_images_per_request)
+        self.decoders = DecodeWorkers(
+            settings.max_concurrent_decodes,
+            wait_seconds=settings.request_timeout_seconds,
+            setting="MTC_MAX_CONCURRENT_DECODES",
+        )
 
     async def read(self, request: Request) -> list[DecodedImage]:
         """Validated, decoded images of the request, in order; raises naming the bad item."""
@@ -92,8 +101,20 @@ class ImageUploadReader:
                 f"with one `{FILE_FIELD}` part per image, or application/json "
                 f'{{"{JSON_FIELD}": ["<base64>", ...]}}'
             )
-        # Decoding is CPU work: keep it off the event loop.
-        return await asyncio.to_thread(self._decode_all, raw)
+        return await self.decode(raw)
+
+    async def decode(self, raw: list[tuple[str, bytes]]) -> list[DecodedImage]:
+        """(label, file bytes) per image, validated and decoded, in order."""
+        # Every header is checked before any image is decoded, all of them off the event loop.
+        await asyncio.to_thread(self._check_headers, raw)
+        # One image at a time per request: the decode threads are shared by all requests.
+        deadline = self.decoders.deadline()
+        return [
+            await self.decoders.run(
+                partial(decode_image, data, label=label, limits=self.limits), deadline=deadline
+            )
+            for label, data in raw
+        ]
 
     def _check_count(self, count: int, location: str) -> None:
         if count == 0:
@@ -174,13 +195,42 @@ class ImageUploadReader:
         except (binascii.Error, ValueError):
             raise InvalidInput(f"{label}: not valid base64") from None
 
-    def _decode_all(self, raw: list[tuple[str, bytes]]) -> list[DecodedImage]:
-        return [decode_image(data, label=label, limits=self.limits) for label, data in raw]
+    def _check_headers(self, raw: list[tuple[str, bytes]]) -> None:
+        headers = [read_header(data, label=label, limits=self.limits) for label, data in raw]
+        total = sum(header.pixels for header in headers)
+        limit = self.settings.max_pixels_per_request
+        if total > limit:
+            raise BatchTooLarge(
+                f"{len(headers)} images of {total} pixels in one request; the limit is "
+                f"{limit} pixels together (MTC_MAX_PIXELS_PER_REQUEST)"
+            )
 
 
-def pose_routes(settings: PoseSettings, model: PoseModel) -> Any:
+class ImageTensorAdapter(TensorAdapter):
+    """Open Inference input `image` (BYTES, one encoded file per element; base64 strings in
+    JSON): the images of `/v1/{task}/predict`, with its checks and limits."""
+
+    def __init__(self, settings: PoseSettings, model: PoseModel, reader: ImageUploadReader):
+        super().__init__(
+            [InputTensor(IMAGE_FILE_FIELD, "One JPEG, PNG or WebP file per element.")],
+            ItemLimit(settings.max_images_per_request, "images", "MTC_MAX_IMAGES_PER_REQUEST"),
+        )
+        self.settings = settings
+        self.model = model
+        self.reader = reader
+
+    async def predict(
+        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any]
+    ) -> PredictionResult:
+        """Ranked predictions of the images."""
+        if not self.model.ready:
+            raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
+        files = tensors[IMAGE_FILE_FIELD].files(self.reader.limits.max_bytes, "MTC_MAX_IMAGE_BYTES")
+        return await plane.predict(await self.reader.decode(files))
+
+
+def pose_routes(settings: PoseSettings, model: PoseModel, reader: ImageUploadReader) -> Any:
     """The route registrar for `create_app`."""
-    reader = ImageUploadReader(settings)
     guard_decompression_bombs(settings.max_image_pixels)
 
     def register(app: FastAPI, dataplane: DataPlane[Any]) -> None:
@@ -252,6 +302,7 @@ def build_app(settings: PoseSettings, model: PoseModel | None = None) -> FastAPI
         "max_images_per_request": settings.max_images_per_request,
         "max_image_bytes": settings.max_image_bytes,
         "max_image_pixels": settings.max_image_pixels,
+        "max_pixels_per_request": settings.max_pixels_per_request,
         "min_image_side": settings.min_image_side,
         "max_body_bytes": settings.max_body_bytes,
     }
@@ -261,10 +312,13 @@ def build_app(settings: PoseSettings, model: PoseModel | None = None) -> FastAPI
             torch_threads=settings.threads_per_worker, limits=limits
         ),
     )
+    # One reader for both APIs: they share its decode threads and limits.
+    reader = ImageUploadReader(settings)
     return create_app(
         settings,
         classifier,
-        register_routes=pose_routes(settings, classifier),
+        register_routes=pose_routes(settings, classifier, reader),
+        tensor_adapter=ImageTensorAdapter(settings, classifier, reader),
         title=f"mtc pose service: {settings.task}",
         description="Human pose classification from photos: MediaPipe Pose landmarks with a "
         "geometric classifier, or any Hugging Face image-classification model.",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from services.audio import api as audio_api
 from services.audio.api import build_app
+from services.audio.decoding import DecodedAudio, decode_audio, decoded_bytes
 from services.audio.models.emergency_call import CallClip, EmergencyCallModel, FusedPrediction
 from services.audio.models.urgency import URGENCY_LABELS
 from services.audio.settings import AudioSettings
@@ -272,3 +276,55 @@ def test_full_queue_answers_429_and_accepted_work_completes(model_dir: Path) -> 
         running.join(timeout=30)
         queued.join(timeout=30)
         assert results == {"running": 200, "queued": 200}
+
+
+def test_decoded_bytes_limit_refuses_from_the_header_naming_the_setting(model_dir: Path) -> None:
+    limit = decoded_bytes(1.0, 2, 48_000)
+    stereo = np.stack([tone(1.0, rate=48_000)] * 2, axis=1)
+    at_limit = encode(stereo, rate=48_000, file_format="FLAC")
+    over = encode(np.concatenate([stereo, stereo[:1]]), rate=48_000, file_format="FLAC")
+    settings = settings_for(model_dir, max_audio_decoded_bytes=limit)
+    with TestClient(build_app(settings)) as client:
+        wait_ready(client)
+        accepted = client.post(URL, **upload(at_limit))
+        refused = client.post(URL, **upload(at_limit, over))
+        (entry,) = client.get("/v1/models").json()["models"]
+    assert accepted.status_code == 200, accepted.text
+    assert refused.status_code == 413
+    assert refused.json()["error_type"] == "item_too_large"
+    assert refused.json()["detail"].startswith("audio[1] (clip1.bin)")
+    assert "MTC_MAX_AUDIO_DECODED_BYTES" in refused.json()["detail"]
+    assert entry["limits"]["max_audio_decoded_bytes"] == limit
+
+
+def test_the_default_decoded_bytes_limit_is_stereo_96_khz_for_the_longest_clip() -> None:
+    assert AudioSettings().decoded_bytes_limit == 30 * 2 * 96_000 * 4
+    assert AudioSettings(max_audio_seconds=60).decoded_bytes_limit == 60 * 2 * 96_000 * 4
+    assert AudioSettings(max_audio_decoded_bytes=1_000_000).decoded_bytes_limit == 1_000_000
+
+
+def test_clips_are_decoded_at_most_max_concurrent_decodes_at_once(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, most_at_once = [0], [0]
+    lock = threading.Lock()
+
+    def tracked_decode(*args: Any, **kwargs: Any) -> DecodedAudio:
+        with lock:
+            running[0] += 1
+            most_at_once[0] = max(most_at_once[0], running[0])
+        time.sleep(0.1)
+        try:
+            return decode_audio(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(audio_api, "decode_audio", tracked_decode)
+    settings = settings_for(model_dir, max_concurrent_decodes=1, cache_ttl_seconds=0)
+    with TestClient(build_app(settings)) as client, ThreadPoolExecutor(3) as pool:
+        wait_ready(client)
+        requests = [pool.submit(client.post, URL, **upload(TONE, TONE)) for _ in range(3)]
+        statuses = [request.result().status_code for request in requests]
+    assert statuses == [200, 200, 200]
+    assert most_at_once[0] == 1

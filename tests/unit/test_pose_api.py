@@ -6,6 +6,7 @@ import base64
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.core.model import LabelScore
+from services.pose import api as pose_api
 from services.pose.api import build_app
-from services.pose.images import DecodedImage
+from services.pose.images import DecodedImage, ImageLimits, decode_image
 from services.pose.models.hf_image_classifier import HfImageClassifier
 from services.pose.settings import PoseSettings
 from tests.support.pose_images import (
@@ -251,3 +253,66 @@ def test_a_full_queue_answers_429_and_the_queued_work_completes(tiny_vit_dir: Pa
     assert refused.json()["error_type"] == "overloaded"
     assert refused.headers["retry-after"] == "1"
     assert results == [200]
+
+
+def test_pixels_per_request_are_bounded_from_the_headers_before_any_decode(
+    tiny_vit_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[str] = []
+
+    def counted_decode(data: bytes, *, label: str, limits: ImageLimits) -> DecodedImage:
+        decoded.append(label)
+        return decode_image(data, label=label, limits=limits)
+
+    monkeypatch.setattr(pose_api, "decode_image", counted_decode)
+    photo = image_bytes((100, 50))  # 5,000 pixels
+    settings = settings_for(tiny_vit_dir, max_image_pixels=10_000, max_pixels_per_request=15_000)
+    with TestClient(build_app(settings)) as client:
+        wait_ready(client)
+        three = client.post(URL, files=files(*[(f"{i}.png", photo) for i in range(3)]))
+        decoded_for_three = len(decoded)
+        four = client.post(URL, files=files(*[(f"{i}.png", photo) for i in range(4)]))
+        as_json = client.post(URL, json={"images": [base64.b64encode(photo).decode()] * 4})
+        limits = client.get("/v1/models").json()["models"][0]["limits"]
+    assert three.status_code == 200, three.text
+    assert decoded_for_three == 3
+    for refused in (four, as_json):
+        assert refused.status_code == 413
+        assert refused.json()["error_type"] == "batch_too_large"
+        assert "4 images of 20000 pixels" in refused.json()["detail"]
+        assert "MTC_MAX_PIXELS_PER_REQUEST" in refused.json()["detail"]
+    assert len(decoded) == 3  # the refused requests decoded nothing
+    assert limits["max_pixels_per_request"] == 15_000
+
+
+def test_images_are_decoded_at_most_max_concurrent_decodes_at_once(
+    tiny_vit_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, most_at_once = [0], [0]
+    lock = threading.Lock()
+
+    def tracked_decode(data: bytes, *, label: str, limits: ImageLimits) -> DecodedImage:
+        with lock:
+            running[0] += 1
+            most_at_once[0] = max(most_at_once[0], running[0])
+        time.sleep(0.1)
+        try:
+            return decode_image(data, label=label, limits=limits)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(pose_api, "decode_image", tracked_decode)
+    settings = settings_for(tiny_vit_dir, max_concurrent_decodes=2, cache_ttl_seconds=0)
+    with TestClient(build_app(settings)) as client, ThreadPoolExecutor(4) as pool:
+        wait_ready(client)
+        batch = files(("r.png", RED), ("b.jpg", BLUE))
+        requests = [pool.submit(client.post, URL, files=batch) for _ in range(4)]
+        statuses = [request.result().status_code for request in requests]
+    assert statuses == [200] * 4
+    assert most_at_once[0] == 2
+
+
+def test_settings_refuse_a_request_pixel_limit_below_one_image() -> None:
+    with pytest.raises(ValueError, match="max_pixels_per_request"):
+        PoseSettings(max_image_pixels=40_000_000, max_pixels_per_request=10_000_000)
