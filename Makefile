@@ -21,7 +21,7 @@ STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/sta
 	services/audio/evaluation.py services/audio/models/urgency.py)
 CHECKED := services gateway deploy load
 
-.PHONY: install system-tools test-tools image-tools bench-tools lock test-deploy check-images models run lint test test-unit test-integration test-e2e images dashboards \
+.PHONY: install system-tools test-tools image-tools bench-tools lock test-deploy check-images models run lint test test-unit test-integration test-e2e images dashboards config-docs api-collections \
 	bench bench-audio clean
 
 $(BIN)/python:
@@ -49,8 +49,9 @@ INSTALL_PACKAGES := deploy/tools/install-system-packages.sh
 RUN_PACKAGES := espeak-ng sox redis-server
 # The tests add: chromium + chromium-driver (web page), prometheus (dashboard and alert queries
 # against a live scrape), rabbitmq-server (batch jobs with RabbitMQ as the broker), curl (the
-# documentation's examples are run as written).
-TEST_PACKAGES := $(RUN_PACKAGES) chromium chromium-driver prometheus rabbitmq-server curl
+# documentation's examples are run as written), systemd (`systemd-analyze verify` checks the
+# VM recipe's units).
+TEST_PACKAGES := $(RUN_PACKAGES) chromium chromium-driver prometheus rabbitmq-server curl systemd
 # The images and the deployment test: podman with runc, mmdebstrap for base images made from
 # Debian's packages where no registry image can be pulled, the dnsname plugin and
 # podman-compose for compose.yaml.
@@ -123,8 +124,16 @@ lock: | $(POETRY) ## re-resolve poetry.lock from pyproject.toml and export const
 dashboards: $(VENV)/.installed ## regenerate the Grafana dashboards, alert rules and their ConfigMaps
 	$(BIN)/python -m deploy.observability.generate
 
-bench: models bench-tools $(VENV)/.installed ## text service vs naive baseline, gateway cache hits and overhead, pose, audio
-	$(BIN)/python -m load.bench
+config-docs: $(VENV)/.installed ## regenerate docs/configuration.md from the settings classes
+	$(BIN)/python -m deploy.config_reference
+
+api-collections: $(VENV)/.installed ## regenerate the Postman collection and curl file in docs/api-collections
+	$(BIN)/python -m deploy.api_collections
+
+# PEERS=1 adds the real peers (load/peers/: LitServe, MLServer, BentoML), each installed on first
+# use into its own virtualenv under .mtc/bench-peers/ with torch from the same source as ours.
+bench: models bench-tools $(VENV)/.installed ## text service vs naive baseline (PEERS=1: and real peers), gateway cache hits and overhead, pose, audio
+	WHEELS='$(WHEELS)' TORCH_INDEX='$(TORCH_INDEX)' $(BIN)/python -m load.bench $(if $(PEERS),--peers)
 
 bench-audio: models ## end-to-end latency of a 5 s call, with and without ASR
 	$(BIN)/python -m services.audio.latency_benchmark

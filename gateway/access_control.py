@@ -17,6 +17,8 @@ from gateway.errors import API_KEY_CHALLENGE, InvalidApiKey, MissingApiKey, Rate
 from gateway.metrics import GatewayMetrics
 from gateway.quotas import TokenBuckets
 from gateway.request_context import current_request
+from gateway.work_meter import WorkMeter
+from services.core.api_docs import is_docs_asset
 from services.core.http_errors import send_error
 
 logger = logging.getLogger(__name__)
@@ -31,10 +33,15 @@ PUBLIC_PATHS = frozenset(
         "/docs/oauth2-redirect",
         "/redoc",
         "/v1/models",
+        # Open Inference Protocol server metadata and health, as public as `/health/*`.
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
         "/project/health",
         "/project/docs",
         "/project/openapi.json",
         "/ui",
+        "/upload",
     }
 )
 PUBLIC_PREFIXES = ("/ui/",)
@@ -42,7 +49,7 @@ PUBLIC_PREFIXES = ("/ui/",)
 
 def is_public(path: str) -> bool:
     """Whether `path` is answered without an API key."""
-    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or is_docs_asset(path)
 
 
 def presented_api_key(scope: Scope) -> str | None:
@@ -61,7 +68,9 @@ def presented_api_key(scope: Scope) -> str | None:
 
 class AccessGuard:
     """Refuse non-public requests without a valid key (401), or over the key's quota
-    (429 with `Retry-After`), before anything reads their body.
+    (429 with `Retry-After`), before anything reads their body. A request let through takes
+    one token, and the routes charge the rest of its cost once they have read its body
+    (`gateway.work_meter`); the request's key and S3 locations go in its `RequestContext`.
 
     Keys are compared as hashes in constant time (`ApiKeyStore.identify`) and never logged;
     logs and counters name the key by its name in the keys file.
@@ -75,6 +84,8 @@ class AccessGuard:
         buckets: TokenBuckets,
         default_rate_per_second: float,
         default_burst: int,
+        items_per_token: int,
+        bytes_per_token: int,
         metrics: GatewayMetrics,
     ) -> None:
         self.app = app
@@ -82,6 +93,8 @@ class AccessGuard:
         self.buckets = buckets
         self.default_rate_per_second = default_rate_per_second
         self.default_burst = default_burst
+        self.items_per_token = items_per_token
+        self.bytes_per_token = bytes_per_token
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,6 +123,7 @@ class AccessGuard:
         context = current_request()
         if context is not None:
             context.api_key_name = key.name
+            context.s3_scope = key.s3_scope
         rate = self.default_rate_per_second if key.rate_per_second is None else key.rate_per_second
         burst = self.default_burst if key.burst is None else key.burst
         if rate > 0:
@@ -120,10 +134,21 @@ class AccessGuard:
                 await send_error(
                     send,
                     RateLimited(
-                        f"API key '{key.name}' is over its quota of {rate:g} requests per "
-                        f"second (bursts of {burst}); retry in {wait} s",
+                        f"API key '{key.name}' is over its quota of {rate:g} tokens per "
+                        f"second (bursts of {burst}; a request costs a token per "
+                        f"{self.items_per_token} items or {self.bytes_per_token:,} bytes it "
+                        f"sends, at least one); retry in {wait} s",
                         headers={"retry-after": str(wait)},
                     ),
                 )
                 return
+            if context is not None:
+                context.work_meter = WorkMeter(
+                    self.buckets,
+                    key.name,
+                    rate,
+                    burst,
+                    items_per_token=self.items_per_token,
+                    bytes_per_token=self.bytes_per_token,
+                )
         await self.app(scope, receive, send)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
@@ -12,11 +13,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from gateway.access_control import AccessGuard
 from gateway.api_keys import ApiKeyStore
 from gateway.body_budget import BufferedBodyBudget
-from gateway.compat_routes import compat_paths, compat_routers
+from gateway.compat_routes import CALL_PREDICT_PATH, compat_paths, compat_routers
 from gateway.direct_forwarding import DirectForwarding
 from gateway.errors import InvalidApiKey, MissingApiKey, RateLimited
 from gateway.job_routes import jobs_router
 from gateway.metrics import GatewayMetrics
+from gateway.open_inference_routes import open_inference_router
 from gateway.openapi_document import install_openapi
 from gateway.quotas import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
 from gateway.request_context import RequestIdMiddleware
@@ -32,9 +34,12 @@ from gateway.traffic import TaskTraffic
 from gateway.upstreams import Upstreams, build_replica_sets, create_http_client
 from gateway.web_page import web_page_router
 from services.core.api import WITHOUT_OPENTELEMETRY
+from services.core.api_docs import install_api_docs
 from services.core.body_limit import BodySizeLimit
 from services.core.errors import MtcError
 from services.core.http_errors import install_error_handlers
+from services.core.metrics_server import MetricsServer
+from services.core.open_inference import OpenInferenceErrors
 from services.jobs.metrics import GATEWAY_STATES, jobs_counter
 from services.jobs.settings import JobsSettings
 from services.jobs.submission import JobDesk, create_job_desk
@@ -46,6 +51,9 @@ replica of the task's service and its answer relayed unchanged, with the gateway
 `x-queue-time` headers (all in milliseconds). Every answer carries an `x-request-id` (the
 client's, or a new one).
 Errors other than 422 are `{"detail": ..., "error_type": ...}`.
+The routes under `/v2` speak the Open Inference Protocol (KServe V2, Triton's binary tensor
+data extension included), the model's name being the task; their errors are
+`{"error": ...}`.
 The compatibility routes keep clients of earlier APIs working; the page at `/ui` tries
 every task in a browser.
 """
@@ -59,6 +67,9 @@ EXPOSED_HEADERS = (
     "x-queue-time",
     "retry-after",
 )
+
+
+logger = logging.getLogger(__name__)
 
 
 class GatewayState(TypedDict):
@@ -87,6 +98,13 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
         if settings.api_keys_file is not None
         else None
     )
+    if keys is None and settings.authentication is None:
+        logger.warning(
+            "authentication is off: every caller may use every route%s without a key or "
+            "a quota; set MTC_GATEWAY_API_KEYS_FILE to require keys, or "
+            "MTC_GATEWAY_AUTHENTICATION=anonymous to serve without keys on purpose",
+            ", batch jobs included," if jobs is not None else "",
+        )
     buckets = _token_buckets(settings, metrics) if keys is not None else None
     access_errors: tuple[type[MtcError], ...] = (
         (MissingApiKey, InvalidApiKey, RateLimited) if keys is not None else ()
@@ -94,6 +112,10 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[GatewayState]:
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = MetricsServer(metrics.registry, settings.host, settings.metrics_port)
+            metrics_server.start()
         async with create_http_client(settings) as client:
             upstreams = Upstreams(settings, client, metrics, replica_sets)
             try:
@@ -103,6 +125,8 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
                     await buckets.close()
                 if jobs is not None:
                     jobs.close()
+                if metrics_server is not None:
+                    metrics_server.stop()
 
     # Existing clients post JSON without a Content-Type header; accept it as JSON.
     app = FastAPI(
@@ -111,7 +135,10 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
         lifespan=lifespan,
         strict_content_type=False,
         telemetry=WITHOUT_OPENTELEMETRY,
+        docs_url=None,
+        redoc_url=None,
     )
+    install_api_docs(app)
     # Before the task routes: their catch-all `/v1/{task}/{route}` would take `/v1/jobs/{id}`.
     app.include_router(
         jobs_router(
@@ -123,13 +150,19 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
     )
     app.include_router(task_router(settings, access_errors))
     app.include_router(models_router)
-    compat = compat_routers(settings, access_errors)
+    app.include_router(open_inference_router(settings, access_errors))
+    compat = compat_routers(settings, access_errors, jobs_configured=jobs is not None)
     app.include_router(compat.project)
     app.include_router(compat.api_v1)
+    app.include_router(compat.standalone)
     app.include_router(health_router)
-    app.include_router(metrics_router)
+    if settings.metrics_port is None:
+        # Local runs: one port for everything. Deployments give /metrics a port of its own,
+        # out of the clients' reach.
+        app.include_router(metrics_router)
     if settings.web_page:
-        app.include_router(web_page_router())
+        # The emergency-call project's upload page, where its routes are served.
+        app.include_router(web_page_router(upload_page=CALL_PREDICT_PATH in compat_paths(settings)))
     install_openapi(app, project_routes=compat.project.routes, api_keys_required=keys is not None)
     install_error_handlers(app)
     # Middleware added later wraps what was added before. Innermost: the documented task
@@ -152,10 +185,14 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
             buckets=buckets,
             default_rate_per_second=settings.rate_limit_per_second,
             default_burst=settings.rate_limit_burst,
+            items_per_token=settings.quota_items_per_token,
+            bytes_per_token=settings.quota_bytes_per_token,
             metrics=metrics,
         )
     # Records the 401s, 429s and 413s above as task traffic.
     app.add_middleware(TaskTraffic, metrics=metrics, compat_paths=compat_paths(settings))
+    # Every refusal above, under /v2, in the Open Inference Protocol's error shape.
+    app.add_middleware(OpenInferenceErrors)
     if settings.cors_origins:
         # Outside the key check: a browser's preflight never carries the key.
         app.add_middleware(

@@ -11,14 +11,15 @@ body size middlewares, so they apply unchanged; every other request goes on to t
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.upstreams import Upstreams
+from gateway.work_meter import charge_body
 from services.core.errors import BodyTooLarge, MtcError
+from services.core.http_errors import send_error
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class DirectForwarding:
             body = await _read_body(receive, task, limit)
             if body is None:
                 return  # The client went away before sending its whole body.
+            await charge_body(body, content_type)
             answer = await upstreams.forward(
                 task,
                 scope["path"],
@@ -66,13 +68,7 @@ class DirectForwarding:
         except MtcError as error:
             if error.status_code >= 500:
                 logger.warning("POST %s -> %d %s", scope["path"], error.status_code, error)
-            content = json.dumps(error.body()).encode()
-            await _respond(
-                send,
-                error.status_code,
-                content,
-                {**error.headers, "content-type": "application/json"},
-            )
+            await send_error(send, error)
             return
         await _respond(send, answer.status_code, answer.content, answer.headers)
 

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import (
     get_openapi,
     validation_error_definition,
@@ -28,6 +27,7 @@ from starlette.routing import BaseRoute
 from gateway.access_control import is_public
 from gateway.compat_routes import PROJECT_PREFIX
 from gateway.routes import REQUEST_BODY_MODELS
+from services.core.api_docs import swagger_ui_page
 
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     "ApiKeyBearer": {
@@ -74,9 +74,7 @@ def install_openapi(
         return JSONResponse(project_document())
 
     async def project_docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=PROJECT_OPENAPI_PATH, title="mtc sentiment API (compatibility) - docs"
-        )
+        return swagger_ui_page(PROJECT_OPENAPI_PATH, "mtc sentiment API (compatibility) - docs")
 
     app.add_api_route(PROJECT_OPENAPI_PATH, project_openapi, include_in_schema=False)
     app.add_api_route(PROJECT_DOCS_PATH, project_docs, include_in_schema=False)

@@ -32,6 +32,7 @@ from gateway.schemas import (
 )
 from gateway.settings import GatewaySettings, TaskKind
 from gateway.upstreams import Upstreams
+from gateway.work_meter import charge_body
 from services.core.errors import (
     AccessDenied,
     BatchTooLarge,
@@ -196,10 +197,12 @@ to the document's components."""
 
 def _forwarding_endpoint(task: str, path: str) -> Callable[..., Awaitable[Response]]:
     async def forward(request: Request, upstreams: UpstreamsDep) -> Response:
+        body = await request.body()
+        await charge_body(body, request.headers.get("content-type"))
         answer = await upstreams.forward(
             task,
             path,
-            body=await request.body(),
+            body=body,
             content_type=request.headers.get("content-type"),
             query=request.url.query,
         )
@@ -267,11 +270,13 @@ async def forward_task_route(
     upstreams.check_task(task)
     if not FORWARDED_ROUTE.fullmatch(route):
         raise HTTPException(status_code=404)
+    body = await request.body()
+    await charge_body(body, request.headers.get("content-type"))
     answer = await upstreams.forward(
         task,
         f"/v1/{task}/{route}",
         method=request.method,
-        body=await request.body(),
+        body=body,
         content_type=request.headers.get("content-type"),
         query=request.url.query,
     )

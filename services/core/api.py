@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.core.api_docs import install_api_docs
 from services.core.body_limit import BodySizeLimit
 from services.core.cache import MemoryCache, NullCache, RedisCache, ResponseCache
 from services.core.dataplane import DataPlane
@@ -30,7 +31,13 @@ from services.core.errors import ModelNotReady
 from services.core.http_errors import ErrorBody, install_error_handlers, without_locations
 from services.core.json_body import BoundedJsonRoute
 from services.core.metrics import ServiceMetrics
+from services.core.metrics_server import MetricsServer
 from services.core.model import ClassifierModel
+from services.core.open_inference import (
+    OpenInferenceErrors,
+    TensorAdapter,
+    register_open_inference,
+)
 from services.core.settings import ServiceSettings
 from services.core.store import ModelStore
 
@@ -93,7 +100,8 @@ def build_cache(settings: ServiceSettings, metrics: ServiceMetrics) -> ResponseC
 class PredictionMetrics:
     """ASGI middleware counting prediction requests by status class and timing them.
 
-    Only `/v1/{task}/predict` is counted: health checks, scrapes and docs are not traffic.
+    Only `/v1/{task}/predict` and `/v2/models/{task}/infer` are counted: health checks,
+    scrapes and docs are not traffic.
     """
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
@@ -102,7 +110,7 @@ class PredictionMetrics:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if not (path.startswith("/v1/") and path.endswith("/predict")):
+        if not is_prediction_path(path):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -122,6 +130,39 @@ class PredictionMetrics:
             self.metrics.request_duration.labels(task).observe(time.perf_counter() - started)
 
 
+MODEL_VERSION_HEADER = b"x-model-version"
+
+
+class ModelVersionHeader:
+    """ASGI middleware naming the model that answered each request of the model's API
+    (`/v1/...`, `/v2/...`: predictions of every kind, their errors included):
+    `x-model-version: <name>/<version>`, once the model is loaded.
+
+    The gateway reads it to count answers per version (a canary's share and errors) and
+    relays it, so every client sees which version answered without parsing the body.
+    """
+
+    def __init__(self, app: ASGIApp, model: ClassifierModel[Any]) -> None:
+        self.app = app
+        self.model = model
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not self.model.ready or not path.startswith(("/v1/", "/v2/")):
+            await self.app(scope, receive, send)
+            return
+        meta = self.model.metadata
+        # Header values are latin-1; a manifest's name or version need not be.
+        version = f"{meta.name}/{meta.version}".encode("ascii", "replace")
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (MODEL_VERSION_HEADER, version)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
+
+
 WITHOUT_OPENTELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 """FastAPI's built-in OpenTelemetry hooks, off: the Prometheus metrics are the apps' own, and
 the hooks otherwise look up the global OpenTelemetry providers on every request."""
@@ -137,6 +178,13 @@ async def get_dataplane(request: Request) -> DataPlane[Any]:
 DataPlaneDep = Annotated[DataPlane[Any], Depends(get_dataplane)]
 
 
+def is_prediction_path(path: str) -> bool:
+    """Whether `path` is a prediction route (v1 or Open Inference Protocol)."""
+    return (path.startswith("/v1/") and path.endswith("/predict")) or (
+        path.startswith("/v2/models/") and path.endswith("/infer")
+    )
+
+
 def create_app(
     settings: ServiceSettings,
     model: ClassifierModel[Any],
@@ -146,11 +194,13 @@ def create_app(
     description: str = "",
     store: ModelStore | None = None,
     cache: ResponseCache | None = None,
+    tensor_adapter: TensorAdapter | None = None,
 ) -> FastAPI:
     """Build a model service: the model is fetched and loaded in the background at start.
 
     Until loading succeeds `/health/ready` answers 503 (with the reason if it failed) and
-    prediction routes answer 503 `model_not_ready`; liveness is 200 throughout.
+    prediction routes answer 503 `model_not_ready`; liveness is 200 throughout. With a
+    `tensor_adapter`, the Open Inference Protocol's `/v2` routes serve the same model.
     """
     metrics = ServiceMetrics(settings.task)
     model_store = store or ModelStore(
@@ -181,6 +231,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = MetricsServer(metrics.registry, settings.host, settings.metrics_port)
+            metrics_server.start()
         await dataplane.start()
         loader = asyncio.create_task(load_model(), name="mtc-model-load")
         try:
@@ -189,6 +243,8 @@ def create_app(
             loader.cancel()
             await asyncio.gather(loader, return_exceptions=True)
             await dataplane.stop()
+            if metrics_server is not None:
+                metrics_server.stop()
 
     # Existing clients post JSON without a Content-Type header; accept it as JSON.
     app = FastAPI(
@@ -197,7 +253,10 @@ def create_app(
         lifespan=lifespan,
         strict_content_type=False,
         telemetry=WITHOUT_OPENTELEMETRY,
+        docs_url=None,
+        redoc_url=None,
     )
+    install_api_docs(app)
     app.state.dataplane = dataplane
     app.state.service_state = state
     app.state.metrics = metrics
@@ -243,15 +302,23 @@ def create_app(
         """The model this service serves, its labels, limits and readiness."""
         return ModelList(models=[model_info()])
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
-    async def scrape() -> Response:
-        """Prometheus metrics."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    if settings.metrics_port is None:
+        # Local runs: one port for everything. Deployments give /metrics a port of its own.
+
+        @app.get("/metrics", tags=["health"], response_class=Response)
+        async def scrape() -> Response:
+            """Prometheus metrics."""
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     register_routes(app, dataplane)
+    if tensor_adapter is not None:
+        register_open_inference(app, dataplane, tensor_adapter, task=settings.task, model=model)
     # Added last = outermost: the size check runs before anything reads the body.
+    app.add_middleware(ModelVersionHeader, model=model)
     app.add_middleware(PredictionMetrics, metrics=metrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outside the size check, so its 413 also gets the protocol's error shape under /v2.
+    app.add_middleware(OpenInferenceErrors)
     return app
 
 

@@ -65,8 +65,8 @@ class ValidationErrorBody(BaseModel):
 
 async def send_error(send: Send, error: MtcError) -> None:
     """Answer with `error` straight on the ASGI channel, for middleware that refuses a request
-    before any route (body limits, quotas, the gateway's byte budget) runs."""
-    body = json.dumps(error.body()).encode()
+    before any route (body limits, quotas, the gateway's byte budget, forwarding) runs."""
+    body = json.dumps({**error.body(), "detail": without_addresses(error.detail)}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -43,6 +43,11 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=8101, ge=1, le=65535)
     """Port the HTTP server listens on."""
 
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of a separate server for Prometheus's `/metrics` (on `host`); the API port then
+    stops serving `/metrics`, so the API can be published without it. Unset: `/metrics` on
+    the API port (local runs). The Kubernetes manifests set it."""
+
     max_items_per_request: int = Field(default=1024, ge=1)
     """Most items (texts, images, ...) accepted in one request; more -> 413."""
 
@@ -108,4 +113,10 @@ class ServiceSettings(BaseSettings):
     def _batch_fits_queue(self) -> ServiceSettings:
         if self.max_batch_size > self.max_queued_items:
             raise ValueError("max_batch_size must not exceed max_queued_items")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_not_the_api_port(self) -> ServiceSettings:
+        if self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port (or be unset)")
         return self

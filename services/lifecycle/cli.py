@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Retrain the adapter of a starter model and overwrite the committed file; "
         "then run `mtc models build --force`.",
     )
-    starter.add_argument("task", choices=["sentiment", "disaster", "emergency-transcript"])
+    starter.add_argument(
+        "task", choices=["sentiment", "disaster", "emergency-transcript", KOREAN_STARTER]
+    )
     starter.set_defaults(handler=cmd_train_starter)
 
     pose = train_commands.add_parser(
@@ -186,15 +188,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a model on labelled data",
         description="Accuracy, macro-F1, per-class precision and recall, confusion matrix and "
         "expected calibration error of a model as the service runs it. Prints a table and "
-        "writes the numbers as JSON.",
+        "writes the numbers as JSON. `--starter TASK` evaluates a starter on every one of its "
+        "sets and prints them side by side: the held-out split of each training source "
+        "(in-distribution) and the independently written set.",
     )
-    evaluate.add_argument("--model", required=True, help="model URI or directory")
+    evaluate.add_argument(
+        "--model", help="model URI or directory (default with --starter: .mtc/models/TASK)"
+    )
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="CSV with text,label columns")
     source.add_argument(
         "--starter-data",
-        choices=["sentiment", "disaster", "disaster-traps"],
-        help="the data a starter model was built from",
+        choices=STARTER_DATA,
+        help="one named set of a starter: its training data (all sources, or one source), "
+        "its independent evaluation set, or the disaster traps",
+    )
+    source.add_argument(
+        "--starter",
+        choices=(*TEXT_STARTERS, KOREAN_STARTER),
+        help="every evaluation set of a starter, in-distribution and independent, side by "
+        f"side ({KOREAN_STARTER}: the audio model's Korean transcript classifier)",
     )
     evaluate.add_argument(
         "--split",
@@ -254,6 +267,25 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 STARTERS = ("sentiment", "disaster", "pose", "audio")
+TEXT_STARTERS = ("sentiment", "disaster")
+STARTER_DATA = (
+    "sentiment",
+    "sentiment-rotten-tomatoes",
+    "sentiment-written-reviews",
+    "sentiment-independent",
+    "disaster",
+    "disaster-tweets",
+    "disaster-figurative-and-casual-tweets",
+    "disaster-independent",
+    "disaster-traps",
+    "korean-transcript",
+    "korean-transcript-independent",
+)
+"""Named sets for `mtc eval --starter-data`: TASK (every training source), TASK-SOURCE (one
+source), TASK-independent (written apart from the training data), disaster-traps;
+korean-transcript(-independent) are evaluated on the audio model's Korean classifier."""
+KOREAN_STARTER = "korean-transcript"
+"""The Korean transcript head inside the audio starter (default model: .mtc/models/audio)."""
 
 
 def cmd_models_build(args: argparse.Namespace) -> int:
@@ -475,6 +507,20 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
     """`mtc train starter`."""
     from services.text.starter.recipes import RECIPES, train
 
+    if args.task == KOREAN_STARTER:
+        from services.audio.starter.korean_transcripts import HEAD_DIR, train_head
+
+        config = train_head(HEAD_DIR)
+        print(
+            json.dumps(
+                {
+                    "heldout": config["metrics"]["heldout"],
+                    "train_examples": config["training_data"]["train_examples"],
+                    "training_seconds": config["training_seconds"],
+                }
+            )
+        )
+        return 0
     info = train(RECIPES[args.task])
     print(
         json.dumps(
@@ -490,9 +536,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from services.text.evaluation import evaluate_model_dir
     from services.text.training import read_labelled_csv, split_examples
 
+    if args.starter:
+        return _eval_starter(args)
+    if not args.model:
+        raise UsageError("--model is required unless --starter is given")
+    if args.starter_data and args.starter_data.startswith(KOREAN_STARTER):
+        return _eval_korean_set(args)
     if args.starter_data:
         examples = _starter_examples(args.starter_data)
-        split_name = args.split or ("all" if args.starter_data == "disaster-traps" else "heldout")
+        unsplit = args.starter_data == "disaster-traps" or args.starter_data.endswith(
+            "-independent"
+        )
+        split_name = args.split or ("all" if unsplit else "heldout")
     else:
         examples = read_labelled_csv(args.data)
         split_name = args.split or "all"
@@ -520,6 +575,91 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_starter(args: argparse.Namespace) -> int:
+    """`mtc eval --starter TASK`: every evaluation set of one starter, side by side."""
+    from services.core.store import ModelStore
+    from services.text.evaluation import evaluate_model_dir
+    from services.text.starter.recipes import RECIPES
+
+    if args.split:
+        raise UsageError("--split does not apply to --starter (each set names its split)")
+    if args.starter == KOREAN_STARTER:
+        from services.audio.starter import korean_transcripts
+
+        model = args.model or str(DEFAULT_MODELS_DIR / "audio")
+        model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
+        sets = korean_transcripts.evaluation_sets()
+        if "independent" not in sets:
+            print(f"no independent Korean set at {korean_transcripts.INDEPENDENT_FILE}")
+        reports = {
+            name: korean_transcripts.evaluate_head(model_dir, examples)
+            for name, examples in sets.items()
+        }
+    else:
+        recipe = RECIPES[args.starter]
+        model = args.model or str(DEFAULT_MODELS_DIR / args.starter)
+        model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
+        reports = {
+            name: evaluate_model_dir(model_dir, examples, runtime=args.runtime, progress=True)
+            for name, examples in recipe.evaluation_sets().items()
+        }
+    width = max(len("set"), *(len(name) for name in reports))
+    print(f"model     {model} ({args.runtime})")
+    print(f"{'set':<{width}}  examples  accuracy  macro-F1  ECE")
+    for name, report in reports.items():
+        print(
+            f"{name:<{width}}  {report.examples:8d}  {report.accuracy:8.4f}  "
+            f"{report.macro_f1:8.4f}  {report.expected_calibration_error:.4f}"
+        )
+    for name, report in reports.items():
+        print(f"\n{name}\n{report.table()}")
+    document = {
+        "model": model,
+        "runtime": args.runtime,
+        "starter": args.starter,
+        "sets": {name: report.to_json() for name, report in reports.items()},
+    }
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {args.json_out}")
+    else:
+        print(json.dumps(document))
+    return 0
+
+
+def _eval_korean_set(args: argparse.Namespace) -> int:
+    """`mtc eval --starter-data korean-transcript[-independent]`: one Korean set on the
+    Korean transcript classifier of an emergency-call model (or a head directory)."""
+    from services.audio.starter import korean_transcripts
+    from services.core.store import ModelStore
+    from services.text.training import split_examples
+
+    if args.starter_data.endswith("-independent"):
+        examples = korean_transcripts.load_independent_set()
+        split_name = args.split or "all"
+        if split_name != "all":
+            raise UsageError("the independent Korean set is not split; use --split all")
+    else:
+        split_name = args.split or "heldout"
+        split = split_examples(korean_transcripts.load_transcripts())
+        chosen = {"heldout": split.heldout, "train": split.train}
+        examples = chosen.get(split_name, split.train + split.heldout)
+    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(args.model)
+    report = korean_transcripts.evaluate_head(model_dir, examples)
+    print(f"model     {args.model} (Korean transcript classifier)\nsplit     {split_name}")
+    print(report.table())
+    document = {"model": args.model, "set": args.starter_data, "split": split_name}
+    document.update(report.to_json())
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {args.json_out}")
+    else:
+        print(json.dumps(document))
+    return 0
+
+
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     """`mtc export onnx`."""
     from services.text.onnx_export import export_onnx_int8
@@ -533,13 +673,19 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def _starter_examples(name: str) -> list[Any]:
-    from services.text.starter import disaster_tweets, rotten_tomatoes
+    from services.text.starter import disaster_tweets, independent_sets
+    from services.text.starter.recipes import RECIPES
 
-    if name == "sentiment":
-        return rotten_tomatoes.load_reviews()[0]
-    if name == "disaster":
-        return disaster_tweets.load_tweets()[0]
-    return disaster_tweets.load_traps()
+    if name == "disaster-traps":
+        return disaster_tweets.load_traps()
+    task, _, source_name = name.partition("-")
+    recipe = RECIPES[task]
+    if not source_name:
+        return recipe.load_examples()[0]
+    if source_name == "independent":
+        return independent_sets.load_independent_set(task, recipe.labels)
+    sources = {source.name: source for source in recipe.sources}
+    return sources[source_name].load()[0]
 
 
 def _endpoint(args: argparse.Namespace) -> str | None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from services.core.api import DataPlaneDep, PredictionResponse, create_app, timing_headers
 from services.core.contracts import TextPredictRequest, TextPredictResponse
-from services.core.dataplane import DataPlane
+from services.core.dataplane import DataPlane, PredictionResult
 from services.core.errors import (
     BatchTooLarge,
     BodyTooLarge,
@@ -24,27 +24,83 @@ from services.core.errors import (
 from services.core.http_errors import error_responses
 from services.core.json_body import with_body_schema
 from services.core.model import LabelScore
+from services.core.open_inference import BytesTensor, InputTensor, ItemLimit, TensorAdapter
 from services.text.models.onnx_classifier import OnnxSequenceClassifier
-from services.text.models.sequence_classifier import SequenceClassifier
+from services.text.models.sequence_classifier import (
+    SequenceClassifier,
+    TextInput,
+    TextItem,
+    text_of,
+)
 from services.text.settings import TextSettings
+
+T = TypeVar("T", str, TextInput)
 
 INLINE_TOKENIZE_CHARS = 4_000
 """Requests with at most this many characters are tokenized on the event loop (well under
 a millisecond); larger ones in a thread, so they never stall other requests."""
 
 
+async def tokenized(count: Callable[[Sequence[T]], list[int]], items: list[T]) -> list[int]:
+    """`count(items)`, on the event loop for a few short texts, else in a thread."""
+    if sum(len(text_of(item)) for item in items) <= INLINE_TOKENIZE_CHARS:
+        # A thread hop costs more than tokenizing a few short texts right here.
+        return count(items)
+    return await asyncio.to_thread(count, items)
+
+
+def check_texts(texts: Sequence[str], settings: TextSettings) -> None:
+    """Refuse texts no tokenizer reads (400) or longer than `MTC_MAX_TEXT_CHARS` (413)."""
+    for index, text in enumerate(texts):
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # JSON can carry lone surrogates ("\ud800"); no tokenizer reads them.
+                raise InvalidInput(
+                    f"text[{index}] is not valid Unicode (it contains a lone surrogate escape)"
+                ) from None
+        if len(text) > settings.max_text_chars:
+            raise ItemTooLarge(
+                f"text[{index}] has {len(text)} characters; the limit is "
+                f"{settings.max_text_chars} (MTC_MAX_TEXT_CHARS)"
+            )
+
+
+class TextTensorAdapter(TensorAdapter):
+    """Open Inference input `text` (BYTES, one text per element): the texts of
+    `/v1/{task}/predict`, with its checks and limits."""
+
+    def __init__(self, settings: TextSettings, model: SequenceClassifier) -> None:
+        super().__init__(
+            [InputTensor("text", "One text per element (UTF-8).")],
+            ItemLimit(settings.max_items_per_request, "texts", "MTC_MAX_ITEMS_PER_REQUEST"),
+        )
+        self.settings = settings
+        self.model = model
+
+    async def token_costs(self, items: list[TextInput]) -> list[int]:
+        """Batching costs (token counts) of the texts the cache did not answer."""
+        return await tokenized(self.model.costs, items)
+
+    async def predict(
+        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any]
+    ) -> PredictionResult:
+        """Ranked predictions of the texts."""
+        if not self.model.ready:
+            raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
+        texts = tensors["text"].texts()
+        check_texts(texts, self.settings)
+        return await plane.predict([TextItem(text) for text in texts], costs_of=self.token_costs)
+
+
 def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
     """The route registrar for `create_app`."""
 
-    async def tokenized(count: Callable[[Sequence[str]], list[int]], texts: list[str]) -> list[int]:
-        if sum(len(text) for text in texts) <= INLINE_TOKENIZE_CHARS:
-            # A thread hop costs more than tokenizing a few short texts right here.
-            return count(texts)
-        return await asyncio.to_thread(count, texts)
-
-    async def token_costs(texts: list[str]) -> list[int]:
-        """Batching costs (token counts) of the texts the cache did not answer."""
-        return await tokenized(model.costs, texts)
+    async def token_costs(items: list[TextInput]) -> list[int]:
+        """Batching costs (token counts) of the texts the cache did not answer; each
+        `TextItem` keeps its tokens for the model."""
+        return await tokenized(model.costs, items)
 
     async def truncated_texts(
         texts: Sequence[str], predictions: Sequence[Sequence[LabelScore]], limit: int
@@ -69,22 +125,8 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
             texts = body.text
             if not model.ready:
                 raise ModelNotReady(f"the {settings.task} model is not loaded yet")
-            for index, text in enumerate(texts):
-                if not text.isascii():
-                    try:
-                        text.encode("utf-8")
-                    except UnicodeEncodeError:
-                        # JSON can carry lone surrogates ("\ud800"); no tokenizer reads them.
-                        raise InvalidInput(
-                            f"text[{index}] is not valid Unicode (it contains a lone "
-                            "surrogate escape)"
-                        ) from None
-                if len(text) > settings.max_text_chars:
-                    raise ItemTooLarge(
-                        f"text[{index}] has {len(text)} characters; the limit is "
-                        f"{settings.max_text_chars} (MTC_MAX_TEXT_CHARS)"
-                    )
-            result = await plane.predict(texts, costs_of=token_costs)
+            check_texts(texts, settings)
+            result = await plane.predict([TextItem(text) for text in texts], costs_of=token_costs)
             limit = model.max_tokens
             meta = model.metadata
             response = {
@@ -142,6 +184,7 @@ def build_app(settings: TextSettings, model: SequenceClassifier | None = None) -
         settings,
         classifier,
         register_routes=text_routes(settings, classifier),
+        tensor_adapter=TextTensorAdapter(settings, classifier),
         title=f"mtc text service: {settings.task}",
         description="Text classification with a Hugging Face sequence-classification model.",
     )

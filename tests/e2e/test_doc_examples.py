@@ -5,6 +5,7 @@ fails here."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from deploy.api_collections import CURL_FILE, POSTMAN_FILE
 from tests.support.doc_examples import REPO, ShellExample, api_examples, run_example
 from tests.support.jobs import AWS_TEST_ENV, s3_client, start_moto
+from tests.support.postman import run_collection
 from tests.support.processes import free_port, free_port_run, start, stop, wait_for_http
 
 pytestmark = pytest.mark.e2e
@@ -129,3 +132,30 @@ def test_the_examples_are_found() -> None:
     documents = {example.document.name for example in api_examples()}
     assert len(api_examples()) >= 8
     assert {"README.md", "gateway.md"} <= documents
+
+
+def test_every_request_of_the_postman_collection_answers_as_documented(
+    doc_stack: DocStack,
+) -> None:
+    collection = json.loads(POSTMAN_FILE.read_text(encoding="utf-8"))
+    outcomes = run_collection(collection, doc_stack.base, files_root=REPO)
+
+    assert len(outcomes) == len(collection["item"]) >= 15
+    failed = [o for o in outcomes if not o.passed]
+    assert failed == [], "\n".join(f"{o.name}: {o.status} {o.body}" for o in failed)
+
+
+def test_the_curl_file_runs_every_request(doc_stack: DocStack) -> None:
+    result = subprocess.run(
+        ["bash", str(CURL_FILE)],
+        cwd=REPO,
+        env={**doc_stack.env, "MTC_URL": doc_stack.base},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+    calls = [line for line in result.stdout.splitlines() if re.match(r"^\d{3} ", line)]
+    assert len(calls) == CURL_FILE.read_text(encoding="utf-8").count("\ncall ")

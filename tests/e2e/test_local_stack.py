@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.audio_clips import encode, spoken_wav
+from tests.support.audio_clips import encode, spoken_wav, urgent_wav
 from tests.support.pose_images import opencv_doc_data, pedestrian_crop
 from tests.support.processes import free_port, free_port_run, start, stop, wait_for_http
 
@@ -185,6 +185,21 @@ def test_audio_through_the_gateway(stack: Stack) -> None:
     )
     assert silent.status_code == 422, silent.text
     assert silent.json()["error_type"] == "unusable_content"
+
+
+def test_korean_transcript_through_the_gateway(stack: Stack) -> None:
+    # A Korean call spoken by espeak-ng's Korean voice, with its transcript (ASR is English).
+    transcript = "가게에 칼을 든 남자가 들어와서 계산대 돈을 내놓으라고 위협하고 있어요"
+    response = httpx.post(
+        f"{stack.base}/v1/audio/predict",
+        files={"audio": ("call.wav", urgent_wav(transcript, voice="ko"))},
+        data={"transcript": transcript},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["clips"][0]["transcript_language"] == "ko"
+    assert body["predictions"][0][0]["label"] == "robbery", body
 
 
 def test_json_without_content_type_through_the_gateway(stack: Stack) -> None:

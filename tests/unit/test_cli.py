@@ -100,3 +100,31 @@ def test_push_refuses_latest(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         main(["models", "push", str(tmp_path), "s3://bucket/models/x/latest"])
     assert exited.value.code == 2
     assert "exact version" in capsys.readouterr().err
+
+
+def test_eval_needs_a_model_unless_a_starter_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\nhello,a\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "--data", str(data)])
+    assert exited.value.code == 2
+    assert "--model is required unless --starter is given" in capsys.readouterr().err
+
+
+def test_eval_of_a_starter_names_its_own_splits(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["eval", "--starter", "sentiment", "--split", "train"])
+    assert exited.value.code == 2
+    assert "--split does not apply to --starter" in capsys.readouterr().err
+
+
+def test_every_starter_data_name_loads_rows() -> None:
+    from services.lifecycle.cli import STARTER_DATA, _starter_examples
+
+    # The corpus behind `sentiment` is slow to read; the independent sets have their own tests.
+    names = [n for n in STARTER_DATA if n.startswith("disaster") and "independent" not in n]
+    assert names
+    for name in names:
+        assert _starter_examples(name), name

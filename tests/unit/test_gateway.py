@@ -454,7 +454,14 @@ def test_openapi_documents_each_task_with_the_schemas_of_its_kind(
     assert set(form["properties"]) == {"audio", "transcript"}
     assert _response_schema(audio, "200") == {"$ref": "#/components/schemas/AudioPredictResponse"}
     clip = components["AudioClipDetail"]["properties"]
-    assert set(clip) == {"audio", "text", "transcript", "transcript_source", "duration_seconds"}
+    assert set(clip) == {
+        "audio",
+        "text",
+        "transcript",
+        "transcript_source",
+        "transcript_language",
+        "duration_seconds",
+    }
     assert "unusable_content" in audio["responses"]["422"]["description"]
     from_s3 = paths["/v1/audio/predict-s3"]["post"]
     assert from_s3["requestBody"]["content"]["application/json"]["schema"] == {

@@ -349,7 +349,8 @@ def test_quota_exceeded_is_429_with_retry_after_per_key(gateway: httpx.Client) -
     assert refused.status_code == 429
     assert refused.json()["error_type"] == "rate_limited"
     assert refused.json()["detail"].startswith(
-        "API key 'alice' is over its quota of 0.01 requests per second (bursts of 3)"
+        "API key 'alice' is over its quota of 0.01 tokens per second (bursts of 3; a request "
+        "costs a token per 32 items or 1,048,576 bytes it sends, at least one)"
     )
     # One token comes back every 100 s at this rate.
     assert 1 <= int(refused.headers["retry-after"]) <= 100
@@ -369,6 +370,9 @@ def test_a_key_with_rate_zero_has_no_quota(gateway: httpx.Client) -> None:
         "/health/ready",
         "/metrics",
         "/docs",
+        "/docs/assets/swagger-ui-bundle.js",
+        "/redoc",
+        "/docs/assets/redoc.standalone.js",
         "/openapi.json",
         "/v1/models",
         "/ui",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from gateway.app import create_app
 from gateway.settings import GatewaySettings
 
 
@@ -63,6 +65,42 @@ def test_auth_and_quotas_are_off_by_default() -> None:
     assert settings.api_keys_file is None
     assert settings.redis_url is None
     assert settings.web_page is True
+
+
+def test_authentication_keys_refuses_to_start_without_a_keys_file() -> None:
+    with pytest.raises(ValidationError, match="MTC_GATEWAY_API_KEYS_FILE is unset"):
+        GatewaySettings(upstreams={"sentiment": "http://a:1"}, authentication="keys")
+
+    settings = GatewaySettings(
+        upstreams={"sentiment": "http://a:1"}, authentication="keys", api_keys_file="/k"
+    )
+    assert settings.api_keys_file is not None
+
+
+def test_authentication_anonymous_refuses_a_keys_file_too() -> None:
+    with pytest.raises(ValidationError, match="unset one of them"):
+        GatewaySettings(
+            upstreams={"sentiment": "http://a:1"}, authentication="anonymous", api_keys_file="/k"
+        )
+
+    settings = GatewaySettings(upstreams={"sentiment": "http://a:1"}, authentication="anonymous")
+    assert settings.api_keys_file is None
+
+
+def test_an_open_gateway_warns_unless_anonymous_was_asked_for(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.app")
+
+    create_app(GatewaySettings(upstreams={"sentiment": "http://a:1"}))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.app"]
+    assert len(warnings) == 1
+    assert "authentication is off" in warnings[0]
+    assert "MTC_GATEWAY_AUTHENTICATION=anonymous" in warnings[0]
+
+    caplog.clear()
+    create_app(GatewaySettings(upstreams={"sentiment": "http://a:1"}, authentication="anonymous"))
+    assert [r for r in caplog.records if r.name == "gateway.app"] == []
 
 
 def test_requires_at_least_one_upstream(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -295,3 +295,65 @@ def test_token_counts_match_the_tokenizer_call(tiny_model_dir: Path) -> None:
 
     assert model.token_counts(texts) == [len(ids) for ids in wrapped["input_ids"]]
     assert model.costs(texts) == [min(len(ids), model.max_tokens) for ids in wrapped["input_ids"]]
+
+
+class TokenizationLog:
+    """Wraps a loaded model's tokenizers and counts how often each text is tokenized."""
+
+    def __init__(self, model: SequenceClassifier) -> None:
+        self.counts: dict[str, int] = {}
+        backend = model._counting_tokenizer
+        thread_tokenizer = model._thread_tokenizer
+        log = self
+
+        class CountingBackend:
+            def encode_batch(self, texts: list[str], **options: Any) -> Any:
+                log.saw(texts)
+                return backend.encode_batch(texts, **options)
+
+        def counting_thread_tokenizer() -> Any:
+            tokenizer = thread_tokenizer()
+
+            def call(texts: list[str], **options: Any) -> Any:
+                log.saw(texts)
+                return tokenizer(texts, **options)
+
+            return call
+
+        model._counting_tokenizer = CountingBackend()
+        model._thread_tokenizer = counting_thread_tokenizer  # type: ignore[method-assign]
+
+    def saw(self, texts: Sequence[str]) -> None:
+        for text in texts:
+            self.counts[text] = self.counts.get(text, 0) + 1
+
+
+def test_each_uncached_text_is_tokenized_once_and_a_cached_one_never(
+    tiny_model_dir: Path,
+) -> None:
+    """Counting a text's batching cost is its only tokenization: the encoding travels
+    through the queue to the model. Only a text over the model's limit is tokenized again,
+    with truncation."""
+    model = SequenceClassifier()
+    with TestClient(build_app(settings_for(tiny_model_dir), model=model)) as client:
+        wait_ready(client)
+        log = TokenizationLog(model)
+        long_text = "word " * (model.max_tokens + 10)
+        texts = ["alpha beta", "gamma", "alpha beta", "delta epsilon zeta", long_text]
+
+        first = client.post(URL, json={"text": texts})
+        assert first.status_code == 200
+        assert first.json()["truncated"] == [4]
+        assert log.counts == {
+            "alpha beta": 1,
+            "gamma": 1,
+            "delta epsilon zeta": 1,
+            long_text: 2,
+        }
+
+        log.counts.clear()
+        again = client.post(URL, json={"text": texts})
+        assert again.status_code == 200
+        assert again.json()["truncated"] == [4]
+        assert again.json()["predictions"] == first.json()["predictions"]
+        assert log.counts == {}

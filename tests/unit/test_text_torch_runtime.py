@@ -66,6 +66,11 @@ def test_a_batch_needing_truncation_is_truncated_and_counted_whole(sensitive_dir
     assert counts == model.token_counts(texts)
     [_, long_prediction] = model.predict(texts)
     assert long_prediction.tokens == counts[1]  # type: ignore[attr-defined]
+    expected = model._tokenizer(
+        texts, padding=True, truncation=True, max_length=model.max_tokens, return_tensors="np"
+    )
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(array, expected[name], err_msg=name)
 
 
 def test_the_traced_graph_gives_the_model_s_scores(sensitive_dir: Path) -> None:

@@ -48,7 +48,29 @@ class TextPrediction(list[LabelScore]):
         entry written before token counts were kept)."""
 
 
-class SequenceClassifier(ClassifierModel[str]):
+class TextItem:
+    """One text on its way through the batching queue, carrying its tokens: the text is
+    tokenized once, when its batching cost is counted, and the model reads that encoding
+    instead of tokenizing it again. Identity, not equality: two items may hold one text."""
+
+    __slots__ = ("encoding", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.encoding: Any = None
+        """The untruncated Rust encoding, once counted (fast tokenizers only)."""
+
+
+TextInput = str | TextItem
+"""What the model accepts: plain texts (evaluation, scripts) or queued `TextItem`s."""
+
+
+def text_of(item: TextInput) -> str:
+    """The text of an item."""
+    return item.text if isinstance(item, TextItem) else item
+
+
+class SequenceClassifier(ClassifierModel[TextInput]):
     """A `save_pretrained` directory: `config.json` with `id2label`, weights, tokenizer.
 
     Texts longer than the model's maximum are truncated (see `token_counts`). Softmax
@@ -159,17 +181,37 @@ class SequenceClassifier(ClassifierModel[str]):
         )
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def cache_key(self, item: str) -> bytes:
+    def cache_key(self, item: TextInput) -> bytes:
         """The exact text: any change to it may change the tokens."""
-        return item.encode("utf-8", errors="surrogatepass")
+        return text_of(item).encode("utf-8", errors="surrogatepass")
 
-    def cost(self, item: str) -> int:
+    def cost(self, item: TextInput) -> int:
         """Token count, capped at what the model reads."""
-        return min(self.token_counts([item])[0], self.max_tokens)
+        return self.costs([item])[0]
 
-    def costs(self, items: Sequence[str]) -> list[int]:
-        """`cost` of each item, tokenized together."""
-        return [min(count, self.max_tokens) for count in self.token_counts(items)]
+    def costs(self, items: Sequence[TextInput]) -> list[int]:
+        """`cost` of each item, tokenized together; a `TextItem` keeps its encoding for
+        `predict`, so counting is its only tokenization."""
+        if self._counting_tokenizer is None:
+            counts = self.token_counts([text_of(item) for item in items])
+            return [min(count, self.max_tokens) for count in counts]
+        encodings = self._untruncated_encodings(items)
+        for item, encoding in zip(items, encodings, strict=True):
+            if isinstance(item, TextItem):
+                item.encoding = encoding
+        return [min(len(encoding.ids), self.max_tokens) for encoding in encodings]
+
+    def _untruncated_encodings(self, items: Sequence[TextInput]) -> list[Any]:
+        """Each item's Rust encoding: the one it carries, else one pass over the others."""
+        known = [item.encoding if isinstance(item, TextItem) else None for item in items]
+        unknown = [index for index, encoding in enumerate(known) if encoding is None]
+        if unknown:
+            fresh = self._counting_tokenizer.encode_batch(
+                [text_of(items[index]) for index in unknown], add_special_tokens=True
+            )
+            for index, encoding in zip(unknown, fresh, strict=True):
+                known[index] = encoding
+        return known
 
     @staticmethod
     def with_token_counts(
@@ -194,30 +236,40 @@ class SequenceClassifier(ClassifierModel[str]):
             return TextPrediction(scores, int(document["tokens"]))
         return TextPrediction(decode_scores(raw), None)  # written by an earlier release
 
-    def encode(self, batch: Sequence[str]) -> tuple[dict[str, Any], list[int]]:
+    def encode(self, batch: Sequence[TextInput]) -> tuple[dict[str, Any], list[int]]:
         """The model inputs of a batch as int64 NumPy arrays, padded to its longest text and
         truncated at the limit, and each text's token count before truncation.
 
-        A batch that needs no truncation (nearly every one) is tokenized once, by the Rust
-        tokenizer, and padded here as the tokenizer would pad it; the Python wrapper costs
-        more than the tokenization itself, and the counts come from the same pass.
+        With a fast tokenizer the Rust encodings are padded here as the tokenizer would pad
+        them (the Python wrapper costs more than the tokenization itself); a `TextItem`
+        brings the encoding made when its cost was counted, so it is not tokenized again.
+        Only a text longer than the model reads is tokenized a second time, with
+        truncation, because the tokenizer's truncation also places the closing special
+        tokens.
         """
-        texts = list(batch)
-        if self._counting_tokenizer is not None:
-            encodings = self._counting_tokenizer.encode_batch(texts, add_special_tokens=True)
-            counts = [len(encoding.ids) for encoding in encodings]
-            if max(counts, default=0) <= self.max_tokens:
-                return self._padded(encodings), counts
-        else:
+        if self._counting_tokenizer is None:
+            texts = [text_of(item) for item in batch]
             counts = self.token_counts(texts)
-        encoded = self._thread_tokenizer()(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_tokens,
-            return_tensors="np",
-        )
-        return {name: np.asarray(encoded[name], dtype=np.int64) for name in encoded}, counts
+            encoded = self._thread_tokenizer()(
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="np",
+            )
+            return {name: np.asarray(encoded[name], dtype=np.int64) for name in encoded}, counts
+        encodings = self._untruncated_encodings(batch)
+        counts = [len(encoding.ids) for encoding in encodings]
+        too_long = [index for index, count in enumerate(counts) if count > self.max_tokens]
+        if too_long:
+            truncated = self._thread_tokenizer()(
+                [text_of(batch[index]) for index in too_long],
+                truncation=True,
+                max_length=self.max_tokens,
+            ).encodings
+            for index, encoding in zip(too_long, truncated, strict=True):
+                encodings[index] = encoding
+        return self._padded(encodings), counts
 
     def _padded(self, encodings: Sequence[Any]) -> dict[str, Any]:
         """Untruncated Rust encodings as the padded arrays the tokenizer would return."""
@@ -237,7 +289,7 @@ class SequenceClassifier(ClassifierModel[str]):
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: arrays[name] for name in tokenizer.model_input_names if name in arrays}
 
-    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[TextInput]) -> list[list[LabelScore]]:
         """Scores for every label of every text, highest first."""
         import torch
 
