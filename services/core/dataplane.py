@@ -11,6 +11,7 @@ from typing import Generic, TypeAlias
 
 from services.core.batching import BatchQueue, PendingItem
 from services.core.cache import ResponseCache, prediction_key
+from services.core.cache_sealing import seal, unseal
 from services.core.errors import BatchTooLarge, ModelNotReady, RequestTimedOut
 from services.core.metrics import ServiceMetrics
 from services.core.model import ClassifierModel, ItemT, LabelScore
@@ -90,7 +91,8 @@ class DataPlane(Generic[ItemT]):
             prediction_key(self.settings.task, version, self.model.cache_key(item))
             for item in items
         ]
-        cached = await self._lookup(keys)
+        sealing_keys = [self.model.sealing_key(item) for item in items]
+        cached = await self._lookup(keys, sealing_keys)
         after_cache = time.perf_counter()
         self.metrics.observe_phase("cache", after_cache - started)
 
@@ -120,7 +122,7 @@ class DataPlane(Generic[ItemT]):
             self.metrics.observe_phase("queue", queue_seconds)
             self.metrics.observe_phase("inference", inference_seconds)
             fresh = dict(zip((keys[index] for index in missing), computed, strict=True))
-            await self._store(fresh)
+            await self._store(fresh, {keys[index]: sealing_keys[index] for index in missing})
             predictions = [
                 prediction if prediction is not None else fresh[key]
                 for key, prediction in zip(keys, predictions, strict=True)
@@ -151,22 +153,32 @@ class DataPlane(Generic[ItemT]):
             self.queue.discard(queued)
             raise
 
-    async def _lookup(self, keys: list[str]) -> list[list[LabelScore] | None]:
+    async def _lookup(
+        self, keys: list[str], sealing_keys: list[bytes | None]
+    ) -> list[list[LabelScore] | None]:
         if self.settings.cache_ttl_seconds == 0:
             return [None] * len(keys)
         raw = await self.cache.get_many(keys)
         decoded: list[list[LabelScore] | None] = []
-        for value in raw:
+        for value, sealing_key in zip(raw, sealing_keys, strict=True):
             try:
+                if value is not None and sealing_key is not None:
+                    value = unseal(sealing_key, value)
                 decoded.append(self.model.decode_prediction(value) if value is not None else None)
             except (ValueError, TypeError):
-                # A malformed entry (another version's format) is a miss, not an error.
+                # A malformed entry (another version's format, or one that does not open
+                # with this input's key) is a miss, not an error.
                 decoded.append(None)
         return decoded
 
-    async def _store(self, fresh: dict[str, list[LabelScore]]) -> None:
+    async def _store(
+        self, fresh: dict[str, list[LabelScore]], sealing_keys: dict[str, bytes | None]
+    ) -> None:
         if self.settings.cache_ttl_seconds == 0 or not fresh:
             return
-        await self.cache.set_many(
-            {key: self.model.encode_prediction(p) for key, p in fresh.items()}
-        )
+        values = {}
+        for key, prediction in fresh.items():
+            value = self.model.encode_prediction(prediction)
+            sealing_key = sealing_keys[key]
+            values[key] = value if sealing_key is None else seal(sealing_key, value)
+        await self.cache.set_many(values)

@@ -86,6 +86,13 @@ class ClassifierModel(ABC, Generic[ItemT]):
         """
         return repr(item).encode("utf-8")
 
+    def sealing_key(self, item: ItemT) -> bytes | None:
+        """A secret derived from the item itself, or None. With one, the shared cache
+        stores this item's prediction sealed (`services.core.cache_sealing`): only a request
+        carrying the same input can read it back. Override when cache entries hold more
+        than scores (e.g. a transcript); the key must not be computable from `cache_key`."""
+        return None
+
     def encode_prediction(self, prediction: Sequence[LabelScore]) -> bytes:
         """Bytes of one prediction for the response cache; override to keep more than the
         ranked scores (and override `decode_prediction` to match)."""

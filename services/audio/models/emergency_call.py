@@ -261,6 +261,12 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
             words = b"asr" if self._transcriber is not None else b"none"
         return item.audio_digest() + b"\0" + words
 
+    def sealing_key(self, item: CallClip) -> bytes:
+        """Entries hold the call's transcript: sealed with a digest of the sound that the
+        cache key's digest does not reveal, so reading the shared cache reveals no call
+        whose recording the reader does not already have."""
+        return hashlib.sha256(b"mtc-audio-cache-seal\0" + item.samples.tobytes()).digest()
+
     def cost(self, item: CallClip) -> int:
         """Analysis frames (20 ms each): a batch's clips are measured one after another."""
         return self.features.frames(len(item.samples))
