@@ -26,7 +26,9 @@ REDIS_KEY_PREFIX = "mtc:gateway:quota:v1:"
 
 # Runs atomically in Redis, so replicas taking from one bucket at once never both get the
 # last token. Redis's own clock is used: gateway replicas' clocks may disagree.
-TAKE_TOKEN_SCRIPT = """
+# The bucket's state refilled to now (Redis's clock), and how it is written back: shared by
+# both scripts below.
+_READ_BUCKET = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local clock = redis.call('TIME')
@@ -38,6 +40,15 @@ if tokens == nil or updated == nil then
   tokens = burst
   updated = now
 end
+"""
+_WRITE_BUCKET = """
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+"""
+
+TAKE_TOKEN_SCRIPT = (
+    _READ_BUCKET
+    + """
 tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
 local allowed = 0
 local wait = 0
@@ -47,31 +58,24 @@ if tokens >= 1 then
 else
   wait = (1 - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return {allowed, tostring(wait), tostring(tokens)}
 """
+    + _WRITE_BUCKET
+    + """return {allowed, tostring(wait), tostring(tokens)}
+"""
+)
 
 # Takes ARGV[3] tokens whatever the bucket holds (the work was done): it may go below zero.
 # Kept until refilled, so a debt outlives the bucket's usual expiry.
-CHARGE_SCRIPT = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+CHARGE_SCRIPT = (
+    _READ_BUCKET
+    + """
 local cost = tonumber(ARGV[3])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
-local tokens = tonumber(state[1])
-local updated = tonumber(state[2])
-if tokens == nil or updated == nil then
-  tokens = burst
-  updated = now
-end
 tokens = math.min(burst, tokens + math.max(0, now - updated) * rate) - cost
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return tostring(tokens)
 """
+    + _WRITE_BUCKET
+    + """return tostring(tokens)
+"""
+)
 
 
 @dataclass(frozen=True)

@@ -111,14 +111,6 @@ def _refusal(error: Exception, action: str, uri: str) -> JobFailure:
     return JobFailure(f"S3 cannot {action} {uri}: {type(error).__name__}")
 
 
-@dataclass(frozen=True)
-class InputObject:
-    """An input file's bytes and the version (ETag) they are."""
-
-    data: bytes
-    etag: str | None
-
-
 @dataclass
 class InputStream:
     """An input object being read: `read(n)` gives up to n more bytes (b"" at the end).
@@ -207,45 +199,6 @@ class JobObjects:
         self.outputs.check(target, scope)
         return target
 
-    def read_input(self, uri: str, *, max_bytes: int, scope: S3Scope) -> InputObject:
-        """The input object's bytes; JobFailure if it is missing, too large or unreadable
-        (any permanent S3 error); a passing one (5xx, throttling, no connection) is
-        raised as botocore raised it, for the worker to retry."""
-        from botocore.exceptions import ClientError, ParamValidationError
-
-        try:
-            target = self.check_input(uri, scope)
-        except (AccessDenied, InputNotFound) as error:
-            raise JobFailure(error.detail) from None
-        try:
-            head = self.client.head_object(Bucket=target.bucket, Key=target.key)
-            size = int(head["ContentLength"])
-            if size > max_bytes:
-                raise JobFailure(
-                    f"the input object has {size} bytes; the limit is {max_bytes} "
-                    "(MTC_JOBS_MAX_INPUT_BYTES)"
-                )
-            response = self.client.get_object(Bucket=target.bucket, Key=target.key)
-            # One byte past the limit: the object may have been replaced since the HEAD.
-            data = response["Body"].read(max_bytes + 1)
-        except (ClientError, ParamValidationError) as error:
-            code = (
-                str(error.response.get("Error", {}).get("Code", ""))
-                if isinstance(error, ClientError)
-                else ""
-            )
-            if code in HIDDEN_OBJECT_CODES:
-                raise JobFailure(no_readable_object(target).detail) from None
-            if is_permanent(error):
-                raise _refusal(error, "read", target.uri) from None
-            raise
-        if len(data) > max_bytes:
-            raise JobFailure(
-                f"the input object has more than {max_bytes} bytes (MTC_JOBS_MAX_INPUT_BYTES)"
-            )
-        etag = response.get("ETag")
-        return InputObject(data, str(etag) if etag else None)
-
     def write_output(
         self, uri: str, body: bytes, content_type: str, *, scope: S3Scope, job_id: str
     ) -> None:
@@ -289,8 +242,10 @@ class JobObjects:
         scope: S3Scope | None,
         etag: str | None = None,
     ) -> InputStream:
-        """The input object, to read as a stream (see `read_input` for the failures); also
-        JobFailure if it is no longer the version `etag`, when given. `scope` None: inline
+        """The input object, to read as a stream. JobFailure if it is missing, too large,
+        unreadable (any permanent S3 error) or no longer the version `etag`, when given; a
+        passing error (5xx, throttling, no connection) is raised as botocore raised it, for
+        the worker to retry. `scope` None: inline
         inputs the gateway staged (`stage_inputs`), whose URI comes from the job store, not
         from the caller."""
         from botocore.exceptions import ClientError, ParamValidationError

@@ -86,7 +86,7 @@ def test_a_permanent_error_reading_the_input_fails_the_job(code: str, status: in
     stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
 
     with stub, pytest.raises(JobFailure, match=re.escape("s3://batch/in/x.csv")):
-        objects.read_input("s3://batch/in/x.csv", max_bytes=1000, scope=UNRESTRICTED)
+        objects.open_input("s3://batch/in/x.csv", max_bytes=1000, scope=UNRESTRICTED)
 
 
 @pytest.mark.parametrize(("code", "status"), TRANSIENT)
@@ -171,7 +171,7 @@ def test_the_worker_checks_the_owners_locations_again_before_any_s3_call() -> No
 
     with stub:
         with pytest.raises(JobFailure) as reading:
-            objects.read_input("s3://batch/in/bob/x.csv", max_bytes=1000, scope=alice)
+            objects.open_input("s3://batch/in/bob/x.csv", max_bytes=1000, scope=alice)
         with pytest.raises(JobFailure) as writing:
             objects.write_output(
                 "s3://batch/out/bob/x.csv", b"index\r\n", "text/csv", scope=alice, job_id=JOB_ID
@@ -190,7 +190,7 @@ def test_a_missing_input_and_one_s3_hides_give_the_same_reason() -> None:
         objects, stub = stubbed_objects()
         stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
         with stub, pytest.raises(JobFailure) as failure:
-            objects.read_input("s3://batch/in/alice/x.csv", max_bytes=1000, scope=S3Scope("alice"))
+            objects.open_input("s3://batch/in/alice/x.csv", max_bytes=1000, scope=S3Scope("alice"))
         reasons.append(str(failure.value))
 
     assert (
