@@ -107,3 +107,32 @@ def test_constraints_pin_one_version_per_package() -> None:
     assert all("==" in pin for pin in pins)
     assert len({pin.split("==")[0] for pin in pins}) == len(pins)
     assert "torch==2.13.0" in pins
+
+
+def test_the_gateway_image_extra_installs_what_its_form_routes_need() -> None:
+    """FastAPI refuses to build a route with form or file fields without python-multipart:
+    the gateway image (extra `gateway`) would not start. Caught once only by the pod test."""
+    from gateway.app import create_app
+    from gateway.local_stack import DEFAULT_MODELS, TASK_KIND_OF_SERVICE
+    from gateway.settings import GatewaySettings
+
+    kinds = {
+        task: TASK_KIND_OF_SERVICE[module]
+        for task, (module, _) in DEFAULT_MODELS.items()
+        if module in TASK_KIND_OF_SERVICE
+    }
+    upstreams = {task: f"http://127.0.0.1:{9000 + n}" for n, task in enumerate(DEFAULT_MODELS)}
+    app = create_app(
+        GatewaySettings(upstreams=upstreams, task_kinds=kinds, authentication="anonymous")
+    )
+    form_types = {"multipart/form-data", "application/x-www-form-urlencoded"}
+    form_routes = [
+        path
+        for path, operations in app.openapi()["paths"].items()
+        for operation in operations.values()
+        if form_types & set(operation.get("requestBody", {}).get("content", {}))
+    ]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["poetry"]["extras"]
+
+    assert form_routes, "no form route found: the check would pass vacuously"
+    assert "python-multipart" in extras["gateway"], form_routes
