@@ -566,10 +566,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "split": split_name,
         **report.to_json(),
     }
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        print(f"metrics written to {args.json_out}")
+    return _emit_metrics(document, args.json_out)
+
+
+def _emit_metrics(document: dict[str, Any], json_out: Path | None) -> int:
+    """Write an evaluation's metrics to `json_out`, or print them as one JSON line."""
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {json_out}")
     else:
         print(json.dumps(document))
     return 0
@@ -619,13 +624,7 @@ def _eval_starter(args: argparse.Namespace) -> int:
         "starter": args.starter,
         "sets": {name: report.to_json() for name, report in reports.items()},
     }
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        print(f"metrics written to {args.json_out}")
-    else:
-        print(json.dumps(document))
-    return 0
+    return _emit_metrics(document, args.json_out)
 
 
 def _eval_korean_set(args: argparse.Namespace) -> int:
@@ -651,13 +650,7 @@ def _eval_korean_set(args: argparse.Namespace) -> int:
     print(report.table())
     document = {"model": args.model, "set": args.starter_data, "split": split_name}
     document.update(report.to_json())
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        print(f"metrics written to {args.json_out}")
-    else:
-        print(json.dumps(document))
-    return 0
+    return _emit_metrics(document, args.json_out)
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
