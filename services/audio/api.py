@@ -153,11 +153,10 @@ class ClipUploadReader:
         return decode_audio(data, label=label, limits=self.limits, sample_rate=self.sample_rate)
 
 
-def _response(model: EmergencyCallModel, result: PredictionResult) -> JSONResponse:
+def _response(model: EmergencyCallModel, result: PredictionResult[FusedPrediction]) -> JSONResponse:
     meta = model.metadata
     clips: list[dict[str, Any]] = []
     for prediction in result.predictions:
-        assert isinstance(prediction, FusedPrediction)
         clips.append(
             {
                 "audio": [{"label": s.label, "score": s.score} for s in prediction.audio],
@@ -173,7 +172,7 @@ def _response(model: EmergencyCallModel, result: PredictionResult) -> JSONRespon
     body = {
         "model": {"name": meta.name, "version": meta.version},
         "predictions": [
-            [{"label": s.label, "score": s.score} for s in prediction]
+            [{"label": s.label, "score": s.score} for s in prediction.scores]
             for prediction in result.predictions
         ],
         "clips": clips,
@@ -207,8 +206,8 @@ class ClipTensorAdapter(TensorAdapter):
         self.decoders = decoders
 
     async def predict(
-        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any]
-    ) -> PredictionResult:
+        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
+    ) -> PredictionResult[FusedPrediction]:
         """Fused predictions of the clips."""
         if not self.model.ready:
             raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
@@ -244,7 +243,7 @@ def audio_routes(
         timeout_seconds=settings.s3_timeout_seconds,
     )
 
-    def register(app: FastAPI, dataplane: DataPlane[Any]) -> None:
+    def register(app: FastAPI, dataplane: DataPlane[Any, Any]) -> None:
         def ready_reader() -> ClipUploadReader:
             if not model.ready:
                 raise ModelNotReady(f"the {settings.task} model is not loaded yet")

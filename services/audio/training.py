@@ -286,8 +286,8 @@ class TranscriptScorer:
         by_text: dict[str, list[float]] = {}
         for start in range(0, len(unique), 32):
             batch = unique[start : start + 32]
-            for text, ranked in zip(batch, self._model.predict(batch), strict=True):
-                scores = {s.label: s.score for s in ranked}
+            for text, prediction in zip(batch, self._model.predict(batch), strict=True):
+                scores = {s.label: s.score for s in prediction.scores}
                 by_text[text] = [scores[label] for label in self.labels]
         return np.asarray([by_text[text] for text in transcripts], dtype=np.float64)
 

@@ -142,7 +142,7 @@ class ModelVersionHeader:
     relays it, so every client sees which version answered without parsing the body.
     """
 
-    def __init__(self, app: ASGIApp, model: ClassifierModel[Any]) -> None:
+    def __init__(self, app: ASGIApp, model: ClassifierModel[Any, Any]) -> None:
         self.app = app
         self.model = model
 
@@ -168,14 +168,14 @@ WITHOUT_OPENTELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "l
 the hooks otherwise look up the global OpenTelemetry providers on every request."""
 
 
-async def get_dataplane(request: Request) -> DataPlane[Any]:
+async def get_dataplane(request: Request) -> DataPlane[Any, Any]:
     """The app's dataplane (dependency; async, since FastAPI runs a plain function
     dependency in a worker thread: a thread hop on every request)."""
-    dataplane: DataPlane[Any] = request.app.state.dataplane
+    dataplane: DataPlane[Any, Any] = request.app.state.dataplane
     return dataplane
 
 
-DataPlaneDep = Annotated[DataPlane[Any], Depends(get_dataplane)]
+DataPlaneDep = Annotated[DataPlane[Any, Any], Depends(get_dataplane)]
 
 
 def is_prediction_path(path: str) -> bool:
@@ -187,9 +187,9 @@ def is_prediction_path(path: str) -> bool:
 
 def create_app(
     settings: ServiceSettings,
-    model: ClassifierModel[Any],
+    model: ClassifierModel[Any, Any],
     *,
-    register_routes: Callable[[FastAPI, DataPlane[Any]], None],
+    register_routes: Callable[[FastAPI, DataPlane[Any, Any]], None],
     title: str,
     description: str = "",
     store: ModelStore | None = None,
@@ -206,7 +206,7 @@ def create_app(
     model_store = store or ModelStore(
         settings.model_cache_dir, s3_endpoint_url=settings.s3_endpoint_url
     )
-    dataplane: DataPlane[Any] = DataPlane(
+    dataplane: DataPlane[Any, Any] = DataPlane(
         model, cache or build_cache(settings, metrics), metrics, settings
     )
     state = ServiceState()

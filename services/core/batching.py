@@ -23,7 +23,7 @@ from typing import Generic
 
 from services.core.errors import Overloaded
 from services.core.metrics import ServiceMetrics
-from services.core.model import ClassifierModel, ItemT, LabelScore
+from services.core.model import ClassifierModel, ItemT, OutputT
 
 logger = logging.getLogger(__name__)
 
@@ -32,22 +32,22 @@ MIN_BATCH_FILL = 0.8
 
 
 @dataclass(eq=False)
-class PendingItem(Generic[ItemT]):
+class PendingItem(Generic[ItemT, OutputT]):
     """One item waiting for (or going through) the model."""
 
     item: ItemT
     cost: int
-    future: asyncio.Future[list[LabelScore]]
+    future: asyncio.Future[OutputT]
     enqueued_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None
 
 
-class BatchQueue(Generic[ItemT]):
+class BatchQueue(Generic[ItemT, OutputT]):
     """Runs `model.predict` on batches of queued items in a small pool of worker threads."""
 
     def __init__(
         self,
-        model: ClassifierModel[ItemT],
+        model: ClassifierModel[ItemT, OutputT],
         metrics: ServiceMetrics,
         *,
         max_batch_size: int,
@@ -61,9 +61,9 @@ class BatchQueue(Generic[ItemT]):
         self.max_batch_tokens = max_batch_tokens
         self.max_queued_items = max_queued_items
         self.workers = workers
-        self._pending: list[PendingItem[ItemT]] = []
+        self._pending: list[PendingItem[ItemT, OutputT]] = []
         # Futures of items accepted and not yet answered, queued or running: what stop() drains.
-        self._outstanding: set[asyncio.Future[list[LabelScore]]] = set()
+        self._outstanding: set[asyncio.Future[OutputT]] = set()
         # Guards `_pending` and `_stopping`; the workers wait on it for work. Re-entrant, so
         # take_batch() may be called with it held or not.
         self._work_ready = threading.Condition(threading.RLock())
@@ -107,7 +107,7 @@ class BatchQueue(Generic[ItemT]):
 
     async def submit(
         self, items: Sequence[ItemT], costs: Sequence[int]
-    ) -> list[PendingItem[ItemT]]:
+    ) -> list[PendingItem[ItemT, OutputT]]:
         """Queue items, or raise Overloaded (429) when the queue bound would be passed."""
         if self._loop is None:
             raise RuntimeError("BatchQueue.start() was not called")
@@ -132,14 +132,14 @@ class BatchQueue(Generic[ItemT]):
             self._work_ready.notify(len(queued))
         return queued
 
-    def discard(self, items: Sequence[PendingItem[ItemT]]) -> None:
+    def discard(self, items: Sequence[PendingItem[ItemT, OutputT]]) -> None:
         """Drop items whose request gave up, so abandoned work never reaches the model."""
         dropped = {id(item) for item in items}
         with self._work_ready:
             self._pending = [p for p in self._pending if id(p) not in dropped]
             self._set_depth()
 
-    def take_batch(self) -> list[PendingItem[ItemT]]:
+    def take_batch(self) -> list[PendingItem[ItemT, OutputT]]:
         """Remove and return the next batch: the oldest item plus its closest-cost peers."""
         with self._work_ready:
             if not self._pending:
@@ -204,14 +204,14 @@ class BatchQueue(Generic[ItemT]):
             loop.call_soon_threadsafe(_answer, batch, results)
 
 
-def _answer(batch: Sequence[PendingItem[ItemT]], results: Sequence[list[LabelScore]]) -> None:
+def _answer(batch: Sequence[PendingItem[ItemT, OutputT]], results: Sequence[OutputT]) -> None:
     # On the event loop: a request that timed out or was cancelled has no use for its answer.
     for pending, result in zip(batch, results, strict=True):
         if not pending.future.done():
             pending.future.set_result(result)
 
 
-def _fail(batch: Sequence[PendingItem[ItemT]], error: Exception) -> None:
+def _fail(batch: Sequence[PendingItem[ItemT, OutputT]], error: Exception) -> None:
     for pending in batch:
         if not pending.future.done():
             pending.future.set_exception(error)

@@ -14,7 +14,7 @@ from services.core.cache import ResponseCache, prediction_key
 from services.core.cache_sealing import seal, unseal
 from services.core.errors import BatchTooLarge, ModelNotReady, RequestTimedOut
 from services.core.metrics import ServiceMetrics
-from services.core.model import ClassifierModel, ItemT, LabelScore
+from services.core.model import ClassifierModel, ItemT, OutputT
 from services.core.settings import ServiceSettings
 
 CostFunction: TypeAlias = Callable[[list[ItemT]], Awaitable[Sequence[int]]]
@@ -24,16 +24,16 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PredictionResult:
+class PredictionResult(Generic[OutputT]):
     """Predictions for every item of a request, in input order, with where time went."""
 
-    predictions: list[list[LabelScore]]
+    predictions: list[OutputT]
     cache_hits: int
     queue_seconds: float
     inference_seconds: float
 
 
-class DataPlane(Generic[ItemT]):
+class DataPlane(Generic[ItemT, OutputT]):
     """Answers prediction requests: per-item cache, then the batching queue for the rest.
 
     Items found in the cache never reach the model; identical items within one request
@@ -43,7 +43,7 @@ class DataPlane(Generic[ItemT]):
 
     def __init__(
         self,
-        model: ClassifierModel[ItemT],
+        model: ClassifierModel[ItemT, OutputT],
         cache: ResponseCache,
         metrics: ServiceMetrics,
         settings: ServiceSettings,
@@ -52,7 +52,7 @@ class DataPlane(Generic[ItemT]):
         self.cache = cache
         self.metrics = metrics
         self.settings = settings
-        self.queue: BatchQueue[ItemT] = BatchQueue(
+        self.queue: BatchQueue[ItemT, OutputT] = BatchQueue(
             model,
             metrics,
             max_batch_size=settings.max_batch_size,
@@ -73,7 +73,7 @@ class DataPlane(Generic[ItemT]):
 
     async def predict(
         self, items: Sequence[ItemT], costs_of: CostFunction[ItemT] | None = None
-    ) -> PredictionResult:
+    ) -> PredictionResult[OutputT]:
         """Predict every item. `costs_of` gives the batching cost (e.g. token counts) of the
         items the cache did not answer, and only of those (default: `model.cost(item)`)."""
         if not self.model.ready:
@@ -96,7 +96,7 @@ class DataPlane(Generic[ItemT]):
         after_cache = time.perf_counter()
         self.metrics.observe_phase("cache", after_cache - started)
 
-        predictions: list[list[LabelScore] | None] = list(cached)
+        predictions: list[OutputT | None] = list(cached)
         first_index_of_key: dict[str, int] = {}
         for index, (key, prediction) in enumerate(zip(keys, predictions, strict=True)):
             if prediction is None:
@@ -132,8 +132,8 @@ class DataPlane(Generic[ItemT]):
         return PredictionResult(complete, hits, queue_seconds, inference_seconds)
 
     async def _wait(
-        self, queued: list[PendingItem[ItemT]], deadline: float
-    ) -> list[list[LabelScore]]:
+        self, queued: list[PendingItem[ItemT, OutputT]], deadline: float
+    ) -> list[OutputT]:
         remaining = max(0.0, deadline - time.perf_counter())
         try:
             return list(
@@ -155,24 +155,24 @@ class DataPlane(Generic[ItemT]):
 
     async def _lookup(
         self, keys: list[str], sealing_keys: list[bytes | None]
-    ) -> list[list[LabelScore] | None]:
+    ) -> list[OutputT | None]:
         if self.settings.cache_ttl_seconds == 0:
             return [None] * len(keys)
         raw = await self.cache.get_many(keys)
-        decoded: list[list[LabelScore] | None] = []
+        decoded: list[OutputT | None] = []
         for value, sealing_key in zip(raw, sealing_keys, strict=True):
             try:
                 if value is not None and sealing_key is not None:
                     value = unseal(sealing_key, value)
                 decoded.append(self.model.decode_prediction(value) if value is not None else None)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, KeyError):
                 # A malformed entry (another version's format, or one that does not open
                 # with this input's key) is a miss, not an error.
                 decoded.append(None)
         return decoded
 
     async def _store(
-        self, fresh: dict[str, list[LabelScore]], sealing_keys: dict[str, bytes | None]
+        self, fresh: dict[str, OutputT], sealing_keys: dict[str, bytes | None]
     ) -> None:
         if self.settings.cache_ttl_seconds == 0 or not fresh:
             return

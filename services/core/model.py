@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 ItemT = TypeVar("ItemT")
 
@@ -30,14 +30,44 @@ def rank_scores(labels: Sequence[str], rows: Sequence[Sequence[float]]) -> list[
     return ranked
 
 
-def encode_scores(scores: Sequence[LabelScore]) -> bytes:
-    """Compact JSON form of one ranked prediction (what the response cache stores)."""
-    return json.dumps([[s.label, s.score] for s in scores], separators=(",", ":")).encode()
+def scores_document(scores: Sequence[LabelScore]) -> list[list[Any]]:
+    """`[[label, score], ...]`: the JSON form of a ranking inside a cached prediction."""
+    return [[entry.label, entry.score] for entry in scores]
 
 
-def decode_scores(raw: bytes) -> list[LabelScore]:
-    """Inverse of `encode_scores`."""
-    return [LabelScore(str(label), float(score)) for label, score in json.loads(raw)]
+def scores_from_document(rows: Any) -> list[LabelScore]:
+    """Inverse of `scores_document`; raises ValueError or TypeError on anything else."""
+    if not isinstance(rows, list):
+        raise TypeError("a ranking is a list of [label, score] pairs")
+    return [LabelScore(str(label), float(score)) for label, score in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """What a model answers for one item: every label with its score, highest first.
+
+    A kind whose model computes more than the ranking (token counts, keypoints, the scores
+    of each branch of a fusion) subclasses this with typed fields, so that everything
+    the model found travels together through the queue and the response cache, and
+    overrides `to_document` and `from_document` to keep those fields in the cache.
+    """
+
+    scores: list[LabelScore]
+
+    def to_document(self) -> dict[str, Any]:
+        """JSON-ready form of the whole prediction (what the response cache stores)."""
+        return {"scores": scores_document(self.scores)}
+
+    @classmethod
+    def from_document(cls, document: Any) -> Self:
+        """Inverse of `to_document`. Raises ValueError, TypeError or KeyError on any other
+        shape (an entry written by an earlier release), which the cache reads as a miss."""
+        if not isinstance(document, dict):
+            raise TypeError("a cached prediction is a JSON object")
+        return cls(scores_from_document(document["scores"]))
+
+
+OutputT = TypeVar("OutputT", bound=Prediction)
 
 
 @dataclass(frozen=True)
@@ -50,14 +80,18 @@ class ModelMetadata:
     limits: dict[str, Any] = field(default_factory=dict)
 
 
-class ClassifierModel(ABC, Generic[ItemT]):
-    """A classifier that turns a batch of items into ranked label scores.
+class ClassifierModel(ABC, Generic[ItemT, OutputT]):
+    """A classifier that turns a batch of items into predictions of its kind (`OutputT`:
+    the ranked label scores, plus whatever else the kind's model computes).
 
     Subclasses implement `load` and `predict` and know nothing of HTTP: they raise
     `services.core.errors` types for bad input. The serving kit calls `load` once at start
     (from the app's lifespan, never at import) and `predict` from worker threads, possibly
     from several threads at once when `inference_workers > 1`.
     """
+
+    output_type: type[OutputT]
+    """The `Prediction` class `predict` returns; the cache decodes entries with it."""
 
     runtime: str = "python"
     """What executes the model (e.g. `torch`, `torch-bf16`, `onnx-int8`). Part of every
@@ -76,8 +110,8 @@ class ClassifierModel(ABC, Generic[ItemT]):
         """
 
     @abstractmethod
-    def predict(self, batch: Sequence[ItemT]) -> list[list[LabelScore]]:
-        """Score every item: one list per item, every label, sorted by score, highest first."""
+    def predict(self, batch: Sequence[ItemT]) -> list[OutputT]:
+        """One prediction per item, in order: every label, sorted by score, highest first."""
 
     def cache_key(self, item: ItemT) -> bytes:
         """Canonical bytes of an item for the prediction cache.
@@ -93,14 +127,14 @@ class ClassifierModel(ABC, Generic[ItemT]):
         than scores (e.g. a transcript); the key must not be computable from `cache_key`."""
         return None
 
-    def encode_prediction(self, prediction: Sequence[LabelScore]) -> bytes:
-        """Bytes of one prediction for the response cache; override to keep more than the
-        ranked scores (and override `decode_prediction` to match)."""
-        return encode_scores(prediction)
+    def encode_prediction(self, prediction: OutputT) -> bytes:
+        """Bytes of one prediction for the response cache."""
+        return json.dumps(prediction.to_document(), separators=(",", ":")).encode()
 
-    def decode_prediction(self, raw: bytes) -> list[LabelScore]:
-        """Inverse of `encode_prediction`; raises ValueError or TypeError on foreign bytes."""
-        return decode_scores(raw)
+    def decode_prediction(self, raw: bytes) -> OutputT:
+        """Inverse of `encode_prediction`; raises ValueError, TypeError or KeyError on
+        foreign bytes."""
+        return self.output_type.from_document(json.loads(raw))
 
     def cost(self, item: ItemT) -> int:
         """Relative size of an item (tokens for text); batches group items of similar cost."""

@@ -55,7 +55,7 @@ from services.core.errors import (
 )
 from services.core.http_errors import error_responses, without_addresses
 from services.core.json_body import FIELD_ALLOWANCE, within_json_values
-from services.core.model import ClassifierModel, LabelScore
+from services.core.model import ClassifierModel, Prediction
 
 BYTES: Final = "BYTES"
 FP32: Final = "FP32"
@@ -311,8 +311,8 @@ class TensorAdapter(ABC):
 
     @abstractmethod
     async def predict(
-        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any]
-    ) -> PredictionResult:
+        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
+    ) -> PredictionResult[Any]:
         """Ranked predictions of the `n` items the tensors describe (every required input is
         there, every given one holds `n` elements)."""
 
@@ -499,7 +499,7 @@ def _requested_outputs(request: InferenceRequest) -> list[tuple[str, bool]]:
 
 def inference_response(
     call: InferenceCall,
-    predictions: Sequence[Sequence[LabelScore]],
+    predictions: Sequence[Prediction],
     *,
     model_name: str,
     model_version: str,
@@ -507,20 +507,21 @@ def inference_response(
 ) -> Response:
     """The answer: `label` and `score` as `[n, k]` tensors, each in JSON or, when asked, as
     binary data after the JSON (whose length goes in `Inference-Header-Content-Length`)."""
-    width = len(predictions[0]) if predictions else 0
-    if any(len(scores) != width for scores in predictions):
+    rankings = [prediction.scores for prediction in predictions]
+    width = len(rankings[0]) if rankings else 0
+    if any(len(scores) != width for scores in rankings):
         raise RuntimeError("predictions of one request rank different numbers of labels")
-    shape = [len(predictions), width]
+    shape = [len(rankings), width]
     outputs: list[dict[str, Any]] = []
     binary: list[bytes] = []
     for name, as_binary in call.outputs:
         output: dict[str, Any] = {"name": name, "shape": shape}
         data: list[Any]
         if name == LABEL_OUTPUT:
-            data = [entry.label for scores in predictions for entry in scores]
+            data = [entry.label for scores in rankings for entry in scores]
             output["datatype"] = BYTES
         else:
-            data = [entry.score for scores in predictions for entry in scores]
+            data = [entry.score for scores in rankings for entry in scores]
             output["datatype"] = FP32
         if as_binary:
             encoded = (
@@ -548,7 +549,7 @@ def inference_response(
 
 
 def model_metadata(
-    task: str, model: ClassifierModel[Any], adapter: TensorAdapter
+    task: str, model: ClassifierModel[Any, Any], adapter: TensorAdapter
 ) -> ModelMetadataResponse:
     """What `GET /v2/models/{task}` answers; the label count is known once loaded."""
     labels = len(model.metadata.labels) if model.ready else -1
@@ -662,11 +663,11 @@ ModelVersion = Annotated[str, Path(description="The loaded model's version.")]
 
 def register_open_inference(
     app: FastAPI,
-    dataplane: DataPlane[Any],
+    dataplane: DataPlane[Any, Any],
     adapter: TensorAdapter,
     *,
     task: str,
-    model: ClassifierModel[Any],
+    model: ClassifierModel[Any, Any],
 ) -> None:
     """Add the protocol's routes for the service's one model, named `task`."""
 

@@ -51,9 +51,8 @@ from services.pose.images import (
     guard_decompression_bombs,
     read_header,
 )
-from services.pose.keypoints import KeypointResolver
 from services.pose.models.auto import AutoPoseModel
-from services.pose.models.base import PoseModel
+from services.pose.models.base import PoseModel, PosePrediction
 from services.pose.models.hf_image_classifier import HfImageClassifier
 from services.pose.models.landmark_classifier import LandmarkClassifier
 from services.pose.settings import PoseSettings
@@ -220,8 +219,8 @@ class ImageTensorAdapter(TensorAdapter):
         self.reader = reader
 
     async def predict(
-        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any]
-    ) -> PredictionResult:
+        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
+    ) -> PredictionResult[PosePrediction]:
         """Ranked predictions of the images."""
         if not self.model.ready:
             raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
@@ -233,11 +232,7 @@ def pose_routes(settings: PoseSettings, model: PoseModel, reader: ImageUploadRea
     """The route registrar for `create_app`."""
     guard_decompression_bombs(settings.max_image_pixels)
 
-    def register(app: FastAPI, dataplane: DataPlane[Any]) -> None:
-        keypoints = KeypointResolver(
-            dataplane.cache, settings.task, enabled=settings.cache_ttl_seconds > 0
-        )
-
+    def register(app: FastAPI, dataplane: DataPlane[Any, Any]) -> None:
         @app.post(
             f"/v1/{settings.task}/predict",
             tags=[settings.task],
@@ -270,23 +265,22 @@ def pose_routes(settings: PoseSettings, model: PoseModel, reader: ImageUploadRea
             if not model.ready:
                 raise ModelNotReady(f"the {settings.task} model is not loaded yet")
             images = await reader.read(request)
-            result = await plane.predict(images)
-            found = await keypoints.resolve(model, images)
+            result: PredictionResult[PosePrediction] = await plane.predict(images)
             meta = model.metadata
             response = {
                 "model": {"name": meta.name, "version": meta.version},
                 "predictions": [
-                    [{"label": s.label, "score": s.score} for s in scores]
-                    for scores in result.predictions
+                    [{"label": s.label, "score": s.score} for s in prediction.scores]
+                    for prediction in result.predictions
                 ],
                 "keypoints": [
                     None
-                    if points is None
+                    if prediction.keypoints is None
                     else [
                         {"name": k.name, "x": k.x, "y": k.y, "visibility": k.visibility}
-                        for k in points
+                        for k in prediction.keypoints
                     ]
-                    for points in found
+                    for prediction in result.predictions
                 ],
             }
             return JSONResponse(

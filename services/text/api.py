@@ -23,13 +23,13 @@ from services.core.errors import (
 )
 from services.core.http_errors import error_responses
 from services.core.json_body import with_body_schema
-from services.core.model import LabelScore
 from services.core.open_inference import BytesTensor, InputTensor, ItemLimit, TensorAdapter
 from services.text.models.onnx_classifier import OnnxSequenceClassifier
 from services.text.models.sequence_classifier import (
     SequenceClassifier,
     TextInput,
     TextItem,
+    TextPrediction,
     text_of,
 )
 from services.text.settings import TextSettings
@@ -84,8 +84,8 @@ class TextTensorAdapter(TensorAdapter):
         return await tokenized(self.model.costs, items)
 
     async def predict(
-        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any]
-    ) -> PredictionResult:
+        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
+    ) -> PredictionResult[TextPrediction]:
         """Ranked predictions of the texts."""
         if not self.model.ready:
             raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
@@ -102,40 +102,34 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
         `TextItem` keeps its tokens for the model."""
         return await tokenized(model.costs, items)
 
-    async def truncated_texts(
-        texts: Sequence[str], predictions: Sequence[Sequence[LabelScore]], limit: int
-    ) -> list[int]:
-        """Indices of the texts longer than the model reads. Predictions carry their
-        text's token count; only cache entries written without one are tokenized again."""
-        counts: list[int | None] = [getattr(p, "tokens", None) for p in predictions]
-        unknown = [index for index, count in enumerate(counts) if count is None]
-        if unknown:
-            recounted = await tokenized(model.token_counts, [texts[index] for index in unknown])
-            for index, count in zip(unknown, recounted, strict=True):
-                counts[index] = count
-        return [index for index, count in enumerate(counts) if count is not None and count > limit]
-
     # The list cap of the schema is the configured limit: validating an over-long list
     # stops as soon as it passes the cap, whatever its length.
     request_schema = TextPredictRequest.with_limit(settings.max_items_per_request)
 
-    def register(app: FastAPI, dataplane: DataPlane[Any]) -> None:
+    def register(app: FastAPI, dataplane: DataPlane[Any, Any]) -> None:
         async def predict(body: TextPredictRequest, plane: DataPlaneDep) -> JSONResponse:
             """Classify each text; every label is returned with its score, highest first."""
             texts = body.text
             if not model.ready:
                 raise ModelNotReady(f"the {settings.task} model is not loaded yet")
             check_texts(texts, settings)
-            result = await plane.predict([TextItem(text) for text in texts], costs_of=token_costs)
+            result: PredictionResult[TextPrediction] = await plane.predict(
+                [TextItem(text) for text in texts], costs_of=token_costs
+            )
             limit = model.max_tokens
             meta = model.metadata
             response = {
                 "model": {"name": meta.name, "version": meta.version},
                 "predictions": [
-                    [{"label": s.label, "score": s.score} for s in scores]
-                    for scores in result.predictions
+                    [{"label": s.label, "score": s.score} for s in prediction.scores]
+                    for prediction in result.predictions
                 ],
-                "truncated": await truncated_texts(texts, result.predictions, limit),
+                # Every prediction, cached or fresh, carries its text's token count.
+                "truncated": [
+                    index
+                    for index, prediction in enumerate(result.predictions)
+                    if prediction.tokens > limit
+                ],
             }
             return PredictionResponse(
                 response, headers=timing_headers(result.queue_seconds, result.inference_seconds)

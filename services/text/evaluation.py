@@ -44,10 +44,10 @@ def predict_all(
     starts = range(0, len(order), EVAL_BATCH_SIZE)
     for start in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
         indices = order[start : start + EVAL_BATCH_SIZE]
-        for index, scores in zip(
+        for index, prediction in zip(
             indices, classifier.predict([texts[i] for i in indices]), strict=True
         ):
-            results[index] = scores
+            results[index] = prediction.scores
     return [scores for scores in results if scores is not None]
 
 

@@ -19,9 +19,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from services.core.model import LabelScore
 from services.text.api import build_app
-from services.text.models.sequence_classifier import SequenceClassifier
+from services.text.models.sequence_classifier import SequenceClassifier, TextInput, TextPrediction
 from services.text.settings import TextSettings
 from tests.support.gateway_processes import free_ports
 from tests.support.processes import start, start_redis, stop, wait_for_http
@@ -170,7 +169,7 @@ def test_ten_thousand_requests_do_not_grow_the_service_memory(
 class SlowClassifier(SequenceClassifier):
     """The tiny model, made slow: every batch takes half a second."""
 
-    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[TextInput]) -> list[TextPrediction]:
         time.sleep(0.5)
         return super().predict(batch)
 

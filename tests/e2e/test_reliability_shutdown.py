@@ -17,6 +17,7 @@ import pytest
 
 from services.core.batching import BatchQueue
 from services.core.metrics import ServiceMetrics
+from services.core.model import Prediction
 from tests.support.gateway_processes import free_ports, start_model_service
 from tests.support.models import CountingModel
 from tests.support.processes import stop, wait_for_http
@@ -111,7 +112,7 @@ def test_sigterm_under_load_answers_every_accepted_request_then_exits(
 
 async def test_stopping_the_queue_answers_queued_items_first() -> None:
     model = CountingModel(delay=0.05)
-    queue: BatchQueue[str] = BatchQueue(
+    queue: BatchQueue[str, Prediction] = BatchQueue(
         model,
         ServiceMetrics("drain"),
         max_batch_size=2,
@@ -128,7 +129,7 @@ async def test_stopping_the_queue_answers_queued_items_first() -> None:
 
 async def test_stopping_without_a_drain_cancels_what_waits() -> None:
     # The contrast case: the drain above is what answers the queued items.
-    queue: BatchQueue[str] = BatchQueue(
+    queue: BatchQueue[str, Prediction] = BatchQueue(
         CountingModel(delay=0.05),
         ServiceMetrics("no-drain"),
         max_batch_size=2,

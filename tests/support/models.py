@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.core.model import ClassifierModel, LabelScore, ModelMetadata
+from services.core.model import ClassifierModel, LabelScore, ModelMetadata, Prediction
 
 TINY_LABELS = ["NEGATIVE", "POSITIVE"]
 
@@ -46,11 +46,13 @@ def build_tiny_text_model(
     return target
 
 
-class CountingModel(ClassifierModel[str]):
+class CountingModel(ClassifierModel[str, Prediction]):
     """Scores texts by length parity and records every item it was asked to predict.
 
     `delay` makes each batch slow (queue tests); `load_gate` holds `load` until set.
     """
+
+    output_type = Prediction
 
     def __init__(self, *, delay: float = 0.0, load_gate: threading.Event | None = None) -> None:
         super().__init__()
@@ -74,7 +76,7 @@ class CountingModel(ClassifierModel[str]):
         """Characters stand in for tokens."""
         return len(item)
 
-    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[str]) -> list[Prediction]:
         """`odd` wins for texts of odd length."""
         if self.delay:
             time.sleep(self.delay)
@@ -86,5 +88,5 @@ class CountingModel(ClassifierModel[str]):
             odd = 0.9 if len(text) % 2 else 0.1
             scores = [LabelScore("odd", odd), LabelScore("even", 1 - odd)]
             scores.sort(key=lambda entry: entry.score, reverse=True)
-            results.append(scores)
+            results.append(Prediction(scores))
         return results

@@ -9,12 +9,13 @@ import pytest
 from services.core.batching import BatchQueue
 from services.core.errors import Overloaded
 from services.core.metrics import ServiceMetrics
+from services.core.model import Prediction
 from tests.support.models import CountingModel
 
 
 def make_queue(
     *, max_batch_size: int = 8, max_batch_tokens: int = 10_000, max_queued_items: int = 100
-) -> BatchQueue[str]:
+) -> BatchQueue[str, Prediction]:
     return BatchQueue(
         CountingModel(),
         ServiceMetrics("test"),
@@ -25,7 +26,7 @@ def make_queue(
     )
 
 
-async def started(queue: BatchQueue[str]) -> BatchQueue[str]:
+async def started(queue: BatchQueue[str, Prediction]) -> BatchQueue[str, Prediction]:
     # Accept items without starting the workers: they would consume items before
     # take_batch() is observed.
     queue._loop = asyncio.get_running_loop()

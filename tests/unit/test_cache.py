@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -11,7 +12,7 @@ from services.core.cache import (
     RedisCache,
     prediction_key,
 )
-from services.core.model import LabelScore, decode_scores, encode_scores
+from services.core.model import LabelScore, Prediction
 from tests.support.processes import free_port
 
 
@@ -34,8 +35,10 @@ def test_key_depends_on_task_version_and_item() -> None:
 
 
 def test_prediction_round_trips() -> None:
-    scores = [LabelScore("POSITIVE", 0.75), LabelScore("NEGATIVE", 0.25)]
-    assert decode_scores(encode_scores(scores)) == scores
+    prediction = Prediction([LabelScore("POSITIVE", 0.75), LabelScore("NEGATIVE", 0.25)])
+    assert Prediction.from_document(json.loads(json.dumps(prediction.to_document()))) == (
+        prediction
+    )
 
 
 async def test_memory_cache_evicts_least_recently_used() -> None:

@@ -16,7 +16,7 @@ from services.core.cache import MemoryCache
 from services.core.cache_sealing import UnsealError, seal, unseal
 from services.core.dataplane import DataPlane
 from services.core.metrics import ServiceMetrics
-from services.core.model import LabelScore, encode_scores
+from services.core.model import LabelScore, Prediction
 from services.core.settings import ServiceSettings
 from tests.support.models import CountingModel
 
@@ -71,7 +71,7 @@ async def test_the_dataplane_stores_sealed_entries_and_hits_with_the_same_input(
 
         # An entry planted unsealed under the same cache key is a miss, not an answer.
         [key] = list(cache._entries)
-        await cache.set_many({key: encode_scores([LabelScore("even", 1.0)])})
+        await cache.set_many({key: model.encode_prediction(Prediction([LabelScore("even", 1.0)]))})
         planted = await plane.predict(["a confidential call"])
         assert planted.cache_hits == 0
         assert planted.predictions == first.predictions

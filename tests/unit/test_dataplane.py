@@ -11,11 +11,12 @@ from services.core.cache import MemoryCache
 from services.core.dataplane import DataPlane
 from services.core.errors import BatchTooLarge, ModelNotReady, RequestTimedOut
 from services.core.metrics import ServiceMetrics
+from services.core.model import Prediction
 from services.core.settings import ServiceSettings
 from tests.support.models import CountingModel
 
 
-async def make_plane(model: CountingModel, **overrides: object) -> DataPlane[str]:
+async def make_plane(model: CountingModel, **overrides: object) -> DataPlane[str, Prediction]:
     settings = ServiceSettings(task="test", **overrides)  # type: ignore[arg-type]
     plane = DataPlane(model, MemoryCache(100, 60), ServiceMetrics("test"), settings)
     await plane.start()
@@ -23,7 +24,7 @@ async def make_plane(model: CountingModel, **overrides: object) -> DataPlane[str
 
 
 @pytest.fixture
-async def counting() -> AsyncIterator[tuple[CountingModel, DataPlane[str]]]:
+async def counting() -> AsyncIterator[tuple[CountingModel, DataPlane[str, Prediction]]]:
     model = CountingModel()
     await model.start(Path("."))
     plane = await make_plane(model)
@@ -32,7 +33,7 @@ async def counting() -> AsyncIterator[tuple[CountingModel, DataPlane[str]]]:
 
 
 async def test_partly_cached_batch_runs_only_new_items(
-    counting: tuple[CountingModel, DataPlane[str]],
+    counting: tuple[CountingModel, DataPlane[str, Prediction]],
 ) -> None:
     model, plane = counting
     first = await plane.predict(["a", "bb"])
@@ -41,16 +42,16 @@ async def test_partly_cached_batch_runs_only_new_items(
     second = await plane.predict(["a", "bb", "ccc", "dddd"])
     assert sorted(model.seen) == ["ccc", "dddd"]
     assert second.cache_hits == 2
-    assert [p[0].label for p in second.predictions] == ["odd", "even", "odd", "even"]
+    assert [p.scores[0].label for p in second.predictions] == ["odd", "even", "odd", "even"]
 
 
 async def test_duplicates_in_one_request_run_once_and_keep_order(
-    counting: tuple[CountingModel, DataPlane[str]],
+    counting: tuple[CountingModel, DataPlane[str, Prediction]],
 ) -> None:
     model, plane = counting
     result = await plane.predict(["x", "yy", "x", "yy", "x"])
     assert sorted(model.seen) == ["x", "yy"]
-    assert [p[0].label for p in result.predictions] == ["odd", "even", "odd", "even", "odd"]
+    assert [p.scores[0].label for p in result.predictions] == ["odd", "even", "odd", "even", "odd"]
 
 
 async def test_not_ready_model_is_refused() -> None:
@@ -62,7 +63,7 @@ async def test_not_ready_model_is_refused() -> None:
 
 
 async def test_too_many_items_is_refused(
-    counting: tuple[CountingModel, DataPlane[str]],
+    counting: tuple[CountingModel, DataPlane[str, Prediction]],
 ) -> None:
     _, plane = counting
     with pytest.raises(BatchTooLarge):

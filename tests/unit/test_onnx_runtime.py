@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from services.core.errors import ModelLoadError
 from services.core.manifest import read_manifest, sha256_file, verify_model_dir, write_manifest
+from services.core.model import Prediction
 from services.text.api import build_app
 from services.text.models.onnx_classifier import OnnxSequenceClassifier
 from services.text.models.sequence_classifier import SequenceClassifier
@@ -99,12 +101,12 @@ def loaded(model: SequenceClassifier, model_dir: Path) -> SequenceClassifier:
     return model
 
 
-def score_table(predictions: list[list[Any]]) -> list[dict[str, float]]:
-    return [{entry.label: entry.score for entry in scores} for scores in predictions]
+def score_table(predictions: Sequence[Prediction]) -> list[dict[str, float]]:
+    return [{entry.label: entry.score for entry in p.scores} for p in predictions]
 
 
-def ranking(scores: list[Any]) -> list[str]:
-    return [entry.label for entry in scores]
+def ranking(prediction: Prediction) -> list[str]:
+    return [entry.label for entry in prediction.scores]
 
 
 def test_export_is_listed_in_the_manifest_which_still_verifies(
@@ -128,7 +130,7 @@ def test_export_is_listed_in_the_manifest_which_still_verifies(
     assert added == {Path("manifest.json"), Path("onnx"), ONNX_FILE}
 
 
-def parity_failures(expected: list[list[Any]], got: list[list[Any]]) -> list[str]:
+def parity_failures(expected: Sequence[Prediction], got: Sequence[Prediction]) -> list[str]:
     """Why `got` is not within the tolerance of `expected` with the same ranking, if it isn't."""
     failures = []
     for text, want, have in zip(SENTENCES, expected, got, strict=True):
@@ -138,7 +140,7 @@ def parity_failures(expected: list[list[Any]], got: list[list[Any]]) -> list[str
         for label, score in score_table([have])[0].items():
             if abs(score - want_scores[label]) > TOLERANCE:
                 failures.append(f"{text!r} {label}: {score:.4f} != {want_scores[label]:.4f}")
-        if abs(sum(entry.score for entry in have) - 1.0) > 1e-5:
+        if abs(sum(entry.score for entry in have.scores) - 1.0) > 1e-5:
             failures.append(f"{text!r}: scores do not sum to 1")
     return failures
 

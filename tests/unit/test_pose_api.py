@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.core.model import LabelScore
 from services.pose import api as pose_api
 from services.pose.api import build_app
 from services.pose.images import DecodedImage, ImageLimits, decode_image
+from services.pose.models.base import PosePrediction
 from services.pose.models.hf_image_classifier import HfImageClassifier
 from services.pose.settings import PoseSettings
 from tests.support.pose_images import (
@@ -219,7 +219,7 @@ def test_settings_refuse_inconsistent_limits() -> None:
 class SlowImageClassifier(HfImageClassifier):
     """The tiny ViT, one second per batch: keeps the queue full."""
 
-    def predict(self, batch: Sequence[DecodedImage]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[DecodedImage]) -> list[PosePrediction]:
         time.sleep(1.0)
         return super().predict(batch)
 

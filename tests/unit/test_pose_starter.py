@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from services.core.cache import MemoryCache
+from services.core.dataplane import DataPlane
 from services.core.manifest import read_manifest, verify_model_dir
+from services.core.metrics import ServiceMetrics
 from services.core.model import LabelScore, ModelMetadata
 from services.core.model_dir import ModelDirConflict
+from services.core.settings import ServiceSettings
 from services.pose.images import DecodedImage
-from services.pose.keypoints import KeypointResolver, decode_keypoints, encode_keypoints
 from services.pose.landmarks import (
     LANDMARK_NAMES,
     DetectorSettings,
@@ -23,7 +25,7 @@ from services.pose.landmarks import (
     landmark_features,
     read_landmark_config,
 )
-from services.pose.models.base import Keypoint, Keypoints, PoseModel
+from services.pose.models.base import Keypoint, Keypoints, PoseModel, PosePrediction
 from services.pose.starter import STARTER_LABELS, build_pose_starter, starter_config
 
 # Pixel positions (x, y) of shoulder, hip, knee, ankle (both sides alike) in a 100x100 image.
@@ -102,63 +104,51 @@ def test_starter_builder_refuses_to_overwrite_something_else(tmp_path: Path) -> 
     assert (tmp_path / "precious.txt").is_file()
 
 
-def test_keypoints_round_trip_through_the_cache_format() -> None:
-    points = skeleton(STANDING)
-    decoded = decode_keypoints(encode_keypoints(points))
-    assert decoded is not None
-    assert [p.name for p in decoded] == list(LANDMARK_NAMES)
-    assert decoded[0].x == pytest.approx(points[0].x)
-    assert decode_keypoints(encode_keypoints(None)) is None
-
-
 class LandmarkStub(PoseModel):
-    """Gives every image the standing skeleton; counts direct `keypoints` calls."""
+    """Gives every image the standing skeleton; counts the images it was asked about."""
 
     runtime = "stub"
-    gives_keypoints = True
 
     def __init__(self) -> None:
         super().__init__()
-        self.direct_calls = 0
+        self.images_seen = 0
 
     async def load(self, model_dir: Path) -> ModelMetadata:
         return ModelMetadata(name="stub", version="1", labels=["standing"])
 
-    def keypoints(self, item: DecodedImage) -> Keypoints | None:
-        self.direct_calls += 1
-        return skeleton(STANDING)
-
-    def predict(self, batch: Sequence[DecodedImage]) -> list[list[LabelScore]]:
-        self.record_keypoints([(item.sha256, skeleton(STANDING)) for item in batch])
-        return [[LabelScore("standing", 1.0)] for _ in batch]
+    def predict(self, batch: Sequence[DecodedImage]) -> list[PosePrediction]:
+        self.images_seen += len(batch)
+        return [PosePrediction([LabelScore("standing", 1.0)], skeleton(STANDING)) for _ in batch]
 
 
 def decoded(sha: str) -> DecodedImage:
     return DecodedImage(np.zeros((16, 16, 3), dtype=np.uint8), sha * 64, "PNG", 16, 16)
 
 
-async def test_keypoints_come_from_the_record_then_the_cache_then_the_model() -> None:
+def test_keypoints_round_trip_through_the_cache_format() -> None:
+    model = LandmarkStub()
+    found = PosePrediction([LabelScore("standing", 0.75)], skeleton(STANDING))
+    assert model.decode_prediction(model.encode_prediction(found)) == found
+    nobody = PosePrediction([LabelScore("no_person", 1.0)], None)
+    assert model.decode_prediction(model.encode_prediction(nobody)) == nobody
+
+
+async def test_a_replica_answered_by_the_shared_cache_returns_the_keypoints() -> None:
     cache = MemoryCache(100, 60)
     first, second = LandmarkStub(), LandmarkStub()
+    planes = []
     for model in (first, second):
         await model.start(Path("."))
-    image = decoded("a")
-    first.predict([image])
-    resolver = KeypointResolver(cache, "pose", enabled=True)
-    assert (await resolver.resolve(first, [image]))[0] is not None
-    assert first.direct_calls == 0  # recorded during predict
-    # Another replica whose labels came from the shared cache finds keypoints there too.
-    assert (await resolver.resolve(second, [image]))[0] is not None
-    assert second.direct_calls == 0
-    # Nothing recorded or cached: computed directly.
-    uncached = KeypointResolver(MemoryCache(100, 60), "pose", enabled=True)
-    assert (await uncached.resolve(second, [decoded("b")]))[0] is not None
-    assert second.direct_calls == 1
-
-
-def test_recorded_keypoints_are_bounded() -> None:
-    model = LandmarkStub()
-    model._recorded_capacity = 3
-    model.predict([decoded(c) for c in "abcde"])
-    assert model.recorded_keypoints("a" * 64) == (False, None)
-    assert model.recorded_keypoints("e" * 64)[0]
+        plane = DataPlane(model, cache, ServiceMetrics("pose"), ServiceSettings(task="pose"))
+        await plane.start()
+        planes.append(plane)
+    try:
+        fresh = await planes[0].predict([decoded("a")])
+        cached = await planes[1].predict([decoded("a")])
+    finally:
+        for plane in planes:
+            await plane.stop()
+    assert (first.images_seen, second.images_seen) == (1, 0)
+    assert cached.cache_hits == 1
+    assert cached.predictions == fresh.predictions
+    assert cached.predictions[0].keypoints == skeleton(STANDING)

@@ -15,9 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.settings import GatewaySettings
-from services.core.model import LabelScore
 from services.text.api import build_app
-from services.text.models.sequence_classifier import SequenceClassifier
+from services.text.models.sequence_classifier import SequenceClassifier, TextInput, TextPrediction
 from services.text.settings import TextSettings
 from tests.support.in_thread_servers import bound_socket, served_gateway, url_of
 from tests.support.service_client import wait_ready
@@ -56,7 +55,7 @@ def test_a_model_directory_that_fails_to_load_is_reported_without_its_path(
 class ExplodingModel(SequenceClassifier):
     """A model whose every batch fails with a message naming a file on the server."""
 
-    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[TextInput]) -> list[TextPrediction]:
         raise RuntimeError("cannot read /srv/secret/weights.bin")
 
 

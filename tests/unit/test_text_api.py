@@ -13,9 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.core.cpu_features import has_native_bfloat16
-from services.core.model import LabelScore
 from services.text.api import build_app
-from services.text.models.sequence_classifier import SequenceClassifier
+from services.text.models.sequence_classifier import SequenceClassifier, TextInput, TextPrediction
 from services.text.settings import TextSettings
 from tests.support.service_client import metric, wait_ready
 
@@ -155,7 +154,7 @@ class GatedClassifier(SequenceClassifier):
         self.gate.wait(30)
         return super()._load(model_dir)
 
-    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[TextInput]) -> list[TextPrediction]:
         time.sleep(self.delay)
         return super().predict(batch)
 
@@ -238,7 +237,7 @@ def test_malformed_json_is_a_validation_error(client: TestClient) -> None:
 class CrashingClassifier(SequenceClassifier):
     """A model whose forward pass fails (a bug or a broken runtime)."""
 
-    def predict(self, batch: Sequence[str]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[TextInput]) -> list[TextPrediction]:
         raise RuntimeError("simulated inference failure")
 
 
@@ -267,8 +266,9 @@ def test_truncation_is_reported_for_answers_from_the_cache(client: TestClient) -
     assert again.json()["predictions"] == first.json()["predictions"][::-1]
 
 
-def test_cache_entries_without_a_token_count_are_tokenized_again(tiny_model_dir: Path) -> None:
-    """Entries written before token counts were cached hold the bare score list."""
+def test_cache_entries_of_an_earlier_format_are_computed_again(tiny_model_dir: Path) -> None:
+    """Entries written before predictions carried their token count hold the bare score
+    list: they are misses, answered by the model as if the cache were empty."""
     model = SequenceClassifier()
     with TestClient(build_app(settings_for(tiny_model_dir), model=model)) as test_client:
         wait_ready(test_client)
@@ -276,10 +276,12 @@ def test_cache_entries_without_a_token_count_are_tokenized_again(tiny_model_dir:
         fresh = test_client.post(URL, json={"text": ["short", long_text]}).json()
         cache = test_client.app.state.dataplane.cache  # type: ignore[attr-defined]
         for key, (expires_at, value) in list(cache._entries.items()):
-            scores = model.decode_prediction(value)
+            scores = model.decode_prediction(value).scores
             legacy = json.dumps([[s.label, s.score] for s in scores]).encode()
             cache._entries[key] = (expires_at, legacy)
         cached = test_client.post(URL, json={"text": ["short", long_text]}).json()
+        assert metric(test_client, "mtc_cache_lookups_total", task="sentiment", result="hit") == 0
+        assert metric(test_client, "mtc_items_inferred_total", task="sentiment") == 4
 
     assert cached == fresh
     assert cached["truncated"] == [1]

@@ -65,7 +65,7 @@ def test_a_batch_needing_truncation_is_truncated_and_counted_whole(sensitive_dir
     assert counts[1] > model.max_tokens
     assert counts == model.token_counts(texts)
     [_, long_prediction] = model.predict(texts)
-    assert long_prediction.tokens == counts[1]  # type: ignore[attr-defined]
+    assert long_prediction.tokens == counts[1]
     expected = model._tokenizer(
         texts, padding=True, truncation=True, max_length=model.max_tokens, return_tensors="np"
     )

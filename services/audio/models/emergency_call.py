@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,9 +38,10 @@ from services.core.model import (
     ClassifierModel,
     LabelScore,
     ModelMetadata,
-    decode_scores,
-    encode_scores,
+    Prediction,
     rank_scores,
+    scores_document,
+    scores_from_document,
 )
 from services.text.models.sequence_classifier import SequenceClassifier
 
@@ -70,36 +70,27 @@ class CallClip:
         return hashlib.sha256(self.samples.tobytes()).digest()
 
 
-class FusedPrediction(list[LabelScore]):
-    """The fused ranking of one clip (it is the list), plus what it was fused from."""
+@dataclass(frozen=True, slots=True)
+class FusedPrediction(Prediction):
+    """The fused ranking of one clip (`scores`), and what it was fused from."""
 
-    def __init__(
-        self,
-        fused: list[LabelScore],
-        *,
-        audio: list[LabelScore],
-        text: list[LabelScore] | None,
-        transcript: str | None,
-        transcript_source: TranscriptSource,
-        duration_seconds: float,
-        transcript_language: TranscriptLanguage | None = None,
-    ) -> None:
-        super().__init__(fused)
-        self.audio = audio
-        self.text = text
-        self.transcript = transcript
-        self.transcript_source = transcript_source
-        self.duration_seconds = duration_seconds
-        self.transcript_language = transcript_language
-        """Which transcript classifier scored `text`: `en` (English) or `ko` (Korean);
-        None without text scores."""
+    audio: list[LabelScore]
+    """The audio branch's ranking of its own labels (calm / urgent)."""
+    text: list[LabelScore] | None
+    """The transcript classifier's ranking; None when there were no words to classify."""
+    transcript: str | None
+    transcript_source: TranscriptSource
+    duration_seconds: float
+    transcript_language: TranscriptLanguage | None = None
+    """Which transcript classifier scored `text`: `en` (English) or `ko` (Korean);
+    None without text scores."""
 
-    def to_json(self) -> dict[str, Any]:
-        """Cacheable form."""
+    def to_document(self) -> dict[str, Any]:
+        """Every field, the rankings as `[[label, score], ...]`."""
         return {
-            "fused": [[s.label, s.score] for s in self],
-            "audio": [[s.label, s.score] for s in self.audio],
-            "text": None if self.text is None else [[s.label, s.score] for s in self.text],
+            **Prediction.to_document(self),
+            "audio": scores_document(self.audio),
+            "text": None if self.text is None else scores_document(self.text),
             "transcript": self.transcript,
             "transcript_source": self.transcript_source,
             "duration_seconds": self.duration_seconds,
@@ -107,24 +98,21 @@ class FusedPrediction(list[LabelScore]):
         }
 
     @classmethod
-    def from_json(cls, document: dict[str, Any]) -> FusedPrediction:
-        """Inverse of `to_json`."""
-
-        def scores(rows: list[list[Any]]) -> list[LabelScore]:
-            return [LabelScore(str(label), float(score)) for label, score in rows]
-
+    def from_document(cls, document: Any) -> Self:
+        """Inverse of `to_document`."""
+        if not isinstance(document, dict):
+            raise TypeError("a cached call prediction is a JSON object")
         source = document["transcript_source"]
         if source not in ("request", "asr", "none"):
             raise ValueError(f"unknown transcript source {source!r}")
-        text = document["text"]
-        # Entries cached before the Korean classifier existed were all scored in English.
-        language = document.get("transcript_language", None if text is None else "en")
+        language = document["transcript_language"]
         if language not in ("en", "ko", None):
             raise ValueError(f"unknown transcript language {language!r}")
+        text = document["text"]
         return cls(
-            scores(document["fused"]),
-            audio=scores(document["audio"]),
-            text=None if text is None else scores(text),
+            scores_from_document(document["scores"]),
+            audio=scores_from_document(document["audio"]),
+            text=None if text is None else scores_from_document(text),
             transcript=document["transcript"],
             transcript_source=source,
             duration_seconds=float(document["duration_seconds"]),
@@ -132,10 +120,11 @@ class FusedPrediction(list[LabelScore]):
         )
 
 
-class EmergencyCallModel(ClassifierModel[CallClip]):
+class EmergencyCallModel(ClassifierModel[CallClip, FusedPrediction]):
     """Classifies calls from their sound and their words, and fuses the two."""
 
     runtime = "torch"
+    output_type = FusedPrediction
 
     def __init__(
         self,
@@ -271,20 +260,7 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         """Analysis frames (20 ms each): a batch's clips are measured one after another."""
         return self.features.frames(len(item.samples))
 
-    def encode_prediction(self, prediction: Sequence[LabelScore]) -> bytes:
-        """Cache entries keep the per-branch scores and the transcript, not only the fusion."""
-        if isinstance(prediction, FusedPrediction):
-            return json.dumps(prediction.to_json(), separators=(",", ":")).encode("utf-8")
-        return encode_scores(prediction)
-
-    def decode_prediction(self, raw: bytes) -> list[LabelScore]:
-        """Inverse of `encode_prediction`."""
-        document = json.loads(raw)
-        if isinstance(document, dict):
-            return FusedPrediction.from_json(document)
-        return decode_scores(raw)
-
-    def predict(self, batch: Sequence[CallClip]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[CallClip]) -> list[FusedPrediction]:
         """Transcribe where needed, score both branches, fuse; one result per clip."""
         transcripts: list[str | None] = []
         sources: list[TranscriptSource] = []
@@ -311,8 +287,8 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
         english = [index for index in spoken if languages[index] == "en"]
         if english:
             ranked = self._text.predict([str(transcripts[index]) for index in english])
-            for index, scores in zip(english, ranked, strict=True):
-                by_label = {s.label: s.score for s in scores}
+            for index, prediction in zip(english, ranked, strict=True):
+                by_label = {s.label: s.score for s in prediction.scores}
                 text_rows[index] = np.array([by_label[label] for label in self.labels])
         korean = [index for index in spoken if languages[index] == "ko"]
         if korean:
@@ -321,7 +297,7 @@ class EmergencyCallModel(ClassifierModel[CallClip]):
             columns = [self._korean.labels.index(label) for label in self.labels]
             for index, row in zip(korean, probabilities, strict=True):
                 text_rows[index] = row[columns]
-        results: list[list[LabelScore]] = []
+        results: list[FusedPrediction] = []
         for index, clip in enumerate(batch):
             text = text_rows.get(index)
             confidence = asr_confidences[index]

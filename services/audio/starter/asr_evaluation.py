@@ -28,7 +28,7 @@ import numpy as np
 import soundfile
 
 from services.audio.evaluation import emergency_scores, mix_weights, weighted_accuracy
-from services.audio.models.emergency_call import CallClip, EmergencyCallModel, FusedPrediction
+from services.audio.models.emergency_call import CallClip, EmergencyCallModel
 from services.audio.starter import recipe, synthesis
 from services.audio.starter.synthesis import SpokenClip
 from services.audio.training import sentence_digest
@@ -97,8 +97,7 @@ def evaluate(model_dir: Path, sentences_per_label: int) -> dict[str, Any]:
             runs = {"asr": None, "written": clip.text, "none": ""}
             for source, transcript in runs.items():
                 (prediction,) = model.predict([CallClip(samples, rate, transcript)])
-                assert isinstance(prediction, FusedPrediction)
-                answers[f"fused_{source}"].append(_top(prediction))
+                answers[f"fused_{source}"].append(_top(prediction.scores))
                 if source != "none":
                     answers[f"text_{source}"].append(_top(prediction.text))
                 if source == "asr":

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services.core.model import LabelScore, ModelMetadata
+from services.core.model import ModelMetadata
 from services.pose.images import DecodedImage
 from services.pose.landmarks import is_landmark_model_dir
-from services.pose.models.base import Keypoints, PoseModel
+from services.pose.models.base import PoseModel, PosePrediction
 from services.pose.models.hf_image_classifier import HfImageClassifier
 from services.pose.models.landmark_classifier import LandmarkClassifier
 
@@ -49,17 +49,8 @@ class AutoPoseModel(PoseModel):
         self._inner = inner
         # Cache keys and `/v1/models` report the runtime of the model actually chosen.
         self.runtime = inner.runtime
-        self.gives_keypoints = inner.gives_keypoints
         return metadata
 
-    def predict(self, batch: Sequence[DecodedImage]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[DecodedImage]) -> list[PosePrediction]:
         """The chosen model's predictions."""
         return self.inner.predict(batch)
-
-    def keypoints(self, item: DecodedImage) -> Keypoints | None:
-        """The chosen model's keypoints."""
-        return self.inner.keypoints(item)
-
-    def recorded_keypoints(self, sha256: str) -> tuple[bool, Keypoints | None]:
-        """Keypoints the chosen model recorded."""
-        return self.inner.recorded_keypoints(sha256)

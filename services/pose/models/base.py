@@ -1,13 +1,11 @@
-"""What every pose model shares: decoded images in, label scores (and maybe keypoints) out."""
+"""What every pose model shares: decoded images in, label scores and keypoints out."""
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Self
 
-from services.core.model import ClassifierModel
+from services.core.model import ClassifierModel, Prediction, scores_from_document
 from services.pose.images import DecodedImage
 
 
@@ -27,23 +25,40 @@ Keypoints = list[Keypoint]
 """Every landmark of one detected person, in the model's fixed order."""
 
 
-class PoseModel(ClassifierModel[DecodedImage]):
-    """Base of the pose models: cached by the image's sha256, one unit of cost per image.
+@dataclass(frozen=True, slots=True)
+class PosePrediction(Prediction):
+    """The ranked scores of one image and the landmarks the model found in it."""
 
-    Models that locate body landmarks set `gives_keypoints` and implement `keypoints`.
-    Label scores travel through the serving kit's cache; keypoints do not fit its format,
-    so `predict` records the keypoints it computed in a small bounded memory
-    (`recorded_keypoints`) from which the API layer picks them up after the request.
-    """
+    keypoints: Keypoints | None = None
+    """None when no person was found, or when the model does not locate landmarks."""
 
-    gives_keypoints: bool = False
-    """Whether `keypoints` can return anything but None."""
+    def to_document(self) -> dict[str, Any]:
+        """Scores and keypoints (`[name, x, y, visibility]` rows)."""
+        rows = (
+            None
+            if self.keypoints is None
+            else [[k.name, k.x, k.y, k.visibility] for k in self.keypoints]
+        )
+        return {**Prediction.to_document(self), "keypoints": rows}
 
-    def __init__(self, *, recorded_keypoints: int = 1024) -> None:
-        super().__init__()
-        self._recorded: OrderedDict[str, Keypoints | None] = OrderedDict()
-        self._recorded_capacity = recorded_keypoints
-        self._recorded_lock = threading.Lock()
+    @classmethod
+    def from_document(cls, document: Any) -> Self:
+        """Inverse of `to_document`."""
+        if not isinstance(document, dict):
+            raise TypeError("a cached pose prediction is a JSON object")
+        rows = document["keypoints"]
+        keypoints = (
+            None
+            if rows is None
+            else [Keypoint(str(name), float(x), float(y), float(v)) for name, x, y, v in rows]
+        )
+        return cls(scores_from_document(document["scores"]), keypoints)
+
+
+class PoseModel(ClassifierModel[DecodedImage, PosePrediction]):
+    """Base of the pose models: cached by the image's sha256, one unit of cost per image."""
+
+    output_type = PosePrediction
 
     def cache_key(self, item: DecodedImage) -> bytes:
         """The sha256 of the original file bytes: same file, same prediction."""
@@ -52,25 +67,3 @@ class PoseModel(ClassifierModel[DecodedImage]):
     def cost(self, item: DecodedImage) -> int:
         """Every image costs the same: models resize them to one input size."""
         return 1
-
-    def keypoints(self, item: DecodedImage) -> Keypoints | None:
-        """Landmarks of the person in the image, computed now (None: no person, or the
-        model does not locate landmarks). Blocking; thread-safe."""
-        return None
-
-    def recorded_keypoints(self, sha256: str) -> tuple[bool, Keypoints | None]:
-        """`(found, keypoints)` recorded by a recent `predict` of the image with this hash."""
-        with self._recorded_lock:
-            if sha256 not in self._recorded:
-                return False, None
-            self._recorded.move_to_end(sha256)
-            return True, self._recorded[sha256]
-
-    def record_keypoints(self, items: Sequence[tuple[str, Keypoints | None]]) -> None:
-        """Remember keypoints computed during `predict`, dropping the oldest beyond capacity."""
-        with self._recorded_lock:
-            for sha256, keypoints in items:
-                self._recorded[sha256] = keypoints
-                self._recorded.move_to_end(sha256)
-            while len(self._recorded) > self._recorded_capacity:
-                self._recorded.popitem(last=False)

@@ -10,9 +10,9 @@ from typing import Any
 
 from services.core.errors import ModelLoadError
 from services.core.manifest import model_identity
-from services.core.model import LabelScore, ModelMetadata, rank_scores
+from services.core.model import ModelMetadata, rank_scores
 from services.pose.images import DecodedImage
-from services.pose.models.base import PoseModel
+from services.pose.models.base import PoseModel, PosePrediction
 
 
 class HfImageClassifier(PoseModel):
@@ -65,7 +65,7 @@ class HfImageClassifier(PoseModel):
         self._labels = labels
         return ModelMetadata(name=name, version=version, labels=labels, limits=self._limits)
 
-    def predict(self, batch: Sequence[DecodedImage]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[DecodedImage]) -> list[PosePrediction]:
         """Scores for every label of every image, highest first."""
         import torch
 
@@ -73,4 +73,5 @@ class HfImageClassifier(PoseModel):
             inputs = self._processor(images=[item.pixels for item in batch], return_tensors="pt")
         with torch.inference_mode():
             logits = self._model(**inputs).logits.float()
-        return rank_scores(self._labels, logits.softmax(dim=-1).tolist())
+        ranked = rank_scores(self._labels, logits.softmax(dim=-1).tolist())
+        return [PosePrediction(scores) for scores in ranked]

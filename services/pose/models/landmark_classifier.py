@@ -11,7 +11,7 @@ import numpy as np
 
 from services.core.errors import ModelLoadError
 from services.core.manifest import model_identity
-from services.core.model import LabelScore, ModelMetadata
+from services.core.model import ModelMetadata, rank_scores
 from services.pose.images import DecodedImage
 from services.pose.landmarks import (
     LandmarkDetector,
@@ -19,7 +19,7 @@ from services.pose.landmarks import (
     landmark_features,
     read_landmark_config,
 )
-from services.pose.models.base import Keypoints, PoseModel
+from services.pose.models.base import PoseModel, PosePrediction
 
 
 class LandmarkClassifier(PoseModel):
@@ -31,7 +31,6 @@ class LandmarkClassifier(PoseModel):
     """
 
     runtime = "mediapipe"
-    gives_keypoints = True
 
     def __init__(self, *, limits: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -68,13 +67,8 @@ class LandmarkClassifier(PoseModel):
             raise RuntimeError("model is not loaded")
         return self._config, self._detector
 
-    def keypoints(self, item: DecodedImage) -> Keypoints | None:
-        """MediaPipe's 33 landmarks for the image, or None when it finds no person."""
-        _, detector = self._ready_parts()
-        return detector.detect(item.pixels)
-
-    def predict(self, batch: Sequence[DecodedImage]) -> list[list[LabelScore]]:
-        """Label scores per image, highest first; keypoints are recorded for the API."""
+    def predict(self, batch: Sequence[DecodedImage]) -> list[PosePrediction]:
+        """Label scores per image, highest first, with the landmarks they were read from."""
         config, detector = self._ready_parts()
         found = [detector.detect(item.pixels) for item in batch]
         features = np.stack(
@@ -85,13 +79,8 @@ class LandmarkClassifier(PoseModel):
                 for item, keypoints in zip(batch, found, strict=True)
             ]
         )
-        self.record_keypoints([(item.sha256, kp) for item, kp in zip(batch, found, strict=True)])
-        results: list[list[LabelScore]] = []
-        for row in config.head.probabilities(features):
-            scores = [
-                LabelScore(label, float(score))
-                for label, score in zip(config.head.labels, row, strict=True)
-            ]
-            scores.sort(key=lambda entry: entry.score, reverse=True)
-            results.append(scores)
-        return results
+        ranked = rank_scores(config.head.labels, config.head.probabilities(features).tolist())
+        return [
+            PosePrediction(scores, keypoints)
+            for scores, keypoints in zip(ranked, found, strict=True)
+        ]

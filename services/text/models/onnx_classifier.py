@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from services.core.errors import ModelLoadError
-from services.core.model import LabelScore, ModelMetadata, rank_scores
-from services.text.models.sequence_classifier import SequenceClassifier, TextInput
+from services.core.model import ModelMetadata, rank_scores
+from services.text.models.sequence_classifier import SequenceClassifier, TextInput, TextPrediction
 from services.text.onnx_export import (
     EXPORT_COMMAND,
     ONNX_FILE,
@@ -100,7 +100,7 @@ class OnnxSequenceClassifier(SequenceClassifier):
             )
         return session
 
-    def predict(self, batch: Sequence[TextInput]) -> list[list[LabelScore]]:
+    def predict(self, batch: Sequence[TextInput]) -> list[TextPrediction]:
         """Scores for every label of every text, highest first."""
         encoded, counts = self.encode(batch)
         feeds = {name: encoded[name] for name in self._input_names}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 
@@ -18,9 +18,9 @@ from services.core.model import (
     ClassifierModel,
     LabelScore,
     ModelMetadata,
-    decode_scores,
-    encode_scores,
+    Prediction,
     rank_scores,
+    scores_from_document,
 )
 from services.text.models.traced_graph import TracedLogits, trace_logits
 
@@ -37,15 +37,24 @@ TorchDtype = Literal["float32", "bfloat16"]
 TorchGraph = Literal["traced", "eager"]
 
 
-class TextPrediction(list[LabelScore]):
+@dataclass(frozen=True, slots=True)
+class TextPrediction(Prediction):
     """The ranked scores of one text, with its token count before truncation: a cached
     prediction then tells whether its text was truncated without tokenizing it again."""
 
-    def __init__(self, scores: Iterable[LabelScore], tokens: int | None) -> None:
-        super().__init__(scores)
-        self.tokens = tokens
-        """Tokens of the whole text, special tokens included; None when unknown (a cache
-        entry written before token counts were kept)."""
+    tokens: int
+    """Tokens of the whole text, special tokens included."""
+
+    def to_document(self) -> dict[str, Any]:
+        """Scores and token count."""
+        return {**Prediction.to_document(self), "tokens": self.tokens}
+
+    @classmethod
+    def from_document(cls, document: Any) -> Self:
+        """Inverse of `to_document`."""
+        if not isinstance(document, dict):
+            raise TypeError("a cached text prediction is a JSON object")
+        return cls(scores_from_document(document["scores"]), int(document["tokens"]))
 
 
 class TextItem:
@@ -70,7 +79,7 @@ def text_of(item: TextInput) -> str:
     return item.text if isinstance(item, TextItem) else item
 
 
-class SequenceClassifier(ClassifierModel[TextInput]):
+class SequenceClassifier(ClassifierModel[TextInput, TextPrediction]):
     """A `save_pretrained` directory: `config.json` with `id2label`, weights, tokenizer.
 
     Texts longer than the model's maximum are truncated (see `token_counts`). Softmax
@@ -82,6 +91,7 @@ class SequenceClassifier(ClassifierModel[TextInput]):
     """
 
     runtime = "torch"
+    output_type = TextPrediction
 
     def __init__(
         self,
@@ -216,25 +226,9 @@ class SequenceClassifier(ClassifierModel[TextInput]):
     @staticmethod
     def with_token_counts(
         ranked: list[list[LabelScore]], counts: Sequence[int]
-    ) -> list[list[LabelScore]]:
+    ) -> list[TextPrediction]:
         """`ranked` (one list per text) as `TextPrediction`s with their texts' token counts."""
         return [TextPrediction(scores, count) for scores, count in zip(ranked, counts, strict=True)]
-
-    def encode_prediction(self, prediction: Sequence[LabelScore]) -> bytes:
-        """Cache entries keep the token count beside the scores."""
-        tokens = getattr(prediction, "tokens", None)
-        if tokens is None:
-            return encode_scores(prediction)
-        scores = [[s.label, s.score] for s in prediction]
-        return json.dumps({"scores": scores, "tokens": tokens}, separators=(",", ":")).encode()
-
-    def decode_prediction(self, raw: bytes) -> list[LabelScore]:
-        """Inverse of `encode_prediction`; a bare score list has no token count."""
-        document = json.loads(raw)
-        if isinstance(document, dict):
-            scores = [LabelScore(str(label), float(score)) for label, score in document["scores"]]
-            return TextPrediction(scores, int(document["tokens"]))
-        return TextPrediction(decode_scores(raw), None)  # written by an earlier release
 
     def encode(self, batch: Sequence[TextInput]) -> tuple[dict[str, Any], list[int]]:
         """The model inputs of a batch as int64 NumPy arrays, padded to its longest text and
@@ -289,8 +283,8 @@ class SequenceClassifier(ClassifierModel[TextInput]):
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: arrays[name] for name in tokenizer.model_input_names if name in arrays}
 
-    def predict(self, batch: Sequence[TextInput]) -> list[list[LabelScore]]:
-        """Scores for every label of every text, highest first."""
+    def predict(self, batch: Sequence[TextInput]) -> list[TextPrediction]:
+        """Scores for every label of every text, highest first, and its token count."""
         import torch
 
         arrays, counts = self.encode(batch)
