@@ -30,9 +30,10 @@ from gateway.schemas import (
     TextPredictRequest,
     TextPredictResponse,
 )
-from gateway.settings import GatewaySettings, TaskKind
+from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
 from gateway.work_meter import charge_body
+from services.core.contracts import TaskKind
 from services.core.errors import (
     AccessDenied,
     BatchTooLarge,

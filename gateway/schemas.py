@@ -21,7 +21,6 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from gateway.settings import TaskKind
 from services.core.contracts import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_TEXTS,
@@ -34,6 +33,7 @@ from services.core.contracts import (
     ModelRef,
     PoseJsonRequest,
     PosePredictResponse,
+    TaskKind,
     TextPredictRequest,
     TextPredictResponse,
 )

@@ -11,6 +11,7 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.core.contracts import LogLevel, TaskKind
 from services.core.upstream_urls import (
     check_task_name,
     check_upstreams,
@@ -23,8 +24,6 @@ _IMAGE_URL_HOST = re.compile(
     r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
 )
 
-LogLevel = Literal["critical", "error", "warning", "info", "debug"]
-TaskKind = Literal["text", "image", "audio"]
 
 MIB = 1024 * 1024
 DEFAULT_BODY_LIMITS: dict[TaskKind, int] = {"text": 20 * MIB, "image": 64 * MIB, "audio": 12 * MIB}

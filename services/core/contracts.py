@@ -20,6 +20,11 @@ from pydantic.fields import FieldInfo
 
 from services.core.errors import BatchTooLarge
 
+TaskKind = Literal["text", "image", "audio"]
+"""What a task's service takes in: the gateway and the jobs worker route by it."""
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+"""Log levels the gateway and the jobs worker accept (uvicorn's names)."""
+
 
 class LabelScoreBody(BaseModel):
     """One label of the model and its score (a probability) for one item."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.core.contracts import LogLevel, TaskKind
 from services.core.s3_locations import check_allowlist_entries
 from services.core.upstream_urls import check_upstreams, one_url_is_a_list_of_one
 
@@ -33,9 +34,6 @@ JOB_RECORD_BYTES = 2048
 """A job's hash, lease, queue message and the keys' own overhead in Redis."""
 STORE_BASE_BYTES = 16 * 1024 * 1024
 """An empty Redis with the broker's structures and the scripts loaded."""
-
-TaskKind = Literal["text", "image", "audio"]
-LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
 class JobsSettings(BaseSettings):
