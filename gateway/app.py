@@ -23,10 +23,10 @@ from gateway.openapi_document import install_openapi
 from gateway.quotas import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
 from gateway.request_context import RequestIdMiddleware
 from gateway.routes import (
-    documented_task_paths,
     health_router,
     metrics_router,
     models_router,
+    route_table,
     task_router,
 )
 from gateway.settings import GatewaySettings
@@ -148,7 +148,8 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
             max_body_bytes=settings.max_json_body_bytes,
         )
     )
-    app.include_router(task_router(settings, access_errors))
+    routes = route_table(settings)
+    app.include_router(task_router(routes, access_errors))
     app.include_router(models_router)
     app.include_router(open_inference_router(settings, access_errors))
     compat = compat_routers(settings, access_errors, jobs_configured=jobs is not None)
@@ -167,11 +168,7 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
     install_error_handlers(app)
     # Middleware added later wraps what was added before. Innermost: the documented task
     # routes, answered without FastAPI's routing layers (the gateway's hot path).
-    app.add_middleware(
-        DirectForwarding,
-        routes=documented_task_paths(settings),
-        body_limits={task: settings.body_limit_for(task) for task in settings.tasks},
-    )
+    app.add_middleware(DirectForwarding, routes=routes)
     # Next, the cap on bodies held at once, then the size limit (both inside the
     # server-error layer, so a body that overflows while streaming gets its 429 or 413,
     # not 500; the size limit outside, so a body too large for any request gets 413).

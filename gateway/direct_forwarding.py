@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.routes import ForwardedRoute
 from gateway.upstreams import Upstreams
 from gateway.work_meter import charge_body
 from services.core.errors import BodyTooLarge, MtcError
@@ -27,22 +28,18 @@ logger = logging.getLogger(__name__)
 class DirectForwarding:
     """Forward `POST` requests to the given paths straight to the task's service."""
 
-    def __init__(
-        self, app: ASGIApp, routes: Iterable[tuple[str, str]], body_limits: dict[str, int]
-    ) -> None:
-        """`routes`: (task, path) pairs; the path is the same on the gateway and on the
-        task's service (e.g. `/v1/sentiment/predict`). `body_limits`: task -> the largest
-        body forwarded to its service (a larger one gets 413 here, unread)."""
+    def __init__(self, app: ASGIApp, routes: Iterable[ForwardedRoute]) -> None:
+        """`routes`: the gateway's route table (`gateway.routes.route_table`)."""
         self.app = app
-        self.task_of_path = {path: task for task, path in routes}
-        self.body_limits = body_limits
+        self.routes = {entry.path: entry for entry in routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        task = self.task_of_path.get(scope["path"]) if scope["type"] == "http" else None
+        entry = self.routes.get(scope["path"]) if scope["type"] == "http" else None
         upstreams = scope.get("state", {}).get("upstreams")
-        if task is None or scope["method"] != "POST" or not isinstance(upstreams, Upstreams):
+        if entry is None or scope["method"] != "POST" or not isinstance(upstreams, Upstreams):
             await self.app(scope, receive, send)
             return
+        task, limit = entry.task, entry.body_limit
         content_type: str | None = None
         declared: int | None = None
         for name, value in scope["headers"]:
@@ -50,7 +47,6 @@ class DirectForwarding:
                 content_type = value.decode("latin-1")
             elif name == b"content-length" and value.isdigit():
                 declared = int(value)
-        limit = self.body_limits[task]
         try:
             if declared is not None and declared > limit:
                 raise _body_too_large(task, limit)

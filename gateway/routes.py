@@ -196,61 +196,81 @@ REQUEST_BODY_MODELS: tuple[type[BaseModel], ...] = (
 to the document's components."""
 
 
+@dataclass(frozen=True)
+class ForwardedRoute:
+    """A documented `POST /v1/{task}/...` route of one configured task: what the OpenAPI
+    document shows and what `gateway.direct_forwarding` answers."""
+
+    task: str
+    path: str
+    """The same on the gateway and on the task's service (e.g. `/v1/sentiment/predict`)."""
+    route: TaskRoute
+    body_limit: int
+    """The largest body forwarded to the task's service (a larger one gets 413, unread)."""
+
+
+def route_table(settings: GatewaySettings) -> tuple[ForwardedRoute, ...]:
+    """Every documented task route of the configured tasks; `gateway.app` builds it once
+    and hands it to the router (OpenAPI) and the forwarding middleware (serving)."""
+    return tuple(
+        ForwardedRoute(task, f"/v1/{task}/{route.suffix}", route, settings.body_limit_for(task))
+        for task in settings.tasks
+        for route in TASK_ROUTES[settings.kind_of(task)]
+    )
+
+
+async def _relay(request: Request, upstreams: Upstreams, task: str, path: str) -> Response:
+    body = await request.body()
+    await charge_body(body, request.headers.get("content-type"))
+    answer = await upstreams.forward(
+        task,
+        path,
+        method=request.method,
+        body=body,
+        content_type=request.headers.get("content-type"),
+        query=request.url.query,
+    )
+    return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
+
+
 def _forwarding_endpoint(task: str, path: str) -> Callable[..., Awaitable[Response]]:
     async def forward(request: Request, upstreams: UpstreamsDep) -> Response:
-        body = await request.body()
-        await charge_body(body, request.headers.get("content-type"))
-        answer = await upstreams.forward(
-            task,
-            path,
-            body=body,
-            content_type=request.headers.get("content-type"),
-            query=request.url.query,
-        )
-        return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
+        return await _relay(request, upstreams, task, path)
 
     return forward
 
 
-def documented_task_paths(settings: GatewaySettings) -> list[tuple[str, str]]:
-    """(task, path) of every documented `POST /v1/{task}/...` route: the routes
-    `gateway.direct_forwarding` answers without going through FastAPI's routing."""
-    return [
-        (task, f"/v1/{task}/{route.suffix}")
-        for task in settings.tasks
-        for route in TASK_ROUTES[settings.kind_of(task)]
-    ]
-
-
-def task_router(settings: GatewaySettings, access_errors: Sequence[type[MtcError]]) -> APIRouter:
-    """`POST /v1/{task}/predict` for each configured task, documented with the schemas of
-    its kind, and every other `/v1/{task}/...` route forwarded to the task's service.
+def task_router(
+    table: Sequence[ForwardedRoute], access_errors: Sequence[type[MtcError]]
+) -> APIRouter:
+    """The routes of `table`, documented with the schemas of their kind, and every other
+    `/v1/{task}/...` route forwarded to the task's service.
 
     `access_errors` are the errors the API key check adds to every route (none when
     authentication is off).
     """
     router = APIRouter(prefix="/v1")
-    for task in settings.tasks:
-        for route in TASK_ROUTES[settings.kind_of(task)]:
-            responses = _with_validation_error(error_responses(*route.errors, *access_errors))
-            endpoint = _forwarding_endpoint(task, f"/v1/{task}/{route.suffix}")
-            endpoint.__doc__ = (
-                f"{route.summary} with the `{task}` model. The body is forwarded to the "
-                "task's service as sent and its answer relayed, with the gateway's "
-                "`x-total-time` header and, while API keys are off, the service's "
-                "`x-inference-time` and `x-queue-time`."
-            )
-            router.add_api_route(
-                f"/{task}/{route.suffix}",
-                endpoint,
-                methods=["POST"],
-                tags=[task],
-                summary=f"{route.summary} ({task})",
-                operation_id=f"{route.suffix.replace('-', '_')}_{task}",
-                response_model=route.response_model,
-                responses=responses,
-                openapi_extra={"requestBody": route.request_body},
-            )
+    for entry in table:
+        task, route = entry.task, entry.route
+        responses = _with_validation_error(error_responses(*route.errors, *access_errors))
+        endpoint = _forwarding_endpoint(task, entry.path)
+        endpoint.__doc__ = (
+            f"{route.summary} with the `{task}` model. The body is forwarded to the "
+            "task's service as sent and its answer relayed, with the gateway's "
+            "`x-total-time` header and, while API keys are off, the service's "
+            "`x-inference-time` and `x-queue-time`."
+        )
+        router.add_api_route(
+            entry.path.removeprefix("/v1"),
+            endpoint,
+            methods=["POST"],
+            tags=[task],
+            summary=f"{route.summary} ({task})",
+            operation_id=f"{route.suffix.replace('-', '_')}_{task}",
+            response_model=route.response_model,
+            responses=responses,
+            openapi_extra={"requestBody": route.request_body},
+        )
     router.add_api_route(
         "/{task}/{route:path}",
         forward_task_route,
@@ -271,17 +291,7 @@ async def forward_task_route(
     upstreams.check_task(task)
     if not FORWARDED_ROUTE.fullmatch(route):
         raise HTTPException(status_code=404)
-    body = await request.body()
-    await charge_body(body, request.headers.get("content-type"))
-    answer = await upstreams.forward(
-        task,
-        f"/v1/{task}/{route}",
-        method=request.method,
-        body=body,
-        content_type=request.headers.get("content-type"),
-        query=request.url.query,
-    )
-    return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
+    return await _relay(request, upstreams, task, f"/v1/{task}/{route}")
 
 
 models_router = APIRouter(prefix="/v1", tags=["models"])
