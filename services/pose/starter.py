@@ -1,8 +1,10 @@
 """The offline starter pose model: MediaPipe Pose landmarks + hand-set geometric rules.
 
-No labelled pose photos ship in any package we can install, so the starter does not learn
-its weights: each label's logit is a fixed, readable sum of geometric evidence (see
-`RULES`), and a softmax turns the four logits into a distribution. The detector itself
+Too few labelled pose photos ship in the packages we can install to train on (the 48 of
+`services/pose/data/photo_set.csv` are kept for evaluation, `mtc eval --starter pose`), so
+the starter does not learn its weights: each label's logit is a fixed, readable sum of
+geometric evidence (see `RULES`), and a softmax turns the four logits into a
+distribution. The detector itself
 (MediaPipe's pose models) ships inside the `mediapipe==0.10.21` wheel. `mtc train pose`
 replaces the rules with weights fitted on your own photos.
 """
