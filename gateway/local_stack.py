@@ -30,16 +30,21 @@ from types import FrameType
 
 import httpx
 
-TEXT_SERVICE = "services.text"
-POSE_SERVICE = "services.pose"
-AUDIO_SERVICE = "services.audio"
+from services.core.kinds import kind_named, model_kinds
+
+TEXT_SERVICE = kind_named("text").service
+POSE_SERVICE = kind_named("image").service
+AUDIO_SERVICE = kind_named("audio").service
 DEFAULT_MODELS: dict[str, tuple[str, str]] = {
-    "sentiment": (TEXT_SERVICE, ".mtc/models/sentiment"),
-    "disaster": (TEXT_SERVICE, ".mtc/models/disaster"),
-    "pose": (POSE_SERVICE, ".mtc/models/pose"),
-    "audio": (AUDIO_SERVICE, ".mtc/models/audio"),
+    task: (kind.service, model_dir)
+    for kind in model_kinds().values()
+    for task, model_dir in kind.starters.items()
 }
-TASK_KIND_OF_SERVICE = {POSE_SERVICE: "image", AUDIO_SERVICE: "audio"}
+"""Task -> (service module, model directory): every kind's starters."""
+TASK_KIND_OF_SERVICE = {
+    kind.service: kind.name for kind in model_kinds().values() if kind.name != "text"
+}
+"""Service module -> the kind the gateway is told for its tasks (text is the default)."""
 SAMPLE_TEXT = "An absolute triumph, moving and beautifully acted"
 JOBS_WORKER = "services.jobs.worker"
 
@@ -121,6 +126,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serve recordings for TASK with the audio service from URI (repeatable)",
     )
     parser.add_argument(
+        "--serve",
+        action="append",
+        default=[],
+        metavar="KIND:TASK=URI",
+        help="serve TASK with the service of KIND (any kind a package under services/ "
+        f"declares: {', '.join(model_kinds())}) from URI (repeatable)",
+    )
+    parser.add_argument(
         "--replicas",
         action="append",
         default=[],
@@ -156,14 +169,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def models_from(
-    text_pairs: list[str], pose_pairs: list[str], audio_pairs: list[str] | None = None
+    text_pairs: list[str],
+    pose_pairs: list[str],
+    audio_pairs: list[str] | None = None,
+    kind_pairs: list[str] | None = None,
 ) -> dict[str, tuple[str, str]]:
-    """TASK -> (service module, model URI); the starter models when no pair is given."""
+    """TASK -> (service module, model URI); the starter models when no pair is given.
+    `kind_pairs` are `KIND:TASK=URI` (`--serve`), the others `TASK=URI`."""
     audio_pairs = audio_pairs or []
-    if not text_pairs and not pose_pairs and not audio_pairs:
+    kind_pairs = kind_pairs or []
+    if not text_pairs and not pose_pairs and not audio_pairs and not kind_pairs:
         return dict(DEFAULT_MODELS)
     models: dict[str, tuple[str, str]] = {}
-    chosen = ((TEXT_SERVICE, text_pairs), (POSE_SERVICE, pose_pairs), (AUDIO_SERVICE, audio_pairs))
+    chosen = [(TEXT_SERVICE, text_pairs), (POSE_SERVICE, pose_pairs), (AUDIO_SERVICE, audio_pairs)]
+    for pair in kind_pairs:
+        kind, colon, rest = pair.partition(":")
+        if not colon:
+            raise SystemExit(f"--serve expects KIND:TASK=URI, got {pair!r}")
+        try:
+            chosen.append((kind_named(kind).service, [rest]))
+        except ValueError as exc:
+            raise SystemExit(f"--serve {pair!r}: {exc}") from None
     for module, pairs in chosen:
         for pair in pairs:
             task, sep, uri = pair.partition("=")
@@ -344,21 +370,13 @@ def banner(
         f"  models:    curl {base}/v1/models",
     ]
     text_tasks = [task for task, (module, _) in models.items() if module == TEXT_SERVICE]
-    pose_tasks = [task for task, (module, _) in models.items() if module == POSE_SERVICE]
-    if text_tasks:
-        lines.append(
-            f"  try:       curl -s -X POST {base}/v1/{text_tasks[0]}/predict "
-            f"-H 'content-type: application/json' -d '{{\"text\": [\"{SAMPLE_TEXT}\"]}}'"
-        )
-    if pose_tasks:
-        lines.append(
-            f"  a photo:   curl -s -X POST {base}/v1/{pose_tasks[0]}/predict -F image=@photo.jpg"
-        )
-    audio_tasks = [task for task, (module, _) in models.items() if module == AUDIO_SERVICE]
-    if audio_tasks:
-        lines.append(
-            f"  a call:    curl -s -X POST {base}/v1/{audio_tasks[0]}/predict -F audio=@call.wav"
-        )
+    for kind in model_kinds().values():
+        served = [task for task, (module, _) in models.items() if module == kind.service]
+        if served and kind.try_it:
+            lines.append(
+                f"  {kind.name + ':':<10} curl -s -X POST {base}/v1/{served[0]}/predict "
+                + kind.try_it
+            )
     if jobs_metrics is not None and text_tasks:
         lines.append(
             f"  a job:     curl -s -X POST {base}/v1/jobs -H 'content-type: application/json' "
@@ -431,7 +449,7 @@ def wait_until_ready(
 def main(argv: list[str] | None = None) -> int:
     """Run the stack until interrupted; returns the exit code."""
     args = parse_args(argv)
-    models = models_from(args.model, args.pose_model, args.audio_model)
+    models = models_from(args.model, args.pose_model, args.audio_model, args.serve)
     children: list[Child] = []
     stopping = False
 

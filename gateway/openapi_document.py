@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 
 from gateway.access_control import is_public
 from gateway.compat_routes import PROJECT_PREFIX
-from gateway.routes import REQUEST_BODY_MODELS
+from gateway.routes import request_body_models
 from services.core.api_docs import swagger_ui_page
 
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
@@ -57,7 +57,7 @@ def install_openapi(
         routes=lambda: app.routes,
         title=app.title,
         description=app.description,
-        forwarded_body_models=REQUEST_BODY_MODELS,
+        forwarded_body_models=request_body_models(),
         api_keys_required=api_keys_required,
     )
     project_document = _document_builder(

@@ -17,40 +17,21 @@ from pydantic import BaseModel
 
 from gateway.metrics import GatewayMetrics
 from gateway.schemas import (
-    MULTIPART_AUDIO_SCHEMA,
-    MULTIPART_IMAGES_SCHEMA,
-    AudioPredictResponse,
-    AudioS3Request,
     LiveResponse,
     ModelsResponse,
     NotReadyBody,
-    PoseJsonRequest,
-    PosePredictResponse,
     ReadyResponse,
-    TextPredictRequest,
-    TextPredictResponse,
 )
 from gateway.settings import GatewaySettings
 from gateway.upstreams import Upstreams
 from gateway.work_meter import charge_body
-from services.core.contracts import TaskKind
 from services.core.errors import (
-    AccessDenied,
-    BatchTooLarge,
-    BodyTooLarge,
-    InputNotFound,
-    InvalidInput,
-    ItemTooLarge,
-    ModelNotReady,
     MtcError,
-    Overloaded,
-    RequestTimedOut,
-    UnsupportedMediaType,
-    UnusableContent,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from services.core.http_errors import error_responses
+from services.core.kinds import KindRoute, kind_named, model_kinds
 
 # Sub-paths of `/v1/{task}/` forwarded to the task's service: plain segments only, so a
 # `..` or an encoded slash can never reach another path of the service.
@@ -113,87 +94,14 @@ UpstreamsDep = Annotated[Upstreams, Depends(get_upstreams)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
 
 
-@dataclass(frozen=True)
-class TaskRoute:
-    """One documented route of a kind of task: `POST /v1/{task}/{suffix}`."""
-
-    suffix: str
-    summary: str
-    request_body: dict[str, Any]
-    response_model: type[BaseModel]
-    errors: tuple[type[MtcError], ...]
-
-
-def _json_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-        },
-    }
-
-
 # Errors a forwarded request can get from the gateway itself, on top of the service's.
-_GATEWAY_ERRORS: tuple[type[MtcError], ...] = (UpstreamUnavailable, UpstreamTimeout)
-_SERVING_ERRORS: tuple[type[MtcError], ...] = (Overloaded, ModelNotReady, RequestTimedOut)
-_SIZE_ERRORS: tuple[type[MtcError], ...] = (BatchTooLarge, ItemTooLarge, BodyTooLarge)
-_UPLOAD_ERRORS: tuple[type[MtcError], ...] = (InvalidInput, *_SIZE_ERRORS, UnsupportedMediaType)
-_AUDIO_ERRORS: tuple[type[MtcError], ...] = (*_UPLOAD_ERRORS, UnusableContent)
+GATEWAY_ERRORS: tuple[type[MtcError], ...] = (UpstreamUnavailable, UpstreamTimeout)
 
-TASK_ROUTES: dict[TaskKind, tuple[TaskRoute, ...]] = {
-    "text": (
-        TaskRoute(
-            "predict",
-            "Classify texts",
-            _json_body(TextPredictRequest),
-            TextPredictResponse,
-            (InvalidInput, *_SIZE_ERRORS, *_SERVING_ERRORS, *_GATEWAY_ERRORS),
-        ),
-    ),
-    "image": (
-        TaskRoute(
-            "predict",
-            "Classify photos (multipart upload or base64 JSON)",
-            {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {"schema": MULTIPART_IMAGES_SCHEMA},
-                    **_json_body(PoseJsonRequest)["content"],
-                },
-            },
-            PosePredictResponse,
-            (*_UPLOAD_ERRORS, *_SERVING_ERRORS, *_GATEWAY_ERRORS),
-        ),
-    ),
-    "audio": (
-        TaskRoute(
-            "predict",
-            "Classify recordings (multipart `audio` files, optional `transcript` fields)",
-            {
-                "required": True,
-                "content": {"multipart/form-data": {"schema": MULTIPART_AUDIO_SCHEMA}},
-            },
-            AudioPredictResponse,
-            (*_AUDIO_ERRORS, *_SERVING_ERRORS, *_GATEWAY_ERRORS),
-        ),
-        TaskRoute(
-            "predict-s3",
-            "Classify a recording stored in an allowed S3 bucket",
-            _json_body(AudioS3Request),
-            AudioPredictResponse,
-            (*_AUDIO_ERRORS, AccessDenied, InputNotFound, *_SERVING_ERRORS, *_GATEWAY_ERRORS),
-        ),
-    ),
-}
-"""Per kind of task: its documented routes, with the request and response schemas."""
 
-REQUEST_BODY_MODELS: tuple[type[BaseModel], ...] = (
-    TextPredictRequest,
-    PoseJsonRequest,
-    AudioS3Request,
-)
-"""Models referenced by the JSON request bodies above; `gateway.openapi_document` adds them
-to the document's components."""
+def request_body_models() -> tuple[type[BaseModel], ...]:
+    """Models referenced by the kinds' JSON request bodies; `gateway.openapi_document` adds
+    them to the document's components."""
+    return tuple(model for kind in model_kinds().values() for model in kind.request_models)
 
 
 @dataclass(frozen=True)
@@ -204,7 +112,7 @@ class ForwardedRoute:
     task: str
     path: str
     """The same on the gateway and on the task's service (e.g. `/v1/sentiment/predict`)."""
-    route: TaskRoute
+    route: KindRoute
     body_limit: int
     """The largest body forwarded to the task's service (a larger one gets 413, unread)."""
 
@@ -215,7 +123,7 @@ def route_table(settings: GatewaySettings) -> tuple[ForwardedRoute, ...]:
     return tuple(
         ForwardedRoute(task, f"/v1/{task}/{route.suffix}", route, settings.body_limit_for(task))
         for task in settings.tasks
-        for route in TASK_ROUTES[settings.kind_of(task)]
+        for route in kind_named(settings.kind_of(task)).routes
     )
 
 
@@ -252,7 +160,8 @@ def task_router(
     router = APIRouter(prefix="/v1")
     for entry in table:
         task, route = entry.task, entry.route
-        responses = _with_validation_error(error_responses(*route.errors, *access_errors))
+        errors = (*route.errors, *GATEWAY_ERRORS, *access_errors)
+        responses = _with_validation_error(error_responses(*errors))
         endpoint = _forwarding_endpoint(task, entry.path)
         endpoint.__doc__ = (
             f"{route.summary} with the `{task}` model. The body is forwarded to the "

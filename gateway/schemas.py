@@ -87,7 +87,7 @@ class ModelStatus(BaseModel):
     reason: str | None = Field(default=None, description="Why the task is not ready, if known.")
     kind: TaskKind | None = Field(
         default=None,
-        description="What the task classifies (`text`, `image` or `audio`), which says "
+        description="What the task classifies (`text`, `image`, `audio` or another declared kind), which says "
         "which request body its predict route takes. Set by the gateway.",
     )
     replicas: int | None = Field(

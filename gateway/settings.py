@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.contracts import LogLevel, TaskKind
+from services.core.kinds import kind_named
 from services.core.upstream_urls import (
     check_task_name,
     check_upstreams,
@@ -26,8 +27,6 @@ _IMAGE_URL_HOST = re.compile(
 
 
 MIB = 1024 * 1024
-DEFAULT_BODY_LIMITS: dict[TaskKind, int] = {"text": 20 * MIB, "image": 64 * MIB, "audio": 12 * MIB}
-"""Per kind of task, the default `MTC_MAX_BODY_BYTES` of its service."""
 
 
 def check_image_url_host(host: str) -> str:
@@ -84,9 +83,9 @@ class GatewaySettings(BaseSettings):
     replicas by requests in flight."""
 
     task_kinds: dict[str, TaskKind] = Field(default_factory=dict)
-    """Task -> `text`, `image` or `audio`, as a JSON object: which request and response
-    schemas the OpenAPI document and the web page show for the task. Tasks not listed are
-    `text`."""
+    """Task -> `text`, `image`, `audio` or another kind a package under `services/`
+    declares, as a JSON object: which routes and schemas the OpenAPI document and the web
+    page show for the task, and its default body limit. Tasks not listed are `text`."""
 
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
     """Time allowed to open a connection to a service before the attempt counts as failed
@@ -339,6 +338,13 @@ class GatewaySettings(BaseSettings):
     def _check_image_url_hosts(cls, hosts: list[str]) -> list[str]:
         return [check_image_url_host(host) for host in hosts]
 
+    @field_validator("task_kinds")
+    @classmethod
+    def _kinds_are_declared(cls, kinds: dict[str, TaskKind]) -> dict[str, TaskKind]:
+        for kind in kinds.values():
+            kind_named(kind)
+        return kinds
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lowercase_log_level(cls, level: object) -> object:
@@ -433,7 +439,8 @@ class GatewaySettings(BaseSettings):
 
     def body_limit_for(self, task: str) -> int:
         """Largest body forwarded to `task`'s service, in bytes."""
-        limit = self.task_max_body_bytes.get(task, DEFAULT_BODY_LIMITS[self.kind_of(task)])
+        default = kind_named(self.kind_of(task)).default_body_limit
+        limit = self.task_max_body_bytes.get(task, default)
         return min(limit, self.max_body_bytes)
 
     @property

@@ -86,6 +86,8 @@ function selectTask(task) {
   element("text-form").hidden = kind !== "text";
   element("image-form").hidden = kind !== "image";
   element("audio-form").hidden = kind !== "audio";
+  // A kind this page has no form of its own for: its route's JSON body, typed by hand.
+  element("json-form").hidden = ["text", "image", "audio"].includes(kind);
   clearResult();
 }
 
@@ -163,6 +165,15 @@ async function classifyText() {
   answer.predictions.forEach((scores, index) => {
     const card = make("article", "prediction");
     card.append(make("h3", "", texts[index]), scoreBars(scores));
+    element("result-items").append(card);
+  });
+}
+
+async function classifyJson() {
+  const answer = await predict(element("json-input").value, "application/json");
+  answer.predictions.forEach((scores, index) => {
+    const card = make("article", "prediction");
+    card.append(make("h3", "", `item ${index + 1}`), scoreBars(scores));
     element("result-items").append(card);
   });
 }
@@ -382,6 +393,7 @@ document.addEventListener("DOMContentLoaded", () => {
   element("text-form").addEventListener("submit", guarded(classifyText));
   element("image-form").addEventListener("submit", guarded(classifyImage));
   element("audio-form").addEventListener("submit", guarded(classifyAudio));
+  element("json-form").addEventListener("submit", guarded(classifyJson));
   element("record-button").addEventListener("click", toggleRecording);
   element("audio-input").addEventListener("change", () => {
     element("audio-preview").hidden = true;

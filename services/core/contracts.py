@@ -20,8 +20,9 @@ from pydantic.fields import FieldInfo
 
 from services.core.errors import BatchTooLarge
 
-TaskKind = Literal["text", "image", "audio"]
-"""What a task's service takes in: the gateway and the jobs worker route by it."""
+TaskKind = str
+"""The name of a model kind (`services.core.kinds`: text, image, audio, or one a package
+declares): what a task's service takes in; the gateway and the jobs worker route by it."""
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 """Log levels the gateway and the jobs worker accept (uvicorn's names)."""
 

@@ -65,8 +65,9 @@ class JobsSettings(BaseSettings):
     `POST /v1/{task}/predict` there."""
 
     task_kinds: dict[str, TaskKind] = Field(default_factory=dict)
-    """Task -> `text`, `image` or `audio`, as a JSON object; tasks not listed are `text`.
-    Jobs run text tasks only; a job for another kind is refused with 422."""
+    """Task -> its kind (`text`, `image`, `audio`, ...), as a JSON object; tasks not listed
+    are `text`. Jobs run the kinds that declare batch jobs (text); a job for another kind
+    is refused with 422."""
 
     concurrency: int = Field(default=2, ge=1, le=64)
     """Jobs one worker process runs at the same time (threads)."""

@@ -17,6 +17,7 @@ from kombu.exceptions import OperationalError
 from prometheus_client import Counter
 
 from services.core.errors import BatchTooLarge, InvalidInput, ItemTooLarge, UnknownTask
+from services.core.kinds import kind_named, model_kinds
 from services.core.s3_locations import S3Object, S3Scope
 from services.jobs.contracts import JobProgress, JobRequest, JobResult, JobView
 from services.jobs.errors import (
@@ -267,10 +268,11 @@ class JobDesk:
             known = ", ".join(sorted(self.settings.upstreams))
             raise UnknownTask(f"unknown task '{task}'; tasks jobs can run: {known}")
         kind = self.settings.kind_of(task)
-        if kind != "text":
+        if not kind_named(kind).batch_jobs:
+            runnable = sorted(name for name, spec in model_kinds().items() if spec.batch_jobs)
             raise InvalidJob(
-                f"task '{task}' classifies {'images' if kind == 'image' else 'audio'}; "
-                "jobs run text tasks only"
+                f"task '{task}' is of kind '{kind}'; jobs run tasks of kind "
+                f"{', '.join(runnable)} only"
             )
 
     def _check_inputs(

@@ -57,7 +57,7 @@ def jobs() -> Iterator[httpx.Client]:
             {"task": "pose", "inputs": ["x"]},
             422,
             "invalid_job",
-            "task 'pose' classifies images; jobs run text tasks only",
+            "task 'pose' is of kind 'image'; jobs run tasks of kind text only",
         ),
         (
             {"task": "sentiment", "inputs": ["a", "b", "c", "d"]},

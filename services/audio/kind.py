@@ -1,0 +1,49 @@
+"""The audio kind: recordings (and transcripts) in, fused labels out
+(`python -m services.audio`)."""
+
+from services.core.contracts import MULTIPART_AUDIO_SCHEMA, AudioPredictResponse, AudioS3Request
+from services.core.errors import (
+    AccessDenied,
+    InputNotFound,
+    InvalidInput,
+    MtcError,
+    UnsupportedMediaType,
+    UnusableContent,
+)
+from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
+
+_UPLOAD_ERRORS: tuple[type[MtcError], ...] = (
+    InvalidInput,
+    *SIZE_ERRORS,
+    UnsupportedMediaType,
+    UnusableContent,
+)
+
+KIND = ModelKind(
+    name="audio",
+    service="services.audio",
+    routes=(
+        KindRoute(
+            "predict",
+            "Classify recordings (multipart `audio` files, optional `transcript` fields)",
+            {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": MULTIPART_AUDIO_SCHEMA}},
+            },
+            AudioPredictResponse,
+            (*_UPLOAD_ERRORS, *SERVING_ERRORS),
+        ),
+        KindRoute(
+            "predict-s3",
+            "Classify a recording stored in an allowed S3 bucket",
+            json_body(AudioS3Request),
+            AudioPredictResponse,
+            (*_UPLOAD_ERRORS, AccessDenied, InputNotFound, *SERVING_ERRORS),
+        ),
+    ),
+    default_body_limit=12 * MIB,
+    request_models=(AudioS3Request,),
+    starters={"audio": ".mtc/models/audio"},
+    position=3,
+    try_it="-F audio=@call.wav",
+)

@@ -1,0 +1,34 @@
+"""The image kind: photos in, pose labels and keypoints out (`python -m services.pose`)."""
+
+from services.core.contracts import (
+    MULTIPART_IMAGES_SCHEMA,
+    PoseJsonRequest,
+    PosePredictResponse,
+)
+from services.core.errors import InvalidInput, UnsupportedMediaType
+from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
+
+KIND = ModelKind(
+    name="image",
+    service="services.pose",
+    routes=(
+        KindRoute(
+            "predict",
+            "Classify photos (multipart upload or base64 JSON)",
+            {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": MULTIPART_IMAGES_SCHEMA},
+                    **json_body(PoseJsonRequest)["content"],
+                },
+            },
+            PosePredictResponse,
+            (InvalidInput, *SIZE_ERRORS, UnsupportedMediaType, *SERVING_ERRORS),
+        ),
+    ),
+    default_body_limit=64 * MIB,
+    request_models=(PoseJsonRequest,),
+    starters={"pose": ".mtc/models/pose"},
+    position=2,
+    try_it="-F image=@photo.jpg",
+)

@@ -1,0 +1,26 @@
+"""The text kind: lists of texts in, ranked labels out (`python -m services.text`)."""
+
+from services.core.contracts import TextPredictRequest, TextPredictResponse
+from services.core.errors import InvalidInput
+from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
+
+KIND = ModelKind(
+    name="text",
+    service="services.text",
+    routes=(
+        KindRoute(
+            "predict",
+            "Classify texts",
+            json_body(TextPredictRequest),
+            TextPredictResponse,
+            (InvalidInput, *SIZE_ERRORS, *SERVING_ERRORS),
+        ),
+    ),
+    default_body_limit=20 * MIB,
+    request_models=(TextPredictRequest,),
+    starters={"sentiment": ".mtc/models/sentiment", "disaster": ".mtc/models/disaster"},
+    position=1,
+    try_it="-H 'content-type: application/json' "
+    '-d \'{"text": ["An absolute triumph, moving and beautifully acted"]}\'',
+    batch_jobs=True,
+)
