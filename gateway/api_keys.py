@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.core.s3_locations import S3Scope, check_allowlist_entries
+from services.wire.s3_locations import S3Scope, check_allowlist_entries
 
 logger = logging.getLogger(__name__)
 

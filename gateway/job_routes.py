@@ -29,7 +29,6 @@ from services.core.errors import (
 )
 from services.core.http_errors import error_responses
 from services.core.json_body import BoundedJsonRoute, with_body_schema
-from services.core.s3_locations import UNRESTRICTED, S3Scope
 from services.jobs.contracts import JobRequest, JobView
 from services.jobs.errors import (
     InvalidJob,
@@ -41,6 +40,7 @@ from services.jobs.errors import (
     JobStoreFull,
 )
 from services.jobs.submission import ANONYMOUS_OWNER, JobDesk
+from services.wire.s3_locations import UNRESTRICTED, S3Scope
 
 JOBS_PATH = "/v1/jobs"
 _UNAVAILABLE: tuple[type[MtcError], ...] = (JobsNotConfigured, JobQueueUnavailable)

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from gateway.work_meter import WorkMeter
-    from services.core.s3_locations import S3Scope
+    from services.wire.s3_locations import S3Scope
 
 REQUEST_ID_HEADER = "x-request-id"
 

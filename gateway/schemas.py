@@ -1,6 +1,6 @@
 """Request and response bodies of the gateway's public API.
 
-The `/v1` predict bodies are the services' contract (`services.core.contracts`), used for
+The `/v1` predict bodies are the services' contract (`services.wire.contracts`), used for
 the OpenAPI document only: the gateway forwards those bodies untouched, so each service's
 own validation answers the client. The compatibility routes' bodies are validated by the
 gateway itself.
@@ -21,7 +21,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from services.core.contracts import (
+from services.core.errors import BatchTooLarge
+from services.wire.contracts import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_MAX_TEXTS,
     MULTIPART_AUDIO_SCHEMA,
@@ -37,7 +38,6 @@ from services.core.contracts import (
     TextPredictRequest,
     TextPredictResponse,
 )
-from services.core.errors import BatchTooLarge
 
 MAX_IMAGE_URL_CHARS = 2048
 """Longest image URL `/api/v1/pose_classifier` accepts."""
@@ -87,8 +87,8 @@ class ModelStatus(BaseModel):
     reason: str | None = Field(default=None, description="Why the task is not ready, if known.")
     kind: TaskKind | None = Field(
         default=None,
-        description="What the task classifies (`text`, `image`, `audio` or another declared kind), which says "
-        "which request body its predict route takes. Set by the gateway.",
+        description="What the task classifies (`text`, `image`, `audio` or another declared "
+        "kind), which says which request body its predict route takes. Set by the gateway.",
     )
     replicas: int | None = Field(
         default=None, description="Service URLs configured for the task. Set by the gateway."

@@ -11,9 +11,9 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.core.contracts import LogLevel, TaskKind
 from services.core.kinds import kind_named
-from services.core.upstream_urls import (
+from services.wire.contracts import LogLevel, TaskKind
+from services.wire.upstream_urls import (
     check_task_name,
     check_upstreams,
     normalise_base_url,

@@ -28,7 +28,7 @@ from gateway.request_context import REQUEST_ID_HEADER, current_request
 from gateway.schemas import ModelsResponse, ModelStatus
 from gateway.settings import GatewaySettings
 from services.core.errors import BodyTooLarge, UnknownTask, UpstreamTimeout, UpstreamUnavailable
-from services.core.s3_locations import S3_SCOPE_HEADER
+from services.wire.s3_locations import S3_SCOPE_HEADER
 
 logger = logging.getLogger(__name__)
 

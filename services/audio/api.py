@@ -27,13 +27,6 @@ from services.audio.models.emergency_call import CallClip, EmergencyCallModel, F
 from services.audio.s3_input import S3ClipReader
 from services.audio.settings import AudioSettings
 from services.core.api import DataPlaneDep, create_app, timing_headers
-from services.core.contracts import (
-    AUDIO_FILE_FIELD,
-    MULTIPART_AUDIO_SCHEMA,
-    TRANSCRIPT_FIELD,
-    AudioPredictResponse,
-    AudioS3Request,
-)
 from services.core.dataplane import DataPlane, PredictionResult
 from services.core.decode_workers import DecodeWorkers
 from services.core.errors import (
@@ -52,7 +45,14 @@ from services.core.errors import (
 )
 from services.core.http_errors import error_responses
 from services.core.open_inference import BytesTensor, InputTensor, ItemLimit, TensorAdapter
-from services.core.s3_locations import S3_SCOPE_HEADER, scope_from_header
+from services.wire.contracts import (
+    AUDIO_FILE_FIELD,
+    MULTIPART_AUDIO_SCHEMA,
+    TRANSCRIPT_FIELD,
+    AudioPredictResponse,
+    AudioS3Request,
+)
+from services.wire.s3_locations import S3_SCOPE_HEADER, scope_from_header
 
 _DECODE_ERRORS = (
     InvalidInput,

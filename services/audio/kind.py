@@ -1,7 +1,6 @@
 """The audio kind: recordings (and transcripts) in, fused labels out
 (`python -m services.audio`)."""
 
-from services.core.contracts import MULTIPART_AUDIO_SCHEMA, AudioPredictResponse, AudioS3Request
 from services.core.errors import (
     AccessDenied,
     InputNotFound,
@@ -11,6 +10,7 @@ from services.core.errors import (
     UnusableContent,
 )
 from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
+from services.wire.contracts import MULTIPART_AUDIO_SCHEMA, AudioPredictResponse, AudioS3Request
 
 _UPLOAD_ERRORS: tuple[type[MtcError], ...] = (
     InvalidInput,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from services.core.errors import ItemTooLarge, UpstreamUnavailable
-from services.core.s3_locations import (
+from services.wire.s3_locations import (
     LazyS3Client,
     S3Allowlist,
     S3Object,

@@ -7,8 +7,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from services.audio.decoding import decoded_bytes
-from services.core.s3_locations import check_allowlist_entries
 from services.core.settings import ServiceSettings
+from services.wire.s3_locations import check_allowlist_entries
 
 DECODED_BYTES_CHANNELS = 2
 """Channels of the clip that sets the default decoded-bytes budget: stereo."""

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from services.artifacts.manifest import Manifest, write_manifest
+from services.artifacts.model_dir import write_model_dir
 from services.audio.decoding import (
     MAX_CHANNELS,
     MAX_SAMPLE_RATE,
@@ -48,8 +50,6 @@ from services.audio.fusion import FusionRule, fit_fusion, fit_weights
 from services.audio.models.emergency_call import AUDIO_DIR, KOREAN_TRANSCRIPT_DIR, TRANSCRIPT_DIR
 from services.audio.models.urgency import URGENCY_LABELS, UrgencyClassifier
 from services.core.errors import MtcError
-from services.core.manifest import Manifest, write_manifest
-from services.core.model_dir import write_model_dir
 from services.text.training import DataError, TrainingError, is_heldout, normalise
 
 logger = logging.getLogger(__name__)

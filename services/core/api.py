@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.artifacts.store import ModelStore
 from services.core.api_docs import install_api_docs
 from services.core.body_limit import BodySizeLimit
 from services.core.cache import MemoryCache, NullCache, RedisCache, ResponseCache
@@ -39,7 +40,6 @@ from services.core.open_inference import (
     register_open_inference,
 )
 from services.core.settings import ServiceSettings
-from services.core.store import ModelStore
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from services.core.contracts import BatchRequest
 from services.core.errors import BatchTooLarge, BodyTooLarge
+from services.wire.contracts import BatchRequest
 
 # A JSON string, escapes included (DOTALL: an escaped line break is still one string). The
 # closing quote is optional: an unterminated string runs to the end of the body instead of

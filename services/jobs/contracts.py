@@ -7,7 +7,7 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.core.contracts import BatchRequest, LabelScoreBody
+from services.wire.contracts import BatchRequest, LabelScoreBody
 
 JobStateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 

@@ -24,7 +24,6 @@ from itertools import islice
 
 import redis
 
-from services.core.s3_locations import S3Scope
 from services.jobs.errors import JobFailure
 from services.jobs.inputs import InputLimits, InputRow, read_rows
 from services.jobs.metrics import WorkerMetrics
@@ -33,6 +32,7 @@ from services.jobs.prediction_client import PredictionClient
 from services.jobs.s3_objects import REPLACED_INPUT, JobObjects
 from services.jobs.settings import JobsSettings
 from services.jobs.store import FINAL_STATES, JobRecord, JobState, JobStore, Transition
+from services.wire.s3_locations import S3Scope
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from services.core.errors import AccessDenied, InputNotFound
-from services.core.s3_locations import (
+from services.jobs.errors import JobFailure
+from services.wire.s3_locations import (
     LazyS3Client,
     S3Allowlist,
     S3Object,
@@ -25,7 +26,6 @@ from services.core.s3_locations import (
     no_readable_object,
     parse_object_uri,
 )
-from services.jobs.errors import JobFailure
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -9,9 +9,9 @@ from typing import Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.core.contracts import LogLevel, TaskKind
-from services.core.s3_locations import check_allowlist_entries
-from services.core.upstream_urls import check_upstreams, one_url_is_a_list_of_one
+from services.wire.contracts import LogLevel, TaskKind
+from services.wire.s3_locations import check_allowlist_entries
+from services.wire.upstream_urls import check_upstreams, one_url_is_a_list_of_one
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, cast
 
 import redis
 
-from services.core.s3_locations import S3Scope
+from services.wire.s3_locations import S3Scope
 
 
 class JobState(StrEnum):

@@ -18,7 +18,6 @@ from prometheus_client import Counter
 
 from services.core.errors import BatchTooLarge, InvalidInput, ItemTooLarge, UnknownTask
 from services.core.kinds import kind_named, model_kinds
-from services.core.s3_locations import S3Object, S3Scope
 from services.jobs.contracts import JobProgress, JobRequest, JobResult, JobView
 from services.jobs.errors import (
     InvalidJob,
@@ -34,6 +33,7 @@ from services.jobs.queue import create_celery_app, send_job
 from services.jobs.s3_objects import JobObjects
 from services.jobs.settings import JobsSettings
 from services.jobs.store import InputFormat, JobRecord, JobState, JobStore, OwnerLimits
+from services.wire.s3_locations import S3Object, S3Scope
 
 logger = logging.getLogger(__name__)
 

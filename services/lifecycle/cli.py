@@ -329,8 +329,8 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 
 def cmd_models_push(args: argparse.Namespace) -> int:
     """`mtc models push`."""
-    from services.core.manifest import read_manifest
-    from services.core.s3_models import S3ModelRepository, S3Prefix
+    from services.artifacts.manifest import read_manifest
+    from services.artifacts.s3_models import S3ModelRepository, S3Prefix
 
     location = S3Prefix.parse(args.uri)
     if location.prefix.rpartition("/")[2] == "latest":
@@ -349,8 +349,8 @@ def cmd_models_push(args: argparse.Namespace) -> int:
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
     """`mtc models pull`."""
-    from services.core.manifest import read_manifest
-    from services.core.store import ModelStore
+    from services.artifacts.manifest import read_manifest
+    from services.artifacts.store import ModelStore
 
     store = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args))
     with _byte_progress("download", None) as progress:
@@ -363,7 +363,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
 def cmd_models_ls(args: argparse.Namespace) -> int:
     """`mtc models ls`."""
-    from services.core.s3_models import S3ModelRepository, S3Prefix
+    from services.artifacts.s3_models import S3ModelRepository, S3Prefix
 
     versions = S3ModelRepository(_endpoint(args)).list_versions(S3Prefix.parse(args.uri))
     rows: list[dict[str, Any]] = []
@@ -400,8 +400,8 @@ def cmd_models_ls(args: argparse.Namespace) -> int:
 
 def cmd_train_text(args: argparse.Namespace) -> int:
     """`mtc train text`."""
-    from services.core.manifest import Manifest, write_manifest
-    from services.core.model_dir import write_model_dir
+    from services.artifacts.manifest import Manifest, write_manifest
+    from services.artifacts.model_dir import write_model_dir
     from services.text.evaluation import evaluate_model_dir
     from services.text.training import (
         TrainConfig,
@@ -537,7 +537,7 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """`mtc eval`."""
-    from services.core.store import ModelStore
+    from services.artifacts.store import ModelStore
     from services.text.evaluation import evaluate_model_dir
     from services.text.training import read_labelled_csv, split_examples
 
@@ -587,7 +587,7 @@ def _emit_metrics(document: dict[str, Any], json_out: Path | None) -> int:
 
 def _eval_starter(args: argparse.Namespace) -> int:
     """`mtc eval --starter TASK`: every evaluation set of one starter, side by side."""
-    from services.core.store import ModelStore
+    from services.artifacts.store import ModelStore
     from services.text.evaluation import evaluate_model_dir
     from services.text.starter.recipes import RECIPES
 
@@ -636,7 +636,7 @@ def _eval_starter(args: argparse.Namespace) -> int:
 
 def _eval_pose_photo_set(args: argparse.Namespace) -> int:
     """`mtc eval --starter pose`: the pose model on the labelled photos and their copies."""
-    from services.core.store import ModelStore
+    from services.artifacts.store import ModelStore
     from services.pose.evaluation import evaluate_photo_images, load_pose_model
     from services.pose.photo_set import (
         PHOTO_SET_FILE,
@@ -682,8 +682,8 @@ def _eval_pose_photo_set(args: argparse.Namespace) -> int:
 def _eval_korean_set(args: argparse.Namespace) -> int:
     """`mtc eval --starter-data korean-transcript[-independent]`: one Korean set on the
     Korean transcript classifier of an emergency-call model (or a head directory)."""
+    from services.artifacts.store import ModelStore
     from services.audio.starter import korean_transcripts
-    from services.core.store import ModelStore
     from services.text.training import split_examples
 
     if args.starter_data.endswith("-independent"):

@@ -23,12 +23,6 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.core.api import DataPlaneDep, create_app, timing_headers
-from services.core.contracts import (
-    IMAGE_FILE_FIELD,
-    MULTIPART_IMAGES_SCHEMA,
-    PoseJsonRequest,
-    PosePredictResponse,
-)
 from services.core.dataplane import DataPlane, PredictionResult
 from services.core.decode_workers import DecodeWorkers
 from services.core.errors import (
@@ -56,6 +50,12 @@ from services.pose.models.base import PoseModel, PosePrediction
 from services.pose.models.hf_image_classifier import HfImageClassifier
 from services.pose.models.landmark_classifier import LandmarkClassifier
 from services.pose.settings import PoseSettings
+from services.wire.contracts import (
+    IMAGE_FILE_FIELD,
+    MULTIPART_IMAGES_SCHEMA,
+    PoseJsonRequest,
+    PosePredictResponse,
+)
 
 FILE_FIELD: Final = IMAGE_FILE_FIELD
 JSON_FIELD: Final = "images"

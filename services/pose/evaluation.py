@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.core.evaluation import EvaluationReport, evaluate_predictions
 from services.core.model import LabelScore
+from services.lifecycle.evaluation import EvaluationReport, evaluate_predictions
 from services.pose.images import ImageLimits, decode_image
 from services.pose.models.auto import AutoPoseModel
 from services.pose.models.base import PoseModel

@@ -1,12 +1,12 @@
 """The image kind: photos in, pose labels and keypoints out (`python -m services.pose`)."""
 
-from services.core.contracts import (
+from services.core.errors import InvalidInput, UnsupportedMediaType
+from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
+from services.wire.contracts import (
     MULTIPART_IMAGES_SCHEMA,
     PoseJsonRequest,
     PosePredictResponse,
 )
-from services.core.errors import InvalidInput, UnsupportedMediaType
-from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
 
 KIND = ModelKind(
     name="image",

@@ -20,9 +20,9 @@ from typing import Final
 
 import numpy as np
 
+from services.artifacts.manifest import Manifest, read_manifest, verify_model_dir, write_manifest
+from services.artifacts.model_dir import write_model_dir
 from services.core.errors import ModelLoadError
-from services.core.manifest import Manifest, read_manifest, verify_model_dir, write_manifest
-from services.core.model_dir import write_model_dir
 from services.pose.landmarks import (
     FEATURE_NAMES,
     NO_PERSON,

@@ -22,9 +22,9 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from services.artifacts.manifest import Manifest, write_manifest
+from services.artifacts.model_dir import write_model_dir
 from services.core.errors import MtcError
-from services.core.manifest import Manifest, write_manifest
-from services.core.model_dir import write_model_dir
 from services.pose.images import ImageLimits, decode_image
 from services.pose.landmarks import (
     FEATURE_NAMES,

@@ -10,7 +10,6 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from services.core.api import DataPlaneDep, PredictionResponse, create_app, timing_headers
-from services.core.contracts import TextPredictRequest, TextPredictResponse
 from services.core.dataplane import DataPlane, PredictionResult
 from services.core.errors import (
     BatchTooLarge,
@@ -33,6 +32,7 @@ from services.text.models.sequence_classifier import (
     text_of,
 )
 from services.text.settings import TextSettings
+from services.wire.contracts import TextPredictRequest, TextPredictResponse
 
 T = TypeVar("T", str, TextInput)
 

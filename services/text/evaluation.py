@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from services.core.evaluation import EvaluationReport, evaluate_predictions
 from services.core.model import LabelScore
+from services.lifecycle.evaluation import EvaluationReport, evaluate_predictions
 from services.text.models.sequence_classifier import SequenceClassifier
 from services.text.training import LabelledText
 

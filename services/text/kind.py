@@ -1,8 +1,8 @@
 """The text kind: lists of texts in, ranked labels out (`python -m services.text`)."""
 
-from services.core.contracts import TextPredictRequest, TextPredictResponse
 from services.core.errors import InvalidInput
 from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
+from services.wire.contracts import TextPredictRequest, TextPredictResponse
 
 KIND = ModelKind(
     name="text",

@@ -51,8 +51,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from services.core.errors import ModelLoadError
-from services.core.manifest import (
+from services.artifacts.manifest import (
     Manifest,
     model_files,
     read_manifest,
@@ -60,6 +59,7 @@ from services.core.manifest import (
     verify_model_dir,
     write_manifest,
 )
+from services.core.errors import ModelLoadError
 from services.text.models.traced_graph import (
     CHECK_TEXTS,
     GRAPH_INPUTS,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from services.core.manifest import (
+from services.artifacts.manifest import (
     sha256_file,
 )
 

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.local_stack import all_replicas_ready
-from services.core.manifest import write_manifest
+from services.artifacts.manifest import write_manifest
 from tests.support.gateway_processes import start_gateway, start_model_service
 from tests.support.models import TINY_LABELS
 from tests.support.processes import free_port, free_port_run, start, stop, wait_for_http

@@ -24,12 +24,12 @@ import pytest
 import redis
 
 from services.core.errors import MtcError
-from services.core.s3_locations import S3Scope
 from services.jobs.contracts import JobRequest
 from services.jobs.errors import JobLimitReached
 from services.jobs.settings import JobsSettings
 from services.jobs.store import JobRecord
 from services.jobs.submission import JobDesk, create_job_desk
+from services.wire.s3_locations import S3Scope
 from tests.support.in_thread_servers import serving
 from tests.support.job_text_service import JobTextService
 from tests.support.jobs import AWS_TEST_ENV, jobs_env, s3_client, start_jobs_worker, start_moto

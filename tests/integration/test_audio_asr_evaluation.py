@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from services.artifacts.manifest import read_manifest
 from services.audio.starter.asr_evaluation import chosen_clips, main
 from services.audio.starter.recipe import build_audio_starter
 from services.audio.training import sentence_digest
-from services.core.manifest import read_manifest
 from services.text.training import normalise
 
 pytestmark = pytest.mark.integration

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from services.artifacts.manifest import read_manifest
 from services.audio.api import build_app
 from services.audio.settings import AudioSettings
 from services.audio.starter.korean_transcripts import load_transcripts
 from services.audio.starter.recipe import build_audio_starter
-from services.core.manifest import read_manifest
 from services.text.training import normalise
 from tests.support.audio_clips import spoken_wav, urgent_wav
 from tests.support.service_client import wait_ready

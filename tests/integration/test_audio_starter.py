@@ -13,10 +13,10 @@ import boto3
 import pytest
 from fastapi.testclient import TestClient
 
+from services.artifacts.manifest import read_manifest
 from services.audio.api import build_app
 from services.audio.settings import AudioSettings
 from services.audio.starter.recipe import build_audio_starter
-from services.core.manifest import read_manifest
 from services.text.starter.emergency_transcripts import TRANSCRIPTS_FILE
 from services.text.training import normalise
 from tests.support.audio_clips import encode, spoken_wav, tone, urgent_wav

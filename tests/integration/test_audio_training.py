@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from services.artifacts.manifest import read_manifest
 from services.audio.api import build_app
 from services.audio.settings import AudioSettings
 from services.audio.starter.synthesis import synthesise_set
-from services.core.manifest import read_manifest
 from services.lifecycle.cli import main
 from tests.support.audio_clips import spoken_wav
 from tests.support.models import build_tiny_text_model

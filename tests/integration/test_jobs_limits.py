@@ -16,7 +16,6 @@ import pytest
 import redis
 
 from services.core.errors import BatchTooLarge
-from services.core.s3_locations import S3Scope
 from services.jobs.contracts import JobRequest
 from services.jobs.errors import JobLimitReached, JobStoreFull
 from services.jobs.metrics import WorkerMetrics
@@ -26,6 +25,7 @@ from services.jobs.s3_objects import JobObjects
 from services.jobs.settings import JobsSettings
 from services.jobs.store import JobState, OwnerLimits
 from services.jobs.submission import JobDesk, create_job_desk
+from services.wire.s3_locations import S3Scope
 from tests.support.in_thread_servers import serving
 from tests.support.job_text_service import JobTextService
 from tests.support.jobs import object_exists, read_object, s3_client

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 from botocore.exceptions import ResponseStreamingError
 
-from services.core.s3_locations import S3Scope
 from services.jobs.contracts import JobRequest
 from services.jobs.errors import JobFailure
 from services.jobs.metrics import WorkerMetrics
@@ -21,6 +20,7 @@ from services.jobs.s3_objects import OUTPUT_PART_BYTES, JobObjects
 from services.jobs.settings import JobsSettings
 from services.jobs.store import JobRecord, JobState
 from services.jobs.submission import create_job_desk
+from services.wire.s3_locations import S3Scope
 from tests.support.in_thread_servers import serving
 from tests.support.job_text_service import JobTextService
 from tests.support.jobs import object_exists, read_object, s3_client

@@ -19,7 +19,6 @@ import pytest
 
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
-from services.core.s3_locations import UNRESTRICTED
 from services.jobs.contracts import JobRequest
 from services.jobs.metrics import WorkerMetrics
 from services.jobs.prediction_client import PredictionClient
@@ -28,6 +27,7 @@ from services.jobs.s3_objects import JobObjects
 from services.jobs.settings import JobsSettings
 from services.jobs.store import JobState, JobStore
 from services.jobs.submission import create_job_desk
+from services.wire.s3_locations import UNRESTRICTED
 from tests.support.in_thread_servers import serving
 from tests.support.job_text_service import JobTextService, expected_label
 from tests.support.jobs import (

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from fastapi.testclient import TestClient
 
-from services.core.manifest import read_manifest, write_manifest
+from services.artifacts.manifest import read_manifest, write_manifest
 from services.lifecycle.cli import main
 from services.text.api import build_app
 from services.text.settings import TextSettings

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.core.manifest import read_manifest
+from services.artifacts.manifest import read_manifest
 from services.pose.api import build_app
 from services.pose.landmarks import LANDMARK_NAMES, read_landmark_config
 from services.pose.settings import PoseSettings

@@ -11,9 +11,9 @@ import boto3
 import pytest
 from fastapi.testclient import TestClient
 
+from services.artifacts.manifest import write_manifest
+from services.artifacts.store import ModelStore
 from services.core.errors import ModelLoadError
-from services.core.manifest import write_manifest
-from services.core.store import ModelStore
 from services.text.api import build_app
 from services.text.settings import TextSettings
 from tests.support.service_client import wait_ready
@@ -55,7 +55,7 @@ def test_download_verify_and_reuse_the_cached_copy(
         if path.is_file():
             assert (local / path.relative_to(published_model)).read_bytes() == path.read_bytes()
     assert not list(local.parent.glob(".partial-*"))
-    with caplog.at_level(logging.INFO, logger="services.core.store"):
+    with caplog.at_level(logging.INFO, logger="services.artifacts.store"):
         assert store.fetch("s3://models-ok/sentiment/7.0.0/") == local
     assert "using verified cached copy" in caplog.text
 

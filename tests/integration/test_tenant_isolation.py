@@ -23,8 +23,8 @@ import pytest
 from gateway.api_keys import hash_api_key
 from services.audio.api import build_app
 from services.audio.settings import AudioSettings
-from services.core.s3_locations import S3Scope
 from services.jobs.store import JobRecord, JobState, JobStore
+from services.wire.s3_locations import S3Scope
 from tests.support.audio_clips import build_tiny_call_model, encode, tone
 from tests.support.gateway_processes import free_ports
 from tests.support.in_thread_servers import serving

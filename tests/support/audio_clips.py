@@ -14,11 +14,11 @@ import numpy as np
 import numpy.typing as npt
 import soundfile
 
+from services.artifacts.manifest import write_manifest
 from services.audio.features import AcousticFeatureConfig, feature_names
 from services.audio.fusion import FusionRule
 from services.audio.models.urgency import URGENCY_LABELS, UrgencyClassifier
 from services.audio.training import write_call_model_files
-from services.core.manifest import write_manifest
 from tests.support.models import build_tiny_text_model
 
 CALL_LABELS = ("regular", "help", "robbery", "sexual", "theft", "violence")

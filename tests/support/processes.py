@@ -80,12 +80,17 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 1
 
 
 def start(
-    command: Sequence[str], *, env: dict[str, str] | None = None, log: Path | None = None
+    command: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a process in its own session (so stop() can signal its whole group)."""
     output = log.open("ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
         list(command),
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=output,
         stderr=subprocess.STDOUT,

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from services.audio.s3_input import S3ClipReader, parse_object_uri
 from services.audio.settings import AudioSettings
 from services.core.errors import AccessDenied, InputNotFound, InvalidInput
-from services.core.s3_locations import UNRESTRICTED, S3Scope
+from services.wire.s3_locations import UNRESTRICTED, S3Scope
 
 
 def reader(*allowed: str) -> S3ClipReader:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.evaluation import evaluate_predictions, expected_calibration_error
 from services.core.model import LabelScore
+from services.lifecycle.evaluation import evaluate_predictions, expected_calibration_error
 
 
 def ranked(top: str, score: float) -> list[LabelScore]:

@@ -143,7 +143,9 @@ def test_refuses_timeouts_for_tasks_without_upstream() -> None:
 def test_refuses_kinds_for_tasks_without_upstream_or_unknown_kinds() -> None:
     with pytest.raises(ValidationError, match="task_kinds names tasks with no upstream: pse"):
         GatewaySettings(upstreams={"pose": "http://a:1"}, task_kinds={"pse": "image"})
-    with pytest.raises(ValidationError, match="unknown kind 'video'; known kinds: audio, image, text"):
+    with pytest.raises(
+        ValidationError, match="unknown kind 'video'; known kinds: audio, image, text"
+    ):
         GatewaySettings(upstreams={"pose": "http://a:1"}, task_kinds={"pose": "video"})
 
 

@@ -17,13 +17,13 @@ import redis
 from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
-from services.core.s3_locations import UNRESTRICTED, S3Scope
 from services.jobs.errors import JobFailure
 from services.jobs.queue import RUN_JOB_TASK, create_celery_app
 from services.jobs.runner import Finished, RunOutcome
 from services.jobs.s3_objects import JobObjects, is_permanent
 from services.jobs.settings import JobsSettings
 from services.jobs.worker import register_job_task
+from services.wire.s3_locations import UNRESTRICTED, S3Scope
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -14,10 +14,10 @@ import pytest
 from pydantic import AfterValidator, Field
 
 from gateway.schemas import BulkPredictRequest, LegacyPoseRequest, LegacyTextRequest
-from services.core.contracts import BatchRequest, PoseJsonRequest, TextPredictRequest
 from services.core.errors import BatchTooLarge
 from services.core.json_body import json_values_bound, values_budget, within_json_values
 from services.jobs.contracts import JobRequest
+from services.wire.contracts import BatchRequest, PoseJsonRequest, TextPredictRequest
 
 MEGABYTE_OF_INTS = b",".join([b"1"] * 500_000)
 """The inside of a 1 MB JSON list of 500,000 integers."""

@@ -7,9 +7,14 @@ from typing import Any
 
 import pytest
 
+from services.artifacts.manifest import (
+    content_version,
+    read_manifest,
+    verify_model_dir,
+    write_manifest,
+)
+from services.artifacts.store import ModelLocation, ModelStore
 from services.core.errors import ModelLoadError
-from services.core.manifest import content_version, read_manifest, verify_model_dir, write_manifest
-from services.core.store import ModelLocation, ModelStore
 
 
 def make_model_dir(root: Path) -> Path:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from services.artifacts.manifest import read_manifest, sha256_file, verify_model_dir, write_manifest
 from services.core.errors import ModelLoadError
-from services.core.manifest import read_manifest, sha256_file, verify_model_dir, write_manifest
 from services.core.model import Prediction
 from services.text.api import build_app
 from services.text.models.onnx_classifier import OnnxSequenceClassifier

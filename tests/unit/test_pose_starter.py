@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.artifacts.manifest import read_manifest, verify_model_dir
+from services.artifacts.model_dir import ModelDirConflict
 from services.core.cache import MemoryCache
 from services.core.dataplane import DataPlane
-from services.core.manifest import read_manifest, verify_model_dir
 from services.core.metrics import ServiceMetrics
 from services.core.model import LabelScore, ModelMetadata
-from services.core.model_dir import ModelDirConflict
 from services.core.settings import ServiceSettings
 from services.pose.images import DecodedImage
 from services.pose.landmarks import (

@@ -21,7 +21,8 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from services.audio.api import build_app
 from services.audio.settings import AudioSettings
-from services.core.s3_locations import (
+from services.jobs.settings import JobsSettings
+from services.wire.s3_locations import (
     S3_SCOPE_HEADER,
     UNRESTRICTED,
     S3Allowlist,
@@ -29,7 +30,6 @@ from services.core.s3_locations import (
     parse_object_uri,
     scope_from_header,
 )
-from services.jobs.settings import JobsSettings
 from tests.support.audio_clips import build_tiny_call_model, encode, tone
 from tests.support.fake_services import FakeTextService
 from tests.support.in_thread_servers import CLIENT_TIMEOUT, served_gateway, serving

@@ -27,13 +27,13 @@ from typing import Any, Literal, Self
 import numpy as np
 from numpy.typing import NDArray
 
+from services.artifacts.manifest import Manifest, read_manifest
 from services.audio.features import AcousticFeatureConfig, acoustic_features
 from services.audio.fusion import FusionRule
 from services.audio.models.korean_transcripts import KoreanTranscriptClassifier, is_korean
 from services.audio.models.urgency import URGENCY_LABELS, UrgencyClassifier
 from services.audio.transcription import WhisperTranscriber, bundled_whisper_dir
 from services.core.errors import ModelLoadError
-from services.core.manifest import Manifest, read_manifest
 from services.core.model import (
     ClassifierModel,
     LabelScore,

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import soundfile
 
+from services.artifacts.manifest import read_manifest
 from services.audio.evaluation import emergency_scores, mix_weights, weighted_accuracy
 from services.audio.models.emergency_call import CallClip, EmergencyCallModel
 from services.audio.starter import recipe, synthesis
 from services.audio.starter.synthesis import SpokenClip
 from services.audio.training import sentence_digest
-from services.core.manifest import read_manifest
 from services.text.starter import emergency_transcripts
 from services.text.training import normalise, read_labelled_csv
 

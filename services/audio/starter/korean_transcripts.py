@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from services.artifacts.manifest import sha256_file
 from services.audio.models.korean_transcripts import (
     EMBEDDING_PREFIX,
     ENCODER_VERSION,
@@ -45,9 +46,8 @@ from services.audio.models.korean_transcripts import (
     KoreanTranscriptHead,
     softmax,
 )
-from services.core.evaluation import EvaluationReport, evaluate_predictions
-from services.core.manifest import sha256_file
 from services.core.model import rank_scores
+from services.lifecycle.evaluation import EvaluationReport, evaluate_predictions
 from services.text.starter import emergency_transcripts
 from services.text.starter.emergency_transcripts import LABELS
 from services.text.training import (

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from services.artifacts.manifest import Manifest, read_manifest, verify_model_dir
 from services.audio import evaluation, features, fusion
 from services.audio import training as audio_training
 from services.audio.evaluation import CallMix
@@ -37,7 +38,6 @@ from services.audio.starter import korean_transcripts, soundscape, synthesis
 from services.audio.training import AudioTrainConfig, read_clip_folder, train_audio_model
 from services.audio.transcription import bundled_whisper_dir
 from services.core.errors import ModelLoadError
-from services.core.manifest import Manifest, read_manifest, verify_model_dir
 from services.text.starter import emergency_transcripts
 from services.text.starter.recipes import EMERGENCY_TRANSCRIPT, BuildResult, build
 from services.text.training import is_heldout, normalise, read_labelled_csv

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from services.artifacts.manifest import model_identity
 from services.core.errors import ModelLoadError
-from services.core.manifest import model_identity
 from services.core.model import ModelMetadata, rank_scores
 from services.pose.images import DecodedImage
 from services.pose.models.base import PoseModel, PosePrediction

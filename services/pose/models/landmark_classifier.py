@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from services.artifacts.manifest import model_identity
 from services.core.errors import ModelLoadError
-from services.core.manifest import model_identity
 from services.core.model import ModelMetadata, rank_scores
 from services.pose.images import DecodedImage
 from services.pose.landmarks import (

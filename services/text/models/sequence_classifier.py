@@ -12,8 +12,8 @@ from typing import Any, Literal, Self
 
 import numpy as np
 
+from services.artifacts.manifest import model_identity
 from services.core.errors import ModelLoadError
-from services.core.manifest import model_identity
 from services.core.model import (
     ClassifierModel,
     LabelScore,

@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from services.artifacts.manifest import MANIFEST_NAME, Manifest, read_manifest
 from services.core.errors import ModelLoadError
-from services.core.manifest import MANIFEST_NAME, Manifest, read_manifest
 
 
 class ModelDirConflict(RuntimeError):

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.core.errors import ModelLoadError
-from services.core.manifest import (
+from services.artifacts.manifest import (
     MANIFEST_NAME,
     Manifest,
     parse_manifest_bytes,
     read_manifest,
     verify_model_dir,
 )
+from services.core.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -19,9 +19,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.artifacts.manifest import MANIFEST_NAME, read_manifest, verify_model_dir
+from services.artifacts.s3_models import Progress, S3ModelRepository, S3Prefix
 from services.core.errors import ModelLoadError
-from services.core.manifest import MANIFEST_NAME, read_manifest, verify_model_dir
-from services.core.s3_models import Progress, S3ModelRepository, S3Prefix
 
 logger = logging.getLogger(__name__)
 
