@@ -11,16 +11,13 @@ whatever the size of its requests, and a request larger than the burst can still
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from services.core.cache import without_credentials
-
-logger = logging.getLogger(__name__)
+from services.core.degrading_redis import DegradingRedis
 
 REDIS_KEY_PREFIX = "mtc:gateway:quota:v1:"
 
@@ -150,9 +147,8 @@ class RedisTokenBuckets:
     """Token buckets in Redis, shared by every gateway replica using the same Redis.
 
     A Redis failure never fails a request: the bucket is taken from in memory instead
-    (so each replica enforces the quota on its own) and Redis is left alone for
-    `retry_seconds`; `on_error` counts each such check, and one warning is logged per outage
-    plus one line when Redis is back.
+    (so each replica enforces the quota on its own; `services.core.degrading_redis`), and
+    `on_error` counts each such check.
     """
 
     def __init__(
@@ -164,80 +160,48 @@ class RedisTokenBuckets:
         on_error: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        import redis.asyncio as redis_async
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        self._client: Any = redis_async.Redis.from_url(
+        self._redis = DegradingRedis(
             url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            # One immediate retry replaces a pooled connection that a Redis restart closed;
-            # more would make every request wait while Redis is down.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            purpose="redis quota store",
+            meanwhile="each gateway replica counts quotas on its own",
+            timeout_seconds=timeout_seconds,
+            retry_seconds=retry_seconds,
+            on_error=on_error,
+            clock=clock,
         )
-        self._script = self._client.register_script(TAKE_TOKEN_SCRIPT)
-        self._charge_script = self._client.register_script(CHARGE_SCRIPT)
+        self._script = self._redis.client.register_script(TAKE_TOKEN_SCRIPT)
+        self._charge_script = self._redis.client.register_script(CHARGE_SCRIPT)
         self._fallback = MemoryTokenBuckets(clock=clock)
-        self._redacted_url = without_credentials(url)
-        self.retry_seconds = retry_seconds
-        self._on_error = on_error
-        self._clock = clock
-        self._down_until: float | None = None
 
     @property
     def available(self) -> bool:
         """False while counting in memory after a Redis failure."""
-        return self._down_until is None
+        return self._redis.available
 
     async def take(self, bucket: str, rate: float, burst: int) -> QuotaDecision:
         """Take a token in Redis, or in memory while Redis is unavailable."""
-        if self._down_until is not None and self._clock() < self._down_until:
-            self._on_error()
-            return await self._fallback.take(bucket, rate, burst)
-        try:
+
+        async def in_redis(client: Any) -> QuotaDecision:
             allowed, wait, remaining = await self._script(
                 keys=[REDIS_KEY_PREFIX + bucket], args=[rate, burst]
             )
-        except Exception as error:  # noqa: BLE001 - any Redis failure must degrade, not fail
-            self._failed(error)
-            return await self._fallback.take(bucket, rate, burst)
-        self._back()
-        return QuotaDecision(bool(int(allowed)), float(wait), float(remaining))
+            return QuotaDecision(bool(int(allowed)), float(wait), float(remaining))
+
+        return await self._redis.call(in_redis, lambda: self._fallback.take(bucket, rate, burst))
 
     async def charge(self, bucket: str, rate: float, burst: int, tokens: float) -> float:
         """Charge in Redis, or in memory while Redis is unavailable."""
-        if self._down_until is not None and self._clock() < self._down_until:
-            self._on_error()
-            return await self._fallback.charge(bucket, rate, burst, tokens)
-        try:
+
+        async def in_redis(client: Any) -> float:
             remaining = await self._charge_script(
                 keys=[REDIS_KEY_PREFIX + bucket], args=[rate, burst, tokens]
             )
-        except Exception as error:  # noqa: BLE001 - any Redis failure must degrade, not fail
-            self._failed(error)
-            return await self._fallback.charge(bucket, rate, burst, tokens)
-        self._back()
-        return float(remaining)
+            return float(remaining)
 
-    def _back(self) -> None:
-        if self._down_until is not None:
-            logger.warning("redis quota store at %s is back", self._redacted_url)
-            self._down_until = None
+        return await self._redis.call(
+            in_redis, lambda: self._fallback.charge(bucket, rate, burst, tokens)
+        )
 
     async def close(self) -> None:
         """Close the connection pool."""
-        await self._client.aclose()
-
-    def _failed(self, error: Exception) -> None:
-        self._on_error()
-        if self._down_until is None:
-            logger.warning(
-                "redis quota store at %s unavailable (%s: %s); each gateway replica counts "
-                "quotas on its own until it is back",
-                self._redacted_url,
-                type(error).__name__,
-                error,
-            )
-        self._down_until = self._clock() + self.retry_seconds
+        await self._redis.close()

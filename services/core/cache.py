@@ -8,14 +8,12 @@ failure is never a request failure: Redis errors turn into misses.
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Protocol
 
-logger = logging.getLogger(__name__)
+from services.core.degrading_redis import DegradingRedis
 
 KEY_PREFIX = "mtc:pred:v1:"
 
@@ -108,12 +106,8 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Cache shared by replicas through Redis.
-
-    When Redis fails, calls return misses for `retry_seconds` without touching the network
-    (so a dead Redis adds no latency), `on_error` is called for each failed or skipped call
-    (a metric), and one warning is logged per outage plus one line when it recovers.
-    """
+    """Cache shared by replicas through Redis; while Redis fails, every call is a miss
+    (`services.core.degrading_redis`) and `on_error` counts it."""
 
     def __init__(
         self,
@@ -125,90 +119,53 @@ class RedisCache:
         on_error: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        import redis.asyncio as redis_async
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        self._client = redis_async.Redis.from_url(
+        self._redis = DegradingRedis(
             url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            health_check_interval=30,
-            # One immediate retry replaces a pooled connection that a Redis restart closed.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            purpose="redis cache",
+            meanwhile="serving uncached",
+            timeout_seconds=timeout_seconds,
+            retry_seconds=retry_seconds,
+            on_error=on_error,
+            clock=clock,
         )
-        self._redacted_url = without_credentials(url)
         self.ttl_seconds = ttl_seconds
-        self.retry_seconds = retry_seconds
-        self._on_error = on_error
-        self._clock = clock
-        self._down_until: float | None = None
 
     @property
     def available(self) -> bool:
         """False while serving uncached after a failure."""
-        return self._down_until is None
+        return self._redis.available
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values for `keys`; all misses while Redis is unavailable."""
-        if not keys or self._skipping():
-            return [None] * len(keys)
-        try:
-            values = await self._client.mget(list(keys))
-        except Exception as exc:  # noqa: BLE001 - any Redis failure must degrade, not fail
-            self._failed(exc)
-            return [None] * len(keys)
-        self._succeeded()
-        return [value if isinstance(value, bytes) else None for value in values]
+        misses: list[bytes | None] = [None] * len(keys)
+        if not keys:
+            return misses
+
+        async def read(client: Any) -> list[bytes | None]:
+            values = await client.mget(list(keys))
+            return [value if isinstance(value, bytes) else None for value in values]
+
+        async def all_missed() -> list[bytes | None]:
+            return misses
+
+        return await self._redis.call(read, all_missed)
 
     async def set_many(self, entries: dict[str, bytes]) -> None:
         """Store entries with the TTL in one round trip; failures are counted and dropped."""
-        if not entries or self._skipping():
+        if not entries:
             return
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
+
+        async def write(client: Any) -> None:
+            async with client.pipeline(transaction=False) as pipe:
                 for key, value in entries.items():
                     pipe.set(key, value, ex=self.ttl_seconds)
                 await pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - any Redis failure must degrade, not fail
-            self._failed(exc)
-            return
-        self._succeeded()
+
+        async def dropped() -> None:
+            return None
+
+        await self._redis.call(write, dropped)
 
     async def close(self) -> None:
         """Close the connection pool."""
-        await self._client.aclose()
-
-    def _skipping(self) -> bool:
-        if self._down_until is None:
-            return False
-        if self._clock() < self._down_until:
-            self._on_error()
-            return True
-        return False
-
-    def _failed(self, exc: Exception) -> None:
-        self._on_error()
-        if self._down_until is None:
-            logger.warning(
-                "redis cache at %s unavailable (%s: %s); serving uncached until it is back",
-                self._redacted_url,
-                type(exc).__name__,
-                exc,
-            )
-        self._down_until = self._clock() + self.retry_seconds
-
-    def _succeeded(self) -> None:
-        if self._down_until is not None:
-            logger.warning("redis cache at %s is back", self._redacted_url)
-            self._down_until = None
-
-
-def without_credentials(url: str) -> str:
-    """The URL with any user, password and query left out: safe to log."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        await self._redis.close()

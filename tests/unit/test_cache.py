@@ -74,7 +74,7 @@ async def test_unreachable_redis_gives_misses_counts_errors_and_logs_once(
         on_error=lambda: errors.append(1),
         clock=clock,
     )
-    with caplog.at_level(logging.WARNING, logger="services.core.cache"):
+    with caplog.at_level(logging.WARNING, logger="services.core.degrading_redis"):
         assert await cache.get_many(["a", "b"]) == [None, None]
         await cache.set_many({"a": b"1"})
         assert await cache.get_many(["a"]) == [None]
