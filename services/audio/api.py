@@ -209,8 +209,6 @@ class ClipTensorAdapter(TensorAdapter):
         self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
     ) -> PredictionResult[FusedPrediction]:
         """Fused predictions of the clips."""
-        if not self.model.ready:
-            raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
         reader = ClipUploadReader(self.settings, self.model.features.sample_rate)
         files = tensors[AUDIO_FILE_FIELD].files(reader.limits.max_bytes, "MTC_MAX_AUDIO_BYTES")
         given = tensors.get(TRANSCRIPT_FIELD)
@@ -245,8 +243,7 @@ def audio_routes(
 
     def register(app: FastAPI, dataplane: DataPlane[Any, Any]) -> None:
         def ready_reader() -> ClipUploadReader:
-            if not model.ready:
-                raise ModelNotReady(f"the {settings.task} model is not loaded yet")
+            dataplane.require_ready()
             return ClipUploadReader(settings, model.features.sample_rate)
 
         @app.post(

@@ -71,14 +71,20 @@ class DataPlane(Generic[ItemT, OutputT]):
         await self.queue.stop(drain_seconds=self.settings.request_timeout_seconds)
         await self.cache.close()
 
+    def require_ready(self) -> None:
+        """503 `model_not_ready` until the model is loaded. `predict` checks it; routes
+        that decode their input call it first, so a service that cannot answer yet spends
+        nothing on reading photos or recordings."""
+        if not self.model.ready:
+            self.metrics.rejected.labels(self.settings.task, "not_ready").inc()
+            raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
+
     async def predict(
         self, items: Sequence[ItemT], costs_of: CostFunction[ItemT] | None = None
     ) -> PredictionResult[OutputT]:
         """Predict every item. `costs_of` gives the batching cost (e.g. token counts) of the
         items the cache did not answer, and only of those (default: `model.cost(item)`)."""
-        if not self.model.ready:
-            self.metrics.rejected.labels(self.settings.task, "not_ready").inc()
-            raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
+        self.require_ready()
         if len(items) > self.settings.max_items_per_request:
             raise BatchTooLarge(
                 f"{len(items)} items in one request; the limit is "

@@ -710,8 +710,8 @@ def register_open_inference(
 
     async def infer(model_name: str, version: str | None, request: Request) -> Response:
         check_model(model_name, version)
-        if not model.ready:
-            raise ModelNotReady(f"the {task} model is not loaded yet")
+        # Before the tensors are read: a model that cannot answer yet costs no decoding.
+        dataplane.require_ready()
         call = read_inference_call(
             await request.body(), request.headers.get(INFERENCE_HEADER_LENGTH), adapter
         )

@@ -222,8 +222,6 @@ class ImageTensorAdapter(TensorAdapter):
         self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
     ) -> PredictionResult[PosePrediction]:
         """Ranked predictions of the images."""
-        if not self.model.ready:
-            raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
         files = tensors[IMAGE_FILE_FIELD].files(self.reader.limits.max_bytes, "MTC_MAX_IMAGE_BYTES")
         return await plane.predict(await self.reader.decode(files))
 
@@ -262,8 +260,7 @@ def pose_routes(settings: PoseSettings, model: PoseModel, reader: ImageUploadRea
         )
         async def predict(request: Request, plane: DataPlaneDep) -> JSONResponse:
             """Classify each image; every label is returned with its score, highest first."""
-            if not model.ready:
-                raise ModelNotReady(f"the {settings.task} model is not loaded yet")
+            plane.require_ready()
             images = await reader.read(request)
             result: PredictionResult[PosePrediction] = await plane.predict(images)
             meta = model.metadata

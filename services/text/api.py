@@ -87,8 +87,6 @@ class TextTensorAdapter(TensorAdapter):
         self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
     ) -> PredictionResult[TextPrediction]:
         """Ranked predictions of the texts."""
-        if not self.model.ready:
-            raise ModelNotReady(f"the {self.settings.task} model is not loaded yet")
         texts = tensors["text"].texts()
         check_texts(texts, self.settings)
         return await plane.predict([TextItem(text) for text in texts], costs_of=self.token_costs)
@@ -110,8 +108,6 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
         async def predict(body: TextPredictRequest, plane: DataPlaneDep) -> JSONResponse:
             """Classify each text; every label is returned with its score, highest first."""
             texts = body.text
-            if not model.ready:
-                raise ModelNotReady(f"the {settings.task} model is not loaded yet")
             check_texts(texts, settings)
             result: PredictionResult[TextPrediction] = await plane.predict(
                 [TextItem(text) for text in texts], costs_of=token_costs
