@@ -375,7 +375,7 @@ def _extract(package: PackageRef, archive: Path, members: set[str]) -> dict[str,
 def photo_image(photo: Photo, source: Path) -> Image.Image:
     """The photo as an upright RGB image: its frame, turned, cut to its region."""
     if photo.frame is not None:
-        image = Image.fromarray(_video_frame(source, photo.frame), "RGB")
+        image = Image.fromarray(video_frame(source, photo.frame), "RGB")
     else:
         with Image.open(source) as opened:
             image = ImageOps.exif_transpose(opened).convert("RGB")
@@ -398,7 +398,8 @@ def body_in_photo(photo: Photo) -> Box | None:
     return photo.body.shifted(-photo.region.x, -photo.region.y)
 
 
-def _video_frame(video: Path, index: int) -> npt.NDArray[np.uint8]:
+def video_frame(video: Path, index: int) -> npt.NDArray[np.uint8]:
+    """Frame `index` of a video as an RGB array."""
     import cv2  # OpenCV comes with mediapipe
 
     capture = cv2.VideoCapture(str(video))

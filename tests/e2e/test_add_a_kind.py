@@ -5,13 +5,19 @@ reached through the gateway, which documents its route and applies its body limi
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.processes import free_port, free_port_run, start, stop, wait_for_http
+from tests.support.processes import (
+    free_port,
+    free_port_run,
+    local_stack_command,
+    start,
+    stop,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -125,18 +131,13 @@ def test_a_kind_declared_in_its_own_package_is_served_through_the_gateway(
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     gateway_port, first_service_port = free_port(), free_port_run(1)
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.local_stack",
-        "--gateway-port",
-        str(gateway_port),
-        "--first-service-port",
-        str(first_service_port),
+    command = local_stack_command(
+        gateway_port,
+        first_service_port,
         "--no-jobs",
         "--serve",
         f"wordcount:words=file://{model_dir}",
-    ]
+    )
     log = tmp_path / "stack.log"
     stack = start(command, log=log, cwd=tree)
     base = f"http://127.0.0.1:{gateway_port}"

@@ -19,7 +19,14 @@ from deploy.api_collections import CURL_FILE, POSTMAN_FILE
 from tests.support.doc_examples import REPO, ShellExample, api_examples, run_example
 from tests.support.jobs import AWS_TEST_ENV, s3_client, start_moto
 from tests.support.postman import run_collection
-from tests.support.processes import free_port, free_port_run, start, stop, wait_for_http
+from tests.support.processes import (
+    free_port,
+    free_port_run,
+    local_stack_command,
+    start,
+    stop,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -66,17 +73,12 @@ def doc_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocStack]:
         "MTC_JOBS_OUTPUT_ALLOWLIST": '["batch/out/"]',
     }
     gateway_port, service_port = free_port(), free_port_run(SERVICES + 1)
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.local_stack",
-        "--gateway-port",
-        str(gateway_port),
-        "--first-service-port",
-        str(service_port),
+    command = local_stack_command(
+        gateway_port,
+        service_port,
         "--jobs-metrics-port",
         str(service_port + SERVICES),
-    ]
+    )
     stack = start(command, env=env, log=logs / "stack.log")
     base = f"http://127.0.0.1:{gateway_port}"
     try:

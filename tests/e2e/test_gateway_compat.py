@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 
 from tests.support.gateway_processes import consecutive_free_ports, free_ports
 from tests.support.pose_images import opencv_doc_data, pedestrian_crop
-from tests.support.processes import start, stop, wait_for_http
+from tests.support.processes import local_stack_command, start, stop, wait_for_http
 
 pytestmark = pytest.mark.e2e
 
@@ -49,14 +48,9 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (gateway_port,) = free_ports(1)
     first_service_port = consecutive_free_ports(4)
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.local_stack",
-        "--gateway-port",
-        str(gateway_port),
-        "--first-service-port",
-        str(first_service_port),
+    command = local_stack_command(
+        gateway_port,
+        first_service_port,
         "--model",
         f"sentiment={starter_model('sentiment')}",
         "--model",
@@ -65,7 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         f"pose={starter_model('pose')}",
         "--replicas",
         "sentiment=2",
-    ]
+    )
     log = tmp_path_factory.mktemp("compat-stack") / "stack.log"
     timeouts = {
         "MTC_GATEWAY_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT_SECONDS),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import free_port, start, stop, wait_for_http
+from tests.support.processes import free_port, local_stack_command, start, stop, wait_for_http
 
 pytestmark = pytest.mark.e2e
 
@@ -48,17 +48,12 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     gateway_port, service_port = free_port(), free_port()
     log = tmp_path_factory.mktemp("load-smoke") / "stack.log"
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.local_stack",
-        "--gateway-port",
-        str(gateway_port),
-        "--first-service-port",
-        str(service_port),
+    command = local_stack_command(
+        gateway_port,
+        service_port,
         "--model",
         f"sentiment={SENTIMENT_MODEL}",
-    ]
+    )
     process = start(command, log=log)
     base = f"http://127.0.0.1:{gateway_port}"
     try:

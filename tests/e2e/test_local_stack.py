@@ -19,7 +19,14 @@ import pytest
 
 from tests.support.audio_clips import encode, spoken_wav, urgent_wav
 from tests.support.pose_images import opencv_doc_data, pedestrian_crop
-from tests.support.processes import free_port, free_port_run, start, stop, wait_for_http
+from tests.support.processes import (
+    free_port,
+    free_port_run,
+    local_stack_command,
+    start,
+    stop,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -67,16 +74,11 @@ SERVICES = 4  # sentiment, disaster, pose, audio: on consecutive ports
 
 
 def stack_command(gateway_port: int, service_port: int, models: list[str]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "gateway.local_stack",
-        "--gateway-port",
-        str(gateway_port),
-        "--first-service-port",
-        str(service_port),
+    return local_stack_command(
+        gateway_port,
+        service_port,
         *models,
-    ]
+    )
 
 
 @pytest.fixture(scope="module")

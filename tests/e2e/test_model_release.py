@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +20,14 @@ from gateway.local_stack import all_replicas_ready
 from services.artifacts.manifest import write_manifest
 from tests.support.gateway_processes import start_gateway, start_model_service
 from tests.support.models import TINY_LABELS
-from tests.support.processes import free_port, free_port_run, start, stop, wait_for_http
+from tests.support.processes import (
+    free_port,
+    free_port_run,
+    local_stack_command,
+    start,
+    stop,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -95,20 +101,15 @@ def _answers_by_version(base: str) -> dict[str, float]:
 
 def test_the_local_stack_sends_a_canary_its_share(versions: Versions, tmp_path: Path) -> None:
     gateway_port, first_service_port = free_port(), free_port_run(2)
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.local_stack",
-        "--gateway-port",
-        str(gateway_port),
-        "--first-service-port",
-        str(first_service_port),
+    command = local_stack_command(
+        gateway_port,
+        first_service_port,
         "--no-jobs",
         "--model",
         f"sentiment={versions.stable}",
         "--canary",
         f"sentiment={versions.canary}:50",
-    ]
+    )
     stack = start(command, env={"MTC_TORCH_THREADS": "1"}, log=tmp_path / "stack.log")
     base = f"http://127.0.0.1:{gateway_port}"
     try:

@@ -32,7 +32,14 @@ from deploy.external_tools import prometheus, promtool
 from deploy.observability.alerts import all_alerts
 from deploy.observability.dashboards import all_dashboards, to_json
 from tests.support.pose_images import opencv_doc_data, pedestrian_crop
-from tests.support.processes import free_port, start, start_redis, stop, wait_for_http
+from tests.support.processes import (
+    free_port,
+    local_stack_command,
+    start,
+    start_redis,
+    stop,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -235,14 +242,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     redis = start_redis(redis_port)
     stack_log = scratch / "stack.log"
     stack = start(
-        [
-            sys.executable,
-            "-m",
-            "gateway.local_stack",
-            "--gateway-port",
-            str(gateway_port),
-            "--first-service-port",
-            str(first_service),
+        local_stack_command(
+            gateway_port,
+            first_service,
             "--model",
             f"sentiment={MODELS_DIR / 'sentiment'}",
             "--model",
@@ -251,7 +253,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             f"pose={MODELS_DIR / 'pose'}",
             "--jobs-metrics-port",
             str(worker_port),
-        ],
+        ),
         env={
             # Inherited by every process: the services share Redis, the gateway checks keys.
             "MTC_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",

@@ -20,7 +20,14 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.support.processes import free_port, free_port_run, start, stop, wait_for_http
+from tests.support.processes import (
+    free_port,
+    free_port_run,
+    local_stack_command,
+    start,
+    stop,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -44,17 +51,12 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     log = tmp_path_factory.mktemp("open-inference") / "stack.log"
     gateway_port, service_port = free_port(), free_port_run(SERVICES + 1)
-    command = [
-        sys.executable,
-        "-m",
-        "gateway.local_stack",
-        "--gateway-port",
-        str(gateway_port),
-        "--first-service-port",
-        str(service_port),
+    command = local_stack_command(
+        gateway_port,
+        service_port,
         "--jobs-metrics-port",
         str(service_port + SERVICES),
-    ]
+    )
     stack = start(command, log=log)
     base = f"http://127.0.0.1:{gateway_port}"
     try:

@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from services.pose.photo_set import video_frame
+
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 OPENCV_DOC_CACHE: Final = REPO_ROOT / ".mtc" / "test-data" / "opencv-doc"
 OPENCV_DOC_DATA: Final = "usr/share/doc/opencv-doc/examples/data"
@@ -214,21 +216,6 @@ def _extract_from_deb(deb: Path, members: Sequence[str], target: Path) -> None:
                 found.add(member.name)
     if process.wait() != 0 or len(found) != len(wanted):
         raise RuntimeError(f"{deb.name}: could not extract {sorted(set(wanted) - found)}")
-
-
-def video_frame(video: Path, index: int) -> npt.NDArray[np.uint8]:
-    """Frame `index` of a video as an RGB array (OpenCV ships with mediapipe)."""
-    import cv2
-
-    capture = cv2.VideoCapture(str(video))
-    try:
-        capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, frame = capture.read()
-    finally:
-        capture.release()
-    if not ok:
-        raise RuntimeError(f"{video}: cannot read frame {index}")
-    return np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), dtype=np.uint8)
 
 
 def pedestrian_crop(data_dir: Path, which: int = 0, *, rotate: int = 0) -> bytes:

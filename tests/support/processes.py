@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,20 @@ def _is_free(port: int) -> bool:
 def free_port_pair() -> int:
     """A port P such that P and P + 1 are both free right now."""
     return free_port_run(2)
+
+
+def local_stack_command(gateway_port: int, first_service_port: int, *options: str) -> list[str]:
+    """`python -m gateway.local_stack` on these ports, with `options` (models, --no-jobs...)."""
+    return [
+        sys.executable,
+        "-m",
+        "gateway.local_stack",
+        "--gateway-port",
+        str(gateway_port),
+        "--first-service-port",
+        str(first_service_port),
+        *options,
+    ]
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
