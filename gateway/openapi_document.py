@@ -16,8 +16,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import (
     get_openapi,
-    validation_error_definition,
-    validation_error_response_definition,
 )
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
@@ -120,8 +118,6 @@ def _add_request_body_components(
         )
         for name, definition in definitions.get("$defs", {}).items():
             components.setdefault(name, definition)
-    components.setdefault("ValidationError", validation_error_definition)
-    components.setdefault("HTTPValidationError", validation_error_response_definition)
 
 
 def _require_api_keys(schema: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -36,41 +36,6 @@ from services.core.kinds import KindRoute, kind_named, model_kinds
 # Sub-paths of `/v1/{task}/` forwarded to the task's service: plain segments only, so a
 # `..` or an encoded slash can never reach another path of the service.
 FORWARDED_ROUTE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
-
-VALIDATION_ERROR_RESPONSE: dict[str, Any] = {
-    "description": "The body does not match the request schema (FastAPI's standard "
-    "validation error body).",
-    "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
-    },
-}
-
-
-def _with_validation_error(
-    responses: dict[int | str, dict[str, object]],
-) -> dict[int | str, dict[str, Any]]:
-    """`responses` plus FastAPI's validation error under 422, beside any 422 the service
-    itself may answer in the error shape (e.g. `unusable_content`)."""
-    merged: dict[int | str, dict[str, Any]] = dict(responses)
-    service_422 = merged.pop(422, None)
-    if service_422 is None:
-        merged[422] = VALIDATION_ERROR_RESPONSE
-        return merged
-    validation = VALIDATION_ERROR_RESPONSE["description"]
-    merged[422] = {
-        "description": f"{validation} Or, in the error shape, {service_422['description']}",
-        "content": {
-            "application/json": {
-                "schema": {
-                    "anyOf": [
-                        {"$ref": "#/components/schemas/HTTPValidationError"},
-                        {"$ref": "#/components/schemas/ErrorBody"},
-                    ]
-                }
-            }
-        },
-    }
-    return merged
 
 
 async def get_upstreams(request: Request) -> Upstreams:
@@ -161,7 +126,7 @@ def task_router(
     for entry in table:
         task, route = entry.task, entry.route
         errors = (*route.errors, *GATEWAY_ERRORS, *access_errors)
-        responses = _with_validation_error(error_responses(*errors))
+        responses = error_responses(*errors, validation=True)
         endpoint = _forwarding_endpoint(task, entry.path)
         endpoint.__doc__ = (
             f"{route.summary} with the `{task}` model. The body is forwarded to the "
