@@ -1027,6 +1027,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         + ", ".join(peer.name for peer in select_peers(None)),
     )
     parser.add_argument(
+        "--also-runtime",
+        action="append",
+        choices=["onnx", "openvino"],
+        help="also measure mtc with this MTC_RUNTIME, in the same rounds (repeatable)",
+    )
+    parser.add_argument(
         "--peer-cache",
         type=Path,
         default=VENV_CACHE,
@@ -1091,6 +1097,11 @@ def text_server_commands(
     )
     ours = text_service_command("mtc", ours_port, {**OUR_TEXT_ENV, "MTC_CACHE_TTL_SECONDS": "0"})
     commands = [(baseline, BASELINE_DESCRIPTION, MTC_WIRE), (ours, MTC_DESCRIPTION, MTC_WIRE)]
+    for runtime in args.also_runtime or []:
+        # Another runtime of mtc, measured beside the default in the same rounds.
+        environment = {**OUR_TEXT_ENV, "MTC_RUNTIME": runtime, "MTC_CACHE_TTL_SECONDS": "0"}
+        other = text_service_command(f"mtc-{runtime}", free_port(), environment)
+        commands.append((other, f"mtc text service, MTC_RUNTIME={runtime}", MTC_WIRE))
     for peer in peers:
         port = free_port()
         workdir = scratch / peer.name

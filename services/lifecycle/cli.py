@@ -220,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--runtime",
-        choices=["torch", "torch-bf16", "onnx"],
+        choices=["torch", "torch-bf16", "onnx", "openvino"],
         default="torch",
-        help="float32 or bfloat16 PyTorch (as MTC_TORCH_DTYPE), or the ONNX int8 export",
+        help="float32 or bfloat16 PyTorch (as MTC_TORCH_DTYPE), the ONNX int8 export, or "
+        "OpenVINO (as MTC_RUNTIME=openvino)",
     )
     evaluate.add_argument(
         "--json-out", type=Path, help="write the metrics here (default: stdout only)"

@@ -158,7 +158,18 @@ def build_app(settings: TextSettings, model: SequenceClassifier | None = None) -
         "max_body_bytes": settings.max_body_bytes,
     }
     classifier = model
-    if classifier is None and settings.runtime == "onnx":
+    if classifier is None and settings.runtime == "openvino":
+        # Imported here: the extra is optional, and only this runtime needs it.
+        from services.text.models.openvino_classifier import OpenVinoSequenceClassifier
+
+        classifier = OpenVinoSequenceClassifier(
+            max_tokens=settings.max_tokens,
+            torch_threads=settings.threads_per_worker,
+            limits=limits,
+            precision=settings.resolved_torch_dtype,
+            streams=settings.inference_workers,
+        )
+    elif classifier is None and settings.runtime == "onnx":
         classifier = OnnxSequenceClassifier(
             max_tokens=settings.max_tokens, torch_threads=settings.threads_per_worker, limits=limits
         )

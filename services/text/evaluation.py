@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from services.core.cpu_features import has_native_bfloat16
 from services.core.model import LabelScore
 from services.lifecycle.evaluation import EvaluationReport, evaluate_predictions
 from services.text.models.sequence_classifier import SequenceClassifier
@@ -15,8 +16,9 @@ from services.text.training import LabelledText
 EVAL_BATCH_SIZE = 64
 
 
-EvalRuntime = Literal["torch", "torch-bf16", "onnx"]
-"""How `mtc eval` runs the model: float32 or bfloat16 PyTorch, or the ONNX int8 export."""
+EvalRuntime = Literal["torch", "torch-bf16", "onnx", "openvino"]
+"""How `mtc eval` runs the model: float32 or bfloat16 PyTorch, the ONNX int8 export, or
+OpenVINO (bfloat16 where the CPU computes it natively)."""
 
 
 def load_classifier(model_dir: Path, runtime: EvalRuntime = "torch") -> SequenceClassifier:
@@ -26,6 +28,12 @@ def load_classifier(model_dir: Path, runtime: EvalRuntime = "torch") -> Sequence
         from services.text.models.onnx_classifier import OnnxSequenceClassifier
 
         classifier = OnnxSequenceClassifier()
+    elif runtime == "openvino":
+        from services.text.models.openvino_classifier import OpenVinoSequenceClassifier
+
+        classifier = OpenVinoSequenceClassifier(
+            precision="bfloat16" if has_native_bfloat16() else "float32"
+        )
     else:
         classifier = SequenceClassifier(dtype="bfloat16" if runtime == "torch-bf16" else "float32")
     asyncio.run(classifier.start(model_dir))

@@ -92,6 +92,9 @@ class SequenceClassifier(ClassifierModel[TextInput, TextPrediction]):
 
     runtime = "torch"
     output_type = TextPrediction
+    converts_by_tracing = False
+    """Whether a subclass traces the loaded network to convert it (it then needs the plain
+    attention, like `graph="traced"`)."""
 
     def __init__(
         self,
@@ -136,7 +139,8 @@ class SequenceClassifier(ClassifierModel[TextInput, TextPrediction]):
             tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
             # Tracing needs the plain attention: the SDPA path takes Python branches on
             # the mask's values, which a trace would freeze.
-            attention = {"attn_implementation": "eager"} if self.graph == "traced" else {}
+            traced = self.graph == "traced" or self.converts_by_tracing
+            attention = {"attn_implementation": "eager"} if traced else {}
             with _LOADING:
                 model = AutoModelForSequenceClassification.from_pretrained(
                     model_dir, local_files_only=True, dtype=getattr(torch, self.dtype), **attention

@@ -1,0 +1,160 @@
+"""A text model directory served by OpenVINO, converted from its PyTorch weights at load."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from services.core.errors import ModelLoadError
+from services.core.model import ModelMetadata, rank_scores
+from services.text.models.sequence_classifier import SequenceClassifier, TextInput, TextPrediction
+from services.text.models.traced_graph import (
+    CHECK_TEXTS,
+    LOGIT_TOLERANCE,
+    TRACE_TEXTS,
+    graph_input_names,
+)
+
+OpenVinoPrecision = Literal["float32", "bfloat16"]
+
+_INFERENCE_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
+"""OpenVINO's names for the precisions (`INFERENCE_PRECISION_HINT`)."""
+
+
+class OpenVinoSequenceClassifier(SequenceClassifier):
+    """`SequenceClassifier` whose forward pass runs in OpenVINO's CPU plugin.
+
+    The float32 PyTorch model is converted in memory at load, through OpenVINO's PyTorch
+    frontend (not `openvino.convert_model`, which sends usage telemetry unless opted out),
+    and compiled for the CPU with dynamic batch size and length. `precision="bfloat16"`
+    computes in bfloat16 on CPUs with AMX or AVX-512 BF16 (OpenVINO falls back to float32
+    elsewhere; `runtime` then says `openvino`). Tokenizer, labels, name and version,
+    truncation and `token_counts` are the parent's, so responses have the same shape.
+
+    Every inference worker thread gets its own infer request; `streams` (default: one)
+    lets that many run at once, each on `torch_threads` threads (default: one).
+    """
+
+    runtime = "openvino"
+    converts_by_tracing = True
+
+    def __init__(
+        self,
+        *,
+        max_tokens: int | None = None,
+        torch_threads: int | None = None,
+        limits: dict[str, Any] | None = None,
+        precision: OpenVinoPrecision = "bfloat16",
+        streams: int = 1,
+    ) -> None:
+        super().__init__(max_tokens=max_tokens, torch_threads=torch_threads, limits=limits)
+        self.precision = precision
+        self._streams = max(1, streams)
+        self._compiled: Any = None
+        self._input_names: list[str] = []
+        self._requests = threading.local()
+
+    def _load(self, model_dir: Path) -> ModelMetadata:
+        # The parent reads tokenizer, config, labels and manifest, and the float32 network
+        # the conversion starts from; that network is dropped once it is converted.
+        try:
+            import openvino  # type: ignore[import-untyped]  # noqa: F401
+        except ImportError:
+            raise ModelLoadError(
+                "MTC_RUNTIME=openvino needs OpenVINO: install the `openvino` extra "
+                "(pip install '.[text,openvino]'), or serve with MTC_RUNTIME=torch"
+            ) from None
+        metadata = super()._load(model_dir)
+        try:
+            self._compiled, self._input_names = self._compile(self._model)
+            difference = self._check(self._model)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # OpenVINO's errors share no narrower base class
+            raise ModelLoadError(f"{model_dir}: OpenVINO cannot run this model: {exc}") from exc
+        tolerance = LOGIT_TOLERANCE[self.precision]
+        if not difference <= tolerance:
+            raise ModelLoadError(
+                f"{model_dir}: OpenVINO's logits differ from PyTorch's by {difference:.3g} "
+                f"(over {tolerance:.3g}); serve it with MTC_RUNTIME=torch"
+            )
+        self._model = None
+        return metadata
+
+    def _compile(self, model: Any) -> tuple[Any, list[str]]:
+        """`model` converted and compiled for the CPU, and the inputs it takes."""
+        import openvino
+        import torch
+        from openvino.frontend import FrontEndManager  # type: ignore[import-untyped]
+        from openvino.frontend.pytorch.ts_decoder import (  # type: ignore[import-untyped]
+            TorchScriptPythonDecoder,
+        )
+
+        example = self._tokenizer(list(TRACE_TEXTS), padding=True, return_tensors="pt")
+        names = graph_input_names(model, example)
+        with torch.no_grad():
+            decoder = TorchScriptPythonDecoder(
+                model, example_input={name: example[name] for name in names}
+            )
+        frontend = FrontEndManager().load_by_framework("pytorch")
+        converted = frontend.convert(frontend.load(decoder))
+        threads = self._torch_threads or 1
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "THROUGHPUT" if self._streams > 1 else "LATENCY",
+            "NUM_STREAMS": self._streams,
+            "INFERENCE_NUM_THREADS": self._streams * threads,
+            "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[self.precision],
+            # The inference workers are the only concurrency; pinning their threads to
+            # cores only hurts on a shared machine or under a CPU quota.
+            "ENABLE_CPU_PINNING": False,
+        }
+        compiled = openvino.Core().compile_model(converted, "CPU", config)
+        computed = compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.runtime = "openvino-bf16" if computed == openvino.Type.bf16 else "openvino"
+        return compiled, [names[index] for index in _input_order(converted, names)]
+
+    def _check(self, model: Any) -> float:
+        """Largest logit difference to `model` on other shapes than the conversion's."""
+        import torch
+
+        check = self._tokenizer(list(CHECK_TEXTS), padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            expected = model(**{name: check[name] for name in self._input_names}).logits
+        actual = self._logits({name: check[name].numpy() for name in self._input_names})
+        return float(np.abs(actual - expected.float().numpy()).max())
+
+    def _logits(self, arrays: dict[str, Any]) -> Any:
+        """float32 logits of a batch of int64 input arrays, on this thread's request."""
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._compiled.create_infer_request()
+            self._requests.request = request
+        request.infer([arrays[name] for name in self._input_names])
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+    def predict(self, batch: Sequence[TextInput]) -> list[TextPrediction]:
+        """Scores for every label of every text, highest first."""
+        arrays, counts = self.encode(batch)
+        logits = self._logits(arrays)
+        if self._multi_label:
+            # tanh form of the sigmoid: no overflow for large negative logits.
+            probabilities = 0.5 * (1.0 + np.tanh(0.5 * logits))
+        else:
+            exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
+        return self.with_token_counts(rank_scores(self._labels, probabilities.tolist()), counts)
+
+
+def _input_order(converted: Any, names: Sequence[str]) -> list[int]:
+    """Index into `names` of each input of the converted model, in its order."""
+    order = []
+    for port in converted.inputs:
+        found = port.get_names() & set(names)
+        if len(found) != 1:
+            raise ModelLoadError(f"the converted model has an unexpected input {port}")
+        order.append(names.index(found.pop()))
+    return order
