@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.artifacts.manifest import Manifest, read_manifest, verify_model_dir, write_manifest
+from services.artifacts.model_dir import write_model_dir
 from services.core.errors import ModelLoadError
-from services.core.manifest import Manifest, read_manifest, verify_model_dir, write_manifest
-from services.core.model_dir import write_model_dir
 from services.text.evaluation import evaluate_model_dir
 from services.text.starter import (
     disaster_tweets,
