@@ -124,10 +124,12 @@ class StarterRecipe:
 SENTIMENT = StarterRecipe(
     name="mtc-sentiment-minilm",
     task="sentiment",
-    version="1.1.0",
+    version="1.2.0",
     labels=rotten_tomatoes.LABELS,
     sources=(
         TrainingSource("rotten-tomatoes", rotten_tomatoes.load_reviews),
+        # x4 of 2,344 written training rows: x2 lost 8 points on their held-out rows, x6 gained
+        # 3 rows of 390 and cost Rotten Tomatoes and calibration (docs/models.md).
         TrainingSource("written-reviews", written_reviews.load_written_reviews, repeats=4),
     ),
     min_heldout_accuracy=0.78,
