@@ -12,7 +12,7 @@ TORCH_SOURCE := $(if $(wildcard $(WHEELS)/torch-*+cpu-*.whl),--find-links $(WHEE
 # Every install is pinned to poetry.lock through its pip export (`make lock` refreshes both).
 PIP_INSTALL := $(BIN)/pip install $(TORCH_SOURCE) --constraint constraints.txt
 # `make run` needs the service extras; `make test` adds the dev tools on top.
-RUN_EXTRAS := text,pose,audio,starter,gateway,jobs,openvino
+RUN_EXTRAS := text,pose,audio,starter,gateway,jobs
 STARTER_MODELS := .mtc/models/sentiment/manifest.json .mtc/models/disaster/manifest.json \
 	.mtc/models/pose/manifest.json .mtc/models/audio/manifest.json
 STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/starter/data/*.csv \

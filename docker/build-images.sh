@@ -36,7 +36,7 @@ prefix="${REGISTRY:+${REGISTRY%/}/}"
 OFFLINE_BASE="localhost/mtc-python:3.11-bookworm"
 # Largest size each image may reach, in MB (10^6 bytes, uncompressed, as the engines count).
 # docs/images.md says what each holds and why the budget is what it is.
-declare -A BUDGET_MB=([text]=1600 [pose]=2550 [audio]=2450 [gateway]=340 [worker]=320)
+declare -A BUDGET_MB=([text]=1750 [pose]=2550 [audio]=2450 [gateway]=340 [worker]=320)
 SIZES_FILE="${SIZES_FILE:-.mtc/images/sizes.txt}"
 
 for image in $IMAGES; do

@@ -150,6 +150,14 @@ check_service() {
       "http://127.0.0.1:$port/v1/$task/predict" "$@"
     # The text service stays up for the gateway's check; the others make room.
     if [[ "$image" == text ]]; then
+      # Its default runtime must be the one that loaded, not the torch fallback.
+      local models
+      models="$(curl -sS --max-time 10 "http://127.0.0.1:$port/v1/models" || true)"
+      if [[ "$models" == *'"runtime":"openvino'* ]]; then
+        pass "$image: serves with OpenVINO (the default MTC_RUNTIME)"
+      else
+        fail "$image: not served with OpenVINO: ${models:0:300}"
+      fi
       echo "$port" >"$state/$image.port"
     else
       "${ENGINE[@]}" rm -f "mtc-check-$image-$$" >/dev/null 2>&1 || true

@@ -27,13 +27,14 @@ class TextSettings(ServiceSettings):
     `torch_threads` unset each then runs single-threaded: two single-threaded workers
     used half the CPU time per text of one two-threaded worker (docs/performance.md)."""
 
-    runtime: Literal["torch", "onnx", "openvino"] = "torch"
-    """`torch` serves the safetensors weights; `onnx` serves `onnx/model.int8.onnx`, written
-    by `mtc models build` / `mtc export onnx` (fused graph, int8 where it keeps scores within
-    0.02 of torch's; about 1.6-2.5x faster per text on CPU); `openvino` converts the weights
-    at load and runs them in OpenVINO's CPU plugin, in the precision `torch_dtype` resolves
-    to (needs the `openvino` extra, which the service images do not install;
-    docs/performance.md has the figures)."""
+    runtime: Literal["openvino", "torch", "onnx"] = "openvino"
+    """`openvino` converts the safetensors weights at load and runs them in OpenVINO's CPU
+    plugin, in the precision `torch_dtype` resolves to (a model it cannot run is served by
+    float32 torch instead, with a warning); on the benchmark machine it served 1.8x the
+    texts per second of `torch` for two thirds of the CPU (docs/performance.md). `torch`
+    serves the weights with PyTorch (`torch_dtype`, `torch_graph`); `onnx` serves
+    `onnx/model.int8.onnx`, written by `mtc models build` / `mtc export onnx` (int8 where it
+    keeps scores within 0.02 of torch's)."""
 
     torch_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Precision of the weights with `runtime=torch`. `bfloat16` converts them once at

@@ -357,7 +357,7 @@ def test_command_line(
 
 
 def test_runtime_setting_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert TextSettings().runtime == "torch"
+    assert TextSettings().runtime == "openvino"
     monkeypatch.setenv("MTC_RUNTIME", "onnx")
     assert TextSettings().runtime == "onnx"
     monkeypatch.setenv("MTC_RUNTIME", "tensorrt")

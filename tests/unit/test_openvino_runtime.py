@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from services.core.errors import ModelLoadError
 from services.text.api import build_app
 from services.text.models.openvino_classifier import OpenVinoSequenceClassifier
 from services.text.models.sequence_classifier import SequenceClassifier
@@ -64,8 +64,8 @@ def test_the_service_serves_with_openvino(sensitive_dir: Path) -> None:
     assert models[0]["runtime"].startswith("openvino")
 
 
-def test_without_openvino_the_model_refuses_to_load_and_says_why(
-    sensitive_dir: Path, monkeypatch: pytest.MonkeyPatch
+def test_without_openvino_the_model_is_served_by_torch_and_the_log_says_why(
+    sensitive_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     real_import = builtins.__import__
 
@@ -75,5 +75,20 @@ def test_without_openvino_the_model_refuses_to_load_and_says_why(
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_openvino)
-    with pytest.raises(ModelLoadError, match="needs OpenVINO: install the `openvino` extra"):
-        loaded(OpenVinoSequenceClassifier(), sensitive_dir)
+    with caplog.at_level(logging.WARNING):
+        model = loaded(OpenVinoSequenceClassifier(), sensitive_dir)
+    assert model.runtime == "torch"
+    assert "OpenVINO is not installed; serving it with PyTorch (float32)" in caplog.text
+    expected = loaded(SequenceClassifier(), sensitive_dir).predict(SENTENCES)
+    assert parity_failures(expected, model.predict(SENTENCES)) == []
+
+
+def test_a_conversion_that_disagrees_is_not_used(
+    sensitive_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(OpenVinoSequenceClassifier, "_check", lambda self, model: 1.0)
+    with caplog.at_level(logging.WARNING):
+        model = loaded(OpenVinoSequenceClassifier(), sensitive_dir)
+    assert model.runtime == "torch"
+    assert "logits differ from PyTorch's by 1" in caplog.text
+    assert len(model.predict(SENTENCES)) == len(SENTENCES)

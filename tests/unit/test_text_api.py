@@ -131,7 +131,7 @@ def test_models_route_and_metrics(client: TestClient) -> None:
     assert models[0]["labels"] == ["NEGATIVE", "POSITIVE"]
     assert models[0]["limits"]["max_items_per_request"] == 1024
     # MTC_TORCH_DTYPE=auto: bfloat16 where the CPU computes in it natively.
-    assert models[0]["runtime"] == ("torch-bf16" if has_native_bfloat16() else "torch")
+    assert models[0]["runtime"] == ("openvino-bf16" if has_native_bfloat16() else "openvino")
     client.get("/health/live")
     client.get("/health/ready")
     client.post(URL, json={"text": ["counted"]})

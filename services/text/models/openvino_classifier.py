@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from services.text.models.traced_graph import (
     graph_input_names,
 )
 
+logger = logging.getLogger(__name__)
+
 OpenVinoPrecision = Literal["float32", "bfloat16"]
 
 _INFERENCE_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
@@ -34,6 +37,9 @@ class OpenVinoSequenceClassifier(SequenceClassifier):
     computes in bfloat16 on CPUs with AMX or AVX-512 BF16 (OpenVINO falls back to float32
     elsewhere; `runtime` then says `openvino`). Tokenizer, labels, name and version,
     truncation and `token_counts` are the parent's, so responses have the same shape.
+    A model OpenVINO cannot convert, or whose converted logits differ from PyTorch's by
+    more than the tracing tolerance, is served by the float32 PyTorch network instead,
+    with a warning (`runtime` then says `torch`).
 
     Every inference worker thread gets its own infer request; `streams` (default: one)
     lets that many run at once, each on `torch_threads` threads (default: one).
@@ -61,33 +67,40 @@ class OpenVinoSequenceClassifier(SequenceClassifier):
     def _load(self, model_dir: Path) -> ModelMetadata:
         # The parent reads tokenizer, config, labels and manifest, and the float32 network
         # the conversion starts from; that network is dropped once it is converted.
-        try:
-            import openvino  # type: ignore[import-untyped]  # noqa: F401
-        except ImportError:
-            raise ModelLoadError(
-                "MTC_RUNTIME=openvino needs OpenVINO: install the `openvino` extra "
-                "(pip install '.[text,openvino]'), or serve with MTC_RUNTIME=torch"
-            ) from None
         metadata = super()._load(model_dir)
         try:
             self._compiled, self._input_names = self._compile(self._model)
             difference = self._check(self._model)
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # OpenVINO's errors share no narrower base class
-            raise ModelLoadError(f"{model_dir}: OpenVINO cannot run this model: {exc}") from exc
+        except ImportError:
+            return self._serve_with_torch(model_dir, metadata, "OpenVINO is not installed")
+        except Exception as exc:  # noqa: BLE001 - OpenVINO's errors share no base class
+            return self._serve_with_torch(
+                model_dir, metadata, f"OpenVINO cannot run this model: {exc}"
+            )
         tolerance = LOGIT_TOLERANCE[self.precision]
         if not difference <= tolerance:
-            raise ModelLoadError(
-                f"{model_dir}: OpenVINO's logits differ from PyTorch's by {difference:.3g} "
-                f"(over {tolerance:.3g}); serve it with MTC_RUNTIME=torch"
+            return self._serve_with_torch(
+                model_dir,
+                metadata,
+                f"OpenVINO's logits differ from PyTorch's by {difference:.3g} "
+                f"(over {tolerance:.3g})",
             )
         self._model = None
         return metadata
 
+    def _serve_with_torch(
+        self, model_dir: Path, metadata: ModelMetadata, reason: str
+    ) -> ModelMetadata:
+        """Keep the float32 PyTorch network the conversion started from, and say so: a model
+        OpenVINO cannot run is still served, slower, rather than not at all."""
+        logger.warning("%s: %s; serving it with PyTorch (float32) instead", model_dir, reason)
+        self._compiled = None
+        self.runtime = "torch"
+        return metadata
+
     def _compile(self, model: Any) -> tuple[Any, list[str]]:
         """`model` converted and compiled for the CPU, and the inputs it takes."""
-        import openvino
+        import openvino  # type: ignore[import-untyped]
         import torch
         from openvino.frontend import FrontEndManager  # type: ignore[import-untyped]
         from openvino.frontend.pytorch.ts_decoder import (  # type: ignore[import-untyped]
@@ -138,6 +151,8 @@ class OpenVinoSequenceClassifier(SequenceClassifier):
 
     def predict(self, batch: Sequence[TextInput]) -> list[TextPrediction]:
         """Scores for every label of every text, highest first."""
+        if self._compiled is None:
+            return super().predict(batch)
         arrays, counts = self.encode(batch)
         logits = self._logits(arrays)
         if self._multi_label:
