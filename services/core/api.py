@@ -8,6 +8,7 @@ prediction route through `register_routes(app, dataplane)`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -216,6 +217,12 @@ def create_app(
             logger.info("fetching model %s", settings.model_uri)
             model_dir = await asyncio.to_thread(model_store.fetch, settings.model_uri)
             await model.start(model_dir)
+            # The model and its libraries leave a few hundred thousand long-lived objects
+            # that every full garbage collection would walk again (170 ms measured on the
+            # text service, once every few thousand requests: its p99). Frozen, they are
+            # out of the collector's sight; only what requests create is collected.
+            gc.collect()
+            gc.freeze()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure keeps the service not-ready
