@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from services.core.errors import ModelLoadError
-from services.core.model import ModelMetadata, rank_scores
+from services.core.model import ModelMetadata
 from services.text.models.sequence_classifier import SequenceClassifier, TextInput, TextPrediction
 from services.text.onnx_export import (
     EXPORT_COMMAND,
@@ -107,10 +107,4 @@ class OnnxSequenceClassifier(SequenceClassifier):
         # InferenceSession.run is thread-safe; only the tokenizer needs a per-thread copy.
         (logits,) = self._session.run(["logits"], feeds)
         logits = np.asarray(logits, dtype=np.float32)
-        if self._multi_label:
-            # tanh form of the sigmoid: no overflow for large negative logits.
-            probabilities = 0.5 * (1.0 + np.tanh(0.5 * logits))
-        else:
-            exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
-        return self.with_token_counts(rank_scores(self._labels, probabilities.tolist()), counts)
+        return self.predictions_from_logits(logits, counts)

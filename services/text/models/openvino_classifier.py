@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from services.core.errors import ModelLoadError
-from services.core.model import ModelMetadata, rank_scores
+from services.core.model import ModelMetadata
 from services.text.models.sequence_classifier import SequenceClassifier, TextInput, TextPrediction
 from services.text.models.traced_graph import (
     CHECK_TEXTS,
@@ -155,13 +155,7 @@ class OpenVinoSequenceClassifier(SequenceClassifier):
             return super().predict(batch)
         arrays, counts = self.encode(batch)
         logits = self._logits(arrays)
-        if self._multi_label:
-            # tanh form of the sigmoid: no overflow for large negative logits.
-            probabilities = 0.5 * (1.0 + np.tanh(0.5 * logits))
-        else:
-            exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
-        return self.with_token_counts(rank_scores(self._labels, probabilities.tolist()), counts)
+        return self.predictions_from_logits(logits, counts)
 
 
 def _input_order(converted: Any, names: Sequence[str]) -> list[int]:

@@ -234,6 +234,17 @@ class SequenceClassifier(ClassifierModel[TextInput, TextPrediction]):
         """`ranked` (one list per text) as `TextPrediction`s with their texts' token counts."""
         return [TextPrediction(scores, count) for scores, count in zip(ranked, counts, strict=True)]
 
+    def predictions_from_logits(self, logits: Any, counts: Sequence[int]) -> list[TextPrediction]:
+        """Float32 logits (texts, labels) from a runtime outside torch as predictions: softmax,
+        or independent sigmoids for a multi-label model."""
+        if self._multi_label:
+            # tanh form of the sigmoid: no overflow for large negative logits.
+            probabilities = 0.5 * (1.0 + np.tanh(0.5 * logits))
+        else:
+            exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
+        return self.with_token_counts(rank_scores(self._labels, probabilities.tolist()), counts)
+
     def encode(self, batch: Sequence[TextInput]) -> tuple[dict[str, Any], list[int]]:
         """The model inputs of a batch as int64 NumPy arrays, padded to its longest text and
         truncated at the limit, and each text's token count before truncation.
