@@ -5,6 +5,7 @@ reached through the gateway, which documents its route and applies its body limi
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -143,6 +144,13 @@ def test_a_kind_declared_in_its_own_package_is_served_through_the_gateway(
     base = f"http://127.0.0.1:{gateway_port}"
     try:
         wait_for_http(f"{base}/health/ready", stack, timeout=120)
+        # The stack prints its banner (with each kind's try-it line) once every service is
+        # ready, which may be a moment after the gateway is.
+        deadline = time.monotonic() + 60
+        while "mtc is up" not in log.read_text(encoding="utf-8"):
+            assert stack.poll() is None, "the stack exited before printing its banner"
+            assert time.monotonic() < deadline, "no banner within 60 s"
+            time.sleep(0.2)
         with httpx.Client(base_url=base, timeout=30) as client:
             models = client.get("/v1/models").json()["models"]
             answer = client.post(
