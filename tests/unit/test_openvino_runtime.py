@@ -92,3 +92,19 @@ def test_a_conversion_that_disagrees_is_not_used(
     assert model.runtime == "torch"
     assert "logits differ from PyTorch's by 1" in caplog.text
     assert len(model.predict(SENTENCES)) == len(SENTENCES)
+
+
+def test_models_converted_at_once_both_run_on_openvino(sensitive_dir: Path) -> None:
+    """Two apps in one process (as the shared-cache tests run them) load together; both
+    conversions must succeed, else one replica would serve torch and miss the other's cache."""
+
+    async def load_together() -> list[OpenVinoSequenceClassifier]:
+        models = [OpenVinoSequenceClassifier(), OpenVinoSequenceClassifier()]
+        await asyncio.gather(*(model.start(sensitive_dir) for model in models))
+        return models
+
+    for _ in range(3):
+        assert [m.runtime.startswith("openvino") for m in asyncio.run(load_together())] == [
+            True,
+            True,
+        ]

@@ -22,6 +22,11 @@ from services.text.models.traced_graph import (
 
 logger = logging.getLogger(__name__)
 
+_CONVERTING = threading.Lock()
+"""One conversion at a time per process: two models traced at once (two apps in a process,
+as in tests) get each other's TorchScript names, the trace's own check fails, and both
+would fall back to torch."""
+
 OpenVinoPrecision = Literal["float32", "bfloat16"]
 
 _INFERENCE_PRECISION = {"float32": "f32", "bfloat16": "bf16"}
@@ -69,7 +74,8 @@ class OpenVinoSequenceClassifier(SequenceClassifier):
         # the conversion starts from; that network is dropped once it is converted.
         metadata = super()._load(model_dir)
         try:
-            self._compiled, self._input_names = self._compile(self._model)
+            with _CONVERTING:
+                self._compiled, self._input_names = self._compile(self._model)
             difference = self._check(self._model)
         except ImportError:
             return self._serve_with_torch(model_dir, metadata, "OpenVINO is not installed")
