@@ -6,32 +6,39 @@ No Dockerfile linter installs here, so the rules are checked on the parsed instr
   default), an earlier stage, or `scratch` for an empty placeholder stage;
 - a numeric non-root USER in the final stage; no HEALTHCHECK (Kubernetes probes do that);
   no ADD; no `# syntax=` line (BuildKit would pull its frontend from a registry);
-- only the image's own pip extra, and every pip install under the lock's constraints;
+- only the image's own pip extra (the service image: the SERVICE_EXTRA build arg), and
+  every pip install under the lock's constraints;
 - pip reaches an index behind a TLS-inspecting proxy through the `pip_cert` build secret
   only: every pip step mounts it and no ENV or ARG carries PIP_CERT into a layer;
-- model images (text, pose, audio): torch as its CPU build (`+cpu`) from either the
+- the service image (every model kind's): torch as its CPU build (`+cpu`) from either the
   TORCH_INDEX build arg, which defaults to PyTorch's CPU index, or a `wheels` build context
   mounted at /wheels whose default is an empty `scratch` stage; no other index; a
-  BAKE_MODEL_URI build arg; the `torch` stage identical in all three and copied first into
-  each runtime stage, so that the three images share that layer;
-- the gateway and the worker install no torch.
+  BAKE_MODEL_URI build arg; a `torch` stage no kind's build arg reaches, copied first into
+  the runtime stage, so that every kind's image shares that layer;
+- the gateway and the worker install no torch;
+- every kind's declared image (`ServiceImage`) names an extra pyproject.toml defines and
+  Debian package names the build can pass on.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
-EXTRAS = {"text": "text", "pose": "pose", "audio": "audio", "gateway": "gateway", "worker": "jobs"}
-TORCH_IMAGES = ("text", "pose", "audio")
+SERVICE_EXTRA = "${SERVICE_EXTRA}"
+EXTRAS = {"service": SERVICE_EXTRA, "gateway": "gateway", "worker": "jobs"}
+"""Each Dockerfile in docker/ and the extra it installs."""
+TORCH_IMAGES = ("service",)
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 BASE_IMAGE = re.compile(r"^python:3\.11\.\d+-slim(-[a-z]+)?$")
 TORCH_LAYER = "--from=torch /opt/venv /opt/venv"
 PIP_CERT_SECRET = re.compile(r"--mount=type=secret,id=pip_cert\b")
+DEBIAN_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 WHEELS_MOUNT = re.compile(r"--mount=type=bind,from=wheels,target=/wheels\b")
 
 
@@ -152,11 +159,37 @@ def _torch_problems(
     args = {i.arguments.partition("=")[0] for i in instructions if i.keyword == "ARG"}
     if "BAKE_MODEL_URI" not in args:
         found.append("no BAKE_MODEL_URI build arg to bake a model in")
+    return found + _shared_torch_problems(all_stages)
+
+
+def _shared_torch_problems(all_stages: list[list[Instruction]]) -> list[str]:
+    """Where the kinds' images would stop sharing torch's layer: a build arg other than
+    TORCH_INDEX reaching the `torch` stage makes it differ per kind, and a runtime stage that
+    does not copy its venv first, straight onto the base, stacks it on something else."""
+    found: list[str] = []
+    named = {stage_name(stage): stage for stage in all_stages}
+    if "torch" not in named:
+        return ["no stage named torch"]
+    stage_args = {i.arguments.partition("=")[0] for i in named["torch"] if i.keyword == "ARG"} - {
+        "TORCH_INDEX"
+    }
+    if stage_args:
+        found.append(
+            f"build args {sorted(stage_args)} reach the torch stage: each kind's image would "
+            "install torch again"
+        )
+    runtime = all_stages[-1]
+    copies = [(i.keyword, i.arguments) for i in runtime[1:] if i.keyword != "ARG"]
+    if not copies or copies[0] != ("COPY", TORCH_LAYER):
+        found.append(
+            f"the runtime stage does not start with COPY {TORCH_LAYER}, so its torch layer "
+            "is not shared"
+        )
     return found
 
 
 def problems(image: str, text: str) -> list[str]:
-    """Every rule the Dockerfile of `image` (text, pose, audio, gateway, worker) breaks."""
+    """Every rule the Dockerfile of `image` (service, gateway, worker) breaks."""
     found: list[str] = []
     if text.lstrip().lower().startswith("# syntax="):
         found.append("a `# syntax=` line makes BuildKit pull its frontend from a registry")
@@ -186,7 +219,7 @@ def problems(image: str, text: str) -> list[str]:
             found.append(f"final USER {users[-1]!r} must be a numeric non-root uid (runAsNonRoot)")
     run_instructions = [i for i in instructions if i.keyword == "RUN"]
     runs = " ".join(i.arguments for i in run_instructions)
-    installed = set(re.findall(r"/src\[([a-z,]+)\]", runs))
+    installed = set(re.findall(r"/src\[([a-z,]+|\$\{SERVICE_EXTRA\})\]", runs))
     expected = {EXTRAS[image]}
     if installed != expected:
         found.append(f"installs extras {sorted(installed)}, expected only {sorted(expected)}")
@@ -200,48 +233,39 @@ def problems(image: str, text: str) -> list[str]:
     return found
 
 
-def shared_torch_problems(texts: dict[str, str]) -> list[str]:
-    """Where the model images' Dockerfiles (image -> text) stop sharing torch's layers: the
-    `torch` stage must be the same in each, and each runtime stage must copy its venv
-    first, straight onto the base."""
-    found: list[str] = []
-    torch_stages: dict[str, list[tuple[str, str]]] = {}
-    for image, text in texts.items():
-        all_stages = stages(parse(text))
-        named = {stage_name(s): s for s in all_stages}
-        if "torch" not in named:
-            found.append(f"{image}: no stage named torch")
+def kind_image_problems() -> list[str]:
+    """Where a kind's declared image could not be built: an extra pyproject.toml lacks, or a
+    Debian package name the build arg cannot carry."""
+    from deploy.images import image_builds
+    from services.core.kinds import model_kinds
+
+    with (REPO / "pyproject.toml").open("rb") as handle:
+        extras = set(tomllib.load(handle)["tool"]["poetry"]["extras"])
+    found = [
+        f"image {build.name}: extra {build.extra!r} is not in pyproject.toml's extras"
+        for build in image_builds()
+        if build.extra not in extras
+    ]
+    for kind in model_kinds().values():
+        if kind.image is None:
             continue
-        torch_stages[image] = [(i.keyword, i.arguments) for i in named["torch"]]
-        runtime = all_stages[-1]
-        if len(runtime) < 2 or (runtime[1].keyword, runtime[1].arguments) != (
-            "COPY",
-            TORCH_LAYER,
-        ):
-            found.append(
-                f"{image}: the runtime stage does not start with COPY {TORCH_LAYER}, so its"
-                " torch layer is not shared"
-            )
-    if torch_stages:
-        first, reference = next(iter(torch_stages.items()))
         found += [
-            f"{image}: its torch stage differs from {first}'s, so torch is installed again"
-            for image, instructions in torch_stages.items()
-            if instructions != reference
+            f"image {kind.image.name}: {package!r} is not a Debian package name"
+            for package in kind.image.system_packages
+            if not DEBIAN_PACKAGE.match(package)
         ]
     return found
 
 
 def main() -> int:
-    """Check every Dockerfile in docker/; exit 1 on any problem."""
+    """Check every Dockerfile in docker/ and every kind's image; exit 1 on any problem."""
     failed = False
-    texts = {image: (DOCKER_DIR / f"{image}.Dockerfile").read_text() for image in EXTRAS}
-    for image, text in texts.items():
-        for problem in problems(image, text):
+    for image in EXTRAS:
+        for problem in problems(image, (DOCKER_DIR / f"{image}.Dockerfile").read_text()):
             print(f"docker/{image}.Dockerfile: {problem}", file=sys.stderr)
             failed = True
-    for problem in shared_torch_problems({image: texts[image] for image in TORCH_IMAGES}):
-        print(f"docker/: {problem}", file=sys.stderr)
+    for problem in kind_image_problems():
+        print(problem, file=sys.stderr)
         failed = True
     return 1 if failed else 0
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the mtc images (the `make images` target): text, pose, audio, gateway and worker,
-# with docker or podman, on machines with or without access to a container registry.
+# Build the mtc images (the `make images` target): each model kind's service (text, pose,
+# audio), the gateway and the worker, with docker or podman, on machines with or without
+# access to a container registry.
 #
 #   docker/build-images.sh                       # every image, tagged with pyproject's version
 #   IMAGES="text gateway" docker/build-images.sh # some of them
@@ -8,7 +9,9 @@
 #   BAKE_MODEL_URI=file:///context/models/sentiment IMAGES=text docker/build-images.sh
 #
 # Variables (docs/images.md):
-#   IMAGES          default: text pose audio gateway worker
+#   IMAGES          default: every image `python -m deploy.images` lists: each model kind's
+#                   (text pose audio), then gateway and worker
+#   PYTHON          the Python that lists them (it imports the kinds): default .venv/bin/python
 #   REGISTRY        prefix of the image names, default none: mtc-<image>:<tag>
 #   TAG             default: the project version
 #   PUSH=1          push the images once all are built and within their size budgets
@@ -29,28 +32,44 @@ cd "$(dirname "$0")/.."
 # shellcheck source=deploy/tools/container-engine.sh
 source deploy/tools/container-engine.sh
 
-ALL_IMAGES="text pose audio gateway worker"
+if [[ -z "${PYTHON:-}" ]]; then
+  PYTHON=python3
+  [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python
+fi
+# Each image's Dockerfile, largest size in MB (10^6 bytes, uncompressed, as the engines
+# count; docs/images.md says why each is what it is), whether it runs a model, build args.
+if ! image_table="$("$PYTHON" -m deploy.images)"; then
+  echo "build-images: $PYTHON cannot list the images; it needs the project's packages" \
+    "(make install), or set PYTHON" >&2
+  exit 2
+fi
+declare -A DOCKERFILE=() BUDGET_MB=() MODEL_IMAGE=() IMAGE_ARGS=()
+ALL_IMAGES=""
+while IFS=$'\t' read -r name dockerfile budget model args; do
+  DOCKERFILE[$name]="$dockerfile"
+  BUDGET_MB[$name]="$budget"
+  MODEL_IMAGE[$name]="$model"
+  IMAGE_ARGS[$name]="$args"
+  ALL_IMAGES+="${ALL_IMAGES:+ }$name"
+done <<<"$image_table"
 IMAGES="${IMAGES:-$ALL_IMAGES}"
 TAG="${TAG:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
 prefix="${REGISTRY:+${REGISTRY%/}/}"
 OFFLINE_BASE="localhost/mtc-python:3.11-bookworm"
-# Largest size each image may reach, in MB (10^6 bytes, uncompressed, as the engines count).
-# docs/images.md says what each holds and why the budget is what it is.
-declare -A BUDGET_MB=([text]=1750 [pose]=2550 [audio]=2450 [gateway]=340 [worker]=320)
 SIZES_FILE="${SIZES_FILE:-.mtc/images/sizes.txt}"
 
 for image in $IMAGES; do
-  if [[ ! -f "docker/${image}.Dockerfile" ]]; then
-    echo "build-images: no docker/${image}.Dockerfile (known: $ALL_IMAGES)" >&2
+  if [[ -z "${DOCKERFILE[$image]:-}" ]]; then
+    echo "build-images: no image called $image (known: $ALL_IMAGES)" >&2
     exit 2
   fi
 done
 mtc_engine_init
 
 # The base: a registry's python image when the engine has it or can pull it, else the same
-# Python from Debian packages (docker/*.Dockerfile take it through the PYTHON_IMAGE arg).
+# Python from Debian packages (every Dockerfile takes it through the PYTHON_IMAGE arg).
 if [[ -z "${PYTHON_IMAGE:-}" ]]; then
-  default_base="$(sed -n 's/^ARG PYTHON_IMAGE=//p' docker/text.Dockerfile)"
+  default_base="$(sed -n 's/^ARG PYTHON_IMAGE=//p' docker/service.Dockerfile)"
   # Qualified, because podman resolves no short names without a search registry configured.
   if [[ "$default_base" != */* ]]; then
     default_base="docker.io/library/${default_base}"
@@ -114,11 +133,15 @@ built=()
 all_started=$SECONDS
 for image in $IMAGES; do
   reference="${prefix}mtc-${image}:${TAG}"
-  args=(build "${BUILD_FLAGS[@]}" --file "docker/${image}.Dockerfile" --tag "$reference"
+  args=(build "${BUILD_FLAGS[@]}" --file "${DOCKERFILE[$image]}" --tag "$reference"
     "${common[@]}")
+  # A kind's service image: its extra, module and system packages (no value holds a space).
+  for arg in ${IMAGE_ARGS[$image]}; do
+    args+=(--build-arg "$arg")
+  done
   # Only the model images take a model and torch; the gateway and the worker call them over
   # HTTP.
-  if [[ "$image" != gateway && "$image" != worker ]]; then
+  if [[ "${MODEL_IMAGE[$image]}" == model ]]; then
     args+=("${torch_source[@]}")
     if [[ -n "${BAKE_MODEL_URI:-}" ]]; then
       args+=(--build-arg "BAKE_MODEL_URI=${BAKE_MODEL_URI}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from deploy.observability.promql import NAMESPACE, RATE, TASK, quantile, rate_sum, ratio
+from services.core.kinds import ModelKind, ServiceImage, model_kinds
 
 # Grafana's JSON model version these dashboards are written in (Grafana 10.x / 11.x).
 SCHEMA_VERSION = 39
@@ -221,49 +222,29 @@ def _service_panels() -> tuple[Panel, ...]:
     )
 
 
-def text_service() -> Dashboard:
-    """The text service (sentiment, disaster and any other text task)."""
+def service_dashboard(kind: ModelKind, image: ServiceImage) -> Dashboard:
+    """The dashboard of one kind's service, for every task it serves."""
     fill = ratio(
         rate_sum("mtc_batch_fill_ratio_sum", "task", FILTER, RATE),
         rate_sum("mtc_batch_fill_ratio_count", "task", FILTER, RATE),
     )
     return Dashboard(
-        uid="mtc-text",
-        title="mtc / Text service",
-        description="Text classification service: traffic, phases, queue, cache, batching.",
+        uid=f"mtc-{image.name}",
+        title=f"mtc / {image.name.capitalize()} service",
+        description=f"{kind.name.capitalize()} classification service: traffic, phases, queue, "
+        "cache, batching.",
         panels=(
             *_service_panels(),
             Panel(
                 "Batch fill ratio",
-                "Real tokens / padded tokens per forward pass (1.0 = no padding wasted); low "
-                "values mean texts of very different lengths share batches.",
+                "Real / padded cost per forward pass (1.0 = no padding wasted, as always for "
+                "kinds whose items all cost the same); low values mean items of very different "
+                "sizes share batches.",
                 (Query(fill, "{{task}}"),),
                 "percentunit",
             ),
         ),
-        default_tasks=("sentiment", "disaster"),
-    )
-
-
-def pose_service() -> Dashboard:
-    """The image (pose) service."""
-    return Dashboard(
-        uid="mtc-pose",
-        title="mtc / Pose service",
-        description="Image classification service: traffic, phases, queue, cache, batching.",
-        panels=_service_panels(),
-        default_tasks=("pose",),
-    )
-
-
-def audio_service() -> Dashboard:
-    """The audio service."""
-    return Dashboard(
-        uid="mtc-audio",
-        title="mtc / Audio service",
-        description="Audio classification service: traffic, phases, queue, cache, batching.",
-        panels=_service_panels(),
-        default_tasks=("audio",),
+        default_tasks=tuple(kind.starters),
     )
 
 
@@ -447,7 +428,10 @@ def jobs() -> Dashboard:
 
 def all_dashboards() -> tuple[Dashboard, ...]:
     """Every dashboard shipped."""
-    return (overview(), text_service(), pose_service(), audio_service(), gateway(), jobs())
+    services = tuple(
+        service_dashboard(kind, kind.image) for kind in model_kinds().values() if kind.image
+    )
+    return (overview(), *services, gateway(), jobs())
 
 
 def _variables(dashboard: Dashboard) -> list[dict[str, Any]]:

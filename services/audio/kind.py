@@ -9,7 +9,15 @@ from services.core.errors import (
     UnsupportedMediaType,
     UnusableContent,
 )
-from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
+from services.core.kinds import (
+    MIB,
+    SERVING_ERRORS,
+    SIZE_ERRORS,
+    KindRoute,
+    ModelKind,
+    ServiceImage,
+    json_body,
+)
 from services.wire.contracts import MULTIPART_AUDIO_SCHEMA, AudioPredictResponse, AudioS3Request
 
 _UPLOAD_ERRORS: tuple[type[MtcError], ...] = (
@@ -46,4 +54,5 @@ KIND = ModelKind(
     starters={"audio": ".mtc/models/audio"},
     position=3,
     try_it="-F audio=@call.wav",
+    image=ServiceImage("audio", extra="audio", size_budget_mb=2450),
 )

@@ -62,6 +62,21 @@ class KindRoute:
 
 
 @dataclass(frozen=True)
+class ServiceImage:
+    """How a kind's service ships: the image `mtc-<name>`, built from
+    docker/service.Dockerfile with the kind's pip extra (docker/build-images.sh)."""
+
+    name: str
+    """The image's name after `mtc-`, and its Grafana dashboard's uid after `mtc-`."""
+    extra: str
+    """The pyproject extra the image installs, and nothing more."""
+    size_budget_mb: int
+    """The largest the image may be, in MB as the engines count; docs/images.md says why."""
+    system_packages: tuple[str, ...] = ()
+    """Debian packages the extra's libraries load at run time (OpenCV's libGL, ...)."""
+
+
+@dataclass(frozen=True)
 class ModelKind:
     """What the rest of the system needs to know about a kind of model service."""
 
@@ -85,6 +100,8 @@ class ModelKind:
     position: int = 100
     """Where the kind comes in listings (lower first): the local stack gives its starters
     ports in this order, so existing kinds keep their ports when one is added."""
+    image: ServiceImage | None = None
+    """The container image of the kind's service; none: the kind runs only locally."""
 
 
 @cache

@@ -1,7 +1,15 @@
 """The image kind: photos in, pose labels and keypoints out (`python -m services.pose`)."""
 
 from services.core.errors import InvalidInput, UnsupportedMediaType
-from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
+from services.core.kinds import (
+    MIB,
+    SERVING_ERRORS,
+    SIZE_ERRORS,
+    KindRoute,
+    ModelKind,
+    ServiceImage,
+    json_body,
+)
 from services.wire.contracts import (
     MULTIPART_IMAGES_SCHEMA,
     PoseJsonRequest,
@@ -31,4 +39,8 @@ KIND = ModelKind(
     starters={"pose": ".mtc/models/pose"},
     position=2,
     try_it="-F image=@photo.jpg",
+    # OpenCV (a mediapipe dependency) does not import without libGL and GLib.
+    image=ServiceImage(
+        "pose", extra="pose", size_budget_mb=2550, system_packages=("libgl1", "libglib2.0-0")
+    ),
 )

@@ -1,7 +1,15 @@
 """The text kind: lists of texts in, ranked labels out (`python -m services.text`)."""
 
 from services.core.errors import InvalidInput
-from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
+from services.core.kinds import (
+    MIB,
+    SERVING_ERRORS,
+    SIZE_ERRORS,
+    KindRoute,
+    ModelKind,
+    ServiceImage,
+    json_body,
+)
 from services.wire.contracts import TextPredictRequest, TextPredictResponse
 
 KIND = ModelKind(
@@ -23,4 +31,5 @@ KIND = ModelKind(
     try_it="-H 'content-type: application/json' "
     '-d \'{"text": ["An absolute triumph, moving and beautifully acted"]}\'',
     batch_jobs=True,
+    image=ServiceImage("text", extra="text", size_budget_mb=1750),
 )

@@ -4,7 +4,6 @@ reached through the gateway, which documents its route and applies its body limi
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -19,116 +18,15 @@ from tests.support.processes import (
     stop,
     wait_for_http,
 )
+from tests.support.throwaway_kind import tree_with_a_new_kind
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
-
-KIND_PACKAGE = {
-    "__init__.py": '"""A throwaway kind: tells short sentences from long ones."""\n',
-    "kind.py": '''"""The `wordcount` kind, as the gateway and the local stack see it."""
-
-from pydantic import BaseModel, Field
-
-from services.core.errors import InvalidInput
-from services.core.kinds import MIB, SERVING_ERRORS, SIZE_ERRORS, KindRoute, ModelKind, json_body
-
-
-class SentencesRequest(BaseModel):
-    sentences: list[str] = Field(min_length=1, max_length=64)
-
-
-class SentencesResponse(BaseModel):
-    model: dict[str, str]
-    predictions: list[list[dict[str, str | float]]]
-
-
-KIND = ModelKind(
-    name="wordcount",
-    service="services.wordcount",
-    routes=(
-        KindRoute(
-            "predict",
-            "Tell short sentences from long ones",
-            json_body(SentencesRequest),
-            SentencesResponse,
-            (InvalidInput, *SIZE_ERRORS, *SERVING_ERRORS),
-        ),
-    ),
-    default_body_limit=MIB // 4,
-    request_models=(SentencesRequest,),
-    position=50,
-    try_it="-H 'content-type: application/json' -d '{\\"sentences\\": [\\"Hello there\\"]}'",
-)
-''',
-    "__main__.py": '''"""`python -m services.wordcount`: the kind's service."""
-
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
-
-from fastapi import FastAPI
-
-from services.core.api import DataPlaneDep, create_app, serve
-from services.core.dataplane import DataPlane
-from services.core.model import ClassifierModel, ModelMetadata, Prediction, rank_scores
-from services.core.settings import ServiceSettings
-from services.wordcount.kind import SentencesRequest, SentencesResponse
-
-LABELS = ["short", "long"]
-
-
-class SentenceLength(ClassifierModel[str, Prediction]):
-    output_type = Prediction
-
-    async def load(self, model_dir: Path) -> ModelMetadata:
-        return ModelMetadata(name="sentence-length", version="1", labels=LABELS)
-
-    def predict(self, batch: Sequence[str]) -> list[Prediction]:
-        rows = [[1.0, 0.0] if len(text.split()) < 5 else [0.0, 1.0] for text in batch]
-        return [Prediction(scores) for scores in rank_scores(LABELS, rows)]
-
-
-def main() -> None:
-    settings = ServiceSettings()
-    model = SentenceLength()
-
-    def register(app: FastAPI, dataplane: DataPlane[Any, Any]) -> None:
-        @app.post(f"/v1/{settings.task}/predict", response_model=SentencesResponse)
-        async def predict(body: SentencesRequest, plane: DataPlaneDep) -> dict[str, Any]:
-            result = await plane.predict(body.sentences)
-            return {
-                "model": {"name": model.metadata.name, "version": model.metadata.version},
-                "predictions": [
-                    [{"label": s.label, "score": s.score} for s in prediction.scores]
-                    for prediction in result.predictions
-                ],
-            }
-
-    serve(create_app(settings, model, register_routes=register, title="wordcount"), settings)
-
-
-main()
-''',
-}
-
-
-def _tree_with_a_new_kind(root: Path) -> Path:
-    """A copy of the code with the kind's package added, and nothing else changed."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for part in ("services", "gateway"):
-        shutil.copytree(REPO / part, root / part, ignore=ignore)
-    package = root / "services" / "wordcount"
-    package.mkdir()
-    for name, source in KIND_PACKAGE.items():
-        (package / name).write_text(source, encoding="utf-8")
-    return root
 
 
 def test_a_kind_declared_in_its_own_package_is_served_through_the_gateway(
     tmp_path: Path,
 ) -> None:
-    tree = _tree_with_a_new_kind(tmp_path / "tree")
+    tree = tree_with_a_new_kind(tmp_path / "tree")
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     gateway_port, first_service_port = free_port(), free_port_run(1)

@@ -88,7 +88,8 @@ def test_equivalence_check_catches_drift(tmp_path: Path) -> None:
 def test_schema_refuses_bad_values(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "models:\n  sentiment:\n    kind: video\n    modelUri: ftp://x\nistio:\n  enbled: true\n"
+        "models:\n  sentiment:\n    kind: Video Stream\n    modelUri: ftp://x\n"
+        "istio:\n  enbled: true\n"
     )
     result = subprocess.run(
         [str(helm()), "template", "mtc", str(CHART), "--values", str(bad)],

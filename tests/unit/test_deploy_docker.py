@@ -11,17 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from deploy.dockerfile_lint import (
-    DOCKER_DIR,
-    EXTRAS,
-    TORCH_IMAGES,
-    parse,
-    problems,
-    shared_torch_problems,
-)
+from deploy.dockerfile_lint import DOCKER_DIR, EXTRAS, kind_image_problems, parse, problems
+from deploy.images import image_builds
 from deploy.render import REPO
 
 IMAGES = ("text", "pose", "audio", "gateway", "worker")
+MODEL_IMAGES = ("text", "pose", "audio")
 OFFLINE_BASE = "localhost/mtc-python:3.11-bookworm"
 REGISTRY_BASE = "docker.io/library/python:3.11.11-slim-bookworm"
 
@@ -35,17 +30,26 @@ def test_dockerfile_follows_the_rules(image: str) -> None:
     assert problems(image, dockerfile(image)) == []
 
 
-def test_model_images_share_the_torch_stage_and_its_layer() -> None:
-    assert shared_torch_problems({image: dockerfile(image) for image in TORCH_IMAGES}) == []
+def test_every_kind_declares_an_image_the_build_can_make() -> None:
+    assert kind_image_problems() == []
+    builds = {build.name: build for build in image_builds()}
+    assert tuple(builds) == IMAGES
+    assert dict(builds["pose"].build_args) == {
+        "SERVICE_EXTRA": "pose",
+        "SERVICE_MODULE": "services.pose",
+        "SYSTEM_PACKAGES": "libgl1,libglib2.0-0",
+    }
+    assert [name for name, build in builds.items() if build.model_image] == list(MODEL_IMAGES)
 
 
-@pytest.mark.parametrize("image", ["text", "pose", "audio"])
-def test_model_images_run_their_service_and_bake_nothing_by_default(image: str) -> None:
-    instructions = parse(dockerfile(image))
+def test_the_service_image_runs_its_kinds_module_and_bakes_nothing_by_default() -> None:
+    instructions = parse(dockerfile("service"))
     (bake,) = [i for i in instructions if i.keyword == "ARG" and "BAKE_MODEL_URI" in i.arguments]
     assert bake.arguments == 'BAKE_MODEL_URI=""'
     cmd = [i.arguments for i in instructions if i.keyword == "CMD"][-1]
-    assert cmd == f'["python", "-m", "services.{image}"]'
+    assert cmd == '["/bin/sh", "-c", "exec python -m \\"$SERVICE_MODULE\\""]'
+    env = " ".join(i.arguments for i in instructions if i.keyword == "ENV")
+    assert "SERVICE_MODULE=${SERVICE_MODULE}" in env
     assert not any(i.keyword == "COPY" and ".mtc" in i.arguments for i in instructions)
 
 
@@ -62,19 +66,20 @@ def test_worker_image_runs_the_worker_without_torch_or_model() -> None:
     assert any("torch" in p for p in problems("worker", with_torch))
 
 
-TEXT = dockerfile("text")
+TEXT = dockerfile("service")
+EXTRA = '"/src[${SERVICE_EXTRA}]"'
 SECRET = "--mount=type=secret,id=pip_cert,target=/run/secrets/pip_cert,required=false"
 WHEELS_MOUNT = "--mount=type=bind,from=wheels,target=/wheels"
 # (what is broken, the broken Dockerfile, words the problem must contain)
 BROKEN = [
     ("root user", TEXT.replace("USER 10001:10001", "USER root"), "non-root"),
     ("healthcheck", TEXT + "HEALTHCHECK CMD curl -f http://localhost:8000/health/live\n", "HEALTH"),
-    ("every extra", TEXT.replace('"/src[text]"', '"/src[text,pose,audio]"'), "extras"),
-    ("starter extra", TEXT.replace('"/src[text]"', '"/src[text,starter]"'), "extras"),
+    ("every extra", TEXT.replace(EXTRA, '"/src[text,pose,audio]"'), "extras"),
+    ("starter extra", TEXT.replace(EXTRA, '"/src[${SERVICE_EXTRA},starter]"'), "extras"),
     ("CUDA torch", TEXT.replace('"torch==$torch+cpu"', '"torch==$torch"'), "CPU build"),
     (
         "unlocked project",
-        TEXT.replace('--constraint /src/constraints.txt "/src[text]"', '"/src[text]"'),
+        TEXT.replace(f"--constraint /src/constraints.txt {EXTRA}", EXTRA),
         "lock",
     ),
     (
@@ -105,9 +110,9 @@ BROKEN = [
     (
         "index replacing PyPI",
         TEXT.replace(
-            'pip install --constraint /src/constraints.txt "/src[text]"',
+            f"pip install --constraint /src/constraints.txt {EXTRA}",
             "pip install --index-url https://example.com/simple "
-            '--constraint /src/constraints.txt "/src[text]"',
+            f"--constraint /src/constraints.txt {EXTRA}",
         ),
         "--index-url",
     ),
@@ -143,24 +148,20 @@ BROKEN = [
 @pytest.mark.parametrize(("what", "broken", "words"), BROKEN, ids=[b[0] for b in BROKEN])
 def test_broken_dockerfiles_are_caught(what: str, broken: str, words: str) -> None:
     assert broken != TEXT, f"the {what} mutation changed nothing"
-    found = problems("text", broken)
+    found = problems("service", broken)
     assert any(words in p for p in found), found
 
 
-def test_model_images_that_stop_sharing_torch_are_caught() -> None:
-    texts = {image: dockerfile(image) for image in TORCH_IMAGES}
-    drifted = dict(texts, pose=texts["pose"].replace("PYTHONDONTWRITEBYTECODE=1\n", "", 1))
-    assert drifted["pose"] != texts["pose"]
-    assert any("pose: its torch stage differs" in p for p in shared_torch_problems(drifted))
+def test_a_service_image_that_stops_sharing_torch_is_caught() -> None:
+    per_kind = TEXT.replace("ARG TORCH_INDEX\n", "ARG TORCH_INDEX\nARG SERVICE_EXTRA\n", 1)
+    assert per_kind != TEXT
+    assert any("reach the torch stage" in p for p in problems("service", per_kind))
     late = "COPY --from=torch /opt/venv /opt/venv\n"
-    reordered = (
-        texts["audio"]
-        .replace(late, "", 1)
-        .replace("COPY --from=build /opt/extra", late + "COPY --from=build /opt/extra")
+    reordered = TEXT.replace(late, "", 1).replace(
+        "COPY --from=deps /opt/layers", late + "COPY --from=deps /opt/layers"
     )
-    assert reordered != texts["audio"]
-    found = shared_torch_problems(dict(texts, audio=reordered))
-    assert any("audio: the runtime stage does not start" in p for p in found)
+    assert reordered != TEXT
+    assert any("does not start with COPY" in p for p in problems("service", reordered))
 
 
 def test_dockerignore_keeps_the_context_to_the_sources() -> None:
@@ -263,12 +264,18 @@ def test_offline_the_base_is_made_from_debian_and_torch_comes_from_the_wheels(
     wheels = f"--build-context wheels={stub['WHEELS']}"
     expected = []
     for image in IMAGES:
+        dockerfile_name = "service" if image in MODEL_IMAGES else image
         command = (
-            f"podman build --network host --file docker/{image}.Dockerfile"
+            f"podman build --network host --file docker/{dockerfile_name}.Dockerfile"
             f" --tag registry.example.com/mtc/mtc-{image}:0.1.0"
             f" --build-arg PYTHON_IMAGE={OFFLINE_BASE} {secret}"
         )
-        expected.append(command + (f" {wheels} ." if image in TORCH_IMAGES else " ."))
+        if image in MODEL_IMAGES:
+            command += f" --build-arg SERVICE_EXTRA={image}"
+            command += f" --build-arg SERVICE_MODULE=services.{image}"
+            if image == "pose":
+                command += " --build-arg SYSTEM_PACKAGES=libgl1,libglib2.0-0"
+        expected.append(command + (f" {wheels} ." if image in MODEL_IMAGES else " ."))
     assert builds(calls) == expected
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
     assert [row[0] for row in rows] == [f"registry.example.com/mtc/mtc-{i}:0.1.0" for i in IMAGES]
@@ -304,7 +311,7 @@ def test_online_the_registry_base_and_torch_index_are_used(stub: dict[str, str])
         assert f"--build-arg PYTHON_IMAGE={REGISTRY_BASE}" in command
         assert "--secret" not in command, "no PIP_CERT, nothing mounted"
         assert "--build-context" not in command
-        model_image = any(f"docker/{i}.Dockerfile" in command for i in TORCH_IMAGES)
+        model_image = "docker/service.Dockerfile" in command
         assert ("TORCH_INDEX=https://mirror.example.com/whl/cpu" in command) == model_image
 
 
@@ -335,7 +342,7 @@ def test_an_image_over_its_budget_fails_the_build_and_is_not_pushed(stub: dict[s
 def test_bad_requests_fail_before_building(stub: dict[str, str], tmp_path: Path) -> None:
     result, calls = build_images(stub, IMAGES="text web")
     assert result.returncode == 2
-    assert "no docker/web.Dockerfile" in result.stderr
+    assert "no image called web" in result.stderr
     assert not builds(calls)
     result, calls = build_images(stub, WHEELS=str(tmp_path))
     assert result.returncode == 2
@@ -360,10 +367,7 @@ def test_an_s3_model_is_baked_with_the_aws_credentials_as_a_secret(
 
 
 def test_docs_state_the_budgets_the_build_enforces() -> None:
-    script = (DOCKER_DIR / "build-images.sh").read_text()
-    declared = re.search(r"declare -A BUDGET_MB=\(([^)]*)\)", script)
-    assert declared
-    budgets = {k: int(v) for k, v in re.findall(r"\[(\w+)\]=(\d+)", declared[1])}
+    budgets = {build.name: build.size_budget_mb for build in image_builds()}
     assert set(budgets) == set(IMAGES)
     docs = (REPO / "docs" / "images.md").read_text()
     documented = {

@@ -1,8 +1,15 @@
-# Audio service (audio classifier, transcript classifier, fusion): `python -m services.audio` on port 8000 as user 10001.
+# The image of every model kind's service (text, pose, audio, and any kind that declares a
+# `ServiceImage` in its services/<package>/kind.py): `python -m <its service>` on port 8000
+# as user 10001. Three build args make it one kind's image; docker/build-images.sh passes them
+# from the kind's declaration (`python -m deploy.images` lists them):
+#   SERVICE_EXTRA    the pyproject extra to install (text, pose, audio)
+#   SERVICE_MODULE   the module the container runs (services.text, ...)
+#   SYSTEM_PACKAGES  Debian packages its libraries load, comma-separated (pose: OpenCV's)
 #
 # Build from the repository root (docker/build-images.sh builds every image, with docker or
 # podman, and makes the base offline when no registry answers):
-#   docker build -f docker/audio.Dockerfile -t mtc-audio:0.1.0 .
+#   docker build -f docker/service.Dockerfile -t mtc-text:0.1.0 \
+#     --build-arg SERVICE_EXTRA=text --build-arg SERVICE_MODULE=services.text .
 #   (add --build-context wheels=/opt/wheels to take torch's CPU wheel from a directory,
 #   --secret id=pip_cert,src=$PIP_CERT behind a TLS-inspecting proxy; docs/images.md)
 # No `# syntax=` line: it would make BuildKit pull its frontend from Docker Hub, which fails
@@ -10,8 +17,8 @@
 #
 # No model is baked in: in Kubernetes an initContainer of this same image runs
 # `mtc models pull` into an emptyDir (base/). To bake one in, pass BAKE_MODEL_URI:
-#   --build-arg BAKE_MODEL_URI=s3://mtc-models/audio/1.0.0 --secret id=aws,src=$HOME/.aws/credentials
-#   --build-arg BAKE_MODEL_URI=file:///context/models/audio   (a directory under models/ in the
+#   --build-arg BAKE_MODEL_URI=s3://mtc-models/text/1.0.0 --secret id=aws,src=$HOME/.aws/credentials
+#   --build-arg BAKE_MODEL_URI=file:///context/models/text   (a directory under models/ in the
 #                                                             build context; see .dockerignore)
 # and run the image with MTC_MODEL_URI=file:///opt/mtc/baked/model (its default).
 
@@ -24,9 +31,8 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # (docker/build-images.sh passes WHEELS when it holds the lock's torch CPU wheel).
 FROM scratch AS wheels
 
-# Every instruction of this stage is the same in the text, pose and audio Dockerfiles
-# (deploy/dockerfile_lint.py checks it): building all three installs torch once, and their
-# runtime stages share its venv as one layer.
+# No build arg reaches this stage: building every kind's image installs torch once, and
+# their runtime stages share its venv as one layer.
 FROM ${PYTHON_IMAGE} AS torch
 ARG TORCH_INDEX
 ENV PIP_NO_CACHE_DIR=1 \
@@ -59,12 +65,14 @@ FROM torch AS deps
 # gateway/ then reinstalls mtc alone and leaves the dependency layers as they were. pip
 # resolves an extra only from a buildable project: empty stand-ins for the packages and the
 # README serve, and the stand-in mtc is uninstalled again.
+ARG SERVICE_EXTRA
 COPY pyproject.toml /src/
 RUN --mount=type=secret,id=pip_cert,target=/run/secrets/pip_cert,required=false \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && if [ -z "$SERVICE_EXTRA" ]; then echo "build arg SERVICE_EXTRA is required" >&2; exit 2; fi \
     && mkdir /src/services /src/gateway \
     && touch /src/README.md /src/services/__init__.py /src/gateway/__init__.py \
-    && pip install --constraint /src/constraints.txt "/src[audio]" \
+    && pip install --constraint /src/constraints.txt "/src[${SERVICE_EXTRA}]" \
     && pip uninstall --yes --quiet mtc \
     && rm -r /src/README.md /src/services /src/gateway
 # What the dependencies added to torch's stage (/opt/layers/deps). That they changed none
@@ -107,10 +115,25 @@ RUN --mount=type=bind,target=/context \
     fi
 
 FROM ${PYTHON_IMAGE} AS runtime
+ARG SERVICE_MODULE
 # torch and its dependencies first, straight on the base: the text, pose and audio images
 # then share this layer (~900 MB), which a registry stores and a node pulls once.
 COPY --from=torch /opt/venv /opt/venv
-RUN groupadd --system --gid 10001 mtc \
+# The Debian packages the kind's libraries load (pose: OpenCV links against libGL and GLib,
+# which neither the registry's slim base nor the Debian-built one has). libgl1 also drags in
+# Mesa's drivers and the LLVM they compile shaders with (~160 MB), which only a GL context
+# would load and no service opens one: dpkg leaves those files out.
+ARG SYSTEM_PACKAGES=""
+RUN if [ -n "$SYSTEM_PACKAGES" ]; then \
+        printf '%s\n' 'path-exclude=/usr/lib/*/dri/*' 'path-exclude=/usr/lib/*/libLLVM*' \
+            'path-exclude=/usr/lib/*/libz3.so*' >/etc/dpkg/dpkg.cfg.d/mtc-no-gl-drivers \
+        && apt-get update \
+        && apt-get install -y --no-install-recommends $(echo "$SYSTEM_PACKAGES" | tr , ' ') \
+        && apt-get clean \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+RUN if [ -z "$SERVICE_MODULE" ]; then echo "build arg SERVICE_MODULE is required" >&2; exit 2; fi \
+    && groupadd --system --gid 10001 mtc \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home mtc \
     && mkdir -p /var/cache/mtc /models \
     && chown 10001:10001 /var/cache/mtc /models
@@ -121,12 +144,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     XDG_CACHE_HOME=/var/cache/mtc \
     HF_HOME=/var/cache/mtc/huggingface \
-    NUMBA_CACHE_DIR=/tmp/numba \
-    MPLCONFIGDIR=/tmp/matplotlib \
     MTC_HOST=0.0.0.0 \
     MTC_PORT=8000 \
     MTC_MODEL_CACHE_DIR=/var/cache/mtc \
-    MTC_MODEL_URI=file:///opt/mtc/baked/model
+    MTC_MODEL_URI=file:///opt/mtc/baked/model \
+    NUMBA_CACHE_DIR=/tmp/numba \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    SERVICE_MODULE=${SERVICE_MODULE}
 # Then the extra's dependencies, then mtc: a new version of mtc alone changes only the
 # last, small layer.
 COPY --from=deps /opt/layers/deps/opt/venv /opt/venv
@@ -135,4 +159,6 @@ COPY --from=model /opt/mtc/baked /opt/mtc/baked
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 8000
-CMD ["python", "-m", "services.audio"]
+# The shell only expands the module's name and then gives PID 1 to python, which gets the
+# signals.
+CMD ["/bin/sh", "-c", "exec python -m \"$SERVICE_MODULE\""]
