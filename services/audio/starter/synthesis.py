@@ -281,12 +281,16 @@ class SpokenClip:
     heldout: bool
 
 
-def plan_set(sentences: Iterable[tuple[str, str]], *, variants: int) -> list[SpokenClip]:
+def plan_set(
+    sentences: Iterable[tuple[str, str]], *, variants: int, all_heldout: bool = False
+) -> list[SpokenClip]:
     """Every (text, label) spoken `variants` times, alternating calm and urgent, with a voice
-    pool chosen by the sentence's side of the split. Stable order; nothing is synthesised."""
+    pool chosen by the sentence's side of the split (every sentence held out with
+    `all_heldout`: sentences written apart from training). Stable order; nothing is
+    synthesised."""
     clips: list[SpokenClip] = []
     for text, label in sentences:
-        heldout = is_heldout(normalise(text))
+        heldout = all_heldout or is_heldout(normalise(text))
         pool = HELDOUT_POOL if heldout else TRAINING_POOL
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
         for variant in range(variants):

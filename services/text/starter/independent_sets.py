@@ -13,6 +13,7 @@ INDEPENDENT_DIR = Path(__file__).with_name("data") / "independent"
 INDEPENDENT_FILES: dict[str, str] = {
     "sentiment": "sentiment_reviews.csv",
     "disaster": "disaster_tweets.csv",
+    "emergency-transcript": "emergency_transcripts.csv",
 }
 
 

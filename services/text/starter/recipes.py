@@ -162,6 +162,7 @@ EMERGENCY_TRANSCRIPT = StarterRecipe(
     sources=(TrainingSource("transcripts", emergency_transcripts.load_transcripts),),
     min_heldout_accuracy=0.75,
     train_config=TrainConfig(epochs=10, batch_size=16, learning_rate=5e-4),
+    has_independent_set=True,
 )
 """The transcript half of the audio starter; built into the audio model, not served alone."""
 RECIPES: dict[str, StarterRecipe] = {
