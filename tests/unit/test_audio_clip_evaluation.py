@@ -28,6 +28,7 @@ from services.audio.starter.clip_evaluation import (
     score_spoken_set,
 )
 from services.audio.starter.synthesis import HELDOUT_POOL, SpokenClip
+from services.audio.training import LabelledClip
 from services.lifecycle.cli import main
 from services.text.starter import independent_sets
 from services.text.starter.recipes import EMERGENCY_TRANSCRIPT
@@ -101,7 +102,8 @@ def test_a_spoken_set_is_scored_per_question() -> None:
     assert json.loads(json.dumps(report.to_json()))["no_transcript"]["majority_accuracy"] == 0.5
 
 
-def test_too_small_a_set_to_cross_fit_falls_back_to_the_served_fusion() -> None:
+def _two_answered_clips() -> tuple[list[LabelledClip], BranchScores]:
+    """A calm ordinary call and an urgent robbery, each answered right by every branch."""
     clips = labelled_clips(
         [
             _spoken("I'd like a table for two", "regular", "calm"),
@@ -115,6 +117,11 @@ def test_too_small_a_set_to_cross_fit_falls_back_to_the_served_fusion() -> None:
         fused=_one_hot([0, 2], 6),
         no_transcript=_one_hot([0, 1], 6),
     )
+    return clips, scores
+
+
+def test_too_small_a_set_to_cross_fit_falls_back_to_the_served_fusion() -> None:
+    clips, scores = _two_answered_clips()
 
     report = score_spoken_set(clips, scores, FUSION, cross_fit=True)
 
@@ -234,19 +241,7 @@ def test_a_missing_independent_set_is_none_and_duplicates_count_once(
 
 
 def test_the_report_compares_the_heldout_figures_with_the_build() -> None:
-    clips = labelled_clips(
-        [
-            _spoken("I'd like a table for two", "regular", "calm"),
-            _spoken("they took my wallet at knifepoint", "robbery", "urgent"),
-        ],
-        Path("/nowhere"),
-    )
-    scores = BranchScores(
-        urgency=_one_hot([0, 1], 2),
-        text=_one_hot([0, 2], 6),
-        fused=_one_hot([0, 2], 6),
-        no_transcript=_one_hot([0, 1], 6),
-    )
+    clips, scores = _two_answered_clips()
     spoken = score_spoken_set(clips, scores, FUSION, cross_fit=True)
     report = AudioStarterReport(
         model="m",
