@@ -32,26 +32,12 @@ cd "$(dirname "$0")/.."
 # shellcheck source=deploy/tools/container-engine.sh
 source deploy/tools/container-engine.sh
 
-if [[ -z "${PYTHON:-}" ]]; then
-  PYTHON=python3
-  [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python
-fi
+# shellcheck source=deploy/tools/image-list.sh
+source deploy/tools/image-list.sh
+
 # Each image's Dockerfile, largest size in MB (10^6 bytes, uncompressed, as the engines
 # count; docs/images.md says why each is what it is), whether it runs a model, build args.
-if ! image_table="$("$PYTHON" -m deploy.images)"; then
-  echo "build-images: $PYTHON cannot list the images; it needs the project's packages" \
-    "(make install), or set PYTHON" >&2
-  exit 2
-fi
-declare -A DOCKERFILE=() BUDGET_MB=() MODEL_IMAGE=() IMAGE_ARGS=()
-ALL_IMAGES=""
-while IFS=$'\t' read -r name dockerfile budget model args; do
-  DOCKERFILE[$name]="$dockerfile"
-  BUDGET_MB[$name]="$budget"
-  MODEL_IMAGE[$name]="$model"
-  IMAGE_ARGS[$name]="$args"
-  ALL_IMAGES+="${ALL_IMAGES:+ }$name"
-done <<<"$image_table"
+mtc_read_images build-images
 IMAGES="${IMAGES:-$ALL_IMAGES}"
 TAG="${TAG:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
 prefix="${REGISTRY:+${REGISTRY%/}/}"

@@ -23,26 +23,18 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=deploy/tools/container-engine.sh
 source deploy/tools/container-engine.sh
 
-if [[ -z "${PYTHON:-}" ]]; then
-  PYTHON=python3
-  [[ -x .venv/bin/python ]] && PYTHON=.venv/bin/python
-fi
-# Every image the build makes (docker/build-images.sh reads the same list), and which of them
-# run a model: those must carry torch's CPU build.
-if ! image_table="$("$PYTHON" -m deploy.images)"; then
-  echo "check-images: $PYTHON cannot list the images; it needs the project's packages" \
-    "(make install), or set PYTHON" >&2
-  exit 2
-fi
-declare -A MODEL_IMAGE=() SERVICE_MODULE=()
-ALL_IMAGES=""
-while IFS=$'\t' read -r name _ _ model args; do
-  MODEL_IMAGE[$name]="$model"
-  for arg in $args; do
+# shellcheck source=deploy/tools/image-list.sh
+source deploy/tools/image-list.sh
+
+# Every image the build makes, and which of them run a model: those must carry torch's CPU
+# build. A kind's service module is among its build args.
+mtc_read_images check-images
+declare -A SERVICE_MODULE=()
+for name in $ALL_IMAGES; do
+  for arg in ${IMAGE_ARGS[$name]}; do
     [[ "$arg" == SERVICE_MODULE=* ]] && SERVICE_MODULE[$name]="${arg#SERVICE_MODULE=}"
   done
-  ALL_IMAGES+="${ALL_IMAGES:+ }$name"
-done <<<"$image_table"
+done
 IMAGES="${IMAGES:-$ALL_IMAGES}"
 TAG="${TAG:-$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')}"
 prefix="${REGISTRY:+${REGISTRY%/}/}"
