@@ -21,7 +21,7 @@ STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/sta
 	services/audio/evaluation.py services/audio/models/urgency.py)
 CHECKED := services gateway deploy load
 
-.PHONY: install system-tools test-tools image-tools bench-tools lock test-deploy check-images models run lint test test-unit test-integration test-e2e images dashboards config-docs api-collections \
+.PHONY: install system-tools test-tools image-tools bench-tools lock test-deploy check-images models run lint test test-unit test-integration test-e2e images dashboards manifests config-docs api-collections \
 	bench bench-audio clean
 
 $(BIN)/python:
@@ -123,6 +123,9 @@ lock: | $(POETRY) ## re-resolve poetry.lock from pyproject.toml and export const
 
 dashboards: $(VENV)/.installed ## regenerate the Grafana dashboards, alert rules and their ConfigMaps
 	$(BIN)/python -m deploy.observability.generate
+
+manifests: $(VENV)/.installed ## regenerate the kustomize tree's per-model files from the Helm chart
+	$(BIN)/python -m deploy.model_manifests
 
 config-docs: $(VENV)/.installed ## regenerate docs/configuration.md from the settings classes
 	$(BIN)/python -m deploy.config_reference

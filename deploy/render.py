@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,19 @@ def without_hash_suffix(name: str) -> str:
     return KUSTOMIZE_HASH_SUFFIX.sub("", name)
 
 
-def helm_text(*values: Path, chart: Path = CHART) -> str:
-    """`helm template` of the chart as release `mtc` in namespace `mtc`."""
+def helm_text(*values: Path, chart: Path = CHART, settings: Sequence[str] = ()) -> str:
+    """`helm template` of the chart as release `mtc` in namespace `mtc`, with the given values
+    files and then `--set KEY=VALUE` settings."""
     command = [str(helm()), "template", RELEASE, str(chart), "--namespace", NAMESPACE]
     for file in values:
         command += ["--values", str(file)]
+    for setting in settings:
+        command += ["--set", setting]
     return _run(command)
 
 
-def helm_template(*values: Path, chart: Path = CHART) -> list[Manifest]:
-    """The objects the chart renders with the given values files."""
-    return parse(helm_text(*values, chart=chart))
+def helm_template(
+    *values: Path, chart: Path = CHART, settings: Sequence[str] = ()
+) -> list[Manifest]:
+    """The objects the chart renders with the given values files and settings."""
+    return parse(helm_text(*values, chart=chart, settings=settings))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from deploy.render import REPO, Manifest, kustomize
+from deploy.render import REPO, Manifest, kustomize, without_hash_suffix
 from deploy.validate import validate
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
@@ -36,12 +36,18 @@ POSE_URLS_PATH = "/api/v1/pose_classifier"
 
 
 def gateway_settings() -> GatewaySettings:
-    """The gateway's settings as base/settings/gateway.env gives them."""
-    values: dict[str, Any] = {}
-    for line in (REPO / "base" / "settings" / "gateway.env").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.partition("=")
-            values[name.removeprefix("MTC_GATEWAY_").lower()] = value
+    """The gateway's settings as the base's ConfigMap mtc-gateway gives them (its own
+    settings file and the task table generated from the chart)."""
+    config_map = next(
+        item
+        for item in kustomize(REPO / "base")
+        if item["kind"] == "ConfigMap"
+        and without_hash_suffix(item["metadata"]["name"]) == "mtc-gateway"
+    )
+    values: dict[str, Any] = {
+        name.removeprefix("MTC_GATEWAY_").lower(): value
+        for name, value in config_map["data"].items()
+    }
     values["authentication"] = "anonymous"
     return GatewaySettings.model_validate(
         {name: _json_or_text(value) for name, value in values.items()}

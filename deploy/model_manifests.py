@@ -1,0 +1,304 @@
+"""`python -m deploy.model_manifests [--check]`: the kustomize tree's per-model files, written
+from the Helm chart.
+
+A model service is declared once, under `models:` in `charts/mtc/values.yaml` (its image,
+model URI, settings, resources, probes), and its production choices once, in
+`charts/mtc/ci/prod-values.yaml` (registry, autoscaling bounds). The chart's templates turn
+that into objects; this command renders them with `helm template` and writes what kustomize
+needs, so the two deployments cannot disagree on a model:
+
+- `base/models/`: each model's Service, Deployment and HPA (`models.yaml`), its settings
+  (`<key>.env`, a hashed ConfigMap through the `kustomization.yaml` here), and the task table
+  the gateway and the batch workers read (`gateway-tasks.env`, `jobs-tasks.env`).
+- `overlays/prod/models/`: a Component with each model's PodDisruptionBudget, its
+  autoscaling bounds and its image's registry and tag.
+- `components/istio/models.yaml`: the ingress VirtualService (a route per task), and per model
+  a VirtualService without mesh retries and a DestinationRule.
+
+The other direction (chart from kustomize) would need the chart's templates, loops and
+conditions inferred from rendered objects; the chart already has them, so it is the source.
+What is not per model (the gateway, Redis, the workers, the components) stays written by hand
+in both, and `deploy.check_chart_equivalence` keeps those in step.
+
+`--check` writes nothing: it renders into memory, and lists each file that is stale, missing
+or left over (a model removed from the values). Exit status 1 then; tests run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deploy.external_tools import REPO
+from deploy.render import RELEASE, Manifest, helm_template
+
+GENERATED_BY = (
+    "# Generated from charts/mtc by `python -m deploy.model_manifests`: change the chart's\n"
+    "# values or templates and run it again (tests fail while this file is out of date).\n"
+)
+# Labels that say who rendered an object; kustomize's base sets its own managed-by.
+RENDERER_LABELS = frozenset(
+    {"app.kubernetes.io/managed-by", "app.kubernetes.io/version", "helm.sh/chart"}
+)
+CHECKSUM_ANNOTATION = "checksum/config"
+# The gateway's and the workers' settings that name the tasks; the rest of their settings
+# are not per model and stay in base/settings/.
+GATEWAY_TASK_SETTINGS = (
+    "MTC_GATEWAY_UPSTREAMS",
+    "MTC_GATEWAY_TASK_KINDS",
+    "MTC_GATEWAY_TASK_TIMEOUTS",
+)
+JOBS_TASK_SETTINGS = ("MTC_JOBS_UPSTREAMS", "MTC_JOBS_TASK_KINDS")
+MODEL_KINDS = ("Service", "Deployment", "HorizontalPodAutoscaler")
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Where the chart is read and the files are written: the repository, or a copy of it."""
+
+    root: Path
+
+    @property
+    def chart(self) -> Path:
+        return self.root / "charts" / "mtc"
+
+    @property
+    def prod_values(self) -> Path:
+        return self.chart / "ci" / "prod-values.yaml"
+
+    @property
+    def base_models(self) -> Path:
+        return self.root / "base" / "models"
+
+    @property
+    def prod_models(self) -> Path:
+        return self.root / "overlays" / "prod" / "models"
+
+    @property
+    def istio_models(self) -> Path:
+        return self.root / "components" / "istio" / "models.yaml"
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _dump(documents: list[Manifest]) -> str:
+    return "---\n".join(
+        yaml.safe_dump(document, sort_keys=False, width=100) for document in documents
+    )
+
+
+def model_keys(tree: Tree) -> list[str]:
+    """The enabled models of the chart's default values, in the order they are written."""
+    models = _load_yaml(tree.chart / "values.yaml").get("models") or {}
+    return [key for key, model in models.items() if (model or {}).get("enabled", True)]
+
+
+def _as_kustomize_object(manifest: Manifest) -> Manifest:
+    """A chart object as the kustomize base writes it: no namespace (the overlay sets it), no
+    renderer labels, no checksum annotation (the hashed ConfigMap names roll the pods)."""
+    result = copy.deepcopy(manifest)
+    metadata = result["metadata"]
+    metadata.pop("namespace", None)
+    for labelled in (metadata, result.get("spec", {}).get("template", {}).get("metadata")):
+        if not labelled:
+            continue
+        labels = labelled.get("labels") or {}
+        for label in RENDERER_LABELS:
+            labels.pop(label, None)
+        annotations = labelled.get("annotations")
+        if annotations is not None:
+            annotations.pop(CHECKSUM_ANNOTATION, None)
+            if not annotations:
+                del labelled["annotations"]
+    return result
+
+
+def _by_kind_and_name(objects: list[Manifest]) -> dict[tuple[str, str], Manifest]:
+    return {(item["kind"], item["metadata"]["name"]): item for item in objects}
+
+
+def _env_file(title: str, data: dict[str, str]) -> str:
+    lines = [GENERATED_BY.rstrip("\n"), f"# {title}"]
+    lines += [f"{key}={value}" for key, value in data.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _base_files(tree: Tree, keys: list[str]) -> dict[str, str]:
+    # The base scales every model with an HPA; the chart's default is a fixed replica count.
+    settings = [f"models.{key}.autoscaling.enabled=true" for key in keys]
+    objects = _by_kind_and_name(helm_template(chart=tree.chart, settings=settings))
+    documents: list[Manifest] = []
+    generators: list[dict[str, Any]] = []
+    files: dict[str, str] = {}
+    for key in keys:
+        name = f"{RELEASE}-{key}"
+        for kind in MODEL_KINDS:
+            if (kind, name) in objects:
+                documents.append(_as_kustomize_object(objects[(kind, name)]))
+        config_map = _as_kustomize_object(objects[("ConfigMap", name)])
+        files[f"{key}.env"] = _env_file(
+            f"ConfigMap {name}: the {key} model's settings (models.{key} in the chart's values).",
+            config_map.get("data") or {},
+        )
+        generators.append(
+            {
+                "name": name,
+                "envs": [f"{key}.env"],
+                "options": {"labels": config_map["metadata"]["labels"]},
+            }
+        )
+    files["models.yaml"] = GENERATED_BY + _dump(documents)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["models.yaml"],
+        # Named with a hash of the content: a changed setting renames the ConfigMap and so
+        # rolls the pods that read it.
+        "configMapGenerator": generators,
+    }
+    files["kustomization.yaml"] = GENERATED_BY + _dump([kustomization])
+    gateway = objects[("ConfigMap", f"{RELEASE}-gateway")]["data"]
+    files["gateway-tasks.env"] = _env_file(
+        "The gateway's task table (ConfigMap mtc-gateway, with base/settings/gateway.env).",
+        {setting: gateway[setting] for setting in GATEWAY_TASK_SETTINGS},
+    )
+    jobs = objects[("ConfigMap", f"{RELEASE}-jobs")]["data"]
+    files["jobs-tasks.env"] = _env_file(
+        "The batch workers' task table (ConfigMap mtc-jobs, with base/settings/jobs.env).",
+        {setting: jobs[setting] for setting in JOBS_TASK_SETTINGS},
+    )
+    return files
+
+
+def _prod_files(tree: Tree, keys: list[str]) -> dict[str, str]:
+    default_models = _load_yaml(tree.chart / "values.yaml")["models"]
+    prod_models = _load_yaml(tree.prod_values).get("models") or {}
+    objects = _by_kind_and_name(helm_template(tree.prod_values, chart=tree.chart))
+    budgets: list[Manifest] = []
+    patches: list[dict[str, str]] = []
+    images: dict[str, dict[str, str]] = {}
+    for key in keys:
+        name = f"{RELEASE}-{key}"
+        if ("PodDisruptionBudget", name) in objects:
+            budgets.append(_as_kustomize_object(objects[("PodDisruptionBudget", name)]))
+        hpa = objects.get(("HorizontalPodAutoscaler", name))
+        if hpa is not None:
+            bounds = (
+                f"- {{op: replace, path: /spec/minReplicas, value: {hpa['spec']['minReplicas']}}}\n"
+                f"- {{op: replace, path: /spec/maxReplicas, value: {hpa['spec']['maxReplicas']}}}"
+            )
+            patches.append(
+                {"target": f"{{kind: HorizontalPodAutoscaler, name: {name}}}", "patch": bounds}
+            )
+        image = (prod_models.get(key) or {}).get("image") or {}
+        if image.get("repository"):
+            source = default_models[key]["image"]["repository"]
+            images[source] = {"name": source, "newName": image["repository"]}
+            if image.get("digest"):
+                images[source]["digest"] = image["digest"]
+            elif image.get("tag"):
+                images[source]["newTag"] = str(image["tag"])
+    component: dict[str, Any] = {
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+    }
+    if budgets:
+        component["resources"] = ["poddisruptionbudgets.yaml"]
+    if images:
+        component["images"] = list(images.values())
+    text = GENERATED_BY + _dump([component])
+    if patches:
+        # One patch per object: kustomize 5.0 (kubectl <= 1.30) refuses multi-document patches.
+        text += "patches:\n" + "".join(
+            f"  - target: {patch['target']}\n    patch: |-\n"
+            + "".join(f"      {line}\n" for line in patch["patch"].splitlines())
+            for patch in patches
+        )
+    files = {"kustomization.yaml": text}
+    if budgets:
+        files["poddisruptionbudgets.yaml"] = GENERATED_BY + _dump(budgets)
+    return files
+
+
+def _istio_text(tree: Tree, keys: list[str]) -> str:
+    # The component is not prod's alone: the chart's defaults with Istio on, not prod values.
+    objects = _by_kind_and_name(helm_template(chart=tree.chart, settings=["istio.enabled=true"]))
+    wanted = [("VirtualService", RELEASE)]
+    for key in keys:
+        wanted += [("VirtualService", f"{RELEASE}-{key}"), ("DestinationRule", f"{RELEASE}-{key}")]
+    return GENERATED_BY + _dump([_as_kustomize_object(objects[item]) for item in wanted])
+
+
+def generated_files(tree: Tree) -> dict[Path, str]:
+    """Every file this command owns, by path, with the text it must have."""
+    keys = model_keys(tree)
+    files = {tree.base_models / name: text for name, text in _base_files(tree, keys).items()}
+    files.update({tree.prod_models / name: text for name, text in _prod_files(tree, keys).items()})
+    files[tree.istio_models] = _istio_text(tree, keys)
+    return files
+
+
+def stale_files(tree: Tree, files: dict[Path, str]) -> list[str]:
+    """Files that differ from `files`, are missing, or are left over in the generated
+    folders; each with why, relative to the tree."""
+    problems = []
+    for path, text in files.items():
+        relative = path.relative_to(tree.root)
+        if not path.is_file():
+            problems.append(f"{relative}: missing")
+        elif path.read_text(encoding="utf-8") != text:
+            problems.append(f"{relative}: out of date")
+    for folder in (tree.base_models, tree.prod_models):
+        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+            if path not in files:
+                problems.append(f"{path.relative_to(tree.root)}: not generated any more")
+    return problems
+
+
+def write(tree: Tree, files: dict[Path, str]) -> list[str]:
+    """Write `files` and remove left-over ones; the changed paths, relative to the tree."""
+    changed = stale_files(tree, files)
+    for folder in (tree.base_models, tree.prod_models):
+        for path in folder.glob("*") if folder.is_dir() else []:
+            if path not in files:
+                path.unlink()
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.model_manifests", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a file is not current"
+    )
+    parser.add_argument("--tree", type=Path, default=REPO, help="repository root (default: this)")
+    arguments = parser.parse_args(argv)
+    tree = Tree(arguments.tree.resolve())
+    files = generated_files(tree)
+    if arguments.check:
+        problems = stale_files(tree, files)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            print("run: python -m deploy.model_manifests", file=sys.stderr)
+        return 1 if problems else 0
+    for path in write(tree, files):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
