@@ -10,8 +10,10 @@ needs, so the two deployments cannot disagree on a model:
 - `base/models/`: each model's Service, Deployment and HPA (`models.yaml`), its settings
   (`<key>.env`, a hashed ConfigMap through the `kustomization.yaml` here), and the task table
   the gateway and the batch workers read (`gateway-tasks.env`, `jobs-tasks.env`).
-- `overlays/prod/models/`: a Component with each model's PodDisruptionBudget, its
-  autoscaling bounds and its image's registry and tag.
+- `overlays/prod/models/`: a Component with each model's PodDisruptionBudget and its
+  autoscaling bounds. Not the images: an overlay's own `images:` entries (`kustomize edit set
+  image mtc-text=...@sha256:...`, how a release pins a digest) match the names the base
+  gives, and would silently miss an image a component had already renamed.
 - `components/istio/models.yaml`: the ingress VirtualService (a route per task), and per model
   a VirtualService without mesh retries and a DestinationRule.
 
@@ -180,12 +182,9 @@ def _base_files(tree: Tree, keys: list[str]) -> dict[str, str]:
 
 
 def _prod_files(tree: Tree, keys: list[str]) -> dict[str, str]:
-    default_models = _load_yaml(tree.chart / "values.yaml")["models"]
-    prod_models = _load_yaml(tree.prod_values).get("models") or {}
     objects = _by_kind_and_name(helm_template(tree.prod_values, chart=tree.chart))
     budgets: list[Manifest] = []
     patches: list[dict[str, str]] = []
-    images: dict[str, dict[str, str]] = {}
     for key in keys:
         name = f"{RELEASE}-{key}"
         if ("PodDisruptionBudget", name) in objects:
@@ -199,22 +198,12 @@ def _prod_files(tree: Tree, keys: list[str]) -> dict[str, str]:
             patches.append(
                 {"target": f"{{kind: HorizontalPodAutoscaler, name: {name}}}", "patch": bounds}
             )
-        image = (prod_models.get(key) or {}).get("image") or {}
-        if image.get("repository"):
-            source = default_models[key]["image"]["repository"]
-            images[source] = {"name": source, "newName": image["repository"]}
-            if image.get("digest"):
-                images[source]["digest"] = image["digest"]
-            elif image.get("tag"):
-                images[source]["newTag"] = str(image["tag"])
     component: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
     }
     if budgets:
         component["resources"] = ["poddisruptionbudgets.yaml"]
-    if images:
-        component["images"] = list(images.values())
     text = GENERATED_BY + _dump([component])
     if patches:
         # One patch per object: kustomize 5.0 (kubectl <= 1.30) refuses multi-document patches.

@@ -68,6 +68,15 @@ def edit_the_listed_files(tree: Path) -> None:
     }
     prod_path.write_text(yaml.safe_dump(prod, sort_keys=False), encoding="utf-8")
 
+    overlay_path = tree / "overlays" / "prod" / "kustomization.yaml"
+    overlay = overlay_path.read_text(encoding="utf-8")
+    image = (
+        "  - name: mtc-wordcount\n"
+        "    newName: registry.example.com/mtc/mtc-wordcount\n"
+        "    newTag: 0.1.0\n"
+    )
+    overlay_path.write_text(overlay.replace("images:\n", "images:\n" + image, 1), encoding="utf-8")
+
 
 def changed_outside_the_package(tree: Path) -> set[str]:
     """Files of the copy that differ from, or are not in, the repository, but for the kind's
