@@ -297,7 +297,9 @@ STARTER_DATA = (
     "sentiment",
     "sentiment-rotten-tomatoes",
     "sentiment-written-reviews",
+    "sentiment-plain-reviews",
     "sentiment-independent",
+    "sentiment-independent-plain",
     "disaster",
     "disaster-tweets",
     "disaster-figurative-and-casual-tweets",
@@ -307,7 +309,8 @@ STARTER_DATA = (
     "korean-transcript-independent",
 )
 """Named sets for `mtc eval --starter-data`: TASK (every training source), TASK-SOURCE (one
-source), TASK-independent (written apart from the training data), disaster-traps;
+source), TASK-independent (written apart from the training data; sentiment-independent-plain:
+plain, sincere reviews), disaster-traps;
 korean-transcript(-independent) are evaluated on the audio model's Korean classifier."""
 POSE_STARTER = "pose"
 """`mtc eval --starter pose`: the pose model (default .mtc/models/pose) on the photo set."""
@@ -576,9 +579,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_korean_set(args)
     if args.starter_data:
         examples = _starter_examples(args.starter_data)
-        unsplit = args.starter_data == "disaster-traps" or args.starter_data.endswith(
-            "-independent"
-        )
+        unsplit = args.starter_data == "disaster-traps" or "-independent" in args.starter_data
         split_name = args.split or ("all" if unsplit else "heldout")
     else:
         examples = read_labelled_csv(args.data)
@@ -794,6 +795,8 @@ def _starter_examples(name: str) -> list[Any]:
         return recipe.load_examples()[0]
     if source_name == "independent":
         return independent_sets.load_independent_set(task, recipe.labels)
+    if source_name.startswith("independent-"):
+        return independent_sets.further_independent_sets(task, recipe.labels)[source_name]
     sources = {source.name: source for source in recipe.sources}
     return sources[source_name].load()[0]
 

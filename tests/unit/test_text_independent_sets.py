@@ -15,7 +15,10 @@ import pytest
 from services.text.near_duplicates import find_near_duplicates
 from services.text.starter import disaster_tweets
 from services.text.starter.independent_sets import (
+    FURTHER_INDEPENDENT_FILES,
+    INDEPENDENT_DIR,
     INDEPENDENT_FILES,
+    further_independent_sets,
     independent_set_path,
     load_independent_set,
 )
@@ -45,6 +48,11 @@ EVALUATION_SETS: dict[str, EvaluationSet] = {
         independent_set_path("emergency-transcript"),
         lambda: load_independent_set("emergency-transcript", EMERGENCY_TRANSCRIPT.labels),
     ),
+    "sentiment-independent-plain": (
+        SENTIMENT,
+        INDEPENDENT_DIR / FURTHER_INDEPENDENT_FILES["sentiment"]["independent-plain"],
+        lambda: further_independent_sets("sentiment", SENTIMENT.labels)["independent-plain"],
+    ),
     "disaster-traps": (DISASTER, disaster_tweets.TRAPS_FILE, disaster_tweets.load_traps),
 }
 
@@ -73,10 +81,18 @@ def test_every_independent_set_is_guarded() -> None:
     declared = {task for task, recipe in RECIPES.items() if recipe.has_independent_set}
     assert declared == set(INDEPENDENT_FILES)
     assert {f"{task}-independent" for task in INDEPENDENT_FILES} <= set(EVALUATION_SETS)
+    further = {
+        f"{task}-{name}" for task, sets in FURTHER_INDEPENDENT_FILES.items() for name in sets
+    }
+    assert further <= set(EVALUATION_SETS)
 
 
 def test_written_training_sets_are_sources_of_their_starters() -> None:
-    assert [source.name for source in SENTIMENT.sources] == ["rotten-tomatoes", "written-reviews"]
+    assert [source.name for source in SENTIMENT.sources] == [
+        "rotten-tomatoes",
+        "written-reviews",
+        "plain-reviews",
+    ]
     assert [source.name for source in DISASTER.sources] == [
         "tweets",
         "figurative-and-casual-tweets",
@@ -84,7 +100,7 @@ def test_written_training_sets_are_sources_of_their_starters() -> None:
 
 
 def test_written_reviews_are_repeated_in_training_and_corpus_rows_are_not() -> None:
-    corpus_source, written_source = SENTIMENT.sources
+    corpus_source, written_source, _ = SENTIMENT.sources
     written = written_source.load()[0][:3]
     corpus = corpus_source.load()[0][:3]
 

@@ -1,6 +1,7 @@
 """Evaluation sets written apart from the training data, by another author from a brief that
-asks for the hard cases (see data/independent/PROVENANCE.md). No model trains on them, and a
-test keeps training rows from near-duplicating them."""
+asks for the hard cases, and for sentiment a second set of plain, sincere reviews (see
+data/independent/PROVENANCE.md). No model trains on them, and a test keeps training rows from
+near-duplicating them."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ INDEPENDENT_FILES: dict[str, str] = {
     "emergency-transcript": "emergency_transcripts.csv",
 }
 
+# Sets beside a task's main one, by task: the name `mtc eval` gives it -> its file. Plain
+# reviews: a model taught the hard cases must still get ordinary, sincere ones right.
+FURTHER_INDEPENDENT_FILES: dict[str, dict[str, str]] = {
+    "sentiment": {"independent-plain": "sentiment_plain_reviews.csv"},
+}
+
 
 def independent_set_path(task: str) -> Path:
     """Where the independent evaluation set of `task` lives."""
@@ -27,7 +34,16 @@ def independent_set_path(task: str) -> Path:
 def load_independent_set(task: str, labels: Sequence[str]) -> list[LabelledText]:
     """The set's rows, labels matched to the model's case-insensitively (the author wrote them
     apart from the code, so `positive` and `POSITIVE` both count)."""
-    path = independent_set_path(task)
+    return _load(independent_set_path(task), labels)
+
+
+def further_independent_sets(task: str, labels: Sequence[str]) -> dict[str, list[LabelledText]]:
+    """The task's further independent sets, by name (none for most tasks)."""
+    files = FURTHER_INDEPENDENT_FILES.get(task, {})
+    return {name: _load(INDEPENDENT_DIR / file, labels) for name, file in files.items()}
+
+
+def _load(path: Path, labels: Sequence[str]) -> list[LabelledText]:
     by_folded = {label.casefold(): label for label in labels}
     examples: list[LabelledText] = []
     for line, example in enumerate(read_labelled_csv(path), start=2):
