@@ -16,6 +16,9 @@ needs, so the two deployments cannot disagree on a model:
   gives, and would silently miss an image a component had already renamed.
 - `components/istio/models.yaml`: the ingress VirtualService (a route per task), and per model
   a VirtualService without mesh retries and a DestinationRule.
+- `components/canary/<key>/`: a canary release component per model. This one is kustomize's
+  own (it copies the stable pod template with `replacements`), so it comes from a template,
+  `deploy/templates/canary/`, with the model's key for `@model@`.
 
 The other direction (chart from kustomize) would need the chart's templates, loops and
 conditions inferred from rendered objects; the chart already has them, so it is the source.
@@ -49,6 +52,12 @@ RENDERER_LABELS = frozenset(
     {"app.kubernetes.io/managed-by", "app.kubernetes.io/version", "helm.sh/chart"}
 )
 CHECKSUM_ANNOTATION = "checksum/config"
+CANARY_TEMPLATE = Path(__file__).with_name("templates") / "canary"
+CANARY_GENERATED_BY = (
+    "# Generated from deploy/templates/canary, for each model of charts/mtc/values.yaml, by\n"
+    "# `python -m deploy.model_manifests`: edit the template and run it again.\n"
+)
+MODEL_PLACEHOLDER = "@model@"
 # The gateway's and the workers' settings that name the tasks; the rest of their settings
 # are not per model and stay in base/settings/.
 GATEWAY_TASK_SETTINGS = (
@@ -85,6 +94,14 @@ class Tree:
     @property
     def istio_models(self) -> Path:
         return self.root / "components" / "istio" / "models.yaml"
+
+    @property
+    def canaries(self) -> Path:
+        return self.root / "components" / "canary"
+
+    def generated_folders(self) -> tuple[Path, ...]:
+        """Folders whose every file this command owns."""
+        return (self.base_models, self.prod_models, self.canaries)
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -233,7 +250,20 @@ def generated_files(tree: Tree) -> dict[Path, str]:
     files = {tree.base_models / name: text for name, text in _base_files(tree, keys).items()}
     files.update({tree.prod_models / name: text for name, text in _prod_files(tree, keys).items()})
     files[tree.istio_models] = _istio_text(tree, keys)
+    for key in keys:
+        for template in sorted(CANARY_TEMPLATE.glob("*.yaml")):
+            text = template.read_text(encoding="utf-8").replace(MODEL_PLACEHOLDER, key)
+            files[tree.canaries / key / template.name] = CANARY_GENERATED_BY + text
     return files
+
+
+def _left_over(tree: Tree, files: dict[Path, str]) -> list[Path]:
+    return [
+        path
+        for folder in tree.generated_folders()
+        for path in (sorted(folder.rglob("*")) if folder.is_dir() else [])
+        if path.is_file() and path not in files
+    ]
 
 
 def stale_files(tree: Tree, files: dict[Path, str]) -> list[str]:
@@ -246,20 +276,18 @@ def stale_files(tree: Tree, files: dict[Path, str]) -> list[str]:
             problems.append(f"{relative}: missing")
         elif path.read_text(encoding="utf-8") != text:
             problems.append(f"{relative}: out of date")
-    for folder in (tree.base_models, tree.prod_models):
-        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
-            if path not in files:
-                problems.append(f"{path.relative_to(tree.root)}: not generated any more")
+    for path in _left_over(tree, files):
+        problems.append(f"{path.relative_to(tree.root)}: not generated any more")
     return problems
 
 
 def write(tree: Tree, files: dict[Path, str]) -> list[str]:
     """Write `files` and remove left-over ones; the changed paths, relative to the tree."""
     changed = stale_files(tree, files)
-    for folder in (tree.base_models, tree.prod_models):
-        for path in folder.glob("*") if folder.is_dir() else []:
-            if path not in files:
-                path.unlink()
+    for path in _left_over(tree, files):
+        path.unlink()
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

@@ -61,8 +61,12 @@ def test_a_disabled_model_leaves_every_rendering(tmp_path: Path) -> None:
     edit_values(tree, {"disaster": {"enabled": False}})
     files = generated_files(tree)
     assert "base/models/disaster.env: not generated any more" in stale_files(tree, files)
+    assert "components/canary/disaster/canary.yaml: not generated any more" in stale_files(
+        tree, files
+    )
     write(tree, files)
     assert not (tree.base_models / "disaster.env").exists()
+    assert not (tree.canaries / "disaster").exists()
     for overlay in ("base", "overlays/prod"):
         objects = kustomize(tree.root / overlay)
         assert not [o for o in objects if "disaster" in o["metadata"]["name"]], overlay

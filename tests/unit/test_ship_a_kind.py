@@ -149,7 +149,14 @@ def test_a_kind_ships_with_the_files_the_guide_lists(tmp_path: Path) -> None:
         "charts",
     }
     assert all(
-        path.startswith(("base/models/", "overlays/prod/models/", "components/istio/models.yaml"))
+        path.startswith(
+            (
+                "base/models/",
+                "overlays/prod/models/",
+                "components/istio/models.yaml",
+                f"components/canary/{TASK}/",
+            )
+        )
         or "dashboards" in path
         for path in regenerated
     ), regenerated
@@ -183,6 +190,7 @@ def test_a_kind_ships_with_the_files_the_guide_lists(tmp_path: Path) -> None:
     assert ("DestinationRule", f"mtc-{TASK}") in prod
     routes = {route["name"] for route in prod[("VirtualService", "mtc")]["spec"]["http"]}
     assert TASK in routes
+    assert (tree / "components" / "canary" / TASK / "kustomization.yaml").is_file()
 
 
 def test_a_kind_without_its_extra_fails_the_lint(tmp_path: Path) -> None:
