@@ -304,7 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree", type=Path, default=REPO, help="repository root (default: this)")
     arguments = parser.parse_args(argv)
     tree = Tree(arguments.tree.resolve())
-    files = generated_files(tree)
+    if not (tree.chart / "values.yaml").is_file():
+        parser.error(f"no chart at {tree.chart} (--tree names the repository's root)")
+    try:
+        files = generated_files(tree)
+    except RuntimeError as error:  # helm missing, or the chart refuses its values
+        print(f"cannot render the chart: {error}", file=sys.stderr)
+        return 2
     if arguments.check:
         problems = stale_files(tree, files)
         for problem in problems:
@@ -312,8 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print("run: python -m deploy.model_manifests", file=sys.stderr)
         return 1 if problems else 0
-    for path in write(tree, files):
-        print(f"wrote {path}")
+    for change in write(tree, files):
+        print(f"updated {change}")
     return 0
 
 

@@ -83,3 +83,19 @@ def test_a_hand_edit_of_a_generated_file_is_reported(tmp_path: Path) -> None:
         "base/models/notes.txt: not generated any more",
         "overlays/prod/models/poddisruptionbudgets.yaml: out of date",
     ]
+
+
+def test_a_wrong_tree_or_a_chart_that_fails_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tree", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert f"no chart at {tmp_path}/charts/mtc" in capsys.readouterr().err
+
+    tree = copy_of_the_tree(tmp_path / "copy")
+    edit_values(tree, {"sentiment": {"canary": {"enabled": True, "modelUri": ""}}})
+    assert main(["--check", "--tree", str(tree.root)]) == 2
+    error = capsys.readouterr().err
+    assert "cannot render the chart" in error
+    assert "models.sentiment.canary.modelUri" in error
