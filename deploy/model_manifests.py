@@ -201,19 +201,21 @@ def _base_files(tree: Tree, keys: list[str]) -> dict[str, str]:
 def _prod_files(tree: Tree, keys: list[str]) -> dict[str, str]:
     objects = _by_kind_and_name(helm_template(tree.prod_values, chart=tree.chart))
     budgets: list[Manifest] = []
-    patches: list[dict[str, str]] = []
+    patches = ""
     for key in keys:
         name = f"{RELEASE}-{key}"
         if ("PodDisruptionBudget", name) in objects:
             budgets.append(_as_kustomize_object(objects[("PodDisruptionBudget", name)]))
         hpa = objects.get(("HorizontalPodAutoscaler", name))
         if hpa is not None:
-            bounds = (
-                f"- {{op: replace, path: /spec/minReplicas, value: {hpa['spec']['minReplicas']}}}\n"
-                f"- {{op: replace, path: /spec/maxReplicas, value: {hpa['spec']['maxReplicas']}}}"
-            )
-            patches.append(
-                {"target": f"{{kind: HorizontalPodAutoscaler, name: {name}}}", "patch": bounds}
+            # One patch per object: kustomize 5.0 (kubectl <= 1.30) refuses multi-document
+            # patches. Written as text: a JSON patch reads best in flow style.
+            low, high = hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]
+            patches += (
+                f"  - target: {{kind: HorizontalPodAutoscaler, name: {name}}}\n"
+                "    patch: |-\n"
+                f"      - {{op: replace, path: /spec/minReplicas, value: {low}}}\n"
+                f"      - {{op: replace, path: /spec/maxReplicas, value: {high}}}\n"
             )
     component: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
@@ -221,15 +223,11 @@ def _prod_files(tree: Tree, keys: list[str]) -> dict[str, str]:
     }
     if budgets:
         component["resources"] = ["poddisruptionbudgets.yaml"]
-    text = GENERATED_BY + _dump([component])
-    if patches:
-        # One patch per object: kustomize 5.0 (kubectl <= 1.30) refuses multi-document patches.
-        text += "patches:\n" + "".join(
-            f"  - target: {patch['target']}\n    patch: |-\n"
-            + "".join(f"      {line}\n" for line in patch["patch"].splitlines())
-            for patch in patches
-        )
-    files = {"kustomization.yaml": text}
+    files = {
+        "kustomization.yaml": GENERATED_BY
+        + _dump([component])
+        + (f"patches:\n{patches}" if patches else "")
+    }
     if budgets:
         files["poddisruptionbudgets.yaml"] = GENERATED_BY + _dump(budgets)
     return files
