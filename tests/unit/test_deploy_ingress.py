@@ -4,6 +4,7 @@ internal ones, and wait for a task as long as the gateway may."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -35,9 +36,10 @@ AUDIO_PROJECT_PATHS = ("/predict", "/predict_s3")
 POSE_URLS_PATH = "/api/v1/pose_classifier"
 
 
+@functools.cache
 def gateway_settings() -> GatewaySettings:
     """The gateway's settings as the base's ConfigMap mtc-gateway gives them (its own
-    settings file and the task table generated from the chart)."""
+    settings file and the task table generated from the chart); rendered once per run."""
     config_map = next(
         item
         for item in kustomize(REPO / "base")
