@@ -83,7 +83,7 @@ run: models ## run gateway (:8080), every model service and a jobs worker locall
 lint: $(VENV)/.installed ## ruff, ruff format --check, mypy --strict
 	$(BIN)/ruff check $(CHECKED) tests
 	$(BIN)/ruff format --check $(CHECKED) tests
-	$(BIN)/mypy --strict $(CHECKED)
+	$(BIN)/mypy --strict $(CHECKED) tests/support/pod_runner.py
 
 test: test-tools lint models images ## everything CI runs: lint, then every test suite
 	$(BIN)/python -m pytest -q tests/unit tests/integration tests/hostile tests/e2e tests/deployment

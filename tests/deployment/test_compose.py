@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.pod_runner import CONTAINERS_CONF
 from tests.deployment.test_deployment import _port_is_free, _require_images
 from tests.support.jobs import wait_for_job
+from tests.support.pod_runner import CONTAINERS_CONF
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "mtc-compose-test"

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.pod_runner import DeploymentError, PodRunner, podman_command
 from deploy.render import kustomize
 from tests.support.jobs import AWS_TEST_ENV, s3_client, start_moto, wait_for_job
+from tests.support.pod_runner import DeploymentError, PodRunner, podman_command
 from tests.support.processes import stop
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from deploy.pod_runner import DeploymentError, Pod, PodRunner
 from deploy.render import kustomize
+from tests.support.pod_runner import DeploymentError, Pod, PodRunner
 
 OBJECTS = [
     {"kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"PORT": "8000", "A": "a"}},

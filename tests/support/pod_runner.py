@@ -36,7 +36,7 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 # The settings hosts like the CI machines need (runc, cgroupfs, lower default limits), used
 # unless CONTAINERS_CONF names another file.
-CONTAINERS_CONF = Path(__file__).resolve().parent / "tools" / "containers.conf"
+CONTAINERS_CONF = Path(__file__).resolve().parents[2] / "deploy" / "tools" / "containers.conf"
 
 
 class DeploymentError(RuntimeError):
