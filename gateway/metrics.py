@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -57,11 +58,11 @@ class GatewayMetrics:
     def __init__(self, tasks: Iterable[str]) -> None:
         self._tasks = frozenset(tasks)
         self.registry = CollectorRegistry()
-        self._requests = Counter(
+        counter = partial(Counter, registry=self.registry)
+        self._requests = counter(
             "mtc_gateway_requests_total",
             "Predict requests answered by the gateway, by task and status class.",
             ["task", "status_class"],
-            registry=self.registry,
         )
         self._duration = Histogram(
             "mtc_gateway_request_duration_seconds",
@@ -70,37 +71,32 @@ class GatewayMetrics:
             buckets=REQUEST_DURATION_BUCKETS,
             registry=self.registry,
         )
-        self._upstream_errors = Counter(
+        self._upstream_errors = counter(
             "mtc_gateway_upstream_errors_total",
             "Attempts to reach a task's service that failed, by kind.",
             ["task", "kind"],
-            registry=self.registry,
         )
-        self._retries = Counter(
+        self._retries = counter(
             "mtc_gateway_upstream_retries_total",
             "Attempts repeated because the connection to a service could not be opened.",
             ["task"],
-            registry=self.registry,
         )
-        self._rejected = Counter(
+        self._rejected = counter(
             "mtc_gateway_rejected_total",
             "Requests refused before forwarding: missing or invalid API key, or over quota.",
             ["reason"],
-            registry=self.registry,
         )
-        self._model_answers = Counter(
+        self._model_answers = counter(
             "mtc_gateway_model_responses_total",
             "Answers of a task's services, by the model version that gave them (their "
             "x-model-version header, `name/version`) and status class: a canary's share of the "
             "traffic and its errors beside the stable version's.",
             ["task", "model_version", "status_class"],
-            registry=self.registry,
         )
         self._model_versions_seen: dict[str, set[str]] = {}
-        self._quota_store_errors = Counter(
+        self._quota_store_errors = counter(
             "mtc_gateway_quota_store_errors_total",
             "Quota checks counted in memory because Redis failed or was being skipped.",
-            registry=self.registry,
         )
 
     def task_label(self, task: str) -> str:
@@ -153,7 +149,7 @@ class GatewayMetrics:
 
     def watch_replicas(self, replica_sets: Mapping[str, ReplicaSet]) -> None:
         """Export each replica's circuit state and requests in flight at scrape time."""
-        self.registry.register(_ReplicaCollector(lambda: replica_sets))
+        self.registry.register(_ReplicaCollector(replica_sets))
 
     def exposition(self) -> tuple[bytes, str]:
         """The registry in Prometheus text format, and its content type."""
@@ -166,7 +162,7 @@ class _ReplicaCollector(Collector):
     A replica is named by its task and its position in the task's list of URLs (`0`,
     `1`, ...), never by its URL: `/metrics` is public, and internal addresses are not."""
 
-    def __init__(self, replica_sets: Callable[[], Mapping[str, ReplicaSet]]) -> None:
+    def __init__(self, replica_sets: Mapping[str, ReplicaSet]) -> None:
         self._replica_sets = replica_sets
 
     def collect(self) -> Iterator[Metric]:
@@ -182,7 +178,7 @@ class _ReplicaCollector(Collector):
             "answered.",
             labels=["task", "replica"],
         )
-        for task, replica_set in self._replica_sets().items():
+        for task, replica_set in self._replica_sets.items():
             for index, replica in enumerate(replica_set.replicas):
                 is_open = replica.breaker.state is not CircuitState.CLOSED
                 circuit.add_metric([task, str(index)], 1.0 if is_open else 0.0)

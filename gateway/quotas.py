@@ -37,6 +37,7 @@ if tokens == nil or updated == nil then
   tokens = burst
   updated = now
 end
+tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
 """
 _WRITE_BUCKET = """
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(now))
@@ -46,7 +47,6 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
 TAKE_TOKEN_SCRIPT = (
     _READ_BUCKET
     + """
-tokens = math.min(burst, tokens + math.max(0, now - updated) * rate)
 local allowed = 0
 local wait = 0
 if tokens >= 1 then
@@ -66,8 +66,7 @@ end
 CHARGE_SCRIPT = (
     _READ_BUCKET
     + """
-local cost = tonumber(ARGV[3])
-tokens = math.min(burst, tokens + math.max(0, now - updated) * rate) - cost
+tokens = tokens - tonumber(ARGV[3])
 """
     + _WRITE_BUCKET
     + """return tostring(tokens)

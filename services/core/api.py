@@ -272,20 +272,6 @@ def create_app(
     app.router.route_class = BoundedJsonRoute
     install_error_handlers(app)
 
-    def model_info() -> ModelInfo:
-        meta = model.metadata if model.ready else None
-        return ModelInfo(
-            task=settings.task,
-            name=meta.name if meta else None,
-            version=meta.version if meta else None,
-            labels=meta.labels if meta else None,
-            limits=meta.limits if meta else None,
-            runtime=model.runtime,
-            ready=model.ready,
-            status=state.status,
-            reason=state.reason,
-        )
-
     @app.get("/health/live", tags=["health"])
     async def live() -> HealthStatus:
         """The process is up (does not mean the model is loaded)."""
@@ -307,7 +293,19 @@ def create_app(
     @app.get("/v1/models", tags=["models"])
     async def models() -> ModelList:
         """The model this service serves, its labels, limits and readiness."""
-        return ModelList(models=[model_info()])
+        meta = model.metadata if model.ready else None
+        info = ModelInfo(
+            task=settings.task,
+            name=meta.name if meta else None,
+            version=meta.version if meta else None,
+            labels=meta.labels if meta else None,
+            limits=meta.limits if meta else None,
+            runtime=model.runtime,
+            ready=model.ready,
+            status=state.status,
+            reason=state.reason,
+        )
+        return ModelList(models=[info])
 
     if settings.metrics_port is None:
         # Local runs: one port for everything. Deployments give /metrics a port of its own.
@@ -344,11 +342,6 @@ class PredictionResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         """`content` (JSON types only) as compact UTF-8 JSON."""
         return orjson.dumps(content)
-
-
-def json_response(body: BaseModel, headers: dict[str, str]) -> JSONResponse:
-    """A JSON response from a pydantic body with extra headers."""
-    return PredictionResponse(body.model_dump(mode="json"), headers=headers)
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:

@@ -47,13 +47,6 @@ def is_docs_asset(path: str) -> bool:
     return prefix == ASSETS_PATH and name in ASSET_TYPES
 
 
-def read_asset(name: str) -> bytes:
-    """One of `ASSET_TYPES`' files, as shipped in the `fastapi_offline` package."""
-    if name not in ASSET_TYPES:
-        raise KeyError(name)
-    return (resources.files("fastapi_offline") / "static" / name).read_bytes()
-
-
 def content_security_policy(html: str) -> str:
     """This origin only, plus the page's inline scripts by their SHA-256."""
     hashes = " ".join(
@@ -118,7 +111,7 @@ def install_api_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
         if name not in ASSET_TYPES:
             raise HTTPException(status_code=404, detail=f"no docs asset named {name!r}")
         return Response(
-            read_asset(name),
+            (resources.files("fastapi_offline") / "static" / name).read_bytes(),
             media_type=ASSET_TYPES[name],
             # The files change only with the installed package, i.e. with a new release.
             headers={"Cache-Control": "public, max-age=86400"},

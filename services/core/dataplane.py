@@ -98,11 +98,10 @@ class DataPlane(Generic[ItemT, OutputT]):
             for item in items
         ]
         sealing_keys = [self.model.sealing_key(item) for item in items]
-        cached = await self._lookup(keys, sealing_keys)
+        predictions = await self._lookup(keys, sealing_keys)
         after_cache = time.perf_counter()
         self.metrics.observe_phase("cache", after_cache - started)
 
-        predictions: list[OutputT | None] = list(cached)
         first_index_of_key: dict[str, int] = {}
         for index, (key, prediction) in enumerate(zip(keys, predictions, strict=True)):
             if prediction is None:

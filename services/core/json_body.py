@@ -57,8 +57,8 @@ def json_values_bound(body: bytes) -> int:
     return 1 + 2 * _structure_bytes(body)
 
 
-def _structure_bytes(text: bytes | bytearray) -> int:
-    return text.count(b",") + text.count(b"[") + text.count(b"{")
+def _structure_bytes(text: bytes | bytearray, start: int = 0, end: int | None = None) -> int:
+    return sum(text.count(mark, start, end) for mark in (b",", b"[", b"{"))
 
 
 def within_json_values(body: bytes, max_values: int) -> bool:
@@ -94,11 +94,7 @@ def json_structure_outside_strings(body: bytes | bytearray, max_quotes: int) -> 
     while True:
         opening = body.find(b'"', position)
         stop = len(body) if opening < 0 else opening
-        structure += (
-            body.count(b",", position, stop)
-            + body.count(b"[", position, stop)
-            + body.count(b"{", position, stop)
-        )
+        structure += _structure_bytes(body, position, stop)
         if opening < 0:
             return structure
         closing = opening

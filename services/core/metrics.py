@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Seconds; spans sub-millisecond cache hits up to the default request timeout.
@@ -32,81 +34,59 @@ class ServiceMetrics:
     def __init__(self, task: str, registry: CollectorRegistry | None = None) -> None:
         self.task = task
         self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
-            "mtc_requests_total",
-            "Prediction requests by outcome.",
-            ["task", "status_class"],
-            registry=self.registry,
+        counter = partial(Counter, registry=self.registry)
+        histogram = partial(Histogram, registry=self.registry)
+        gauge = partial(Gauge, registry=self.registry)
+        self.requests = counter(
+            "mtc_requests_total", "Prediction requests by outcome.", ["task", "status_class"]
         )
-        self.request_duration = Histogram(
+        self.request_duration = histogram(
             "mtc_request_duration_seconds",
             "Wall time of prediction requests, from routing to response.",
             ["task"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.phase_duration = Histogram(
+        self.phase_duration = histogram(
             "mtc_phase_duration_seconds",
             "Time per request spent in each phase (cache lookup, queue wait, inference).",
             ["task", "phase"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.cache_lookups = Counter(
-            "mtc_cache_lookups_total",
-            "Per-item cache lookups by result.",
-            ["task", "result"],
-            registry=self.registry,
+        self.cache_lookups = counter(
+            "mtc_cache_lookups_total", "Per-item cache lookups by result.", ["task", "result"]
         )
-        self.cache_errors = Counter(
+        self.cache_errors = counter(
             "mtc_cache_errors_total",
             "Cache calls that failed or were skipped because the cache backend is down.",
             ["task"],
-            registry=self.registry,
         )
-        self.items_inferred = Counter(
+        self.items_inferred = counter(
             "mtc_items_inferred_total",
             "Items that went through the model (cache misses).",
             ["task"],
-            registry=self.registry,
         )
-        self.batch_size = Histogram(
-            "mtc_batch_size",
-            "Items per forward pass.",
-            ["task"],
-            buckets=BATCH_SIZE_BUCKETS,
-            registry=self.registry,
+        self.batch_size = histogram(
+            "mtc_batch_size", "Items per forward pass.", ["task"], buckets=BATCH_SIZE_BUCKETS
         )
-        self.batch_fill = Histogram(
+        self.batch_fill = histogram(
             "mtc_batch_fill_ratio",
             "Real tokens / padded tokens of each forward pass (1.0 means no padding).",
             ["task"],
             buckets=(0.1, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
-            registry=self.registry,
         )
-        self.queue_depth = Gauge(
-            "mtc_queue_depth",
-            "Items waiting for the model.",
-            ["task"],
-            registry=self.registry,
-        )
-        self.rejected = Counter(
+        self.queue_depth = gauge("mtc_queue_depth", "Items waiting for the model.", ["task"])
+        self.rejected = counter(
             "mtc_rejected_total",
             "Requests refused before inference, by reason (overloaded, timeout, not_ready).",
             ["task", "reason"],
-            registry=self.registry,
         )
-        self.model_info = Gauge(
+        self.model_info = gauge(
             "mtc_model_info",
             "The model being served (value 1), by name and version.",
             ["task", "model", "version"],
-            registry=self.registry,
         )
-        self.model_ready = Gauge(
-            "mtc_model_ready",
-            "1 when the model is loaded and serving, else 0.",
-            ["task"],
-            registry=self.registry,
+        self.model_ready = gauge(
+            "mtc_model_ready", "1 when the model is loaded and serving, else 0.", ["task"]
         )
         self.model_ready.labels(task).set(0)
         self.queue_depth.labels(task).set(0)

@@ -262,11 +262,8 @@ class BytesTensor:
         """The elements as text (binary elements must be UTF-8)."""
         texts: list[str] = []
         for index, element in enumerate(self.elements):
-            if isinstance(element, str):
-                texts.append(element)
-                continue
             try:
-                texts.append(element.decode("utf-8"))
+                texts.append(element if isinstance(element, str) else element.decode("utf-8"))
             except UnicodeDecodeError:
                 raise InvalidInput(f"{self.label(index)} is not valid UTF-8") from None
         return texts
@@ -515,18 +512,16 @@ def inference_response(
     outputs: list[dict[str, Any]] = []
     binary: list[bytes] = []
     for name, as_binary in call.outputs:
-        output: dict[str, Any] = {"name": name, "shape": shape}
-        data: list[Any]
-        if name == LABEL_OUTPUT:
-            data = [entry.label for scores in rankings for entry in scores]
-            output["datatype"] = BYTES
-        else:
-            data = [entry.score for scores in rankings for entry in scores]
-            output["datatype"] = FP32
+        is_label = name == LABEL_OUTPUT
+        datatype = BYTES if is_label else FP32
+        output: dict[str, Any] = {"name": name, "shape": shape, "datatype": datatype}
+        data: list[Any] = [
+            entry.label if is_label else entry.score for scores in rankings for entry in scores
+        ]
         if as_binary:
             encoded = (
                 encode_bytes_elements(label.encode("utf-8") for label in data)
-                if name == LABEL_OUTPUT
+                if is_label
                 else encode_fp32(data)
             )
             output["parameters"] = {"binary_data_size": len(encoded)}
@@ -658,7 +653,6 @@ INFER_DESCRIPTION = (
 # --- Routes --------------------------------------------------------------------------------
 
 ModelName = Annotated[str, Path(description="The model's name: the task.")]
-ModelVersion = Annotated[str, Path(description="The loaded model's version.")]
 
 
 def register_open_inference(
@@ -671,13 +665,17 @@ def register_open_inference(
 ) -> None:
     """Add the protocol's routes for the service's one model, named `task`."""
 
-    def check_model(model_name: str, version: str | None) -> None:
-        if model_name != task:
-            raise UnknownTask(f"unknown model '{model_name[:100]}'; this service serves '{task}'")
-        if version is None:
-            return
+    def require_loaded() -> None:
         if not model.ready:
             raise ModelNotReady(f"the {task} model is not loaded yet")
+
+    def check_model(model_name: str, request: Request) -> None:
+        if model_name != task:
+            raise UnknownTask(f"unknown model '{model_name[:100]}'; this service serves '{task}'")
+        version: str | None = request.path_params.get("model_version")
+        if version is None:
+            return
+        require_loaded()
         if version != model.metadata.version:
             raise UnknownTask(
                 f"model '{task}' has no version '{version[:100]}'; it serves version "
@@ -704,33 +702,8 @@ def register_open_inference(
     )
     async def server_ready() -> ServerReadyResponse:
         """The model is loaded and requests will be served (else 503)."""
-        if not model.ready:
-            raise ModelNotReady(f"the {task} model is not loaded yet")
+        require_loaded()
         return ServerReadyResponse(ready=True)
-
-    async def infer(model_name: str, version: str | None, request: Request) -> Response:
-        check_model(model_name, version)
-        # Before the tensors are read: a model that cannot answer yet costs no decoding.
-        dataplane.require_ready()
-        call = read_inference_call(
-            await request.body(), request.headers.get(INFERENCE_HEADER_LENGTH), adapter
-        )
-        result = await adapter.predict(call.tensors, dataplane)
-        # Imported here: services.core.api imports this module to register these routes.
-        from services.core.api import timing_headers
-
-        return inference_response(
-            call,
-            result.predictions,
-            model_name=task,
-            model_version=model.metadata.version,
-            headers=timing_headers(result.queue_seconds, result.inference_seconds),
-        )
-
-    def ready() -> ModelReadyResponse:
-        if not model.ready:
-            raise ModelNotReady(f"the {task} model is not loaded yet")
-        return ModelReadyResponse(name=task, ready=True)
 
     metadata_route: dict[str, Any] = {
         "tags": ["open inference"],
@@ -753,45 +726,47 @@ def register_open_inference(
         "description": INFER_DESCRIPTION,
     }
     model_path = f"{V2_PREFIX}/models/{{model_name}}"
+    # Each route also answers for the loaded version only, under `versions/{model_version}`
+    # (undocumented); `check_model` reads the version from the path.
     version_path = f"{model_path}/versions/{{model_version}}"
 
-    @app.get(model_path, **metadata_route)
-    async def model_metadata_route(model_name: ModelName) -> ModelMetadataResponse:
-        """The model's inputs and outputs with their datatypes and shapes."""
-        check_model(model_name, None)
-        return model_metadata(task, model, adapter)
-
     @app.get(version_path, include_in_schema=False, **metadata_route)
-    async def version_metadata_route(
-        model_name: ModelName, model_version: ModelVersion
+    @app.get(model_path, **metadata_route)
+    async def model_metadata_route(
+        model_name: ModelName, request: Request
     ) -> ModelMetadataResponse:
-        """As `GET /v2/models/{model_name}`, for the loaded version only."""
-        check_model(model_name, model_version)
+        """The model's inputs and outputs with their datatypes and shapes."""
+        check_model(model_name, request)
         return model_metadata(task, model, adapter)
-
-    @app.get(f"{model_path}/ready", **ready_route)
-    async def model_ready_route(model_name: ModelName) -> ModelReadyResponse:
-        """The model is loaded (else 503)."""
-        check_model(model_name, None)
-        return ready()
 
     @app.get(f"{version_path}/ready", include_in_schema=False, **ready_route)
-    async def version_ready_route(
-        model_name: ModelName, model_version: ModelVersion
-    ) -> ModelReadyResponse:
-        """As `GET /v2/models/{model_name}/ready`, for the loaded version only."""
-        check_model(model_name, model_version)
-        return ready()
-
-    @app.post(f"{model_path}/infer", **infer_route)
-    async def infer_route_handler(model_name: ModelName, request: Request) -> Response:
-        return await infer(model_name, None, request)
+    @app.get(f"{model_path}/ready", **ready_route)
+    async def model_ready_route(model_name: ModelName, request: Request) -> ModelReadyResponse:
+        """The model is loaded (else 503)."""
+        check_model(model_name, request)
+        require_loaded()
+        return ModelReadyResponse(name=task, ready=True)
 
     @app.post(f"{version_path}/infer", include_in_schema=False, **infer_route)
-    async def version_infer_route(
-        model_name: ModelName, model_version: ModelVersion, request: Request
-    ) -> Response:
-        return await infer(model_name, model_version, request)
+    @app.post(f"{model_path}/infer", **infer_route)
+    async def infer_route_handler(model_name: ModelName, request: Request) -> Response:
+        check_model(model_name, request)
+        # Before the tensors are read: a model that cannot answer yet costs no decoding.
+        dataplane.require_ready()
+        call = read_inference_call(
+            await request.body(), request.headers.get(INFERENCE_HEADER_LENGTH), adapter
+        )
+        result = await adapter.predict(call.tensors, dataplane)
+        # Imported here: services.core.api imports this module to register these routes.
+        from services.core.api import timing_headers
+
+        return inference_response(
+            call,
+            result.predictions,
+            model_name=task,
+            model_version=model.metadata.version,
+            headers=timing_headers(result.queue_seconds, result.inference_seconds),
+        )
 
 
 # --- Error shape ---------------------------------------------------------------------------
@@ -848,11 +823,9 @@ class OpenInferenceErrors:
 
         async def rewriting_send(message: Message) -> None:
             nonlocal held_start, held_bytes
-            if message["type"] == "http.response.start":
-                if message["status"] >= 400 and _is_json(message):
-                    held_start = message
-                    return
-                await send(message)
+            starting = message["type"] == "http.response.start"
+            if starting and message["status"] >= 400 and _is_json(message):
+                held_start = message
                 return
             if held_start is None or message["type"] != "http.response.body":
                 await send(message)

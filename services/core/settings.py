@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.cpu_quota import available_cpus
-
-_TASK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+from services.wire.upstream_urls import TASK_NAME_PATTERN
 
 
 class ServiceSettings(BaseSettings):
@@ -105,8 +103,8 @@ class ServiceSettings(BaseSettings):
     @field_validator("task")
     @classmethod
     def _task_is_a_name(cls, value: str) -> str:
-        if not _TASK_NAME.match(value):
-            raise ValueError("task must match ^[a-z][a-z0-9_-]{0,63}$")
+        if not TASK_NAME_PATTERN.match(value):
+            raise ValueError(f"task must match {TASK_NAME_PATTERN.pattern}")
         return value
 
     @model_validator(mode="after")

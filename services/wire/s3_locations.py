@@ -10,6 +10,7 @@ import json
 import posixpath
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from services.core.errors import AccessDenied, InputNotFound, InvalidInput
@@ -230,17 +231,13 @@ class LazyS3Client:
         max_attempts: int,
         client: S3Client | None = None,
     ) -> None:
-        self.endpoint_url = endpoint_url
-        self.timeout_seconds = timeout_seconds
-        self.max_attempts = max_attempts
+        self._make_client = partial(
+            s3_client, endpoint_url, timeout_seconds=timeout_seconds, max_attempts=max_attempts
+        )
         self._client = client
 
     def get(self) -> S3Client:
         """The client."""
         if self._client is None:
-            self._client = s3_client(
-                self.endpoint_url,
-                timeout_seconds=self.timeout_seconds,
-                max_attempts=self.max_attempts,
-            )
+            self._client = self._make_client()
         return self._client
