@@ -12,7 +12,7 @@ classifiers, fusion) runs in the serving kit's batching queue.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -44,6 +44,7 @@ from services.core.errors import (
     UpstreamUnavailable,
 )
 from services.core.http_errors import error_responses
+from services.core.model import LabelScore
 from services.core.open_inference import BytesTensor, InputTensor, ItemLimit, TensorAdapter
 from services.wire.contracts import (
     AUDIO_FILE_FIELD,
@@ -152,29 +153,39 @@ class ClipUploadReader:
         """One validated clip at the model's sample rate."""
         return decode_audio(data, label=label, limits=self.limits, sample_rate=self.sample_rate)
 
+    async def decode_clips(
+        self, decoders: DecodeWorkers, uploads: Sequence[tuple[str, bytes, str | None]]
+    ) -> list[CallClip]:
+        """(label, file bytes, transcript) per clip, decoded into the model's clips."""
+        # One clip at a time per request: the decode threads are shared by all requests.
+        deadline = decoders.deadline()
+        clips: list[CallClip] = []
+        for label, data, transcript in uploads:
+            audio = await decoders.run(partial(self.decode, label, data), deadline=deadline)
+            clips.append(CallClip(audio.samples, audio.sample_rate, transcript))
+        return clips
+
+
+def _ranking(scores: Sequence[LabelScore]) -> list[dict[str, Any]]:
+    return [{"label": s.label, "score": s.score} for s in scores]
+
 
 def _response(model: EmergencyCallModel, result: PredictionResult[FusedPrediction]) -> JSONResponse:
     meta = model.metadata
-    clips: list[dict[str, Any]] = []
-    for prediction in result.predictions:
-        clips.append(
-            {
-                "audio": [{"label": s.label, "score": s.score} for s in prediction.audio],
-                "text": None
-                if prediction.text is None
-                else [{"label": s.label, "score": s.score} for s in prediction.text],
-                "transcript": prediction.transcript,
-                "transcript_source": prediction.transcript_source,
-                "transcript_language": prediction.transcript_language,
-                "duration_seconds": prediction.duration_seconds,
-            }
-        )
+    clips = [
+        {
+            "audio": _ranking(prediction.audio),
+            "text": None if prediction.text is None else _ranking(prediction.text),
+            "transcript": prediction.transcript,
+            "transcript_source": prediction.transcript_source,
+            "transcript_language": prediction.transcript_language,
+            "duration_seconds": prediction.duration_seconds,
+        }
+        for prediction in result.predictions
+    ]
     body = {
         "model": {"name": meta.name, "version": meta.version},
-        "predictions": [
-            [{"label": s.label, "score": s.score} for s in prediction.scores]
-            for prediction in result.predictions
-        ],
+        "predictions": [_ranking(prediction.scores) for prediction in result.predictions],
         "clips": clips,
     }
     return JSONResponse(
@@ -217,17 +228,11 @@ class ClipTensorAdapter(TensorAdapter):
             if given is not None
             else [None] * len(files)
         )
-        # One clip at a time per request: the decode threads are shared by all requests.
-        deadline = self.decoders.deadline()
-        decoded = [
-            await self.decoders.run(partial(reader.decode, label, data), deadline=deadline)
-            for label, data in files
+        uploads = [
+            (label, data, transcript)
+            for (label, data), transcript in zip(files, transcripts, strict=True)
         ]
-        clips = [
-            CallClip(audio.samples, audio.sample_rate, transcript)
-            for audio, transcript in zip(decoded, transcripts, strict=True)
-        ]
-        return await plane.predict(clips)
+        return await plane.predict(await reader.decode_clips(self.decoders, uploads))
 
 
 def audio_routes(
@@ -265,16 +270,7 @@ def audio_routes(
             are `calm` / `urgent`) and the transcript."""
             reader = ready_reader()
             uploads = await reader.read_multipart(request)
-            # One clip at a time per request: the decode threads are shared by all requests.
-            deadline = decoders.deadline()
-            decoded = [
-                await decoders.run(partial(reader.decode, label, data), deadline=deadline)
-                for label, data, _ in uploads
-            ]
-            clips = [
-                CallClip(audio.samples, audio.sample_rate, transcript)
-                for audio, (_, _, transcript) in zip(decoded, uploads, strict=True)
-            ]
+            clips = await reader.decode_clips(decoders, uploads)
             return _response(model, await plane.predict(clips))
 
         @app.post(
@@ -298,11 +294,8 @@ def audio_routes(
 
             # The download waits on the network, so it does not hold a decode thread.
             data = await asyncio.to_thread(s3.read, body.s3_uri, scope)
-            audio = await decoders.run(
-                partial(reader.decode, body.s3_uri, data), deadline=decoders.deadline()
-            )
-            clip = CallClip(audio.samples, audio.sample_rate, transcript)
-            return _response(model, await plane.predict([clip]))
+            clips = await reader.decode_clips(decoders, [(body.s3_uri, data, transcript)])
+            return _response(model, await plane.predict(clips))
 
     return register
 

@@ -24,10 +24,6 @@ from numpy.typing import NDArray
 
 from services.core.errors import InvalidInput, ItemTooLarge, UnsupportedMediaType, UnusableContent
 
-READABLE_FORMATS = ("WAV", "FLAC", "OGG", "MP3")
-"""Container formats accepted (libsndfile's names); libsndfile knows more, but these are
-the documented ones."""
-
 MAX_CHANNELS = 8
 MIN_SAMPLE_RATE = 4_000
 MAX_SAMPLE_RATE = 384_000
@@ -112,8 +108,6 @@ def _declared_wav_shortfall(data: bytes) -> tuple[int, int] | None:
     classified on its first half. Streaming writers that leave the size unset (0 or
     0xFFFFFFFF) are not flagged.
     """
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return None
     offset = 12
     while offset + 8 <= len(data):
         chunk_id = data[offset : offset + 4]
@@ -152,7 +146,7 @@ def decode_audio(data: bytes, *, label: str, limits: AudioLimits, sample_rate: i
                 f"{label}: starts like {container} but reads as {sound.format}; {_NOT_AUDIO}"
             )
         _check_header(sound, label=label, limits=limits)
-        shortfall = _declared_wav_shortfall(data)
+        shortfall = _declared_wav_shortfall(data) if container == "WAV" else None
         if shortfall is not None:
             declared, present = shortfall
             raise InvalidInput(

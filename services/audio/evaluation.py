@@ -10,6 +10,7 @@ are all 1.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -45,9 +46,7 @@ def mix_weights(
     calm and urgent clips in the mix's proportions. All 1 without a mix."""
     if mix is None:
         return np.ones(len(keys))
-    counts: dict[tuple[str, str], int] = {}
-    for key, urgency in zip(keys, urgencies, strict=True):
-        counts[key, urgency] = counts.get((key, urgency), 0) + 1
+    counts = Counter(zip(keys, urgencies, strict=True))
     weights = np.zeros(len(keys))
     for index, (key, is_ordinary, urgency) in enumerate(
         zip(keys, ordinary, urgencies, strict=True)

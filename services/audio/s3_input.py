@@ -46,11 +46,6 @@ class S3ClipReader:
             endpoint_url, timeout_seconds=timeout_seconds, max_attempts=2, client=client
         )
 
-    @property
-    def client(self) -> S3Client:
-        """A boto3 S3 client, created on first use."""
-        return self._s3.get()
-
     def check_allowed(self, target: S3Object, scope: S3Scope) -> None:
         """Raise `no_readable_object` (404) unless the object lies under an allow-listed
         location open to `scope`: the answer a missing object gets too."""
@@ -65,14 +60,15 @@ class S3ClipReader:
         target = parse_object_uri(uri)
         self.check_allowed(target, scope)
         try:
-            head = self.client.head_object(Bucket=target.bucket, Key=target.key)
+            client = self._s3.get()
+            head = client.head_object(Bucket=target.bucket, Key=target.key)
             size = int(head["ContentLength"])
             if size > self.max_bytes:
                 raise ItemTooLarge(
                     f"{target.uri}: {size} bytes; the limit is {self.max_bytes} bytes "
                     "(MTC_MAX_AUDIO_BYTES)"
                 )
-            response = self.client.get_object(Bucket=target.bucket, Key=target.key)
+            response = client.get_object(Bucket=target.bucket, Key=target.key)
             # Read one byte past the limit: the object may have grown since the HEAD.
             data = response["Body"].read(self.max_bytes + 1)
         except ClientError as exc:

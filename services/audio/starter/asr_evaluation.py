@@ -21,6 +21,7 @@ import json
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from services.audio.starter import recipe, synthesis
 from services.audio.starter.synthesis import SpokenClip
 from services.audio.training import sentence_digest
 from services.text.starter import emergency_transcripts
-from services.text.training import normalise, read_labelled_csv
+from services.text.training import normalise
 
 DEFAULT_MODEL = Path(".mtc/models/audio")
 
@@ -45,9 +46,7 @@ def chosen_clips(
 ) -> tuple[list[SpokenClip], list[SpokenClip]]:
     """(the subsample, the whole planned set it was drawn from); sentences whose
     `sentence_digest` is in `excluded` (those the build fitted on) are passed over."""
-    sentences = read_labelled_csv(
-        emergency_transcripts.TRANSCRIPTS_FILE, emergency_transcripts.LABELS
-    )
+    sentences, _ = emergency_transcripts.load_transcripts()
     planned = synthesis.plan_set(
         ((example.text, example.label) for example in sentences),
         variants=recipe.VARIANTS_PER_SENTENCE,
@@ -84,13 +83,7 @@ def evaluate(
     assert model.fusion is not None
     labels = list(model.labels)
     ordinary = set(model.fusion.ordinary_labels)
-    answers: dict[str, list[str | None]] = {
-        "fused_asr": [],
-        "text_asr": [],
-        "fused_written": [],
-        "text_written": [],
-        "fused_none": [],
-    }
+    answers: dict[str, list[str | None]] = defaultdict(list)
     transcripts: list[str] = []
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -119,18 +112,19 @@ def evaluate(
         recipe.CALL_MIX,
     )
 
+    def same_label(answer: str | None, clip: SpokenClip) -> bool:
+        return answer == clip.label
+
+    def same_kind(answer: str | None, clip: SpokenClip) -> bool:
+        """Regular-versus-emergency: right when the answer is of the gold label's kind."""
+        return answer is not None and (answer in ordinary) == (clip.label in ordinary)
+
     def accuracy(name: str) -> float:
         predicted = np.array([labels.index(a) if a else -1 for a in answers[name]])
         return round(weighted_accuracy(predicted, gold, weights), 4)
 
     def kind_accuracy(name: str) -> float:
-        """Regular-versus-emergency: right when the answer is of the gold label's kind."""
-        right = np.array(
-            [
-                answer is not None and (answer in ordinary) == (clip.label in ordinary)
-                for answer, clip in zip(answers[name], clips, strict=True)
-            ]
-        )
+        right = np.array([same_kind(a, clip) for a, clip in zip(answers[name], clips, strict=True)])
         return round(float(weights[right].sum() / weights.sum()), 4)
 
     none_scores = np.zeros((len(clips), len(labels)))
@@ -149,12 +143,6 @@ def evaluate(
                 1 for fused, text, clip in pairs if right(text, clip) and not right(fused, clip)
             ),
         }
-
-    def same_label(answer: str | None, clip: SpokenClip) -> bool:
-        return answer == clip.label
-
-    def same_kind(answer: str | None, clip: SpokenClip) -> bool:
-        return answer is not None and (answer in ordinary) == (clip.label in ordinary)
 
     by_sound: dict[str, dict[str, float]] = {}
     for delivery in synthesis.DELIVERIES:

@@ -46,7 +46,7 @@ from services.audio.evaluation import (
     weighted_accuracy,
     weighted_confusion,
 )
-from services.audio.fusion import FusionRule, fit_fusion
+from services.audio.fusion import FusionRule
 from services.audio.models.emergency_call import TRANSCRIPT_DIR, CallClip, EmergencyCallModel
 from services.audio.models.urgency import URGENCY_LABELS
 from services.audio.starter import asr_evaluation, recipe, soundscape, synthesis
@@ -55,14 +55,15 @@ from services.audio.training import (
     HeldoutSet,
     LabelledClip,
     decoded_samples,
+    first_sentence_keys,
     heldout_metrics,
-    sentence_digest,
 )
+from services.audio.transcription import quiet_whisper
 from services.core.errors import ModelLoadError
 from services.lifecycle.evaluation import EvaluationReport
 from services.text.starter import emergency_transcripts, independent_sets
 from services.text.starter.recipes import EMERGENCY_TRANSCRIPT
-from services.text.training import LabelledText, is_heldout, normalise, read_labelled_csv
+from services.text.training import LabelledText, is_heldout, normalise
 
 logger = logging.getLogger(__name__)
 
@@ -215,19 +216,7 @@ def score_spoken_set(
     cross_fitted = None
     if cross_fit:
         heldout = HeldoutSet(list(clips), scores.urgency, scores.text, gold, weights)
-
-        def fit(rows: NDArray[np.bool_]) -> FusionRule:
-            return fit_fusion(
-                scores.urgency[rows],
-                scores.text[rows],
-                list(gold[rows]),
-                labels=labels,
-                ordinary_labels=ordinary,
-                prior=fusion.prior,
-                weights=weights[rows],
-            )
-
-        cross_fitted = heldout_metrics(heldout, fusion, fit)
+        cross_fitted = heldout_metrics(heldout, fusion)
     return SpokenSetReport(
         clips=len(clips),
         sentences=len({clip.split_key for clip in clips}),
@@ -256,9 +245,7 @@ def score_spoken_set(
 
 def heldout_sentences() -> list[LabelledText]:
     """The training transcripts' held-out sentences, as the build reads them."""
-    sentences = read_labelled_csv(
-        emergency_transcripts.TRANSCRIPTS_FILE, emergency_transcripts.LABELS
-    )
+    sentences, _ = emergency_transcripts.load_transcripts()
     return [example for example in sentences if is_heldout(normalise(example.text))]
 
 
@@ -301,12 +288,7 @@ def first_sentences(clips: Sequence[SpokenClip], per_label: int | None) -> list[
     order (a fixed draw that favours no kind of sentence); all of them for None."""
     if per_label is None:
         return list(clips)
-    keys_by_label: dict[str, set[str]] = {}
-    for clip in clips:
-        keys_by_label.setdefault(clip.label, set()).add(normalise(clip.text))
-    chosen: set[str] = set()
-    for keys in keys_by_label.values():
-        chosen.update(sorted(keys, key=sentence_digest)[:per_label])
+    chosen = first_sentence_keys(((normalise(clip.text), clip.label) for clip in clips), per_label)
     return [clip for clip in clips if normalise(clip.text) in chosen]
 
 
@@ -483,29 +465,26 @@ class AudioStarterReport:
                 f"{name:<{width}}  {report.examples:8d}  {report.accuracy:8.4f}  "
                 f"{report.macro_f1:8.4f}  {report.expected_calibration_error:.4f}"
             )
-        rows: list[tuple[str, int, float, float, str]] = []
+        rows: list[tuple[str, int, Figures, str]] = []
         for name, spoken in self.spoken.items():
+            text_only = spoken.transcript_only
             rows += [
                 (
                     f"{name}: calm vs urgent, audio branch alone",
                     spoken.clips,
-                    spoken.calm_vs_urgent.accuracy,
-                    spoken.calm_vs_urgent.macro_f1,
+                    spoken.calm_vs_urgent,
                     "",
                 ),
                 (
                     f"{name}: 6 labels, true transcript, fused",
                     spoken.clips,
-                    spoken.fused.accuracy,
-                    spoken.fused.macro_f1,
-                    f"transcript only {spoken.transcript_only.accuracy:.4f} "
-                    f"(macro-F1 {spoken.transcript_only.macro_f1:.4f})",
+                    spoken.fused,
+                    f"transcript only {text_only.accuracy:.4f} (macro-F1 {text_only.macro_f1:.4f})",
                 ),
                 (
                     f"{name}: regular vs emergency, no transcript",
                     spoken.clips,
-                    spoken.no_transcript.accuracy,
-                    spoken.no_transcript.macro_f1,
+                    spoken.no_transcript,
                     f"majority {spoken.majority_accuracy:.4f}; balanced "
                     f"{spoken.no_transcript_balanced_accuracy:.4f}",
                 ),
@@ -513,8 +492,11 @@ class AudioStarterReport:
         width = max([len("set"), *(len(row[0]) for row in rows)])
         lines += ["", "spoken clips (served model)"]
         lines.append(f"{'set':<{width}}  clips  accuracy  macro-F1  compared with")
-        for name, clips, accuracy, f1, baseline in rows:
-            lines.append(f"{name:<{width}}  {clips:5d}  {accuracy:8.4f}  {f1:8.4f}  {baseline}")
+        for name, clips, shown, baseline in rows:
+            lines.append(
+                f"{name:<{width}}  {clips:5d}  {shown.accuracy:8.4f}  {shown.macro_f1:8.4f}  "
+                f"{baseline}"
+            )
         comparison = self.build_comparison()
         if comparison:
             width = max(len(text) for text in BUILD_FIGURES.values())
@@ -610,8 +592,8 @@ def evaluate_audio_starter(
         sentence_sets["independent"] = independent
     # The written sentences as the text starters are evaluated: the recipe's held-out split.
     written = {
+        **sentence_sets,
         "held-out": EMERGENCY_TRANSCRIPT.evaluation_sets(independent=False)["held-out transcripts"],
-        **({} if independent is None else {"independent": independent}),
     }
     text = {
         name: evaluate_model_dir(model_dir / TRANSCRIPT_DIR, examples, progress=progress)
@@ -641,16 +623,10 @@ def evaluate_audio_starter(
             asr_sentences_per_label, set(fitted_on.get("sentences", []))
         )
         ensure_clips(asr_clips, heldout_plan, heldout_dir)
-        # faster-whisper logs every clip at INFO; the figures say what matters.
-        whisper_logger = logging.getLogger("faster_whisper")
-        level = whisper_logger.level
-        whisper_logger.setLevel(logging.WARNING)
-        try:
+        with quiet_whisper():
             whisper = asr_evaluation.evaluate(
                 model_dir, asr_sentences_per_label, clip_dir=heldout_dir
             )
-        finally:
-            whisper_logger.setLevel(level)
     transcript_model = manifest.training_data.get("transcript_model", {})
     return AudioStarterReport(
         model=model or str(model_dir),

@@ -187,19 +187,12 @@ def fit_temperature(logits: NDArray[np.float64], targets: NDArray[np.int64]) -> 
     return float(fine[int(np.argmin([_loss(logits / t, targets) for t in fine]))])
 
 
-def standardisation(
-    features: NDArray[np.float32],
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """(mean, scale) of every embedding dimension; scale never below 1e-6."""
-    mean = features.astype(np.float64).mean(axis=0)
-    scale = np.maximum(features.astype(np.float64).std(axis=0), 1e-6)
-    return mean, scale
-
-
 def _fit_head(
     features: NDArray[np.float32], targets: NDArray[np.int64], l2: float, temperature: float
 ) -> KoreanTranscriptHead:
-    mean, scale = standardisation(features)
+    # Every embedding dimension standardised; its scale never below 1e-6.
+    mean = features.astype(np.float64).mean(axis=0)
+    scale = np.maximum(features.astype(np.float64).std(axis=0), 1e-6)
     weights, bias = fit_logistic((features - mean) / scale, targets, len(LABELS), l2)
     return KoreanTranscriptHead(
         labels=LABELS,
@@ -259,7 +252,7 @@ def train_head(out: Path = HEAD_DIR, *, cache_dir: Path = DEFAULT_CACHE_DIR) -> 
     cache = EmbeddingCache(E5Encoder(), cache_dir / "korean-e5-embeddings.npz")
     train_features = cache.embed([e.text for e in split.train])
     heldout_features = cache.embed([e.text for e in split.heldout])
-    english = read_labelled_csv(emergency_transcripts.TRANSCRIPTS_FILE, LABELS)
+    english, _ = emergency_transcripts.load_transcripts()
     auxiliary = (
         cache.embed([e.text for e in english]),
         np.array([index[e.label] for e in english]),
@@ -268,7 +261,7 @@ def train_head(out: Path = HEAD_DIR, *, cache_dir: Path = DEFAULT_CACHE_DIR) -> 
     targets = np.array([index[e.label] for e in split.train])
     folds = np.array([fold_of(e.text) for e in split.train])
     cross_validation: dict[str, float] = {}
-    best: tuple[float, float, NDArray[np.float64]] | None = None
+    best: tuple[float, float, NDArray[np.float64], float] | None = None
     for l2 in L2_GRID:
         logits = out_of_fold_logits(train_features, targets, folds, l2, auxiliary)
         temperature = fit_temperature(logits, targets)
@@ -276,10 +269,9 @@ def train_head(out: Path = HEAD_DIR, *, cache_dir: Path = DEFAULT_CACHE_DIR) -> 
         cross_validation[str(l2)] = round(loss, 4)
         logger.info("l2 %s: out-of-fold log-loss %.4f (temperature %.3f)", l2, loss, temperature)
         if best is None or loss < best[0] - 1e-9:
-            best = (loss, l2, logits)
+            best = (loss, l2, logits, temperature)
     assert best is not None
-    _, l2, logits = best
-    temperature = fit_temperature(logits, targets)
+    _, l2, logits, temperature = best
     out_of_fold = report_for(softmax(logits / temperature), split.train)
     head = _fit_head(
         np.vstack([train_features, auxiliary[0]]),

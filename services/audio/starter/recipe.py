@@ -40,7 +40,7 @@ from services.audio.transcription import bundled_whisper_dir
 from services.core.errors import ModelLoadError
 from services.text.starter import emergency_transcripts
 from services.text.starter.recipes import EMERGENCY_TRANSCRIPT, BuildResult, build
-from services.text.training import is_heldout, normalise, read_labelled_csv
+from services.text.training import is_heldout, normalise
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +153,7 @@ def build_audio_starter(out: Path, *, force: bool = False, progress: bool = Fals
     current = None if force else _current_build(out, digest)
     if current is not None:
         return BuildResult(out.absolute(), False, current, time.perf_counter() - started)
-    sentences = read_labelled_csv(
-        emergency_transcripts.TRANSCRIPTS_FILE, emergency_transcripts.LABELS
-    )
+    sentences, _ = emergency_transcripts.load_transcripts()
     with tempfile.TemporaryDirectory(prefix="mtc-audio-starter-") as scratch:
         text_dir = Path(scratch) / "transcript"
         text = build(EMERGENCY_TRANSCRIPT, text_dir, onnx=False, progress=progress)
