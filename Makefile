@@ -139,7 +139,7 @@ bench: models bench-tools $(VENV)/.installed ## text service vs naive baseline (
 	WHEELS='$(WHEELS)' TORCH_INDEX='$(TORCH_INDEX)' $(BIN)/python -m load.bench $(if $(PEERS),--peers)
 
 bench-audio: models ## end-to-end latency of a 5 s call, with and without ASR
-	$(BIN)/python -m services.audio.latency_benchmark
+	$(BIN)/python -m load.audio_latency
 
 clean: ## remove the virtualenv and built models
 	rm -rf $(VENV) .mtc

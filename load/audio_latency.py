@@ -1,4 +1,4 @@
-"""`python -m services.audio.latency_benchmark`: end-to-end time of one 5-second call.
+"""`python -m load.audio_latency`: end-to-end time of one 5-second call.
 
 Starts the audio service as its own process (cache off, so every request does the full
 work), speaks a 5-second emergency call with espeak-ng, and sends it sequentially: once
@@ -85,7 +85,7 @@ def _measure(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark."""
-    parser = argparse.ArgumentParser(prog="python -m services.audio.latency_benchmark")
+    parser = argparse.ArgumentParser(prog="python -m load.audio_latency")
     parser.add_argument("--model-dir", type=Path, default=Path(".mtc/models/audio"))
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("load/results/audio-latency.json"))
