@@ -47,8 +47,6 @@ from services.pose.images import (
 )
 from services.pose.models.auto import AutoPoseModel
 from services.pose.models.base import PoseModel, PosePrediction
-from services.pose.models.hf_image_classifier import HfImageClassifier
-from services.pose.models.landmark_classifier import LandmarkClassifier
 from services.pose.settings import PoseSettings
 from services.wire.contracts import (
     IMAGE_FILE_FIELD,
@@ -209,13 +207,11 @@ class ImageTensorAdapter(TensorAdapter):
     """Open Inference input `image` (BYTES, one encoded file per element; base64 strings in
     JSON): the images of `/v1/{task}/predict`, with its checks and limits."""
 
-    def __init__(self, settings: PoseSettings, model: PoseModel, reader: ImageUploadReader):
+    def __init__(self, settings: PoseSettings, reader: ImageUploadReader):
         super().__init__(
             [InputTensor(IMAGE_FILE_FIELD, "One JPEG, PNG or WebP file per element.")],
             ItemLimit(settings.max_images_per_request, "images", "MTC_MAX_IMAGES_PER_REQUEST"),
         )
-        self.settings = settings
-        self.model = model
         self.reader = reader
 
     async def predict(
@@ -297,19 +293,14 @@ def build_app(settings: PoseSettings, model: PoseModel | None = None) -> FastAPI
         "min_image_side": settings.min_image_side,
         "max_body_bytes": settings.max_body_bytes,
     }
-    classifier = model or AutoPoseModel(
-        landmarks=lambda: LandmarkClassifier(limits=limits),
-        hf_image=lambda: HfImageClassifier(
-            torch_threads=settings.threads_per_worker, limits=limits
-        ),
-    )
+    classifier = model or AutoPoseModel(torch_threads=settings.threads_per_worker, limits=limits)
     # One reader for both APIs: they share its decode threads and limits.
     reader = ImageUploadReader(settings)
     return create_app(
         settings,
         classifier,
         register_routes=pose_routes(settings, classifier, reader),
-        tensor_adapter=ImageTensorAdapter(settings, classifier, reader),
+        tensor_adapter=ImageTensorAdapter(settings, reader),
         title=f"mtc pose service: {settings.task}",
         description="Human pose classification from photos: MediaPipe Pose landmarks with a "
         "geometric classifier, or any Hugging Face image-classification model.",

@@ -15,8 +15,6 @@ from services.lifecycle.evaluation import EvaluationReport, evaluate_predictions
 from services.pose.images import ImageLimits, decode_image
 from services.pose.models.auto import AutoPoseModel
 from services.pose.models.base import PoseModel
-from services.pose.models.hf_image_classifier import HfImageClassifier
-from services.pose.models.landmark_classifier import LandmarkClassifier
 from services.pose.photo_set import PhotoImage
 from services.pose.settings import PoseSettings
 
@@ -55,10 +53,7 @@ def load_pose_model(model_dir: Path, settings: PoseSettings | None = None) -> Po
     """The serving model class for `model_dir`, loaded (as `services.pose.api.build_app`
     builds it)."""
     settings = settings or PoseSettings()
-    model = AutoPoseModel(
-        landmarks=lambda: LandmarkClassifier(),
-        hf_image=lambda: HfImageClassifier(torch_threads=settings.threads_per_worker),
-    )
+    model = AutoPoseModel(torch_threads=settings.threads_per_worker)
     asyncio.run(model.start(model_dir))
     return model
 

@@ -21,9 +21,6 @@ from PIL import Image, ImageOps
 
 from services.core.errors import InvalidInput, ItemTooLarge, MtcError, UnsupportedMediaType
 
-SUPPORTED_FORMATS: Final = ("JPEG", "PNG", "WEBP")
-"""Pillow format names of the accepted image types."""
-
 _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
 _EXIF_ORIENTATION: Final = 0x0112
 
@@ -117,7 +114,8 @@ def decode_image(data: bytes, *, label: str, limits: ImageLimits) -> DecodedImag
     with image:
         width, height = image.size
         try:
-            if _swaps_sides(image):
+            # EXIF orientations 5-8 are rotations by 90 degrees (some mirrored).
+            if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
                 width, height = height, width
             pixels = _decode_rgb(image, limits.max_side)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this item's fault
@@ -158,25 +156,22 @@ def _open_checked(data: bytes, *, label: str, limits: ImageLimits) -> tuple[str,
         ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt headers
         raise InvalidInput(f"{label}: corrupt {image_format} header ({exc})") from None
+    width, height = image.size
     try:
-        _check_size(*image.size, label=label, limits=limits)
+        if width * height > limits.max_pixels:
+            raise ItemTooLarge(
+                f"{label}: {width}x{height} is {width * height} pixels; the limit is "
+                f"{limits.max_pixels} (MTC_MAX_IMAGE_PIXELS)"
+            )
+        if min(width, height) < limits.min_side:
+            raise InvalidInput(
+                f"{label}: {width}x{height} is too small; both sides must be at least "
+                f"{limits.min_side} pixels (MTC_MIN_IMAGE_SIDE)"
+            )
     except MtcError:
         image.close()
         raise
     return image_format, image
-
-
-def _check_size(width: int, height: int, *, label: str, limits: ImageLimits) -> None:
-    if width * height > limits.max_pixels:
-        raise ItemTooLarge(
-            f"{label}: {width}x{height} is {width * height} pixels; the limit is "
-            f"{limits.max_pixels} (MTC_MAX_IMAGE_PIXELS)"
-        )
-    if min(width, height) < limits.min_side:
-        raise InvalidInput(
-            f"{label}: {width}x{height} is too small; both sides must be at least "
-            f"{limits.min_side} pixels (MTC_MIN_IMAGE_SIDE)"
-        )
 
 
 def _decode_rgb(image: Image.Image, max_side: int) -> npt.NDArray[np.uint8]:
@@ -189,11 +184,6 @@ def _decode_rgb(image: Image.Image, max_side: int) -> npt.NDArray[np.uint8]:
     image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     ImageOps.exif_transpose(image, in_place=True)
     return np.asarray(_to_rgb(image), dtype=np.uint8).copy()
-
-
-def _swaps_sides(image: Image.Image) -> bool:
-    # EXIF orientations 5-8 are rotations by 90 degrees (some mirrored).
-    return image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -16,7 +16,7 @@ import json
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,22 +30,6 @@ CONFIG_FORMAT: Final = "mtc-pose-landmarks/1"
 MODEL_TYPE: Final = "mtc-pose-landmarks"
 """`model_type` of a landmark model's `config.json` (Hugging Face configs name their own)."""
 NO_PERSON: Final = "no_person"
-_WRITTEN_KEYS: Final = frozenset(
-    {
-        "format",
-        "model_type",
-        "classifier",
-        "labels",
-        "features",
-        "feature_docs",
-        "weights",
-        "bias",
-        "feature_mean",
-        "feature_scale",
-        "detector",
-    }
-)
-"""Keys `LandmarkModelConfig.to_json` writes itself; any other key is kept as `extra`."""
 
 LANDMARK_NAMES: Final = (
     "nose",
@@ -90,19 +74,6 @@ _KNEES: Final = (25, 26)
 _ANKLES: Final = (27, 28)
 _BODY: Final = (*_SHOULDERS, *_HIPS, *_KNEES, *_ANKLES)
 
-FEATURE_NAMES: Final = (
-    "person",
-    "visibility",
-    "torso_upright",
-    "torso_horizontal",
-    "knee_straightness",
-    "hip_straightness",
-    "thigh_vertical",
-    "knee_drop",
-    "vertical_extent",
-)
-"""The features, in the order of every weight row. See `landmark_features` for definitions."""
-
 FEATURE_DOCS: Final = {
     "person": "1 if a person with enough visible body landmarks was found, else 0 (and then "
     "every other feature is 0)",
@@ -118,6 +89,9 @@ FEATURE_DOCS: Final = {
     "vertical_extent": "height / (height + width) of the box around shoulders, hips, knees "
     "and ankles (~0.8 standing, ~0.2 lying)",
 }
+
+FEATURE_NAMES: Final = tuple(FEATURE_DOCS)
+"""The features, in the order of every weight row. See `landmark_features` for definitions."""
 
 
 @dataclass(frozen=True)
@@ -295,9 +269,7 @@ class LandmarkModelConfig:
             "feature_scale": [round(float(v), 8) for v in head.feature_scale],
             "detector": {
                 "model": "mediapipe==0.10.21 pose_landmark_full (model_complexity=1)",
-                "min_detection_confidence": self.detector.min_detection_confidence,
-                "visible_threshold": self.detector.visible_threshold,
-                "min_visible_landmarks": self.detector.min_visible_landmarks,
+                **asdict(self.detector),
             },
         }
 
@@ -357,10 +329,12 @@ def read_landmark_config(model_dir: Path) -> LandmarkModelConfig:
         raise ModelLoadError(f"{path}: labels, feature_mean or feature_scale have the wrong size")
     if not np.all(scale > 0) or not np.all(np.isfinite(weights)):
         raise ModelLoadError(f"{path}: feature_scale must be positive and weights finite")
-    extra = {key: value for key, value in document.items() if key not in _WRITTEN_KEYS}
-    return LandmarkModelConfig(
+    config = LandmarkModelConfig(
         classifier=classifier,
         head=LinearHead(labels, weights, bias, mean, scale),
         detector=settings,
-        extra=extra,
+        extra={},
     )
+    # Whatever `to_json` does not write itself is kept as `extra`.
+    written = config.to_json()
+    return replace(config, extra={k: v for k, v in document.items() if k not in written})

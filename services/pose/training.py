@@ -99,7 +99,11 @@ def train_landmark_classifier(
     digests = examples.digests
     heldout_mask = np.array([is_heldout(d, config.heldout_percent) for d in digests], dtype=bool)
     train_x, train_y = examples.features[~heldout_mask], examples.targets[~heldout_mask]
-    train_x, train_y = _with_no_person_anchor(train_x, train_y, labels.index(NO_PERSON))
+    no_person = labels.index(NO_PERSON)
+    if not np.any(train_y == no_person):
+        # One all-zero row (what an image without a person gives) anchors `no_person`.
+        train_x = np.vstack([train_x, np.zeros((1, len(FEATURE_NAMES)))])
+        train_y = np.append(train_y, no_person)
     head = fit_softmax_regression(train_x, train_y, labels, config)
 
     heldout_x, heldout_y = examples.features[heldout_mask], examples.targets[heldout_mask]
@@ -239,15 +243,6 @@ def _extract(
         digests=[d for d, _, _ in usable],
     )
     return labels, examples, dict(skipped)
-
-
-def _with_no_person_anchor(
-    x: npt.NDArray[np.float64], y: npt.NDArray[np.int64], no_person: int
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    if np.any(y == no_person):
-        return x, y
-    anchor = np.zeros((1, len(FEATURE_NAMES)))
-    return np.vstack([x, anchor]), np.append(y, no_person)
 
 
 def _accuracy(

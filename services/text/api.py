@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -34,19 +35,19 @@ from services.text.models.sequence_classifier import (
 from services.text.settings import TextSettings
 from services.wire.contracts import TextPredictRequest, TextPredictResponse
 
-T = TypeVar("T", str, TextInput)
-
 INLINE_TOKENIZE_CHARS = 4_000
 """Requests with at most this many characters are tokenized on the event loop (well under
 a millisecond); larger ones in a thread, so they never stall other requests."""
 
 
-async def tokenized(count: Callable[[Sequence[T]], list[int]], items: list[T]) -> list[int]:
-    """`count(items)`, on the event loop for a few short texts, else in a thread."""
+async def token_costs(model: SequenceClassifier, items: list[TextInput]) -> list[int]:
+    """Batching costs (token counts) of the texts the cache did not answer; each `TextItem`
+    keeps its tokens for the model. Counted on the event loop for a few short texts, else
+    in a thread."""
     if sum(len(text_of(item)) for item in items) <= INLINE_TOKENIZE_CHARS:
         # A thread hop costs more than tokenizing a few short texts right here.
-        return count(items)
-    return await asyncio.to_thread(count, items)
+        return model.costs(items)
+    return await asyncio.to_thread(model.costs, items)
 
 
 def check_texts(texts: Sequence[str], settings: TextSettings) -> None:
@@ -79,26 +80,19 @@ class TextTensorAdapter(TensorAdapter):
         self.settings = settings
         self.model = model
 
-    async def token_costs(self, items: list[TextInput]) -> list[int]:
-        """Batching costs (token counts) of the texts the cache did not answer."""
-        return await tokenized(self.model.costs, items)
-
     async def predict(
         self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
     ) -> PredictionResult[TextPrediction]:
         """Ranked predictions of the texts."""
         texts = tensors["text"].texts()
         check_texts(texts, self.settings)
-        return await plane.predict([TextItem(text) for text in texts], costs_of=self.token_costs)
+        return await plane.predict(
+            [TextItem(text) for text in texts], costs_of=partial(token_costs, self.model)
+        )
 
 
 def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
     """The route registrar for `create_app`."""
-
-    async def token_costs(items: list[TextInput]) -> list[int]:
-        """Batching costs (token counts) of the texts the cache did not answer; each
-        `TextItem` keeps its tokens for the model."""
-        return await tokenized(model.costs, items)
 
     # The list cap of the schema is the configured limit: validating an over-long list
     # stops as soon as it passes the cap, whatever its length.
@@ -110,7 +104,7 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
             texts = body.text
             check_texts(texts, settings)
             result: PredictionResult[TextPrediction] = await plane.predict(
-                [TextItem(text) for text in texts], costs_of=token_costs
+                [TextItem(text) for text in texts], costs_of=partial(token_costs, model)
             )
             limit = model.max_tokens
             meta = model.metadata

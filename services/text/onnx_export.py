@@ -43,6 +43,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -60,12 +61,7 @@ from services.artifacts.manifest import (
     write_manifest,
 )
 from services.core.errors import ModelLoadError
-from services.text.models.traced_graph import (
-    CHECK_TEXTS,
-    GRAPH_INPUTS,
-    TRACE_TEXTS,
-    graph_input_names,
-)
+from services.text.models.traced_graph import CHECK_TEXTS, TRACE_TEXTS, graph_input_names
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +73,6 @@ EXPORT_COMMAND = "python -m services.text.onnx_export"
 
 SOURCE_DIGEST_KEY = "mtc.source_sha256"
 """ONNX metadata key holding `source_digest` of the directory the export was made from."""
-
-ONNX_INPUTS = GRAPH_INPUTS
-"""Tokenizer outputs the exported graph may take."""
 
 # 17 has LayerNormalization as one op; every ONNX Runtime since 1.11 runs it.
 _OPSET = 17
@@ -140,7 +133,11 @@ def export_onnx_int8(model_dir: Path, *, force: bool = False) -> Path:
         logger.info("%s is up to date", target)
         return target
 
-    _remove_stale_temporaries(target)
+    # Left behind only by an export killed mid-copy; they would otherwise be listed in
+    # the manifest.
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     if manifest is not None:
         _check_manifest(model_dir, manifest)
     with tempfile.TemporaryDirectory(prefix="mtc-onnx-export-") as scratch:
@@ -296,15 +293,13 @@ def _nodes_to_quantize(model: Any) -> list[str]:
     ]
 
 
-class _DropPreprocessingAdvice(logging.Filter):
-    """Drops the quantiser's advice to pre-process, which this graph does not need.
+def _not_preprocessing_advice(record: logging.LogRecord) -> bool:
+    """False for the quantiser's advice to pre-process, which this graph does not need.
 
     Measured on the starter models: shape-inference pre-processing leaves the int8 graph's
     scores unchanged, so the advice is only noise in the export's output.
     """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage()
+    return "pre-processing" not in record.getMessage()
 
 
 def _quantize(fp32: Path, destination: Path, digest: str) -> None:
@@ -315,9 +310,8 @@ def _quantize(fp32: Path, destination: Path, digest: str) -> None:
         quantize_dynamic,
     )
 
-    advice = _DropPreprocessingAdvice()
     # The quantiser logs through the root logger; this filter only sees those records.
-    logging.getLogger().addFilter(advice)
+    logging.getLogger().addFilter(_not_preprocessing_advice)
     try:
         # Per-channel weights: on the sentiment starter, half the mean score error of
         # per-tensor weights and fewer flipped labels, at the same speed. Fused nodes have
@@ -331,7 +325,7 @@ def _quantize(fp32: Path, destination: Path, digest: str) -> None:
             extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
     finally:
-        logging.getLogger().removeFilter(advice)
+        logging.getLogger().removeFilter(_not_preprocessing_advice)
     model = onnx.load(str(destination))
     entry = model.metadata_props.add()
     entry.key, entry.value = SOURCE_DIGEST_KEY, digest
@@ -349,8 +343,7 @@ def _install(source: Path, target: Path) -> None:
     temporary = Path(handle.name)
     try:
         with handle, source.open("rb") as data:
-            while chunk := data.read(1 << 20):
-                handle.write(chunk)
+            shutil.copyfileobj(data, handle)
             handle.flush()
             os.fsync(handle.fileno())
         temporary.chmod(0o644)  # temp files are owner-only; the server may run as another user
@@ -362,15 +355,8 @@ def _install(source: Path, target: Path) -> None:
         raise
 
 
-def _remove_stale_temporaries(target: Path) -> None:
-    # Left behind only by an export killed mid-copy; they would otherwise be listed in
-    # the manifest.
-    if target.parent.is_dir():
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
-def _parse_args(argv: Sequence[str] | None) -> Any:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog=EXPORT_COMMAND,
         description=(
@@ -383,12 +369,7 @@ def _parse_args(argv: Sequence[str] | None) -> Any:
     parser.add_argument(
         "--force", action="store_true", help="export again even if the export is up to date"
     )
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status."""
-    args = _parse_args(argv)
+    args = parser.parse_args(argv)
     # The quantiser logs every tensor at INFO through the root logger; show only ours.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)

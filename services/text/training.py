@@ -18,8 +18,9 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -178,10 +179,8 @@ def read_labelled_csv(path: Path, labels: Sequence[str] | None = None) -> list[L
 
 def label_counts(examples: Iterable[LabelledText], labels: Sequence[str]) -> dict[str, int]:
     """How many examples carry each label."""
-    counts = dict.fromkeys(labels, 0)
-    for example in examples:
-        counts[example.label] = counts.get(example.label, 0) + 1
-    return counts
+    # Every label, in order, even when absent; a label outside `labels` comes last.
+    return {**dict.fromkeys(labels, 0), **Counter(example.label for example in examples)}
 
 
 # --------------------------------------------------------------------------- models
@@ -280,12 +279,6 @@ def _lora_module(base: Any, rank: int, alpha: float, dropout: float) -> Any:
     return LoRALinear()
 
 
-def _token_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
-    ids: list[list[int]] = encoded["input_ids"]
-    return ids
-
-
 def _collate(token_ids: Sequence[list[int]], indices: Sequence[int], pad_id: int) -> Any:
     import torch
 
@@ -357,11 +350,14 @@ def _train(
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(base_dir)
-    token_ids = _token_ids(tokenizer, [e.text for e in train], config.max_length)
+    encoded = tokenizer([e.text for e in train], truncation=True, max_length=config.max_length)
+    token_ids: list[list[int]] = encoded["input_ids"]
     lengths = [len(ids) for ids in token_ids]
     label_index = {label: index for index, label in enumerate(labels)}
     targets = torch.tensor([label_index[e.label] for e in train], dtype=torch.long)
-    pad_id = _pad_id(tokenizer)
+    pad_id = tokenizer.pad_token_id
+    if not isinstance(pad_id, int):
+        raise TrainingError("the base tokenizer defines no padding token")
 
     model = load_base_classifier(base_dir, labels)
     adapted_names, full_names = adapter_layout(model)
@@ -369,12 +365,10 @@ def _train(
         parameter.requires_grad_(False)
     adapters: dict[str, Any] = {}
     for name in adapted_names:
-        parent_name, _, child_name = name.rpartition(".")
-        adapter = _lora_module(
+        adapters[name] = _lora_module(
             model.get_submodule(name), config.rank, config.alpha, config.lora_dropout
         )
-        setattr(model.get_submodule(parent_name), child_name, adapter)
-        adapters[name] = adapter
+        model.set_submodule(name, adapters[name])
     for name in full_names:
         model.get_submodule(name).requires_grad_(True)
     if initial is not None:
@@ -432,30 +426,22 @@ def _train(
     for name in full_names:
         for key, value in model.get_submodule(name).state_dict().items():
             tensors[f"{name}.{key}"] = value.detach().to(torch.float32).contiguous()
-    weights = _base_weights_file(base_dir)
+    # The whole recipe is recorded; its `threads` under the name the sidecar has always used.
+    recipe = asdict(config)
+    recipe["torch_threads"] = recipe.pop("threads")
     info: dict[str, Any] = {
+        **recipe,
         "initial_adapter_sha256": initial.info.get("adapter_sha256") if initial else None,
         "format": ADAPTER_FORMAT,
         "labels": list(labels),
-        "base_model_sha256": sha256_file(weights),
-        "rank": config.rank,
-        "alpha": config.alpha,
+        "base_model_sha256": sha256_file(_base_weights_file(base_dir)),
         "scale": config.alpha / config.rank,
-        "lora_dropout": config.lora_dropout,
         "lora_dtype": "float16",
         "adapted_layers": len(adapters),
         "fully_trained_modules": full_names,
-        "seed": config.seed,
-        "epochs": config.epochs,
-        "learning_rate": config.learning_rate,
-        "batch_size": config.batch_size,
-        "warmup_ratio": config.warmup_ratio,
-        "weight_decay": config.weight_decay,
-        "max_length": config.max_length,
         "train_examples": len(train),
         "training_seconds": round(time.perf_counter() - started, 1),
         "epoch_seconds": [round(seconds, 1) for seconds in epoch_seconds],
-        "torch_threads": config.threads,
         "torch_version": torch.__version__,
     }
     return Adapter(tensors=tensors, info=info)
@@ -490,24 +476,27 @@ def _start_from(
                 adapter.lora_B.copy_(initial.tensors[name + _LORA_B].to(torch.float32))
             except KeyError as exc:
                 raise TrainingError(f"the initial adapter has no {exc} for {name}") from exc
-        for module_name in full_names:
-            prefix = module_name + "."
-            state = {
-                key.removeprefix(prefix): value.to(torch.float32)
-                for key, value in initial.tensors.items()
-                if key.startswith(prefix)
-            }
-            try:
-                model.get_submodule(module_name).load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise TrainingError(f"initial adapter: {module_name}: {exc}") from exc
+        _load_full_modules(model, full_names, initial.tensors, "initial adapter")
 
 
-def _pad_id(tokenizer: Any) -> int:
-    pad_id = tokenizer.pad_token_id
-    if not isinstance(pad_id, int):
-        raise TrainingError("the base tokenizer defines no padding token")
-    return pad_id
+def _load_full_modules(
+    model: Any, full_names: Sequence[str], tensors: dict[str, Any], source: str
+) -> None:
+    """Load the fully trained modules' weights from an adapter's tensors (`source` names it
+    in errors); the caller holds `torch.no_grad()`."""
+    import torch
+
+    for module_name in full_names:
+        prefix = module_name + "."
+        state = {
+            key.removeprefix(prefix): value.to(torch.float32)
+            for key, value in tensors.items()
+            if key.startswith(prefix)
+        }
+        try:
+            model.get_submodule(module_name).load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise TrainingError(f"{source}: {module_name}: {exc}") from exc
 
 
 def _base_weights_file(base_dir: Path) -> Path:
@@ -543,7 +532,10 @@ def save_adapter(adapter: Adapter, path: Path) -> None:
     partial.chmod(0o644)  # safetensors creates owner-only files
     partial.replace(path)
     adapter.info["adapter_sha256"] = sha256_file(path)
-    _write_json(sidecar_path(path), adapter.info)
+    info_path = sidecar_path(path)
+    partial = info_path.with_name(info_path.name + ".partial")
+    partial.write_text(json.dumps(adapter.info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    partial.replace(info_path)
 
 
 def read_adapter(path: Path) -> Adapter:
@@ -621,17 +613,7 @@ def merge_adapter(adapter: Adapter, base_dir: Path, labels: Sequence[str]) -> An
             update = lora_b.to(torch.float64) @ lora_a.to(torch.float64)
             merged = linear.weight.to(torch.float64) + update * adapter.scale
             linear.weight.copy_(merged.to(torch.float32))
-        for module_name in full_names:
-            prefix = module_name + "."
-            state = {
-                key.removeprefix(prefix): value.to(torch.float32)
-                for key, value in adapter.tensors.items()
-                if key.startswith(prefix)
-            }
-            try:
-                model.get_submodule(module_name).load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise TrainingError(f"adapter: {module_name}: {exc}") from exc
+        _load_full_modules(model, full_names, adapter.tensors, "adapter")
     model.train(False)
     return model
 
@@ -643,9 +625,3 @@ def save_classifier(model: Any, tokenizer: Any, directory: Path) -> None:
     """`save_pretrained` of model (safetensors) and tokenizer."""
     model.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
-
-
-def _write_json(path: Path, document: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    partial.replace(path)

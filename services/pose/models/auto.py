@@ -7,8 +7,9 @@ classifier is made in `load`, from the fetched directory's `config.json`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from services.core.model import ModelMetadata
 from services.pose.images import DecodedImage
@@ -25,26 +26,20 @@ class AutoPoseModel(PoseModel):
     runtime = "auto"
 
     def __init__(
-        self,
-        *,
-        landmarks: Callable[[], LandmarkClassifier],
-        hf_image: Callable[[], HfImageClassifier],
+        self, *, torch_threads: int | None = None, limits: dict[str, Any] | None = None
     ) -> None:
         super().__init__()
-        self._factories = (landmarks, hf_image)
+        self._torch_threads = torch_threads
+        self._limits = limits
         self._inner: PoseModel | None = None
-
-    @property
-    def inner(self) -> PoseModel:
-        """The model chosen at load time."""
-        if self._inner is None:
-            raise RuntimeError("model is not loaded")
-        return self._inner
 
     async def load(self, model_dir: Path) -> ModelMetadata:
         """Choose the model class from `model_dir/config.json`, then load it."""
-        landmarks, hf_image = self._factories
-        inner: PoseModel = landmarks() if is_landmark_model_dir(model_dir) else hf_image()
+        inner: PoseModel = (
+            LandmarkClassifier(limits=self._limits)
+            if is_landmark_model_dir(model_dir)
+            else HfImageClassifier(torch_threads=self._torch_threads, limits=self._limits)
+        )
         metadata = await inner.load(model_dir)
         self._inner = inner
         # Cache keys and `/v1/models` report the runtime of the model actually chosen.
@@ -53,4 +48,6 @@ class AutoPoseModel(PoseModel):
 
     def predict(self, batch: Sequence[DecodedImage]) -> list[PosePrediction]:
         """The chosen model's predictions."""
-        return self.inner.predict(batch)
+        if self._inner is None:
+            raise RuntimeError("model is not loaded")
+        return self._inner.predict(batch)

@@ -62,14 +62,11 @@ class LandmarkClassifier(PoseModel):
             limits={**self._limits, "classifier": config.classifier},
         )
 
-    def _ready_parts(self) -> tuple[LandmarkModelConfig, LandmarkDetector]:
-        if self._config is None or self._detector is None:
-            raise RuntimeError("model is not loaded")
-        return self._config, self._detector
-
     def predict(self, batch: Sequence[DecodedImage]) -> list[PosePrediction]:
         """Label scores per image, highest first, with the landmarks they were read from."""
-        config, detector = self._ready_parts()
+        config, detector = self._config, self._detector
+        if config is None or detector is None:
+            raise RuntimeError("model is not loaded")
         found = [detector.detect(item.pixels) for item in batch]
         features = np.stack(
             [

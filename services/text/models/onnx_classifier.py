@@ -12,13 +12,8 @@ import numpy as np
 from services.core.errors import ModelLoadError
 from services.core.model import ModelMetadata
 from services.text.models.sequence_classifier import SequenceClassifier, TextInput, TextPrediction
-from services.text.onnx_export import (
-    EXPORT_COMMAND,
-    ONNX_FILE,
-    ONNX_INPUTS,
-    SOURCE_DIGEST_KEY,
-    source_digest,
-)
+from services.text.models.traced_graph import GRAPH_INPUTS
+from services.text.onnx_export import EXPORT_COMMAND, ONNX_FILE, SOURCE_DIGEST_KEY, source_digest
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +28,8 @@ class OnnxSequenceClassifier(SequenceClassifier):
     """
 
     runtime = "onnx-int8"
-
-    def __init__(
-        self,
-        *,
-        max_tokens: int | None = None,
-        torch_threads: int | None = None,
-        limits: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(max_tokens=max_tokens, torch_threads=torch_threads, limits=limits)
-        self._session: Any = None
-        self._input_names: list[str] = []
+    _session: Any = None
+    _input_names: Sequence[str] = ()
 
     def _load(self, model_dir: Path) -> ModelMetadata:
         onnx_file = model_dir / ONNX_FILE
@@ -58,7 +44,7 @@ class OnnxSequenceClassifier(SequenceClassifier):
         self._model = None
         self._session = self._open_session(onnx_file, model_dir)
         self._input_names = [entry.name for entry in self._session.get_inputs()]
-        produced = set(self._tokenizer.model_input_names) & set(ONNX_INPUTS)
+        produced = set(self._tokenizer.model_input_names) & set(GRAPH_INPUTS)
         if not set(self._input_names) <= produced:
             raise ModelLoadError(
                 f"{onnx_file}: takes inputs {self._input_names} but the tokenizer produces "

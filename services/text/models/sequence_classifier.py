@@ -188,8 +188,7 @@ class SequenceClassifier(ClassifierModel[TextInput, TextPrediction]):
         if self._counting_tokenizer is not None:
             # The Rust tokenizer directly: the Python wrapper costs several times the
             # tokenization itself for short texts, and counting runs on every request.
-            encodings = self._counting_tokenizer.encode_batch(list(texts), add_special_tokens=True)
-            return [len(encoding.ids) for encoding in encodings]
+            return [len(encoding.ids) for encoding in self._untruncated_encodings(texts)]
         encoded = self._thread_tokenizer()(
             list(texts), add_special_tokens=True, truncation=False, verbose=False
         )

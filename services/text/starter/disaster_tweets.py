@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from services.text.starter import load_written_set
 from services.text.training import LabelledText, read_labelled_csv
 
 LABELS: tuple[str, str] = ("not_disaster", "disaster")
@@ -19,27 +20,14 @@ TRAPS_FILE = DATA_DIR / "disaster_traps.csv"
 
 def load_tweets() -> tuple[list[LabelledText], dict[str, Any]]:
     """Every labelled tweet, and a description of the data."""
-    examples = read_labelled_csv(TWEETS_FILE, LABELS)
-    description = {
-        "corpus": "mtc disaster tweets: hand-written, English, see DATASHEET.md",
-        "source_file": "services/text/starter/data/disaster_tweets.csv",
-        "licence": "CC0-1.0",
-        "rows_read": len(examples),
-    }
-    return examples, description
+    corpus = "mtc disaster tweets: hand-written, English, see DATASHEET.md"
+    return load_written_set(TWEETS_FILE, LABELS, corpus)
 
 
 def load_figurative_and_casual() -> tuple[list[LabelledText], dict[str, Any]]:
     """The second written set, and a description of it."""
-    examples = read_labelled_csv(FIGURATIVE_AND_CASUAL_FILE, LABELS)
-    description = {
-        "corpus": "mtc figurative and casual disaster tweets: hand-written, English, see "
-        "DATASHEET.md",
-        "source_file": "services/text/starter/data/disaster_tweets_figurative_casual.csv",
-        "licence": "CC0-1.0",
-        "rows_read": len(examples),
-    }
-    return examples, description
+    corpus = "mtc figurative and casual disaster tweets: hand-written, English, see DATASHEET.md"
+    return load_written_set(FIGURATIVE_AND_CASUAL_FILE, LABELS, corpus)
 
 
 def load_traps() -> list[LabelledText]:

