@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from services.text.near_duplicates import find_near_duplicates
 from services.text.starter import disaster_tweets
 from services.text.starter.independent_sets import (
     FURTHER_INDEPENDENT_FILES,
@@ -30,6 +29,7 @@ from services.text.starter.recipes import (
     StarterRecipe,
 )
 from services.text.training import LabelledText
+from tests.support.near_duplicates import find_near_duplicates
 
 EvaluationSet = tuple[StarterRecipe, Path, Callable[[], list[LabelledText]]]
 EVALUATION_SETS: dict[str, EvaluationSet] = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.text.near_duplicates import comparable_text, find_near_duplicates
+from tests.support.near_duplicates import comparable_text, find_near_duplicates
 
 
 def test_comparison_ignores_case_punctuation_links_and_handles() -> None:
