@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +55,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document written to disk."""
-        return {
-            "format": MANIFEST_FORMAT,
-            "name": self.name,
-            "task": self.task,
-            "version": self.version,
-            "labels": self.labels,
-            "files": self.files,
-            "metrics": self.metrics,
-            "training_data": self.training_data,
-            "config": self.config,
-        }
+        return {"format": MANIFEST_FORMAT, **asdict(self)}
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], *, source: str) -> Manifest:

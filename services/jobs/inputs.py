@@ -64,10 +64,7 @@ class InputLimits:
 def format_from_name(key: str) -> InputFormat | None:
     """`csv` or `jsonl` from the object key's extension (case-insensitive), else None."""
     lowered = key.lower()
-    for extension, file_format in FORMAT_OF_EXTENSION.items():
-        if lowered.endswith(extension):
-            return file_format
-    return None
+    return FORMAT_OF_EXTENSION.get(lowered[lowered.rfind(".") :])
 
 
 def parse_input(data: bytes, file_format: InputFormat, limits: InputLimits) -> list[InputRow]:

@@ -22,10 +22,7 @@ FORMAT_OF_EXTENSION: dict[str, OutputFormat] = {".jsonl": "jsonl", ".csv": "csv"
 def output_format_of(key: str) -> OutputFormat | None:
     """`jsonl` or `csv` from the output key's extension, else None."""
     lowered = key.lower()
-    for extension, file_format in FORMAT_OF_EXTENSION.items():
-        if lowered.endswith(extension):
-            return file_format
-    return None
+    return FORMAT_OF_EXTENSION.get(lowered[lowered.rfind(".") :])
 
 
 def result_rows(
@@ -41,9 +38,7 @@ def result_rows(
         if row.id is not None:
             result["id"] = row.id
         best = max(scores, key=lambda entry: float(entry["score"]))
-        result["label"] = best["label"]
-        result["score"] = best["score"]
-        result["scores"] = list(scores)
+        result.update(label=best["label"], score=best["score"], scores=list(scores))
         results.append(result)
     return results
 
@@ -55,7 +50,10 @@ return, that some of them strip before doing so)."""
 
 def spreadsheet_safe(value: object) -> object:
     """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets a
-    leading `'` (`=HYPERLINK(...)` becomes `'=HYPERLINK(...)`); numbers stay numbers."""
+    leading `'` (`=HYPERLINK(...)` becomes `'=HYPERLINK(...)`); numbers stay numbers, and
+    None is an empty cell."""
+    if value is None:
+        return ""
     if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
         return "'" + value
     return value
@@ -92,12 +90,7 @@ class OutputRenderer:
         lines = []
         for result in results:
             row = {**result, "scores": json.dumps(result["scores"], ensure_ascii=False)}
-            lines.append(
-                [
-                    "" if row.get(column) is None else spreadsheet_safe(row[column])
-                    for column in self.columns
-                ]
-            )
+            lines.append([spreadsheet_safe(row.get(column)) for column in self.columns])
         return self._csv(lines)
 
     @staticmethod

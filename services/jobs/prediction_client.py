@@ -49,10 +49,6 @@ class PredictionClient:
             timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 5.0))
         )
 
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._client.close()
-
     def classify(self, task: str, texts: list[str]) -> Predictions:
         """Per text, every label with its score as the service returned them; JobFailure
         when the service refuses the chunk or stays unavailable through every retry."""

@@ -69,24 +69,21 @@ def send_job(app: Celery, job_id: str, queue: str) -> None:
     app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue, retry=True)
 
 
-def queue_length(app: Celery, queue: str, *, timeout_seconds: float | None = None) -> int:
-    """Messages waiting in `queue` (not those a worker holds), read from the broker. With
-    `timeout_seconds`, one attempt whose connect and reads each take at most that long
-    (kombu otherwise retries a refused connection for seconds)."""
-    options: dict[str, Any] = {}
-    if timeout_seconds is not None:
-        options = {
-            "connect_timeout": timeout_seconds,
-            "transport_options": {
-                "max_retries": 0,
-                # Redis transport; RabbitMQ's (py-amqp) reads the two below.
-                "socket_timeout": timeout_seconds,
-                "socket_connect_timeout": timeout_seconds,
-                "read_timeout": timeout_seconds,
-                "write_timeout": timeout_seconds,
-            },
-        }
-    with app.connection_for_read(**options) as connection:
+def queue_length(app: Celery, queue: str, *, timeout_seconds: float) -> int:
+    """Messages waiting in `queue` (not those a worker holds), read from the broker in one
+    attempt whose connect and reads each take at most `timeout_seconds` (kombu otherwise
+    retries a refused connection for seconds)."""
+    transport_options = {
+        "max_retries": 0,
+        # Redis transport; RabbitMQ's (py-amqp) reads the two below.
+        "socket_timeout": timeout_seconds,
+        "socket_connect_timeout": timeout_seconds,
+        "read_timeout": timeout_seconds,
+        "write_timeout": timeout_seconds,
+    }
+    with app.connection_for_read(
+        connect_timeout=timeout_seconds, transport_options=transport_options
+    ) as connection:
         channel = connection.default_channel
         try:
             declared = channel.queue_declare(queue=queue, passive=True)

@@ -19,7 +19,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 
 import redis
@@ -114,27 +114,21 @@ class LeaseHeartbeat:
                 return
 
 
+@dataclass
 class JobRunner:
     """Runs jobs for one worker process."""
 
-    def __init__(
-        self,
-        settings: JobsSettings,
-        store: JobStore,
-        predictions: PredictionClient,
-        objects: JobObjects,
-        metrics: WorkerMetrics,
-        stopping: threading.Event | None = None,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.predictions = predictions
-        self.objects = objects
-        self.metrics = metrics
-        self.stopping = stopping or threading.Event()
-        """Set when the worker shuts down: running jobs stop at the next chunk."""
+    settings: JobsSettings
+    store: JobStore
+    predictions: PredictionClient
+    objects: JobObjects
+    metrics: WorkerMetrics
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Set when the worker shuts down: running jobs stop at the next chunk."""
+
+    def __post_init__(self) -> None:
         self.limits = InputLimits(
-            max_rows=settings.max_input_rows, max_text_chars=settings.max_text_chars
+            max_rows=self.settings.max_input_rows, max_text_chars=self.settings.max_text_chars
         )
 
     def run(self, job_id: str) -> RunOutcome:
@@ -165,16 +159,11 @@ class JobRunner:
         started = self.store.start(job_id)
         if not started.changed:
             return Finished()  # cancelled (or finished) since the message was sent
-        with self._delivery(job_id):
-            return self._run_started(job_id, heartbeat, started)
-
-    @contextlib.contextmanager
-    def _delivery(self, job_id: str) -> Iterator[None]:
-        """While the started job runs in this worker; leaving (by any outcome or exception)
-        tells the store the worker came back. Only a worker that dies never leaves."""
         try:
-            yield
+            return self._run_started(job_id, heartbeat, started)
         finally:
+            # Back from the job by any outcome or exception: only a worker that dies never
+            # tells the store so.
             try:
                 self.store.end_delivery(job_id)
             except redis.RedisError as error:
@@ -226,14 +215,12 @@ class JobRunner:
                 for index, chunk in enumerate(_batches(rows, job.chunk_size)):
                     if index not in pending:
                         continue
-                    interruption = self._interruption(job.id, heartbeat)
-                    if interruption is not None:
+                    if (interruption := self._interruption(job.id, heartbeat)) is not None:
                         return interruption
                     self._compute_chunk(job, index, spans[index], chunk)
                     if index == todo[-1]:
                         break
-        interruption = self._interruption(job.id, heartbeat)
-        if interruption is not None:
+        if (interruption := self._interruption(job.id, heartbeat)) is not None:
             return interruption
         self._finish(job, survey)
         return Finished()

@@ -223,16 +223,7 @@ class JobObjects:
                 Metadata={JOB_ID_METADATA: job_id},
             )
         except (ClientError, ParamValidationError) as error:
-            if isinstance(error, ClientError) and _error_code(error) in OUTPUT_EXISTS_CODES:
-                if self._written_by(target, job_id):
-                    return
-                raise JobFailure(
-                    f"the output object {target.uri} already exists; a job never replaces "
-                    "an object: give a new output_uri"
-                ) from None
-            if is_permanent(error):
-                raise _refusal(error, "write", target.uri) from None
-            raise
+            self._settle_failed_write(error, target, job_id)
 
     def open_input(
         self,
@@ -326,16 +317,7 @@ class JobObjects:
             upload.complete()
         except (ClientError, ParamValidationError) as error:
             upload.abort()
-            if isinstance(error, ClientError) and _error_code(error) in OUTPUT_EXISTS_CODES:
-                if self._written_by(target, job_id):
-                    return
-                raise JobFailure(
-                    f"the output object {target.uri} already exists; a job never replaces "
-                    "an object: give a new output_uri"
-                ) from None
-            if is_permanent(error):
-                raise _refusal(error, "write", target.uri) from None
-            raise
+            self._settle_failed_write(error, target, job_id)
         except BaseException:
             upload.abort()
             raise
@@ -363,11 +345,21 @@ class JobObjects:
         except (BotoCoreError, ClientError) as error:
             logger.warning("could not delete the staged inputs %s: %s", uri, error)
 
-    def _written_by(self, target: S3Object, job_id: str) -> bool:
-        """Whether the existing object is this job's own output (a put that succeeded
-        before the worker died, the job then delivered again)."""
-        head = self.client.head_object(Bucket=target.bucket, Key=target.key)
-        return head.get("Metadata", {}).get(JOB_ID_METADATA) == job_id
+    def _settle_failed_write(self, error: Exception, target: S3Object, job_id: str) -> None:
+        """Return if the object exists as this job's own output (a put that succeeded
+        before the worker died, the job then delivered again); else raise JobFailure for an
+        existing object or a permanent error, or `error` itself for the worker to retry."""
+        if _error_code(error) in OUTPUT_EXISTS_CODES:
+            head = self.client.head_object(Bucket=target.bucket, Key=target.key)
+            if head.get("Metadata", {}).get(JOB_ID_METADATA) == job_id:
+                return
+            raise JobFailure(
+                f"the output object {target.uri} already exists; a job never replaces "
+                "an object: give a new output_uri"
+            ) from None
+        if is_permanent(error):
+            raise _refusal(error, "write", target.uri) from None
+        raise error
 
 
 def _error_code(error: Exception) -> str:

@@ -393,10 +393,10 @@ class JobStore:
             state=JobState(fields["state"]),
             created_at=float(fields["created_at"]),
             chunk_size=int(fields["chunk_size"]),
-            total=_optional_int(fields.get("total")),
+            total=int(fields["total"]) if fields.get("total") else None,
             done=int(fields.get("done", "0")),
-            started_at=_optional_float(fields.get("started_at")),
-            finished_at=_optional_float(fields.get("finished_at")),
+            started_at=float(fields["started_at"]) if fields.get("started_at") else None,
+            finished_at=float(fields["finished_at"]) if fields.get("finished_at") else None,
             error=fields.get("error"),
             input_uri=fields.get("input_uri"),
             input_format=fields.get("input_format"),  # type: ignore[arg-type]
@@ -480,10 +480,7 @@ class JobStore:
     def results(self, job_id: str) -> list[ItemResult]:
         """Every stored result, in input order."""
         chunks: dict[str, str] = self.client.hgetall(self.chunks_key(job_id))  # type: ignore[assignment]
-        ordered: list[ItemResult] = []
-        for index in sorted(chunks, key=int):
-            ordered.extend(json.loads(chunks[index]))
-        return ordered
+        return [result for index in sorted(chunks, key=int) for result in json.loads(chunks[index])]
 
     def begin_output(self, job_id: str) -> Transition:
         """Mark a running job as writing its output, which makes it no longer cancellable."""
@@ -657,13 +654,11 @@ class JobStore:
 
     def acquire_lease(self, job_id: str, token: str, seconds: float) -> bool:
         """Take the job's lease if no live worker holds it."""
-        taken = self.client.set(self.lease_key(job_id), token, nx=True, px=int(seconds * 1000))
-        return bool(taken)
+        return bool(self.client.set(self.lease_key(job_id), token, nx=True, px=int(seconds * 1000)))
 
     def lease_remaining_seconds(self, job_id: str) -> float:
         """Time left on the current holder's lease (0 when nobody holds it)."""
-        milliseconds = int(self.client.pttl(self.lease_key(job_id)))
-        return max(0.0, milliseconds / 1000)
+        return max(0.0, int(self.client.pttl(self.lease_key(job_id))) / 1000)
 
     def renew_lease(self, job_id: str, token: str, seconds: float) -> bool:
         """Extend our lease; False if it expired or another worker holds it now."""
@@ -674,11 +669,3 @@ class JobStore:
     def release_lease(self, job_id: str, token: str) -> None:
         """Give the lease up, if it is still ours."""
         self._release_lease(keys=[self.lease_key(job_id)], args=[token])
-
-
-def _optional_int(value: str | None) -> int | None:
-    return int(value) if value else None
-
-
-def _optional_float(value: str | None) -> float | None:
-    return float(value) if value else None

@@ -8,7 +8,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
@@ -49,23 +50,16 @@ def _is_job_id(value: str) -> bool:
     return len(value) == 32 and all(character in "0123456789abcdef" for character in value)
 
 
+@dataclass
 class JobDesk:
     """Submissions, look-ups and cancellations of jobs (blocking: the gateway calls it
     from a thread)."""
 
-    def __init__(
-        self,
-        settings: JobsSettings,
-        store: JobStore,
-        celery_app: Celery,
-        objects: JobObjects,
-        jobs_total: Counter | None = None,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.celery_app = celery_app
-        self.objects = objects
-        self.jobs_total = jobs_total
+    settings: JobsSettings
+    store: JobStore
+    celery_app: Celery
+    objects: JobObjects
+    jobs_total: Counter | None = None
 
     def close(self) -> None:
         """Close the store's and the broker's connections."""
@@ -115,10 +109,8 @@ class JobDesk:
             s3_scope=scope,
             staged_input_uri=staged_input_uri,
         )
-        try:
+        with _store_errors_as_unavailable():
             self.store.create(job, None if staged else request.inputs)
-        except redis.RedisError as error:
-            raise _store_unreachable(error) from None
         try:
             send_job(self.celery_app, job.id, self.settings.queue)
         except (OperationalError, OSError) as error:
@@ -142,22 +134,18 @@ class JobDesk:
 
     def get(self, owner: str, job_id: str) -> JobView:
         """The caller's job, with its results once it succeeded without an output object."""
-        try:
+        with _store_errors_as_unavailable():
             job = self._owned(owner, job_id)
             results = None
             if job.state == JobState.SUCCEEDED and job.output_uri is None:
                 results = self.store.results(job.id)
-        except redis.RedisError as error:
-            raise _store_unreachable(error) from None
         return view_of(job, results=results)
 
     def cancel(self, owner: str, job_id: str) -> JobView:
         """Cancel the caller's queued or running job."""
-        try:
+        with _store_errors_as_unavailable():
             job = self._owned(owner, job_id)
             outcome = self.store.cancel(job.id)
-        except redis.RedisError as error:
-            raise _store_unreachable(error) from None
         if not outcome.changed:
             if outcome.previous is None:
                 raise JobNotFound(f"no job with id {job_id}")
@@ -217,7 +205,7 @@ class JobDesk:
             max_rows=self.settings.max_active_rows_per_owner,
             max_bytes=self.settings.max_held_bytes_per_owner,
         )
-        try:
+        with _store_errors_as_unavailable():
             self._check_store_room()
             admission = self.store.admit(
                 owner, job_id, rows=rows, stored_bytes=stored_bytes, limits=limits
@@ -227,8 +215,6 @@ class JobDesk:
                 admission = self.store.admit(
                     owner, job_id, rows=rows, stored_bytes=stored_bytes, limits=limits
                 )
-        except redis.RedisError as error:
-            raise _store_unreachable(error) from None
         if admission.passed_limit == "jobs":
             raise JobLimitReached(
                 f"this key has {admission.active_jobs} queued or running jobs, the most it "
@@ -336,10 +322,14 @@ def _stored_size(texts: list[str]) -> int:
     return len(json.dumps(texts))
 
 
-def _store_unreachable(error: redis.RedisError) -> JobQueueUnavailable:
-    # Where the store lives stays in the log, not in the answer.
-    logger.warning("job store error: %s", error)
-    return JobQueueUnavailable("the job store is unreachable; try again later")
+@contextlib.contextmanager
+def _store_errors_as_unavailable() -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as error:
+        # Where the store lives stays in the log, not in the answer.
+        logger.warning("job store error: %s", error)
+        raise JobQueueUnavailable("the job store is unreachable; try again later") from None
 
 
 def view_of(job: JobRecord, results: list[dict[str, object]] | None) -> JobView:

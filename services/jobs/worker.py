@@ -16,7 +16,6 @@ import logging
 import random
 import sys
 import threading
-from typing import Any
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
@@ -148,11 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     app, metrics, queue_poller, stopping = build_worker(settings)
-
-    def stop_jobs(**_: Any) -> None:
-        stopping.set()
-
-    worker_shutting_down.connect(stop_jobs, weak=False)
+    worker_shutting_down.connect(lambda **_: stopping.set(), weak=False)
     # Ready until shutdown begins: the rollout waits for it, and it asks nothing downstream.
     MetricsServer(
         metrics.registry,

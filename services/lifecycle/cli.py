@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # TrainingError and DataError are RuntimeErrors; all carry a complete message.
         print(f"mtc: error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,21 +270,17 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     from services.text.training import TrainConfig
 
     defaults = TrainConfig()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="default %(default)s")
-    parser.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="default %(default)s"
-    )
-    parser.add_argument(
-        "--learning-rate", type=float, default=defaults.learning_rate, help="default %(default)s"
-    )
-    parser.add_argument(
-        "--rank", type=int, default=defaults.rank, help="adapter rank, default %(default)s"
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="default %(default)s")
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="default %(default)s")
-    parser.add_argument(
-        "--max-length", type=int, default=defaults.max_length, help="tokens, default %(default)s"
-    )
+    for flag, kind, meaning in (
+        ("--epochs", int, ""),
+        ("--batch-size", int, ""),
+        ("--learning-rate", float, ""),
+        ("--rank", int, "adapter rank, "),
+        ("--seed", int, ""),
+        ("--threads", int, ""),
+        ("--max-length", int, "tokens, "),
+    ):
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        parser.add_argument(flag, type=kind, default=default, help=f"{meaning}default %(default)s")
 
 
 # --------------------------------------------------------------------------- commands
@@ -394,23 +389,21 @@ def cmd_models_ls(args: argparse.Namespace) -> int:
     from services.artifacts.s3_models import S3ModelRepository, S3Prefix
 
     versions = S3ModelRepository(_endpoint(args)).list_versions(S3Prefix.parse(args.uri))
-    rows: list[dict[str, Any]] = []
-    for entry in versions:
-        manifest = entry.manifest
-        rows.append(
-            {
-                "version": entry.version,
-                "uri": entry.location.uri,
-                "complete": manifest is not None,
-                "name": manifest.name if manifest else None,
-                "task": manifest.task if manifest else None,
-                "metrics": {
-                    key: value
-                    for key, value in (manifest.metrics if manifest else {}).items()
-                    if isinstance(value, int | float)
-                },
-            }
-        )
+    rows: list[dict[str, Any]] = [
+        {
+            "version": entry.version,
+            "uri": entry.location.uri,
+            "complete": entry.manifest is not None,
+            "name": entry.manifest.name if entry.manifest else None,
+            "task": entry.manifest.task if entry.manifest else None,
+            "metrics": {
+                key: value
+                for key, value in (entry.manifest.metrics if entry.manifest else {}).items()
+                if isinstance(value, int | float)
+            },
+        }
+        for entry in versions
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -625,11 +618,12 @@ def _eval_starter(args: argparse.Namespace) -> int:
         return _eval_pose_photo_set(args)
     if args.starter == AUDIO_STARTER:
         return _eval_audio_starter(args)
+    default_task = AUDIO_STARTER if args.starter == KOREAN_STARTER else args.starter
+    model = args.model or str(DEFAULT_MODELS_DIR / default_task)
+    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
     if args.starter == KOREAN_STARTER:
         from services.audio.starter import korean_transcripts
 
-        model = args.model or str(DEFAULT_MODELS_DIR / "audio")
-        model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
         sets = korean_transcripts.evaluation_sets()
         if "independent" not in sets:
             print(f"no independent Korean set at {korean_transcripts.INDEPENDENT_FILE}")
@@ -638,21 +632,12 @@ def _eval_starter(args: argparse.Namespace) -> int:
             for name, examples in sets.items()
         }
     else:
-        recipe = RECIPES[args.starter]
-        model = args.model or str(DEFAULT_MODELS_DIR / args.starter)
-        model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
         reports = {
             name: evaluate_model_dir(model_dir, examples, runtime=args.runtime, progress=True)
-            for name, examples in recipe.evaluation_sets().items()
+            for name, examples in RECIPES[args.starter].evaluation_sets().items()
         }
-    width = max(len("set"), *(len(name) for name in reports))
     print(f"model     {model} ({args.runtime})")
-    print(f"{'set':<{width}}  examples  accuracy  macro-F1  ECE")
-    for name, report in reports.items():
-        print(
-            f"{name:<{width}}  {report.examples:8d}  {report.accuracy:8.4f}  "
-            f"{report.macro_f1:8.4f}  {report.expected_calibration_error:.4f}"
-        )
+    _print_set_table(reports)
     for name, report in reports.items():
         print(f"\n{name}\n{report.table()}")
     document = {
@@ -662,6 +647,17 @@ def _eval_starter(args: argparse.Namespace) -> int:
         "sets": {name: report.to_json() for name, report in reports.items()},
     }
     return _emit_metrics(document, args.json_out)
+
+
+def _print_set_table(sets: Mapping[str, Any]) -> None:
+    """One line per evaluation set, side by side: examples, accuracy, macro-F1 and ECE."""
+    width = max(len("set"), *(len(name) for name in sets))
+    print(f"{'set':<{width}}  examples  accuracy  macro-F1  ECE")
+    for name, result in sets.items():
+        print(
+            f"{name:<{width}}  {result.examples:8d}  {result.accuracy:8.4f}  "
+            f"{result.macro_f1:8.4f}  {result.expected_calibration_error:.4f}"
+        )
 
 
 def _eval_pose_photo_set(args: argparse.Namespace) -> int:
@@ -683,15 +679,9 @@ def _eval_pose_photo_set(args: argparse.Namespace) -> int:
     classifier = load_pose_model(model_dir)
     report = evaluate_photo_images(classifier, images, progress=True)
     counts = label_counts(photos)
-    width = max(len("set"), *(len(name) for name in report.sets))
     print(f"model     {model} ({classifier.runtime})")
     print(f"photos    {len(photos)} " + " ".join(f"{k}={v}" for k, v in counts.items()))
-    print(f"{'set':<{width}}  examples  accuracy  macro-F1  ECE")
-    for name, result in report.sets.items():
-        print(
-            f"{name:<{width}}  {result.examples:8d}  {result.accuracy:8.4f}  "
-            f"{result.macro_f1:8.4f}  {result.expected_calibration_error:.4f}"
-        )
+    _print_set_table(report.sets)
     for name in ("originals", "transformed"):
         print(f"\n{name}\n{report.sets[name].table()}")
     document = {
