@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import shlex
 import sys
@@ -80,8 +81,7 @@ def gateway_document() -> dict[str, Any]:
     upstreams = {task: f"http://127.0.0.1:{8101 + index}" for index, task in enumerate(tasks)}
     settings = GatewaySettings(upstreams=upstreams, task_kinds=kinds, authentication="anonymous")
     jobs = JobsSettings(broker_url="redis://127.0.0.1:6379/0", upstreams=upstreams)
-    document: dict[str, Any] = create_app(settings, jobs).openapi()
-    return document
+    return create_app(settings, jobs).openapi()
 
 
 def example_of(
@@ -97,13 +97,11 @@ def example_of(
         return schema["examples"][0]
     if schema.get("type") == "object" or "properties" in schema:
         required = set(schema.get("required", []))
-        example: dict[str, Any] = {}
-        for name, part in schema.get("properties", {}).items():
-            if name in properties:
-                example[name] = properties[name]
-            elif name in required or part.get("examples"):
-                example[name] = example_of(part, components)
-        return example
+        return {
+            name: properties[name] if name in properties else example_of(part, components)
+            for name, part in schema.get("properties", {}).items()
+            if name in properties or name in required or part.get("examples")
+        }
     if schema.get("type") == "array":
         return [example_of(schema.get("items", {}), components)]
     if "anyOf" in schema:
@@ -150,6 +148,7 @@ def _requests_of_operation(
     content = operation.get("requestBody", {}).get("content", {})
     if not content:
         return [ApiRequest(name, method, job_path, expected_statuses=statuses or (200,))]
+    request = functools.partial(ApiRequest, method=method, path=path, expected_statuses=statuses)
     requests = []
     for media_type, body in content.items():
         schema = body["schema"]
@@ -157,28 +156,13 @@ def _requests_of_operation(
             if "$ref" in schema:  # FastAPI's own form bodies are components
                 schema = components[schema["$ref"].rsplit("/", 1)[-1]]
             files = {part: UPLOADS[part] for part in schema.get("required", []) if part in UPLOADS}
-            requests.append(
-                ApiRequest(
-                    f"{name} (multipart)",
-                    method,
-                    path,
-                    form_files=files,
-                    expected_statuses=statuses,
-                )
-            )
+            requests.append(request(f"{name} (multipart)", form_files=files))
         elif media_type == "application/json":
             photos = {"images": [photo_base64()]} if _wants_photos(schema, components) else {}
             example = TEXT_EXAMPLES.get(path) or example_of(schema, components, photos)
             suffix = " (JSON)" if len(content) > 1 else ""
             requests.append(
-                ApiRequest(
-                    f"{name}{suffix}",
-                    method,
-                    path,
-                    json_body=example,
-                    expected_statuses=statuses,
-                    captures_job_id=path == "/v1/jobs",
-                )
+                request(f"{name}{suffix}", json_body=example, captures_job_id=path == "/v1/jobs")
             )
     return requests
 
@@ -278,8 +262,7 @@ def curl_script(requests: list[ApiRequest]) -> str:
         expected = " ".join(str(status) for status in request.expected_statuses)
         # Paths are plain (letters, digits, `/`, `_`, `-`): double quotes are enough.
         path = request.path.replace("{{" + JOB_ID_VARIABLE + "}}", "${JOB_ID}")
-        url = f'"${{MTC_URL}}{path}"'
-        arguments = [f"-X {request.method}", url]
+        arguments = [f"-X {request.method}", f'"${{MTC_URL}}{path}"']
         if request.json_body is not None:
             arguments += [
                 "-H 'content-type: application/json'",
@@ -287,8 +270,7 @@ def curl_script(requests: list[ApiRequest]) -> str:
             ]
         for part, source in request.form_files.items():
             arguments.append(f"-F {part}=@{source}")
-        lines.append(f"# {request.name}")
-        lines.append(f'call "{expected}" ' + " ".join(arguments))
+        lines += [f"# {request.name}", f'call "{expected}" ' + " ".join(arguments)]
         if request.captures_job_id:
             lines.append(
                 "JOB_ID=$(python3 -c 'import json, sys; print(json.load(sys.stdin)[\"id\"])' "
@@ -323,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path.relative_to(REPO)}")
     if stale:
         print("out of date (run make api-collections): " + ", ".join(stale))
-        return 1
-    return 0
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ pod's own `sidecar.istio.io/inject`) must agree.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
@@ -62,10 +63,8 @@ def _labels(labels: dict[str, str] | None) -> dict[str, str]:
 
 def _json_or_text(value: Any) -> Any:
     if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             return json.loads(value)
-        except json.JSONDecodeError:
-            return value
     return value
 
 
@@ -105,11 +104,13 @@ def normalise(manifest: Manifest) -> Manifest:
     return result
 
 
-def _pod_template(manifest: Manifest) -> dict[str, Any] | None:
-    if manifest.get("kind") not in WORKLOAD_KINDS:
-        return None
-    template: dict[str, Any] | None = manifest.get("spec", {}).get("template")
-    return template
+def _pod_templates(manifests: list[Manifest]) -> Iterator[tuple[Manifest, dict[str, Any]]]:
+    """Each workload and its pod template."""
+    for manifest in manifests:
+        if manifest.get("kind") in WORKLOAD_KINDS:
+            template = manifest.get("spec", {}).get("template")
+            if template is not None:
+                yield manifest, template
 
 
 def _config_map_references(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -125,11 +126,8 @@ def _config_map_references(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
             if "configMapKeyRef" in v.get("valueFrom", {})
         ]
     for volume in pod_spec.get("volumes", []):
-        if "configMap" in volume:
-            references.append(volume["configMap"])
-        for source in volume.get("projected", {}).get("sources", []):
-            if "configMap" in source:
-                references.append(source["configMap"])
+        sources = [volume, *volume.get("projected", {}).get("sources", [])]
+        references += [source["configMap"] for source in sources if "configMap" in source]
     return references
 
 
@@ -146,9 +144,7 @@ def unhash_config_maps(kustomized: list[Manifest]) -> tuple[list[Manifest], list
     for manifest in manifests:
         if manifest["kind"] == "ConfigMap":
             manifest["metadata"]["name"] = written[manifest["metadata"]["name"]]
-        template = _pod_template(manifest)
-        if template is None:
-            continue
+    for manifest, template in _pod_templates(manifests):
         for reference in _config_map_references(template.get("spec", {})):
             name = reference.get("name", "")
             if written.get(name) == name:
@@ -166,10 +162,7 @@ def drop_checksums(charted: list[Manifest]) -> tuple[list[Manifest], list[str]]:
     template that reads a ConfigMap but lacks it (a change would not roll the pods)."""
     manifests = copy.deepcopy(charted)
     problems: list[str] = []
-    for manifest in manifests:
-        template = _pod_template(manifest)
-        if template is None:
-            continue
+    for manifest, template in _pod_templates(manifests):
         annotations = template.get("metadata", {}).get("annotations") or {}
         reads_config = bool(_config_map_references(template.get("spec", {})))
         if reads_config and CHECKSUM_ANNOTATION not in annotations:
@@ -192,16 +185,11 @@ def sidecar_injection(manifests: list[Manifest]) -> dict[tuple[str, str], bool]:
         if m["kind"] == "Namespace"
     }
     injected: dict[tuple[str, str], bool] = {}
-    for manifest in manifests:
-        template = _pod_template(manifest)
-        if template is None:
-            continue
+    for manifest, template in _pod_templates(manifests):
         labels = template.get("metadata", {}).get("labels") or {}
         namespace = namespaces.get(manifest["metadata"].get("namespace", NAMESPACE), {})
-        if "sidecar.istio.io/inject" in labels:
-            injected[_key(manifest)] = labels["sidecar.istio.io/inject"] == "true"
-        else:
-            injected[_key(manifest)] = namespace.get("istio-injection") == "enabled"
+        default = "true" if namespace.get("istio-injection") == "enabled" else "false"
+        injected[_key(manifest)] = labels.get("sidecar.istio.io/inject", default) == "true"
     return injected
 
 
@@ -259,12 +247,9 @@ def compare(kustomized: list[Manifest], charted: list[Manifest]) -> list[str]:
     problems += unhashed + unsummed
     left = {_key(m): normalise(m) for m in kustomized if m["kind"] not in KINDS_ONLY_IN_KUSTOMIZE}
     right = {_key(m): normalise(m) for m in charted}
-    problems += [
-        f"{kind}/{name}: only in kustomize" for kind, name in sorted(set(left) - set(right))
-    ]
-    problems += [
-        f"{kind}/{name}: only in the chart" for kind, name in sorted(set(right) - set(left))
-    ]
+    only_left, only_right = sorted(set(left) - set(right)), sorted(set(right) - set(left))
+    problems += [f"{kind}/{name}: only in kustomize" for kind, name in only_left]
+    problems += [f"{kind}/{name}: only in the chart" for kind, name in only_right]
     for key in sorted(set(left) & set(right)):
         problems += [f"{key[0]}/{key[1]}{line}" for line in differences(left[key], right[key])]
     return problems

@@ -16,10 +16,8 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from gateway.settings import GatewaySettings
@@ -46,6 +44,13 @@ class SettingsSection:
     """Fields of this class are listed once, in its own section, not again here."""
 
 
+def _service_section(anchor: str, title: str, settings: type[BaseSettings]) -> SettingsSection:
+    """The section of one model service, `python -m services.<anchor>`."""
+    return SettingsSection(
+        anchor, title, f"`python -m services.{anchor}`", settings, "MTC_", ServiceSettings
+    )
+
+
 SECTIONS = (
     SettingsSection(
         "model-services",
@@ -54,20 +59,9 @@ SECTIONS = (
         ServiceSettings,
         "MTC_",
     ),
-    SettingsSection(
-        "text", "Text services", "`python -m services.text`", TextSettings, "MTC_", ServiceSettings
-    ),
-    SettingsSection(
-        "pose", "Pose service", "`python -m services.pose`", PoseSettings, "MTC_", ServiceSettings
-    ),
-    SettingsSection(
-        "audio",
-        "Audio service",
-        "`python -m services.audio`",
-        AudioSettings,
-        "MTC_",
-        ServiceSettings,
-    ),
+    _service_section("text", "Text services", TextSettings),
+    _service_section("pose", "Pose service", PoseSettings),
+    _service_section("audio", "Audio service", AudioSettings),
     SettingsSection("gateway", "Gateway", "`python -m gateway`", GatewaySettings, "MTC_GATEWAY_"),
     SettingsSection(
         "batch-jobs",
@@ -96,12 +90,9 @@ def variable_name(name: str, field: FieldInfo, prefix: str) -> str:
 
 def shown_default(field: FieldInfo) -> str:
     """The default as a user would write the variable, or `unset` / `required`."""
-    if field.default_factory is not None:
-        value: Any = field.default_factory()  # type: ignore[call-arg]
-    elif field.default is PydanticUndefined:
+    if field.is_required():
         return "required"
-    else:
-        value = field.default
+    value = field.get_default(call_default_factory=True)
     if value is None:
         return "unset"
     if isinstance(value, enum.Enum):
@@ -109,9 +100,7 @@ def shown_default(field: FieldInfo) -> str:
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, dict | list | tuple):
-        if not value:
-            return "empty"
-        return f"`{json.dumps(value, default=str)}`"
+        return f"`{json.dumps(value, default=str)}`" if value else "empty"
     return f"`{value}`"
 
 
@@ -122,22 +111,17 @@ def meaning(field: FieldInfo) -> str:
 
 
 def section_table(section: SettingsSection) -> list[str]:
-    inherited = set(section.inherited_from.model_fields) if section.inherited_from else set()
+    inherited = section.inherited_from.model_fields if section.inherited_from else {}
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in section.settings.model_fields.items():
-        if name in inherited and _same_field(section, name):
+        default, text = shown_default(field), meaning(field)
+        parent = inherited.get(name)
+        # A parent's field is listed here again only with a changed default or meaning.
+        if parent is not None and (shown_default(parent), meaning(parent)) == (default, text):
             continue
         variable = variable_name(name, field, section.prefix)
-        lines.append(f"| `{variable}` | {shown_default(field)} | {meaning(field)} |")
+        lines.append(f"| `{variable}` | {default} | {text} |")
     return lines
-
-
-def _same_field(section: SettingsSection, name: str) -> bool:
-    """Whether a subclass field is the parent's unchanged (a changed default is listed)."""
-    assert section.inherited_from is not None
-    parent = section.inherited_from.model_fields[name]
-    child = section.settings.model_fields[name]
-    return shown_default(parent) == shown_default(child) and meaning(parent) == meaning(child)
 
 
 def render() -> str:
@@ -152,8 +136,7 @@ def render() -> str:
                 "Besides the settings of [every model service](#model-services); a setting "
                 "listed here again has a different default or meaning for this service."
             )
-        lines.append("")
-        lines += section_table(section)
+        lines += ["", *section_table(section)]
     return "\n".join(lines) + "\n"
 
 

@@ -14,147 +14,123 @@ from typing import Any
 
 Schema = dict[str, Any]
 
+
+def _closed(properties: Schema, required: tuple[str, ...] = (), **keywords: Any) -> Schema:
+    """An object refusing properties outside `properties`, plus any other schema keywords."""
+    schema: Schema = {"type": "object", "additionalProperties": False, "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return {**schema, **keywords}
+
+
+def _array(items: Schema, **bounds: int) -> Schema:
+    """An array of `items`; `bounds` are `minItems` and `maxItems`."""
+    return {"type": "array", **bounds, "items": items}
+
+
 _STRING: Schema = {"type": "string", "minLength": 1}
 _DURATION: Schema = {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"}
 _LABELS: Schema = {"type": "object", "additionalProperties": {"type": "string"}}
+_PORT: Schema = {"type": "integer", "minimum": 1, "maximum": 65535}
 _METADATA: Schema = {
     "type": "object",
     "required": ["name"],
     "properties": {"name": _STRING, "namespace": _STRING, "labels": _LABELS},
 }
-_LABEL_SELECTOR: Schema = {
-    "type": "object",
-    "additionalProperties": False,
-    "minProperties": 1,
-    "properties": {
+_LABEL_SELECTOR = _closed(
+    {
         "matchLabels": _LABELS,
-        "matchExpressions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["key", "operator"],
-                "properties": {
+        "matchExpressions": _array(
+            _closed(
+                {
                     "key": _STRING,
                     "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
                     "values": {"type": "array", "items": {"type": "string"}},
                 },
-            },
-        },
+                ("key", "operator"),
+            )
+        ),
     },
-}
+    minProperties=1,
+)
 
 
-def _resource(api_version: str, kind: str, spec: Schema) -> Schema:
-    return {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "additionalProperties": False,
-        "properties": {
+def _resource(api_version: str, kind: str, spec: Schema, required: tuple[str, ...]) -> Schema:
+    """A custom resource whose closed `spec` has the `required` properties."""
+    return _closed(
+        {
             "apiVersion": {"const": api_version},
             "kind": {"const": kind},
             "metadata": _METADATA,
-            "spec": spec,
+            "spec": _closed(spec, required),
         },
-    }
+        ("apiVersion", "kind", "metadata", "spec"),
+    )
 
 
-_ENDPOINTS: Schema = {
-    "type": "array",
-    "minItems": 1,
-    "items": {
-        "type": "object",
-        "required": ["port"],
-        "additionalProperties": False,
-        "properties": {
+_ENDPOINTS = _array(
+    _closed(
+        {
             "port": _STRING,
             "path": {"type": "string", "pattern": "^/"},
             "interval": _DURATION,
             "scrapeTimeout": _DURATION,
             "scheme": {"enum": ["http", "https"]},
         },
-    },
-}
-
-SERVICE_MONITOR = _resource(
-    "monitoring.coreos.com/v1",
-    "ServiceMonitor",
-    {
-        "type": "object",
-        "required": ["selector", "endpoints"],
-        "additionalProperties": False,
-        "properties": {
-            "selector": _LABEL_SELECTOR,
-            "namespaceSelector": {"type": "object"},
-            "endpoints": _ENDPOINTS,
-        },
-    },
+        ("port",),
+    ),
+    minItems=1,
 )
 
-POD_MONITOR = _resource(
-    "monitoring.coreos.com/v1",
-    "PodMonitor",
-    {
-        "type": "object",
-        "required": ["selector", "podMetricsEndpoints"],
-        "additionalProperties": False,
-        "properties": {
+
+def _monitor(kind: str, endpoints: str) -> Schema:
+    """A ServiceMonitor or PodMonitor: they differ in the kind and the endpoints' field."""
+    return _resource(
+        "monitoring.coreos.com/v1",
+        kind,
+        {
             "selector": _LABEL_SELECTOR,
             "namespaceSelector": {"type": "object"},
-            "podMetricsEndpoints": _ENDPOINTS,
+            endpoints: _ENDPOINTS,
         },
-    },
-)
+        ("selector", endpoints),
+    )
 
-_RULE: Schema = {
-    "type": "object",
-    "required": ["alert", "expr"],
-    "additionalProperties": False,
-    "properties": {
+
+SERVICE_MONITOR = _monitor("ServiceMonitor", "endpoints")
+POD_MONITOR = _monitor("PodMonitor", "podMetricsEndpoints")
+
+_RULE = _closed(
+    {
         "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
         "expr": _STRING,
         "for": _DURATION,
         "labels": _LABELS,
         "annotations": _LABELS,
     },
-}
+    ("alert", "expr"),
+)
+
+_RULE_GROUP = _closed(
+    {"name": _STRING, "interval": _DURATION, "rules": _array(_RULE, minItems=1)},
+    ("name", "rules"),
+)
 
 PROMETHEUS_RULE = _resource(
     "monitoring.coreos.com/v1",
     "PrometheusRule",
-    {
-        "type": "object",
-        "required": ["groups"],
-        "additionalProperties": False,
-        "properties": {
-            "groups": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "required": ["name", "rules"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": _STRING,
-                        "interval": _DURATION,
-                        "rules": {"type": "array", "minItems": 1, "items": _RULE},
-                    },
-                },
-            }
-        },
-    },
+    {"groups": _array(_RULE_GROUP, minItems=1)},
+    ("groups",),
 )
 
-_TRIGGER: Schema = {
-    "type": "object",
-    "required": ["type", "metadata"],
-    "additionalProperties": False,
-    "properties": {
+_TRIGGER = _closed(
+    {
         "type": {"enum": ["prometheus", "cpu", "memory"]},
         "metricType": {"enum": ["Utilization", "AverageValue", "Value"]},
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
     },
-    "allOf": [
+    ("type", "metadata"),
+    allOf=[
         {
             "if": {"properties": {"type": {"const": "prometheus"}}},
             "then": {
@@ -169,68 +145,43 @@ _TRIGGER: Schema = {
             },
         },
     ],
-}
+)
 
 SCALED_OBJECT = _resource(
     "keda.sh/v1alpha1",
     "ScaledObject",
     {
-        "type": "object",
-        "required": ["scaleTargetRef", "triggers"],
-        "additionalProperties": False,
-        "properties": {
-            "scaleTargetRef": {
-                "type": "object",
-                "required": ["name"],
-                "additionalProperties": False,
-                "properties": {"name": _STRING, "kind": _STRING, "apiVersion": _STRING},
-            },
-            "minReplicaCount": {"type": "integer", "minimum": 0},
-            "maxReplicaCount": {"type": "integer", "minimum": 1},
-            "pollingInterval": {"type": "integer", "minimum": 1},
-            "cooldownPeriod": {"type": "integer", "minimum": 0},
-            "advanced": {"type": "object"},
-            "triggers": {"type": "array", "minItems": 1, "items": _TRIGGER},
-        },
+        "scaleTargetRef": _closed(
+            {"name": _STRING, "kind": _STRING, "apiVersion": _STRING}, ("name",)
+        ),
+        "minReplicaCount": {"type": "integer", "minimum": 0},
+        "maxReplicaCount": {"type": "integer", "minimum": 1},
+        "pollingInterval": {"type": "integer", "minimum": 1},
+        "cooldownPeriod": {"type": "integer", "minimum": 0},
+        "advanced": {"type": "object"},
+        "triggers": _array(_TRIGGER, minItems=1),
     },
+    ("scaleTargetRef", "triggers"),
 )
 
-_WORKLOAD_SELECTOR: Schema = {
-    "type": "object",
-    "required": ["matchLabels"],
-    "additionalProperties": False,
-    "properties": {"matchLabels": {**_LABELS, "minProperties": 1}},
-}
-_MTLS: Schema = {
-    "type": "object",
-    "required": ["mode"],
-    "additionalProperties": False,
-    "properties": {"mode": {"enum": ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]}},
-}
-_STRINGS: Schema = {"type": "array", "minItems": 1, "items": _STRING}
-_PORTS: Schema = {
-    "type": "array",
-    "minItems": 1,
-    "items": {"type": "string", "pattern": "^[0-9]+$"},
-}
+_WORKLOAD_SELECTOR = _closed({"matchLabels": {**_LABELS, "minProperties": 1}}, ("matchLabels",))
+_MTLS = _closed({"mode": {"enum": ["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]}}, ("mode",))
+_STRINGS = _array(_STRING, minItems=1)
+_PORTS = _array({"type": "string", "pattern": "^[0-9]+$"}, minItems=1)
 
 PEER_AUTHENTICATION = _resource(
     "security.istio.io/v1",
     "PeerAuthentication",
     {
-        "type": "object",
-        "required": ["mtls"],
-        "additionalProperties": False,
-        "properties": {
-            "selector": _WORKLOAD_SELECTOR,
-            "mtls": _MTLS,
-            "portLevelMtls": {
-                "type": "object",
-                "propertyNames": {"pattern": "^[0-9]+$"},
-                "additionalProperties": _MTLS,
-            },
+        "selector": _WORKLOAD_SELECTOR,
+        "mtls": _MTLS,
+        "portLevelMtls": {
+            "type": "object",
+            "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": _MTLS,
         },
     },
+    ("mtls",),
 )
 
 
@@ -242,171 +193,84 @@ def _matchers(*fields: str, values: Schema = _STRINGS) -> Schema:
 
 def _closed_list_of(name: str, properties: Schema) -> Schema:
     """`[{name: {...}}]`, as a rule's `from` (sources) and `to` (operations) are written."""
-    return {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "required": [name],
-            "additionalProperties": False,
-            "properties": {
-                name: {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "minProperties": 1,
-                    "properties": properties,
-                }
-            },
-        },
-    }
+    return _array(_closed({name: _closed(properties, minProperties=1)}, (name,)))
 
+
+# What an AuthorizationPolicy rule matches: where a request comes from, and what it asks for.
+_SOURCE = _matchers("principals", "namespaces", "ipBlocks", "remoteIpBlocks", "requestPrincipals")
+_OPERATION = {**_matchers("ports", values=_PORTS), **_matchers("hosts", "methods", "paths")}
 
 AUTHORIZATION_POLICY = _resource(
     "security.istio.io/v1",
     "AuthorizationPolicy",
     {
-        "type": "object",
-        "required": ["action", "rules"],
-        "additionalProperties": False,
-        "properties": {
-            "selector": _WORKLOAD_SELECTOR,
-            "action": {"enum": ["ALLOW", "DENY", "AUDIT"]},
-            "rules": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "minProperties": 1,
-                    "properties": {
-                        "from": _closed_list_of(
-                            "source",
-                            _matchers(
-                                "principals",
-                                "namespaces",
-                                "ipBlocks",
-                                "remoteIpBlocks",
-                                "requestPrincipals",
-                            ),
-                        ),
-                        "to": _closed_list_of(
-                            "operation",
-                            {
-                                **_matchers("ports", values=_PORTS),
-                                **_matchers("hosts", "methods", "paths"),
-                            },
-                        ),
-                    },
+        "selector": _WORKLOAD_SELECTOR,
+        "action": {"enum": ["ALLOW", "DENY", "AUDIT"]},
+        "rules": _array(
+            _closed(
+                {
+                    "from": _closed_list_of("source", _SOURCE),
+                    "to": _closed_list_of("operation", _OPERATION),
                 },
-            },
-        },
+                minProperties=1,
+            ),
+            minItems=1,
+        ),
     },
+    ("action", "rules"),
 )
 
 # Gateway API (gateway.networking.k8s.io/v1): its durations, names and the parts of an
 # HTTPRoute mtc writes (components/gateway-api).
 _GATEWAY_API_DURATION: Schema = {"type": "string", "pattern": "^([0-9]{1,5}(h|m|s|ms)){1,4}$"}
 _GATEWAY_API_NAME: Schema = {"type": "string", "minLength": 1, "maxLength": 253}
-_HTTP_PATH_MATCH: Schema = {
-    "type": "object",
-    "required": ["type", "value"],
-    "additionalProperties": False,
-    "properties": {
+# What a parent (Gateway) and a backend (Service) reference have in common.
+_OBJECT_REFERENCE: Schema = {
+    "group": {"type": "string"},
+    "kind": _STRING,
+    "namespace": _STRING,
+    "name": _GATEWAY_API_NAME,
+    "port": _PORT,
+}
+_HTTP_PATH_MATCH = _closed(
+    {
         "type": {"enum": ["Exact", "PathPrefix", "RegularExpression"]},
         "value": {"type": "string", "pattern": "^/", "maxLength": 1024},
     },
-}
+    ("type", "value"),
+)
+_HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+_BACKEND_REFERENCE = _closed(
+    {**_OBJECT_REFERENCE, "weight": {"type": "integer", "minimum": 0, "maximum": 1000000}},
+    ("name", "port"),
+)
+_HTTP_ROUTE_RULE = _closed(
+    {
+        "name": _STRING,
+        "matches": _array(
+            _closed({"path": _HTTP_PATH_MATCH, "method": {"enum": _HTTP_METHODS}}), maxItems=64
+        ),
+        "backendRefs": _array(_BACKEND_REFERENCE, minItems=1),
+        "timeouts": _closed(
+            {"request": _GATEWAY_API_DURATION, "backendRequest": _GATEWAY_API_DURATION},
+            minProperties=1,
+        ),
+    }
+)
 
 HTTP_ROUTE = _resource(
     "gateway.networking.k8s.io/v1",
     "HTTPRoute",
     {
-        "type": "object",
-        "required": ["parentRefs", "rules"],
-        "additionalProperties": False,
-        "properties": {
-            "parentRefs": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 32,
-                "items": {
-                    "type": "object",
-                    "required": ["name"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "group": {"type": "string"},
-                        "kind": _STRING,
-                        "namespace": _STRING,
-                        "name": _GATEWAY_API_NAME,
-                        "sectionName": _STRING,
-                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                    },
-                },
-            },
-            "hostnames": {"type": "array", "maxItems": 16, "items": _STRING},
-            "rules": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": 16,
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": _STRING,
-                        "matches": {
-                            "type": "array",
-                            "maxItems": 64,
-                            "items": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "properties": {
-                                    "path": _HTTP_PATH_MATCH,
-                                    "method": {
-                                        "enum": [
-                                            "GET",
-                                            "HEAD",
-                                            "POST",
-                                            "PUT",
-                                            "DELETE",
-                                            "CONNECT",
-                                            "OPTIONS",
-                                            "TRACE",
-                                            "PATCH",
-                                        ]
-                                    },
-                                },
-                            },
-                        },
-                        "backendRefs": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": {
-                                "type": "object",
-                                "required": ["name", "port"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "group": {"type": "string"},
-                                    "kind": _STRING,
-                                    "namespace": _STRING,
-                                    "name": _GATEWAY_API_NAME,
-                                    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                                    "weight": {"type": "integer", "minimum": 0, "maximum": 1000000},
-                                },
-                            },
-                        },
-                        "timeouts": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "minProperties": 1,
-                            "properties": {
-                                "request": _GATEWAY_API_DURATION,
-                                "backendRequest": _GATEWAY_API_DURATION,
-                            },
-                        },
-                    },
-                },
-            },
-        },
+        "parentRefs": _array(
+            _closed({**_OBJECT_REFERENCE, "sectionName": _STRING}, ("name",)),
+            minItems=1,
+            maxItems=32,
+        ),
+        "hostnames": _array(_STRING, maxItems=16),
+        "rules": _array(_HTTP_ROUTE_RULE, minItems=1, maxItems=16),
     },
+    ("parentRefs", "rules"),
 )
 
 SCHEMAS: dict[tuple[str, str], Schema] = {

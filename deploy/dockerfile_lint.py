@@ -58,16 +58,13 @@ def parse(text: str) -> list[Instruction]:
     start = 0
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
-        if not pending and (not stripped or stripped.startswith("#")):
-            continue
-        if pending and stripped.startswith("#"):
+        if stripped.startswith("#") or (not pending and not stripped):
             continue
         if not pending:
             start = number
+        pending.append(stripped.removesuffix("\\").strip())
         if stripped.endswith("\\"):
-            pending.append(stripped[:-1].strip())
             continue
-        pending.append(stripped)
         keyword, _, arguments = " ".join(part for part in pending if part).partition(" ")
         instructions.append(Instruction(keyword.upper(), arguments.strip(), start))
         pending = []
@@ -213,10 +210,8 @@ def problems(image: str, text: str) -> list[str]:
     users = [i.arguments for i in final if i.keyword == "USER"]
     if not users:
         found.append("final stage has no USER: the image would run as root")
-    else:
-        user = users[-1].split(":")[0]
-        if not user.isdigit() or int(user) == 0:
-            found.append(f"final USER {users[-1]!r} must be a numeric non-root uid (runAsNonRoot)")
+    elif not (user := users[-1].split(":")[0]).isdigit() or int(user) == 0:
+        found.append(f"final USER {users[-1]!r} must be a numeric non-root uid (runAsNonRoot)")
     run_instructions = [i for i in instructions if i.keyword == "RUN"]
     runs = " ".join(i.arguments for i in run_instructions)
     installed = set(re.findall(r"/src\[([a-z,]+|\$\{SERVICE_EXTRA\})\]", runs))
@@ -246,14 +241,13 @@ def kind_image_problems() -> list[str]:
         for build in image_builds()
         if build.extra not in extras
     ]
-    for kind in model_kinds().values():
-        if kind.image is None:
-            continue
-        found += [
-            f"image {kind.image.name}: {package!r} is not a Debian package name"
-            for package in kind.image.system_packages
-            if not DEBIAN_PACKAGE.match(package)
-        ]
+    found += [
+        f"image {image.name}: {package!r} is not a Debian package name"
+        for kind in model_kinds().values()
+        if (image := kind.image) is not None
+        for package in image.system_packages
+        if not DEBIAN_PACKAGE.match(package)
+    ]
     return found
 
 

@@ -20,8 +20,7 @@ def _find(name: str, hint: str, *candidates: Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    found = shutil.which(name)
-    if found:
+    if found := shutil.which(name):
         return Path(found)
     raise MissingTool(f"{name} not found: {hint}")
 
@@ -48,8 +47,7 @@ def every_kubectl() -> list[tuple[tuple[int, int], Path]]:
     """Every kubectl on this machine, one per minor version, oldest first: the venv's, the one
     on PATH, and the versioned binaries beside it (Google Cloud SDK's `kubectl.1.NN`)."""
     candidates = [kubectl()]
-    on_path = shutil.which("kubectl")
-    if on_path:
+    if on_path := shutil.which("kubectl"):
         resolved = Path(on_path).resolve()
         candidates += [resolved, *sorted(resolved.parent.glob("kubectl.1.*"))]
     found: dict[tuple[int, int], Path] = {}

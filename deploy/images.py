@@ -41,25 +41,22 @@ PLATFORM_IMAGES = (
 
 def image_builds() -> tuple[ImageBuild, ...]:
     """Every kind's service image in the kinds' order, then the gateway and the worker."""
-    builds: list[ImageBuild] = []
-    for kind in model_kinds().values():
-        if kind.image is None:
-            continue
-        image = kind.image
-        builds.append(
-            ImageBuild(
-                image.name,
-                SERVICE_DOCKERFILE,
-                image.extra,
-                image.size_budget_mb,
-                build_args=(
-                    ("SERVICE_EXTRA", image.extra),
-                    ("SERVICE_MODULE", kind.service),
-                    ("SYSTEM_PACKAGES", ",".join(image.system_packages)),
-                ),
-                model_image=True,
-            )
+    builds = [
+        ImageBuild(
+            image.name,
+            SERVICE_DOCKERFILE,
+            image.extra,
+            image.size_budget_mb,
+            build_args=(
+                ("SERVICE_EXTRA", image.extra),
+                ("SERVICE_MODULE", kind.service),
+                ("SYSTEM_PACKAGES", ",".join(image.system_packages)),
+            ),
+            model_image=True,
         )
+        for kind in model_kinds().values()
+        if (image := kind.image) is not None
+    ]
     builds.extend(PLATFORM_IMAGES)
     names = [build.name for build in builds]
     duplicated = sorted({name for name in names if names.count(name) > 1})

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-PYPROJECT = REPO / "pyproject.toml"
 POETRY_LOCK = REPO / "poetry.lock"
 CONSTRAINTS = REPO / "constraints.txt"
 

@@ -80,10 +80,6 @@ class Tree:
         return self.root / "charts" / "mtc"
 
     @property
-    def prod_values(self) -> Path:
-        return self.chart / "ci" / "prod-values.yaml"
-
-    @property
     def base_models(self) -> Path:
         return self.root / "base" / "models"
 
@@ -92,21 +88,8 @@ class Tree:
         return self.root / "overlays" / "prod" / "models"
 
     @property
-    def istio_models(self) -> Path:
-        return self.root / "components" / "istio" / "models.yaml"
-
-    @property
     def canaries(self) -> Path:
         return self.root / "components" / "canary"
-
-    def generated_folders(self) -> tuple[Path, ...]:
-        """Folders whose every file this command owns."""
-        return (self.base_models, self.prod_models, self.canaries)
-
-
-def _load_yaml(path: Path) -> dict[str, Any]:
-    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _dump(documents: list[Manifest]) -> str:
@@ -117,7 +100,8 @@ def _dump(documents: list[Manifest]) -> str:
 
 def model_keys(tree: Tree) -> list[str]:
     """The enabled models of the chart's default values, in the order they are written."""
-    models = _load_yaml(tree.chart / "values.yaml").get("models") or {}
+    values = yaml.safe_load((tree.chart / "values.yaml").read_text(encoding="utf-8"))
+    models = (values if isinstance(values, dict) else {}).get("models") or {}
     return [key for key, model in models.items() if (model or {}).get("enabled", True)]
 
 
@@ -146,9 +130,8 @@ def _by_kind_and_name(objects: list[Manifest]) -> dict[tuple[str, str], Manifest
 
 
 def _env_file(title: str, data: dict[str, str]) -> str:
-    lines = [GENERATED_BY.rstrip("\n"), f"# {title}"]
-    lines += [f"{key}={value}" for key, value in data.items()]
-    return "\n".join(lines) + "\n"
+    settings = "".join(f"{key}={value}\n" for key, value in data.items())
+    return f"{GENERATED_BY}# {title}\n{settings}"
 
 
 def _base_files(tree: Tree, keys: list[str]) -> dict[str, str]:
@@ -199,7 +182,9 @@ def _base_files(tree: Tree, keys: list[str]) -> dict[str, str]:
 
 
 def _prod_files(tree: Tree, keys: list[str]) -> dict[str, str]:
-    objects = _by_kind_and_name(helm_template(tree.prod_values, chart=tree.chart))
+    objects = _by_kind_and_name(
+        helm_template(tree.chart / "ci" / "prod-values.yaml", chart=tree.chart)
+    )
     budgets: list[Manifest] = []
     patches = ""
     for key in keys:
@@ -247,7 +232,7 @@ def generated_files(tree: Tree) -> dict[Path, str]:
     keys = model_keys(tree)
     files = {tree.base_models / name: text for name, text in _base_files(tree, keys).items()}
     files.update({tree.prod_models / name: text for name, text in _prod_files(tree, keys).items()})
-    files[tree.istio_models] = _istio_text(tree, keys)
+    files[tree.root / "components" / "istio" / "models.yaml"] = _istio_text(tree, keys)
     for key in keys:
         for template in sorted(CANARY_TEMPLATE.glob("*.yaml")):
             text = template.read_text(encoding="utf-8").replace(MODEL_PLACEHOLDER, key)
@@ -256,9 +241,10 @@ def generated_files(tree: Tree) -> dict[Path, str]:
 
 
 def _left_over(tree: Tree, files: dict[Path, str]) -> list[Path]:
+    """Files not in `files` in the folders whose every file this command owns."""
     return [
         path
-        for folder in tree.generated_folders()
+        for folder in (tree.base_models, tree.prod_models, tree.canaries)
         for path in (sorted(folder.rglob("*")) if folder.is_dir() else [])
         if path.is_file() and path not in files
     ]

@@ -37,14 +37,10 @@ def parse(text: str) -> list[Manifest]:
     return [document for document in yaml.safe_load_all(text) if document]
 
 
-def kustomize_text(directory: Path, kubectl_binary: Path | None = None) -> str:
-    """`kubectl kustomize DIRECTORY` output (with the venv's kubectl unless one is named)."""
-    return _run([str(kubectl_binary or kubectl()), "kustomize", str(directory)])
-
-
 def kustomize(directory: Path, kubectl_binary: Path | None = None) -> list[Manifest]:
-    """The objects `kubectl kustomize DIRECTORY` renders."""
-    return parse(kustomize_text(directory, kubectl_binary))
+    """The objects `kubectl kustomize DIRECTORY` renders (with the venv's kubectl unless one
+    is named)."""
+    return parse(_run([str(kubectl_binary or kubectl()), "kustomize", str(directory)]))
 
 
 def without_hash_suffix(name: str) -> str:
@@ -53,19 +49,14 @@ def without_hash_suffix(name: str) -> str:
     return KUSTOMIZE_HASH_SUFFIX.sub("", name)
 
 
-def helm_text(*values: Path, chart: Path = CHART, settings: Sequence[str] = ()) -> str:
-    """`helm template` of the chart as release `mtc` in namespace `mtc`, with the given values
-    files and then `--set KEY=VALUE` settings."""
+def helm_template(
+    *values: Path, chart: Path = CHART, settings: Sequence[str] = ()
+) -> list[Manifest]:
+    """The objects `helm template` renders of the chart as release `mtc` in namespace `mtc`,
+    with the given values files and then `--set KEY=VALUE` settings."""
     command = [str(helm()), "template", RELEASE, str(chart), "--namespace", NAMESPACE]
     for file in values:
         command += ["--values", str(file)]
     for setting in settings:
         command += ["--set", setting]
-    return _run(command)
-
-
-def helm_template(
-    *values: Path, chart: Path = CHART, settings: Sequence[str] = ()
-) -> list[Manifest]:
-    """The objects the chart renders with the given values files and settings."""
-    return parse(helm_text(*values, chart=chart, settings=settings))
+    return parse(_run(command))

@@ -48,9 +48,7 @@ def is_builtin(manifest: Manifest) -> bool:
     """Whether the object is a Kubernetes built-in kind (no custom resource group)."""
     api_version = str(manifest.get("apiVersion", ""))
     group = api_version.split("/")[0] if "/" in api_version else ""
-    if group in CUSTOM_K8S_IO_GROUPS:
-        return False
-    return "." not in group or group.endswith(".k8s.io")
+    return group not in CUSTOM_K8S_IO_GROUPS and ("." not in group or group.endswith(".k8s.io"))
 
 
 def validate_builtin(manifests: Iterable[Manifest], version: str) -> list[str]:
@@ -86,10 +84,9 @@ def validate_custom(manifest: Manifest) -> list[str]:
     schema = SCHEMAS.get((str(api_version), kind))
     if schema is None:
         return [f"{_name(manifest)}: no validator for {api_version} {kind}"]
-    validator = jsonschema.Draft202012Validator(schema)
     return [
         f"{_name(manifest)}: {'/'.join(map(str, error.absolute_path))}: {error.message}"
-        for error in validator.iter_errors(manifest)
+        for error in jsonschema.Draft202012Validator(schema).iter_errors(manifest)
     ]
 
 

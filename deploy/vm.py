@@ -102,15 +102,11 @@ def services(machine: Machine) -> list[ServiceProcess]:
     return plan_services(dict(DEFAULT_MODELS), {}, machine.first_service_port)
 
 
-def jobs_metrics_port(planned: list[ServiceProcess]) -> int:
-    """The jobs worker's metrics port: the one after the last service, as `make run`'s."""
-    return planned[-1].port + 1
-
-
 def jobs_unit_environment(machine: Machine) -> dict[str, str]:
-    """The jobs settings of the gateway and the worker: `make run`'s, on the VM's Redis."""
+    """The jobs settings of the gateway and the worker: `make run`'s, on the VM's Redis, with
+    the worker's metrics on the port after the last service's."""
     planned = services(machine)
-    return jobs_environment(planned, HOST, machine.redis_port, jobs_metrics_port(planned))
+    return jobs_environment(planned, HOST, machine.redis_port, planned[-1].port + 1)
 
 
 def gateway_unit_environment(machine: Machine) -> dict[str, str]:
@@ -341,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help="where to write them")
     parser.add_argument("--check", action="store_true", help="exit 1 if deploy/vm/ is stale")
     args = parser.parse_args(argv)
-    machine = Machine(args.prefix, args.user, args.server_name)
-    files = render(machine)
+    files = render(Machine(args.prefix, args.user, args.server_name))
     if args.check:
         stale = [
             name
@@ -354,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 "out of date (run python -m deploy.vm): " + ", ".join(shlex.quote(n) for n in stale)
             )
-            return 1
-        return 0
+        return 1 if stale else 0
     args.out.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
         (args.out / name).write_text(content, encoding="utf-8")

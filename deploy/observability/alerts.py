@@ -82,12 +82,9 @@ def _latency() -> Alert:
 # whether or not any model pod runs. Pods stuck in Init, ImagePullBackOff or CrashLoopBackOff
 # export no `mtc_model_ready` at all, and `sum(...) == 0` over nothing is nothing.
 ROUTED_TASKS = "group by (namespace, task) (mtc_gateway_upstream_circuit_open)"
-
-
-def _unreported_tasks() -> str:
-    """Tasks the gateway routes that no pod reports `mtc_model_ready` for, valued 0 (ready
-    replicas), labelled by namespace and task."""
-    return f"({ROUTED_TASKS} unless on (namespace, task) mtc_model_ready) * 0"
+# Tasks the gateway routes that no pod reports `mtc_model_ready` for, valued 0 (ready
+# replicas), labelled by namespace and task.
+UNREPORTED_TASKS = f"({ROUTED_TASKS} unless on (namespace, task) mtc_model_ready) * 0"
 
 
 def _model_not_ready() -> Alert:
@@ -95,7 +92,7 @@ def _model_not_ready() -> Alert:
     return Alert(
         name="MtcModelNotReady",
         signal=signal,
-        expr=f"{signal} == 0\nor\n{_unreported_tasks()}",
+        expr=f"{signal} == 0\nor\n{UNREPORTED_TASKS}",
         # Longer than the startup probe allows (audio: 10 minutes) so a slow start is not paged.
         for_="15m",
         severity="warning",
@@ -120,7 +117,7 @@ def _task_unavailable() -> Alert:
     return Alert(
         name="MtcTaskUnavailable",
         signal=signal,
-        expr=f"{signal} == 0\nor\n{_unreported_tasks()}",
+        expr=f"{signal} == 0\nor\n{UNREPORTED_TASKS}",
         for_="5m",
         severity="critical",
         summary="{{ $labels.task }}: no replica has its model loaded",

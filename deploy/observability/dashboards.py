@@ -7,10 +7,10 @@ are dashboard variables; Prometheus Operator adds the `namespace` label to every
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from deploy.observability.promql import NAMESPACE, RATE, TASK, quantile, rate_sum, ratio
+from deploy.observability.promql import NAMESPACE, RATE, TASK, quantile, rate_sum, ratio, selector
 from services.core.kinds import ModelKind, ServiceImage, model_kinds
 
 # Grafana's JSON model version these dashboards are written in (Grafana 10.x / 11.x).
@@ -18,6 +18,7 @@ SCHEMA_VERSION = 39
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 FILTER = (NAMESPACE, TASK)
 PANEL_HEIGHT = 8
+PANEL_WIDTH = 12  # of Grafana's 24 columns: two panels a row
 
 Unit = Literal["reqps", "ops", "s", "percentunit", "short", "none"]
 
@@ -38,7 +39,6 @@ class Panel:
     description: str
     queries: tuple[Query, ...]
     unit: Unit
-    width: int = 12
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,38 @@ class Dashboard:
     description: str
     panels: tuple[Panel, ...]
     default_tasks: tuple[str, ...] = ()
-    tags: tuple[str, ...] = field(default=("mtc",))
+
+
+def _single_query(
+    title: str, description: str, expr: str, unit: Unit, legend: str = "{{task}}"
+) -> Panel:
+    """A panel of one query; its series are named by task unless `legend` says otherwise."""
+    return Panel(title, description, (Query(expr, legend),), unit)
+
+
+def _task_rate(metric: str) -> str:
+    """Per-task rate of a counter, within the dashboard's filters."""
+    return rate_sum(metric, "task", FILTER, RATE)
+
+
+def _gauge(aggregation: str, metric: str, matchers: tuple[str, ...] = FILTER) -> str:
+    """`aggregation (metric{matchers})`, e.g. `sum by (task)` of a gauge."""
+    return f"{aggregation} ({metric}{selector(*matchers)})"
+
+
+def _mean(histogram: str) -> str:
+    """Per-task mean of a histogram's observations."""
+    return ratio(_task_rate(f"{histogram}_sum"), _task_rate(f"{histogram}_count"))
 
 
 def _status_rate(metric: str) -> Panel:
-    return Panel(
+    return _single_query(
         "Requests per second by status",
         "Prediction requests answered, by task and status class (health checks and scrapes "
         "are not counted).",
-        (Query(rate_sum(metric, "task, status_class", FILTER, RATE), "{{task}} {{status_class}}"),),
+        rate_sum(metric, "task, status_class", FILTER, RATE),
         "reqps",
+        legend="{{task}} {{status_class}}",
     )
 
 
@@ -77,63 +99,54 @@ def _latency(histogram: str, title: str, description: str) -> Panel:
 
 def _error_ratio(metric: str, title: str) -> Panel:
     errors = rate_sum(metric, "task", ('status_class="5xx"', *FILTER), RATE)
-    return Panel(
+    return _single_query(
         title,
         "Share of prediction requests answered 5xx (model not ready, upstream down or slow).",
-        (Query(ratio(errors, rate_sum(metric, "task", FILTER, RATE)), "{{task}}"),),
+        ratio(errors, _task_rate(metric)),
         "percentunit",
     )
 
 
-def _cache_hit_ratio() -> Panel:
-    hits = rate_sum("mtc_cache_lookups_total", "task", ('result="hit"', *FILTER), RATE)
-    lookups = rate_sum("mtc_cache_lookups_total", "task", FILTER, RATE)
-    return Panel(
-        "Cache hit ratio",
-        "Share of items answered from the prediction cache (per item, so a batch can be "
-        "partly cached).",
-        (Query(ratio(hits, lookups), "{{task}}"),),
-        "percentunit",
-    )
+# Panels of the overview and of every service's dashboard.
+_CACHE_HIT_RATIO = _single_query(
+    "Cache hit ratio",
+    "Share of items answered from the prediction cache (per item, so a batch can be "
+    "partly cached).",
+    ratio(
+        rate_sum("mtc_cache_lookups_total", "task", ('result="hit"', *FILTER), RATE),
+        _task_rate("mtc_cache_lookups_total"),
+    ),
+    "percentunit",
+)
 
+_QUEUE_DEPTH = _single_query(
+    "Queue depth",
+    "Items waiting for the model, summed over replicas. Past MTC_MAX_QUEUED_ITEMS per "
+    "replica new requests are refused with 429.",
+    _gauge("sum by (task)", "mtc_queue_depth"),
+    "short",
+)
 
-def _queue_depth() -> Panel:
-    return Panel(
-        "Queue depth",
-        "Items waiting for the model, summed over replicas. Past MTC_MAX_QUEUED_ITEMS per "
-        "replica new requests are refused with 429.",
-        (Query(f"sum by (task) (mtc_queue_depth{{{NAMESPACE}, {TASK}}})", "{{task}}"),),
-        "short",
-    )
+_BATCH_SIZE = Panel(
+    "Batch size",
+    "Items per forward pass: mean and 90th percentile. Small batches under load mean the "
+    "batching window or MTC_MAX_BATCH_SIZE limits throughput.",
+    (
+        Query(_mean("mtc_batch_size"), "mean {{task}}"),
+        Query(quantile(0.9, "mtc_batch_size", "task", FILTER, RATE), "p90 {{task}}"),
+    ),
+    "short",
+)
 
-
-def _batch_size() -> Panel:
-    mean = ratio(
-        rate_sum("mtc_batch_size_sum", "task", FILTER, RATE),
-        rate_sum("mtc_batch_size_count", "task", FILTER, RATE),
-    )
-    return Panel(
-        "Batch size",
-        "Items per forward pass: mean and 90th percentile. Small batches under load mean the "
-        "batching window or MTC_MAX_BATCH_SIZE limits throughput.",
-        (
-            Query(mean, "mean {{task}}"),
-            Query(quantile(0.9, "mtc_batch_size", "task", FILTER, RATE), "p90 {{task}}"),
-        ),
-        "short",
-    )
-
-
-def _replicas() -> Panel:
-    return Panel(
-        "Model replicas",
-        "Replicas scraped per task, and how many of them have their model loaded.",
-        (
-            Query(f"count by (task) (mtc_model_ready{{{NAMESPACE}, {TASK}}})", "{{task}} running"),
-            Query(f"sum by (task) (mtc_model_ready{{{NAMESPACE}, {TASK}}})", "{{task}} ready"),
-        ),
-        "short",
-    )
+_REPLICAS = Panel(
+    "Model replicas",
+    "Replicas scraped per task, and how many of them have their model loaded.",
+    (
+        Query(_gauge("count by (task)", "mtc_model_ready"), "{{task}} running"),
+        Query(_gauge("sum by (task)", "mtc_model_ready"), "{{task}} ready"),
+    ),
+    "short",
+)
 
 
 def overview() -> Dashboard:
@@ -143,10 +156,10 @@ def overview() -> Dashboard:
         title="mtc / Overview",
         description="Every task through the gateway, and its model service behind it.",
         panels=(
-            Panel(
+            _single_query(
                 "Requests per second",
                 "Prediction requests through the gateway, by task.",
-                (Query(rate_sum("mtc_gateway_requests_total", "task", FILTER, RATE), "{{task}}"),),
+                _task_rate("mtc_gateway_requests_total"),
                 "reqps",
             ),
             _error_ratio("mtc_gateway_requests_total", "Error ratio (5xx) at the gateway"),
@@ -155,92 +168,74 @@ def overview() -> Dashboard:
                 "Latency at the gateway",
                 "Time from receiving a prediction request to answering it, per task.",
             ),
-            _cache_hit_ratio(),
-            _queue_depth(),
-            _batch_size(),
-            _replicas(),
-            Panel(
+            _CACHE_HIT_RATIO,
+            _QUEUE_DEPTH,
+            _BATCH_SIZE,
+            _REPLICAS,
+            _single_query(
                 "Items inferred per second",
                 "Items that went through a model (cache misses), by task.",
-                (Query(rate_sum("mtc_items_inferred_total", "task", FILTER, RATE), "{{task}}"),),
+                _task_rate("mtc_items_inferred_total"),
                 "ops",
             ),
         ),
     )
 
 
-def _service_panels() -> tuple[Panel, ...]:
-    phase_p99 = quantile(0.99, "mtc_phase_duration_seconds", "task, phase", FILTER, RATE)
-    return (
-        _status_rate("mtc_requests_total"),
-        _error_ratio("mtc_requests_total", "Error ratio (5xx)"),
-        _latency(
-            "mtc_request_duration_seconds",
-            "Request latency",
-            "Wall time of prediction requests inside the service.",
-        ),
-        Panel(
-            "Time per phase (p99)",
-            "Where a request's time goes: cache lookup, waiting in the queue, inference.",
-            (Query(phase_p99, "{{task}} {{phase}}"),),
-            "s",
-        ),
-        _queue_depth(),
-        Panel(
-            "Refused before inference",
-            "Requests refused by reason: overloaded (queue full, 429), timeout (504), "
-            "not_ready (503).",
-            (
-                Query(
-                    rate_sum("mtc_rejected_total", "task, reason", FILTER, RATE),
-                    "{{task}} {{reason}}",
-                ),
-            ),
-            "reqps",
-        ),
-        _cache_hit_ratio(),
-        Panel(
-            "Cache errors",
-            "Cache calls that failed or were skipped while Redis was down (requests are still "
-            "served, uncached).",
-            (Query(rate_sum("mtc_cache_errors_total", "task", FILTER, RATE), "{{task}}"),),
-            "ops",
-        ),
-        _batch_size(),
-        _replicas(),
-        Panel(
-            "Model served",
-            "Name and version of the loaded model (1 per replica serving it).",
-            (
-                Query(
-                    f"sum by (task, model, version) (mtc_model_info{{{NAMESPACE}, {TASK}}})",
-                    "{{task}} {{model}} {{version}}",
-                ),
-            ),
-            "short",
-        ),
-    )
-
-
 def service_dashboard(kind: ModelKind, image: ServiceImage) -> Dashboard:
     """The dashboard of one kind's service, for every task it serves."""
-    fill = ratio(
-        rate_sum("mtc_batch_fill_ratio_sum", "task", FILTER, RATE),
-        rate_sum("mtc_batch_fill_ratio_count", "task", FILTER, RATE),
-    )
     return Dashboard(
         uid=f"mtc-{image.name}",
         title=f"mtc / {image.name.capitalize()} service",
         description=f"{kind.name.capitalize()} classification service: traffic, phases, queue, "
         "cache, batching.",
         panels=(
-            *_service_panels(),
-            Panel(
+            _status_rate("mtc_requests_total"),
+            _error_ratio("mtc_requests_total", "Error ratio (5xx)"),
+            _latency(
+                "mtc_request_duration_seconds",
+                "Request latency",
+                "Wall time of prediction requests inside the service.",
+            ),
+            _single_query(
+                "Time per phase (p99)",
+                "Where a request's time goes: cache lookup, waiting in the queue, inference.",
+                quantile(0.99, "mtc_phase_duration_seconds", "task, phase", FILTER, RATE),
+                "s",
+                legend="{{task}} {{phase}}",
+            ),
+            _QUEUE_DEPTH,
+            _single_query(
+                "Refused before inference",
+                "Requests refused by reason: overloaded (queue full, 429), timeout (504), "
+                "not_ready (503).",
+                rate_sum("mtc_rejected_total", "task, reason", FILTER, RATE),
+                "reqps",
+                legend="{{task}} {{reason}}",
+            ),
+            _CACHE_HIT_RATIO,
+            _single_query(
+                "Cache errors",
+                "Cache calls that failed or were skipped while Redis was down (requests are still "
+                "served, uncached).",
+                _task_rate("mtc_cache_errors_total"),
+                "ops",
+            ),
+            _BATCH_SIZE,
+            _REPLICAS,
+            _single_query(
+                "Model served",
+                "Name and version of the loaded model (1 per replica serving it).",
+                _gauge("sum by (task, model, version)", "mtc_model_info"),
+                "short",
+                legend="{{task}} {{model}} {{version}}",
+            ),
+            _single_query(
                 "Batch fill ratio",
                 "Real / padded cost per forward pass (1.0 = no padding wasted, as always for "
                 "kinds whose items all cost the same); low values mean items of very different "
                 "sizes share batches.",
-                (Query(fill, "{{task}}"),),
+                _mean("mtc_batch_fill_ratio"),
                 "percentunit",
             ),
         ),
@@ -248,45 +243,12 @@ def service_dashboard(kind: ModelKind, image: ServiceImage) -> Dashboard:
     )
 
 
-def _traffic_by_model_version() -> Panel:
-    return Panel(
-        "Answers per second by model version",
-        "Answers of each task's services by the model version that gave them (their "
-        "x-model-version header): during a canary release, the stable and the canary "
-        "version's shares of the traffic; `none` is a service without a loaded model.",
-        (
-            Query(
-                rate_sum("mtc_gateway_model_responses_total", "task, model_version", FILTER, RATE),
-                "{{task}} {{model_version}}",
-            ),
-        ),
-        "reqps",
-    )
-
-
-def _errors_by_model_version() -> Panel:
+def gateway() -> Dashboard:
+    """The gateway: traffic per task and model version, and how its upstreams behave."""
     metric = "mtc_gateway_model_responses_total"
     answers = rate_sum(metric, "task, model_version", FILTER, RATE)
     # A version without a single 5xx has no such series: 0 for it, not a missing line.
     five_xx = rate_sum(metric, "task, model_version", ('status_class="5xx"', *FILTER), RATE)
-    errors = f"{five_xx}\nor\n0 * {answers}"
-    return Panel(
-        "Error ratio (5xx) by model version",
-        "Share of each model version's answers that are 5xx: a canary whose ratio rises above "
-        "the stable version's is one to roll back (docs/deploy.md, \"Releasing a model "
-        'version").',
-        (
-            Query(
-                ratio(errors, answers),
-                "{{task}} {{model_version}}",
-            ),
-        ),
-        "percentunit",
-    )
-
-
-def gateway() -> Dashboard:
-    """The gateway: traffic per task and model version, and how its upstreams behave."""
     return Dashboard(
         uid="mtc-gateway",
         title="mtc / Gateway",
@@ -298,76 +260,66 @@ def gateway() -> Dashboard:
                 "Latency",
                 "Time from receiving a prediction request to sending its response headers.",
             ),
-            _traffic_by_model_version(),
-            _errors_by_model_version(),
-            Panel(
+            _single_query(
+                "Answers per second by model version",
+                "Answers of each task's services by the model version that gave them (their "
+                "x-model-version header): during a canary release, the stable and the canary "
+                "version's shares of the traffic; `none` is a service without a loaded model.",
+                answers,
+                "reqps",
+                legend="{{task}} {{model_version}}",
+            ),
+            _single_query(
+                "Error ratio (5xx) by model version",
+                "Share of each model version's answers that are 5xx: a canary whose ratio rises "
+                "above the stable version's is one to roll back (docs/deploy.md, \"Releasing a "
+                'model version").',
+                ratio(f"{five_xx}\nor\n0 * {answers}", answers),
+                "percentunit",
+                legend="{{task}} {{model_version}}",
+            ),
+            _single_query(
                 "Upstream errors",
                 "Attempts to reach a task's service that failed: connect, timeout, protocol, "
                 "or refused by an open circuit.",
-                (
-                    Query(
-                        rate_sum("mtc_gateway_upstream_errors_total", "task, kind", FILTER, RATE),
-                        "{{task}} {{kind}}",
-                    ),
-                ),
+                rate_sum("mtc_gateway_upstream_errors_total", "task, kind", FILTER, RATE),
                 "ops",
+                legend="{{task}} {{kind}}",
             ),
-            Panel(
+            _single_query(
                 "Requests in flight per task",
                 "Requests forwarded and not yet answered, summed over gateway replicas.",
-                (
-                    Query(
-                        f"sum by (task) (mtc_gateway_upstream_in_flight{{{NAMESPACE}, {TASK}}})",
-                        "{{task}}",
-                    ),
-                ),
+                _gauge("sum by (task)", "mtc_gateway_upstream_in_flight"),
                 "short",
             ),
-            Panel(
+            _single_query(
                 "Open circuits",
                 "Upstream URLs whose circuit is open or half-open (no regular traffic).",
-                (
-                    Query(
-                        f"sum by (task) (mtc_gateway_upstream_circuit_open{{{NAMESPACE}, {TASK}}})",
-                        "{{task}}",
-                    ),
-                ),
+                _gauge("sum by (task)", "mtc_gateway_upstream_circuit_open"),
                 "short",
             ),
-            Panel(
+            _single_query(
                 "Refused requests",
                 "Requests refused before forwarding: missing or invalid API key (401), over "
                 "the key's quota (429). Only with API keys on.",
-                (
-                    Query(
-                        rate_sum("mtc_gateway_rejected_total", "reason", (NAMESPACE,), RATE),
-                        "{{reason}}",
-                    ),
-                ),
+                rate_sum("mtc_gateway_rejected_total", "reason", (NAMESPACE,), RATE),
                 "reqps",
+                legend="{{reason}}",
             ),
-            Panel(
+            _single_query(
                 "Quota checks without Redis",
                 "Quota checks counted in memory because Redis failed: quotas are then per "
                 "gateway replica instead of shared.",
-                (
-                    Query(
-                        f"sum (rate(mtc_gateway_quota_store_errors_total{{{NAMESPACE}}}[{RATE}]))",
-                        "quota store errors",
-                    ),
-                ),
+                f"sum (rate(mtc_gateway_quota_store_errors_total{{{NAMESPACE}}}[{RATE}]))",
                 "ops",
+                legend="quota store errors",
             ),
-            Panel(
+            _single_query(
                 "Gateway replicas",
                 "Gateway replicas scraped (each exports one quota-error counter).",
-                (
-                    Query(
-                        f"count (mtc_gateway_quota_store_errors_total{{{NAMESPACE}}})",
-                        "replicas",
-                    ),
-                ),
+                _gauge("count", "mtc_gateway_quota_store_errors_total", (NAMESPACE,)),
                 "short",
+                legend="replicas",
             ),
         ),
     )
@@ -381,17 +333,18 @@ def jobs() -> Dashboard:
         description="Jobs submitted to /v1/jobs: how many enter each state, how fast their "
         "items are predicted, what waits in the queue, and the workers running them.",
         panels=(
-            Panel(
+            _single_query(
                 "Jobs entering each state",
                 "Jobs per second that were queued (gateway), started running (worker; again "
                 "after a worker was lost), succeeded, failed or were cancelled.",
-                (Query(rate_sum("mtc_jobs_total", "state", (NAMESPACE,), RATE), "{{state}}"),),
+                rate_sum("mtc_jobs_total", "state", (NAMESPACE,), RATE),
                 "ops",
+                legend="{{state}}",
             ),
-            Panel(
+            _single_query(
                 "Items predicted per second",
                 "Items of jobs answered by the model services, by task.",
-                (Query(rate_sum("mtc_job_items_total", "task", FILTER, RATE), "{{task}}"),),
+                _task_rate("mtc_job_items_total"),
                 "ops",
             ),
             Panel(
@@ -399,28 +352,24 @@ def jobs() -> Dashboard:
                 "Jobs waiting in the queue (every worker reads the same queue, hence max) and "
                 "jobs running on workers: their sum is what the worker autoscaler follows.",
                 (
-                    Query(f"max (mtc_jobs_queue_length{{{NAMESPACE}}})", "waiting"),
-                    Query(f"sum (mtc_jobs_running{{{NAMESPACE}}})", "running"),
+                    Query(_gauge("max", "mtc_jobs_queue_length", (NAMESPACE,)), "waiting"),
+                    Query(_gauge("sum", "mtc_jobs_running", (NAMESPACE,)), "running"),
                 ),
                 "short",
             ),
-            Panel(
+            _single_query(
                 "Retried calls to model services",
                 "Chunks of jobs sent again after a connection failure, 429, 503 or 504 from a "
                 "model service, by task.",
-                (
-                    Query(
-                        rate_sum("mtc_job_upstream_retries_total", "task", FILTER, RATE),
-                        "{{task}}",
-                    ),
-                ),
+                _task_rate("mtc_job_upstream_retries_total"),
                 "ops",
             ),
-            Panel(
+            _single_query(
                 "Workers",
                 "Worker processes scraped.",
-                (Query(f"count (mtc_jobs_running{{{NAMESPACE}}})", "workers"),),
+                _gauge("count", "mtc_jobs_running", (NAMESPACE,)),
                 "short",
+                legend="workers",
             ),
         ),
     )
@@ -434,16 +383,25 @@ def all_dashboards() -> tuple[Dashboard, ...]:
     return (overview(), *services, gateway(), jobs())
 
 
+def _query_variable(name: str, query: str, **options: Any) -> dict[str, Any]:
+    """A variable whose values a PromQL `label_values` query lists."""
+    return {
+        "name": name,
+        "label": name.capitalize(),
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": query,
+        "query": {"query": query, "refId": name},
+        "refresh": 2,
+        "sort": 1,
+        **options,
+        "hide": 0,
+    }
+
+
 def _variables(dashboard: Dashboard) -> list[dict[str, Any]]:
-    namespaces = "label_values(mtc_model_ready, namespace)"
-    tasks = 'label_values(mtc_model_ready{namespace=~"$namespace"}, task)'
-    if dashboard.default_tasks:
-        current: dict[str, Any] = {
-            "text": list(dashboard.default_tasks),
-            "value": list(dashboard.default_tasks),
-        }
-    else:
-        current = {"text": ["All"], "value": ["$__all"]}
+    tasks = list(dashboard.default_tasks)
+    current = {"text": tasks, "value": tasks} if tasks else {"text": ["All"], "value": ["$__all"]}
     return [
         {
             "name": "datasource",
@@ -452,34 +410,20 @@ def _variables(dashboard: Dashboard) -> list[dict[str, Any]]:
             "query": "prometheus",
             "hide": 0,
         },
-        {
-            "name": "namespace",
-            "label": "Namespace",
-            "type": "query",
-            "datasource": DATASOURCE,
-            "definition": namespaces,
-            "query": {"query": namespaces, "refId": "namespace"},
-            "refresh": 2,
-            "sort": 1,
-            "includeAll": False,
-            "multi": False,
-            "hide": 0,
-        },
-        {
-            "name": "task",
-            "label": "Task",
-            "type": "query",
-            "datasource": DATASOURCE,
-            "definition": tasks,
-            "query": {"query": tasks, "refId": "task"},
-            "refresh": 2,
-            "sort": 1,
-            "includeAll": True,
-            "allValue": ".+",
-            "multi": True,
-            "current": current,
-            "hide": 0,
-        },
+        _query_variable(
+            "namespace",
+            "label_values(mtc_model_ready, namespace)",
+            includeAll=False,
+            multi=False,
+        ),
+        _query_variable(
+            "task",
+            'label_values(mtc_model_ready{namespace=~"$namespace"}, task)',
+            includeAll=True,
+            allValue=".+",
+            multi=True,
+            current=current,
+        ),
     ]
 
 
@@ -490,7 +434,7 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
         "title": panel.title,
         "description": panel.description,
         "datasource": DATASOURCE,
-        "gridPos": {"h": PANEL_HEIGHT, "w": panel.width, "x": x, "y": y},
+        "gridPos": {"h": PANEL_HEIGHT, "w": PANEL_WIDTH, "x": x, "y": y},
         "fieldConfig": {
             "defaults": {
                 "unit": panel.unit,
@@ -518,18 +462,11 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
 
 def to_json(dashboard: Dashboard) -> dict[str, Any]:
     """The dashboard in Grafana's JSON model, panels laid out two per row."""
-    panels: list[dict[str, Any]] = []
-    x = y = 0
-    for panel_id, panel in enumerate(dashboard.panels, start=1):
-        if x + panel.width > 24:
-            x, y = 0, y + PANEL_HEIGHT
-        panels.append(_panel_json(panel, panel_id, x, y))
-        x += panel.width
     return {
         "uid": dashboard.uid,
         "title": dashboard.title,
         "description": dashboard.description,
-        "tags": list(dashboard.tags),
+        "tags": ["mtc"],
         "schemaVersion": SCHEMA_VERSION,
         "version": 1,
         "editable": False,
@@ -540,5 +477,8 @@ def to_json(dashboard: Dashboard) -> dict[str, Any]:
         "annotations": {"list": []},
         "links": [],
         "templating": {"list": _variables(dashboard)},
-        "panels": panels,
+        "panels": [
+            _panel_json(panel, index + 1, PANEL_WIDTH * (index % 2), PANEL_HEIGHT * (index // 2))
+            for index, panel in enumerate(dashboard.panels)
+        ],
     }

@@ -51,20 +51,13 @@ def dump_yaml(*documents: Any) -> str:
     )
 
 
-def dashboard_files() -> dict[str, str]:
-    """File name -> JSON text of every dashboard."""
-    return {
+def outputs() -> dict[Path, str]:
+    """Every generated file (path relative to the repository) and its content."""
+    dashboards = {
         f"{dashboard.uid}.json": json.dumps(to_json(dashboard), indent=2, sort_keys=True) + "\n"
         for dashboard in all_dashboards()
     }
-
-
-def outputs() -> dict[Path, str]:
-    """Every generated file (path relative to the repository) and its content."""
-    files: dict[Path, str] = {}
-    dashboards = dashboard_files()
-    for name, text in dashboards.items():
-        files[Path("charts/mtc/dashboards") / name] = text
+    files = {Path("charts/mtc/dashboards") / name: text for name, text in dashboards.items()}
     rules = rule_groups()
     files[Path("charts/mtc/rules/mtc-alerts.yaml")] = HEADER + dump_yaml(rules)
     files[Path("components/monitoring/prometheusrule.yaml")] = HEADER + dump_yaml(
@@ -103,13 +96,11 @@ def stale_files(root: Path = REPO) -> list[Path]:
 
 def write(root: Path = REPO) -> list[Path]:
     """Write every generated file; returns the paths written."""
-    written = []
-    for path, text in outputs().items():
-        target = root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        written.append(path)
-    return written
+    files = outputs()
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return list(files)
 
 
 def main(argv: list[str] | None = None) -> int:
