@@ -7,8 +7,8 @@ unless it is listed here on purpose.
 
 from __future__ import annotations
 
-import logging
 import math
+from dataclasses import KW_ONLY, dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,8 +20,6 @@ from gateway.request_context import current_request
 from gateway.work_meter import WorkMeter
 from services.core.api_docs import is_docs_asset
 from services.core.http_errors import send_error
-
-logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset(
     {
@@ -66,6 +64,7 @@ def presented_api_key(scope: Scope) -> str | None:
     return bearer or header_key
 
 
+@dataclass(frozen=True)
 class AccessGuard:
     """Refuse non-public requests without a valid key (401), or over the key's quota
     (429 with `Retry-After`), before anything reads their body. A request let through takes
@@ -76,26 +75,15 @@ class AccessGuard:
     logs and counters name the key by its name in the keys file.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        keys: ApiKeyStore,
-        buckets: TokenBuckets,
-        default_rate_per_second: float,
-        default_burst: int,
-        items_per_token: int,
-        bytes_per_token: int,
-        metrics: GatewayMetrics,
-    ) -> None:
-        self.app = app
-        self.keys = keys
-        self.buckets = buckets
-        self.default_rate_per_second = default_rate_per_second
-        self.default_burst = default_burst
-        self.items_per_token = items_per_token
-        self.bytes_per_token = bytes_per_token
-        self.metrics = metrics
+    app: ASGIApp
+    _: KW_ONLY
+    keys: ApiKeyStore
+    buckets: TokenBuckets
+    default_rate_per_second: float
+    default_burst: int
+    items_per_token: int
+    bytes_per_token: int
+    metrics: GatewayMetrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope["path"]):

@@ -194,14 +194,13 @@ class ApiKeyStore:
         self.reload_seconds = reload_seconds
         self._clock = clock
         self._signature = self._file_signature()
-        self._keys = self._read()
+        self._keys = parse_api_keys(self._text(), str(self.path))
         self._next_check = clock() + reload_seconds
         if not self._keys:
             logger.warning("%s lists no API keys: every protected request will get 401", path)
 
     @property
     def names(self) -> list[str]:
-        """Names of the accepted keys."""
         return [key.name for key in self._keys]
 
     def identify(self, presented: str) -> ApiKey | None:
@@ -253,9 +252,6 @@ class ApiKeyStore:
             raise ApiKeysFileError(f"cannot read API keys file {self.path}: {error}") from None
         return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
-    def _read(self) -> list[ApiKey]:
-        return parse_api_keys(self._text(), str(self.path))
-
     def _text(self) -> str:
         try:
             return self.path.read_text(encoding="utf-8")
@@ -274,14 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     new = commands.add_parser(
         "new", help="generate a random key; print it (once) and its line for the keys file"
     )
-    new.add_argument("name", help="name of the key, shown in logs and quota counters")
     hashed = commands.add_parser(
         "hash",
         help="read an existing key from standard input (not the command line, which shell "
         "history and `ps` would keep) and print its line for the keys file",
     )
-    hashed.add_argument("name", help="name of the key, shown in logs and quota counters")
     for command in (new, hashed):
+        command.add_argument("name", help="name of the key, shown in logs and quota counters")
         command.add_argument("--rate", type=float, help="quota tokens per second for this key")
         command.add_argument("--burst", type=int, help="quota bucket size for this key")
         command.add_argument(

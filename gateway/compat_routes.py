@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
@@ -43,20 +44,15 @@ from gateway.image_urls import ImageUrlFetcher, ImageUrlHosts
 from gateway.job_routes import JOBS_PATH, JobDeskDep, OwnerDep, S3ScopeDep
 from gateway.routes import UpstreamsDep
 from gateway.schemas import (
-    AudioPredictResponse,
-    AudioS3Request,
     BulkPredictRequest,
     BulkPredictResponse,
     EmergencyCallPrediction,
     EmergencyCallS3Prediction,
     HealthyResponse,
-    LabelScoreBody,
     LegacyPoseRequest,
     LegacyPoseResponse,
     LegacyTextRequest,
     LegacyTextResponse,
-    PosePredictResponse,
-    TextPredictResponse,
     TonePrediction,
     ToneRequest,
 )
@@ -90,6 +86,13 @@ from services.jobs.errors import (
     JobsNotConfigured,
 )
 from services.jobs.submission import JobDesk
+from services.wire.contracts import (
+    AudioPredictResponse,
+    AudioS3Request,
+    LabelScoreBody,
+    PosePredictResponse,
+    TextPredictResponse,
+)
 
 COMPAT_TAG = "compatibility"
 PROJECT_PREFIX = "/project"
@@ -100,9 +103,10 @@ DISASTER_CLASSIFIER_PATH = "/api/v1/disaster_classifier"
 POSE_CLASSIFIER_PATH = "/api/v1/pose_classifier"
 CALL_PREDICT_PATH = "/predict"
 CALL_PREDICT_S3_PATH = "/predict_s3"
-CALL_UPLOAD_FIELD = "audio_file"
 TONE_PREDICT_PATH = "/api/predict/"
 
+# The only characters of a Python string that UTF-8 cannot encode.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_FORM_BYTES = 64 * 1024
 """Largest form `POST /predict_s3` reads (it carries a URI and perhaps a transcript)."""
@@ -230,22 +234,9 @@ def compat_routers(
                 raise ModelNotReady(f"the {sentiment} model is {status.status}{reason}")
             return HealthyResponse()
 
-    if SENTIMENT_ANALYSIS_PATH in served:
-        _add_top_label_text_route(
-            api_v1,
-            SENTIMENT_ANALYSIS_PATH,
-            served[SENTIMENT_ANALYSIS_PATH],
-            text_errors,
-            legacy_texts_schema,
-        )
-    if DISASTER_CLASSIFIER_PATH in served:
-        _add_top_label_text_route(
-            api_v1,
-            DISASTER_CLASSIFIER_PATH,
-            served[DISASTER_CLASSIFIER_PATH],
-            text_errors,
-            legacy_texts_schema,
-        )
+    for path in (SENTIMENT_ANALYSIS_PATH, DISASTER_CLASSIFIER_PATH):
+        if path in served:
+            _add_top_label_text_route(api_v1, path, served[path], text_errors, legacy_texts_schema)
 
     if POSE_CLASSIFIER_PATH in served:
         pose = served[POSE_CLASSIFIER_PATH]
@@ -270,13 +261,7 @@ def compat_routers(
             answer, result = await _predict(upstreams, pose, request, PosePredictResponse)
             if result is None:
                 return _relay(answer)
-            tops = [max(scores, key=lambda entry: entry.score) for scores in result.predictions]
-            reply = LegacyPoseResponse(
-                model_name=result.model.name,
-                labels=[top.label for top in tops],
-                scores=[top.score for top in tops],
-                prediction_time=_milliseconds(answer),
-            )
+            reply = LegacyPoseResponse(**_top_labels(result, answer))
             return _json(reply.model_dump(), answer)
 
         api_v1.post(
@@ -287,15 +272,13 @@ def compat_routers(
         )(with_body_schema(pose_classifier, images_schema))
 
     if CALL_PREDICT_PATH in served:
-        _add_emergency_call_routes(
-            standalone, settings, served[CALL_PREDICT_PATH], (*access_errors,)
-        )
+        _add_emergency_call_routes(standalone, settings, served[CALL_PREDICT_PATH], access_errors)
     if TONE_PREDICT_PATH in served:
         _add_tone_route(
             standalone,
             settings,
             served[TONE_PREDICT_PATH],
-            (*access_errors,),
+            access_errors,
             documented=jobs_configured,
         )
 
@@ -306,22 +289,12 @@ def _add_emergency_call_routes(
     router: APIRouter,
     settings: GatewaySettings,
     task: str,
-    access_errors: tuple[type[MtcError], ...],
+    access_errors: Sequence[type[MtcError]],
 ) -> None:
     """`POST /predict` (multipart `audio_file`) and `POST /predict_s3` (an S3 URI)."""
     # The upload is read within the audio task's own body limit, before it is parsed.
     upload_route = BoundedJsonRoute.with_max_body_bytes(settings.body_limit_for(task))
-    audio_errors = error_responses(
-        *_FORWARDING_ERRORS, UnsupportedMediaType, UnusableContent, *access_errors
-    )
-    s3_errors = error_responses(
-        *_FORWARDING_ERRORS,
-        UnsupportedMediaType,
-        UnusableContent,
-        AccessDenied,
-        InputNotFound,
-        *access_errors,
-    )
+    audio_errors = (*_FORWARDING_ERRORS, UnsupportedMediaType, UnusableContent)
 
     async def predict_call(
         audio_file: Annotated[
@@ -353,7 +326,7 @@ def _add_emergency_call_routes(
         predict_call,
         methods=["POST"],
         response_model=EmergencyCallPrediction,
-        responses=audio_errors,
+        responses=error_responses(*audio_errors, *access_errors),
         summary="Classify an emergency call (multipart `audio_file`)",
         operation_id="compat_emergency_call_predict",
         route_class_override=upload_route,
@@ -381,7 +354,7 @@ def _add_emergency_call_routes(
         predict_call_s3,
         methods=["POST"],
         response_model=EmergencyCallS3Prediction,
-        responses=s3_errors,
+        responses=error_responses(*audio_errors, AccessDenied, InputNotFound, *access_errors),
         summary="Classify an emergency call stored in S3 (JSON or form `s3_uri`)",
         operation_id="compat_emergency_call_predict_s3",
         route_class_override=FormOrJsonRoute.with_max_body_bytes(settings.max_json_body_bytes),
@@ -397,7 +370,7 @@ def _add_tone_route(
     router: APIRouter,
     settings: GatewaySettings,
     task: str,
-    access_errors: tuple[type[MtcError], ...],
+    access_errors: Sequence[type[MtcError]],
     *,
     documented: bool,
 ) -> None:
@@ -524,8 +497,6 @@ class FormOrJsonRoute(BoundedJsonRoute):
     validates, so both get the same checks and the same 422s. Empty form fields other than
     the required ones are left out, as a blank optional input means "not given"."""
 
-    max_form_bytes: ClassVar[int] = MAX_FORM_BYTES
-
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """The JSON handler, behind a translation of form bodies."""
         handler = super().get_route_handler()
@@ -533,13 +504,12 @@ class FormOrJsonRoute(BoundedJsonRoute):
         if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
             return handler
         fields = schema.model_fields
-        max_bytes = self.max_form_bytes
 
         async def form_or_json(request: Request) -> Response:
             media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
             if media_type not in FORM_MEDIA_TYPES:
                 return await handler(request)
-            form = await _read_form(request, max_bytes)
+            form = await _read_form(request, MAX_FORM_BYTES)
             values = {
                 name: value
                 for name, value in form.items()
@@ -572,7 +542,6 @@ async def _read_form(request: Request, max_bytes: int) -> dict[str, Any]:
 
 
 def _json_request(request: Request, body: bytes) -> Request:
-    """`request` with `body` as its JSON body."""
     headers = [
         (name, value)
         for name, value in request.scope["headers"]
@@ -605,14 +574,7 @@ def _add_top_label_text_route(
         )
         if result is None:
             return _relay(answer)
-        tops = [max(scores, key=lambda entry: entry.score) for scores in result.predictions]
-        reply = LegacyTextResponse(
-            model_name=result.model.name,
-            text=body.text,
-            labels=[top.label for top in tops],
-            scores=[top.score for top in tops],
-            prediction_time=_milliseconds(answer),
-        )
+        reply = LegacyTextResponse(text=body.text, **_top_labels(result, answer))
         return _json(reply.model_dump(), answer)
 
     classify.__doc__ = f"The label with the highest score, and that score, per text ({task})."
@@ -634,18 +596,10 @@ def _service_body(field: str, items: list[str]) -> bytes:
     try:
         return json.dumps({field: items}, ensure_ascii=False, separators=(",", ":")).encode()
     except UnicodeEncodeError:
-        index = next(i for i, item in enumerate(items) if not _is_unicode(item))
+        index = next(i for i, item in enumerate(items) if LONE_SURROGATE.search(item))
         raise InvalidInput(
             f"{field}[{index}] is not valid Unicode (it contains a lone surrogate escape)"
         ) from None
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 async def _predict(
@@ -676,8 +630,18 @@ def _highest_first(scores: list[LabelScoreBody]) -> list[LabelScoreBody]:
     return sorted(scores, key=lambda entry: entry.score, reverse=True)
 
 
-def _milliseconds(answer: UpstreamAnswer) -> int:
-    return round(answer.elapsed_seconds * 1000)
+def _top_labels(
+    result: TextPredictResponse | PosePredictResponse, answer: UpstreamAnswer
+) -> dict[str, Any]:
+    """The fields of the earlier APIs' answers: the model's name, per item the label with the
+    highest score and that score, and the milliseconds the service took."""
+    tops = [max(scores, key=lambda entry: entry.score) for scores in result.predictions]
+    return {
+        "model_name": result.model.name,
+        "labels": [top.label for top in tops],
+        "scores": [top.score for top in tops],
+        "prediction_time": round(answer.elapsed_seconds * 1000),
+    }
 
 
 def _json(body: dict[str, Any], answer: UpstreamAnswer) -> JSONResponse:

@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.routes import ForwardedRoute
-from gateway.upstreams import Upstreams
+from gateway.upstreams import Upstreams, body_too_large
 from gateway.work_meter import charge_body
-from services.core.errors import BodyTooLarge, MtcError
+from services.core.errors import MtcError
 from services.core.http_errors import send_error
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class DirectForwarding:
                 declared = int(value)
         try:
             if declared is not None and declared > limit:
-                raise _body_too_large(task, limit)
+                raise body_too_large(task, limit)
             body = await _read_body(receive, task, limit)
             if body is None:
                 return  # The client went away before sending its whole body.
@@ -80,19 +80,11 @@ async def _read_body(receive: Receive, task: str, limit: int) -> bytearray | Non
             return None
         chunk = message.get("body", b"")
         if len(body) + len(chunk) > limit:
-            raise _body_too_large(task, limit)
+            raise body_too_large(task, limit)
         body += chunk
         if not message.get("more_body", False):
             break
     return body
-
-
-def _body_too_large(task: str, limit: int) -> BodyTooLarge:
-    # The service would refuse it too; the gateway does, without forwarding a byte.
-    return BodyTooLarge(
-        f"request body is larger than {limit} bytes, the limit for task '{task}' "
-        "(MTC_GATEWAY_TASK_MAX_BODY_BYTES)"
-    )
 
 
 async def _respond(send: Send, status: int, content: bytes, headers: dict[str, str]) -> None:

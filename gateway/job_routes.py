@@ -83,8 +83,8 @@ def jobs_router(
     access_errors: Sequence[type[MtcError]],
     *,
     documented: bool,
-    max_inline_items: int | None = None,
-    max_body_bytes: int | None = None,
+    max_inline_items: int | None,
+    max_body_bytes: int,
 ) -> APIRouter:
     """The jobs routes; `access_errors` are those the API key check adds (none when keys
     are off). `documented`: listed in the OpenAPI document (when jobs are configured).
@@ -94,11 +94,7 @@ def jobs_router(
         prefix=JOBS_PATH,
         tags=["jobs"],
         include_in_schema=documented,
-        route_class=(
-            BoundedJsonRoute.with_max_body_bytes(max_body_bytes)
-            if max_body_bytes is not None
-            else BoundedJsonRoute
-        ),
+        route_class=BoundedJsonRoute.with_max_body_bytes(max_body_bytes),
     )
     # The inline list is capped at the configured limit: validating a longer one stops as
     # soon as it passes the cap.

@@ -22,7 +22,6 @@ class JsonFormatter(logging.Formatter):
     _second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        """The record as a single line of JSON."""
         # One access line per request: the timestamp text is made once per second.
         second = int(record.created)
         if second != self._second:

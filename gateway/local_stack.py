@@ -83,14 +83,11 @@ class Canary:
 
 @dataclass
 class Child:
-    """One process of the stack."""
-
     name: str
     process: subprocess.Popen[bytes]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options."""
     parser = argparse.ArgumentParser(
         prog="python -m gateway.local_stack",
         description="Run the gateway and one model service per task as local processes.",
@@ -103,53 +100,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=8101,
         help="port of the first model service; the next tasks take the following ports",
     )
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="TASK=URI",
-        help="serve text TASK from URI (repeatable); without any --model, --pose-model or "
-        "--audio-model: the starter models in .mtc/models",
+    # Options that may be given several times, each a list (empty when not given).
+    repeatable = (
+        (
+            "--model",
+            "TASK=URI",
+            "serve text TASK from URI (repeatable); without any --model, --pose-model or "
+            "--audio-model: the starter models in .mtc/models",
+        ),
+        (
+            "--pose-model",
+            "TASK=URI",
+            "serve image TASK with the pose service from URI (repeatable)",
+        ),
+        (
+            "--audio-model",
+            "TASK=URI",
+            "serve recordings for TASK with the audio service from URI (repeatable)",
+        ),
+        (
+            "--serve",
+            "KIND:TASK=URI",
+            "serve TASK with the service of KIND (any kind a package under services/ "
+            f"declares: {', '.join(model_kinds())}) from URI (repeatable)",
+        ),
+        (
+            "--replicas",
+            "TASK=N",
+            "run N processes of TASK's service on consecutive ports, balanced by the "
+            "gateway (repeatable; default 1 each)",
+        ),
+        (
+            "--canary",
+            "TASK=URI:WEIGHT",
+            "also serve TASK's model from URI with one more service and send it WEIGHT %% "
+            "of TASK's traffic, the stable version the rest (repeatable; batch jobs stay on the "
+            "stable version). Promote: run again with --model TASK=URI; roll back: without it",
+        ),
     )
-    parser.add_argument(
-        "--pose-model",
-        action="append",
-        default=[],
-        metavar="TASK=URI",
-        help="serve image TASK with the pose service from URI (repeatable)",
-    )
-    parser.add_argument(
-        "--audio-model",
-        action="append",
-        default=[],
-        metavar="TASK=URI",
-        help="serve recordings for TASK with the audio service from URI (repeatable)",
-    )
-    parser.add_argument(
-        "--serve",
-        action="append",
-        default=[],
-        metavar="KIND:TASK=URI",
-        help="serve TASK with the service of KIND (any kind a package under services/ "
-        f"declares: {', '.join(model_kinds())}) from URI (repeatable)",
-    )
-    parser.add_argument(
-        "--replicas",
-        action="append",
-        default=[],
-        metavar="TASK=N",
-        help="run N processes of TASK's service on consecutive ports, balanced by the "
-        "gateway (repeatable; default 1 each)",
-    )
-    parser.add_argument(
-        "--canary",
-        action="append",
-        default=[],
-        metavar="TASK=URI:WEIGHT",
-        help="also serve TASK's model from URI with one more service and send it WEIGHT %% "
-        "of TASK's traffic, the stable version the rest (repeatable; batch jobs stay on the "
-        "stable version). Promote: run again with --model TASK=URI; roll back: without it",
-    )
+    for flag, metavar, help_text in repeatable:
+        parser.add_argument(flag, action="append", default=[], metavar=metavar, help=help_text)
     parser.add_argument(
         "--ready-timeout", type=float, default=300.0, help="seconds to wait for every model"
     )
@@ -169,15 +159,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def models_from(
-    text_pairs: list[str],
-    pose_pairs: list[str],
-    audio_pairs: list[str] | None = None,
-    kind_pairs: list[str] | None = None,
+    text_pairs: list[str], pose_pairs: list[str], audio_pairs: list[str], kind_pairs: list[str]
 ) -> dict[str, tuple[str, str]]:
     """TASK -> (service module, model URI); the starter models when no pair is given.
     `kind_pairs` are `KIND:TASK=URI` (`--serve`), the others `TASK=URI`."""
-    audio_pairs = audio_pairs or []
-    kind_pairs = kind_pairs or []
     if not text_pairs and not pose_pairs and not audio_pairs and not kind_pairs:
         return dict(DEFAULT_MODELS)
     models: dict[str, tuple[str, str]] = {}
@@ -309,7 +294,6 @@ def jobs_environment(
 
 
 def port_is_free(host: str, port: int) -> bool:
-    """Whether nothing listens on `port` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))

@@ -12,13 +12,13 @@ answer. Every error under `/v2` is `{"error": message}` (`OpenInferenceErrors`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Request, Response
 
-from gateway.routes import UpstreamsDep
+from gateway.routes import GATEWAY_ERRORS, UpstreamsDep
 from gateway.settings import GatewaySettings
 from gateway.work_meter import charge_inference_body
 from services.core.binary_tensors import INFERENCE_HEADER_LENGTH
@@ -27,8 +27,6 @@ from services.core.errors import (
     MtcError,
     UnknownTask,
     UnsupportedMediaType,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from services.core.open_inference import (
     EXTENSIONS,
@@ -52,8 +50,6 @@ MODEL_VERSION = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]{1,128}")
 """A version path segment forwarded as is: no `/`, `..` or encoded characters reach the
 service's paths."""
 
-_GATEWAY_ERRORS: tuple[type[MtcError], ...] = (UpstreamUnavailable, UpstreamTimeout)
-
 ModelVersion = Annotated[str, Path(description="The model's version (see its metadata).")]
 
 
@@ -72,7 +68,7 @@ def open_inference_router(
         description="The model's name: a task, as listed by `GET /v1/models`.",
         examples=[example_task],
     )
-    forwarded_errors: tuple[type[MtcError], ...] = (UnknownTask, *_GATEWAY_ERRORS, *access_errors)
+    forwarded_errors: tuple[type[MtcError], ...] = (UnknownTask, *GATEWAY_ERRORS, *access_errors)
 
     @router.get("", summary="Server metadata", response_model=ServerMetadataResponse)
     async def server_metadata() -> ServerMetadataResponse:
@@ -142,78 +138,68 @@ def open_inference_router(
         )
         return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
 
-    metadata_route: dict[str, Any] = {
-        "summary": "Model metadata",
-        "response_model": ModelMetadataResponse,
-        "responses": inference_error_responses(*forwarded_errors),
-    }
-    ready_route: dict[str, Any] = {
-        "summary": "Model ready",
-        "response_model": ModelReadyResponse,
-        "responses": inference_error_responses(ModelNotReady, *forwarded_errors),
-    }
-    infer_route: dict[str, Any] = {
-        "summary": "Inference",
-        "response_model": InferenceResponse,
-        "responses": {
-            **INFER_OK_RESPONSE,
-            **inference_error_responses(*INFER_ERRORS, *forwarded_errors),
+    documented_routes: dict[str, dict[str, Any]] = {
+        "": {
+            "name": "model_metadata",
+            "methods": ["GET"],
+            "summary": "Model metadata",
+            "description": "The model's inputs and outputs with their datatypes and shapes.",
+            "response_model": ModelMetadataResponse,
+            "responses": inference_error_responses(*forwarded_errors),
         },
-        "openapi_extra": {"requestBody": INFER_REQUEST_BODY},
-        "description": INFER_DESCRIPTION
-        + " Forwarded to the task's service; the quota counts the batch size its inputs "
-        "declare.",
+        "/ready": {
+            "name": "model_ready",
+            "methods": ["GET"],
+            "summary": "Model ready",
+            "description": "Answer 200 when the model is loaded, else 503.",
+            "response_model": ModelReadyResponse,
+            "responses": inference_error_responses(ModelNotReady, *forwarded_errors),
+        },
+        "/infer": {
+            "name": "infer",
+            "methods": ["POST"],
+            "summary": "Inference",
+            "response_model": InferenceResponse,
+            "responses": {
+                **INFER_OK_RESPONSE,
+                **inference_error_responses(*INFER_ERRORS, *forwarded_errors),
+            },
+            "openapi_extra": {"requestBody": INFER_REQUEST_BODY},
+            "description": INFER_DESCRIPTION
+            + " Forwarded to the task's service; the quota counts the batch size its inputs "
+            "declare.",
+        },
     }
 
-    @router.get("/models/{model_name}", **metadata_route)
-    async def model_metadata(
-        *, model_name: str = model_name_path, request: Request, upstreams: UpstreamsDep
-    ) -> Response:
-        """The model's inputs and outputs with their datatypes and shapes."""
-        return await forward(model_name, "", None, request, upstreams)
+    def model_route(suffix: str) -> Callable[..., Awaitable[Response]]:
+        async def endpoint(
+            *, model_name: str = model_name_path, request: Request, upstreams: UpstreamsDep
+        ) -> Response:
+            return await forward(model_name, suffix, None, request, upstreams)
 
-    @router.get("/models/{model_name}/ready", **ready_route)
-    async def model_ready(
-        *, model_name: str = model_name_path, request: Request, upstreams: UpstreamsDep
-    ) -> Response:
-        """Answer 200 when the model is loaded, else 503."""
-        return await forward(model_name, "/ready", None, request, upstreams)
+        return endpoint
 
-    @router.post("/models/{model_name}/infer", **infer_route)
-    async def infer(
-        *, model_name: str = model_name_path, request: Request, upstreams: UpstreamsDep
-    ) -> Response:
-        return await forward(model_name, "/infer", None, request, upstreams)
+    def version_route(suffix: str) -> Callable[..., Awaitable[Response]]:
+        async def endpoint(
+            *,
+            model_name: str = model_name_path,
+            model_version: ModelVersion,
+            request: Request,
+            upstreams: UpstreamsDep,
+        ) -> Response:
+            return await forward(model_name, suffix, model_version, request, upstreams)
 
+        return endpoint
+
+    for suffix, options in documented_routes.items():
+        router.add_api_route(f"/models/{{model_name}}{suffix}", model_route(suffix), **options)
     # The same three for one version of the model (the loaded one), undocumented.
-    @router.get("/models/{model_name}/versions/{model_version}", include_in_schema=False)
-    async def version_metadata(
-        *,
-        model_name: str = model_name_path,
-        model_version: ModelVersion,
-        request: Request,
-        upstreams: UpstreamsDep,
-    ) -> Response:
-        return await forward(model_name, "", model_version, request, upstreams)
-
-    @router.get("/models/{model_name}/versions/{model_version}/ready", include_in_schema=False)
-    async def version_ready(
-        *,
-        model_name: str = model_name_path,
-        model_version: ModelVersion,
-        request: Request,
-        upstreams: UpstreamsDep,
-    ) -> Response:
-        return await forward(model_name, "/ready", model_version, request, upstreams)
-
-    @router.post("/models/{model_name}/versions/{model_version}/infer", include_in_schema=False)
-    async def version_infer(
-        *,
-        model_name: str = model_name_path,
-        model_version: ModelVersion,
-        request: Request,
-        upstreams: UpstreamsDep,
-    ) -> Response:
-        return await forward(model_name, "/infer", model_version, request, upstreams)
+    for suffix, options in documented_routes.items():
+        router.add_api_route(
+            f"/models/{{model_name}}/versions/{{model_version}}{suffix}",
+            version_route(suffix),
+            methods=options["methods"],
+            include_in_schema=False,
+        )
 
     return router

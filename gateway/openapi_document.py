@@ -10,6 +10,7 @@ two ways to send a key as security schemes of every protected operation.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -87,24 +88,21 @@ def _document_builder(
     forwarded_body_models: tuple[type[BaseModel], ...],
     api_keys_required: bool,
 ) -> Callable[[], dict[str, Any]]:
-    built: dict[str, Any] = {}
+    # Built once, on first request: every route is registered by then.
+    @functools.cache
+    def built() -> dict[str, Any]:
+        schema = get_openapi(
+            title=title,
+            version=app.version,
+            description=description,
+            routes=routes(),
+        )
+        _add_request_body_components(schema, forwarded_body_models)
+        if api_keys_required:
+            _require_api_keys(schema)
+        return schema
 
-    def document() -> dict[str, Any]:
-        # Built once, on first request: every route is registered by then.
-        if not built:
-            schema = get_openapi(
-                title=title,
-                version=app.version,
-                description=description,
-                routes=routes(),
-            )
-            _add_request_body_components(schema, forwarded_body_models)
-            if api_keys_required:
-                _require_api_keys(schema)
-            built.update(schema)
-        return copy.deepcopy(built)
-
-    return document
+    return lambda: copy.deepcopy(built())
 
 
 def _add_request_body_components(

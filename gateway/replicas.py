@@ -164,13 +164,10 @@ class ReplicaSet:
         # nginx's smooth weighted round robin: every candidate gains its weight, the leader
         # is chosen and pays back the total, so picks interleave (90/10: no run of 10 canary
         # requests) and replicas whose circuit is open simply sit out the round.
-        total = 0.0
         for replica in candidates:
-            weight = replica.weight or 0.0
-            replica.current_weight += weight
-            total += weight
+            replica.current_weight += replica.weight or 0.0
         chosen = max(candidates, key=lambda replica: replica.current_weight)
-        chosen.current_weight -= total
+        chosen.current_weight -= sum(replica.weight or 0.0 for replica in candidates)
         return chosen
 
     def seconds_until_probe(self) -> float:

@@ -9,6 +9,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -44,11 +45,6 @@ def current_request() -> RequestContext | None:
     return _current.get()
 
 
-def new_request_id() -> str:
-    """A fresh random request id."""
-    return secrets.token_hex(16)
-
-
 class RequestIdMiddleware:
     """Give every HTTP request an id: the client's `X-Request-ID` when it is a sane token,
     else a new one. It is set as the current `RequestContext`, forwarded to services,
@@ -61,15 +57,8 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        offered = next(
-            (
-                value.decode("latin-1")
-                for name, value in scope.get("headers", [])
-                if name == REQUEST_ID_HEADER.encode()
-            ),
-            "",
-        )
-        request_id = offered if ACCEPTED_REQUEST_ID.fullmatch(offered) else new_request_id()
+        offered = Headers(raw=scope.get("headers", [])).get(REQUEST_ID_HEADER, "")
+        request_id = offered if ACCEPTED_REQUEST_ID.fullmatch(offered) else secrets.token_hex(16)
         token = _current.set(RequestContext(request_id))
 
         async def send_with_id(message: Message) -> None:

@@ -125,8 +125,6 @@ def task_router(
     router = APIRouter(prefix="/v1")
     for entry in table:
         task, route = entry.task, entry.route
-        errors = (*route.errors, *GATEWAY_ERRORS, *access_errors)
-        responses = error_responses(*errors, validation=True)
         endpoint = _forwarding_endpoint(task, entry.path)
         endpoint.__doc__ = (
             f"{route.summary} with the `{task}` model. The body is forwarded to the "
@@ -142,7 +140,9 @@ def task_router(
             summary=f"{route.summary} ({task})",
             operation_id=f"{route.suffix.replace('-', '_')}_{task}",
             response_model=route.response_model,
-            responses=responses,
+            responses=error_responses(
+                *route.errors, *GATEWAY_ERRORS, *access_errors, validation=True
+            ),
             openapi_extra={"requestBody": route.request_body},
         )
     router.add_api_route(

@@ -22,50 +22,10 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from services.core.errors import BatchTooLarge
-from services.wire.contracts import (
-    DEFAULT_MAX_IMAGES,
-    DEFAULT_MAX_TEXTS,
-    MULTIPART_AUDIO_SCHEMA,
-    MULTIPART_IMAGES_SCHEMA,
-    AudioPredictResponse,
-    AudioS3Request,
-    BatchRequest,
-    LabelScoreBody,
-    ModelRef,
-    PoseJsonRequest,
-    PosePredictResponse,
-    TaskKind,
-    TextPredictRequest,
-    TextPredictResponse,
-)
+from services.wire.contracts import DEFAULT_MAX_IMAGES, DEFAULT_MAX_TEXTS, BatchRequest, TaskKind
 
 MAX_IMAGE_URL_CHARS = 2048
 """Longest image URL `/api/v1/pose_classifier` accepts."""
-
-__all__ = [
-    "MULTIPART_AUDIO_SCHEMA",
-    "MULTIPART_IMAGES_SCHEMA",
-    "AudioPredictResponse",
-    "AudioS3Request",
-    "BulkPredictRequest",
-    "BulkPredictResponse",
-    "HealthyResponse",
-    "LabelScoreBody",
-    "LegacyPoseRequest",
-    "LegacyPoseResponse",
-    "LegacyTextRequest",
-    "LegacyTextResponse",
-    "LiveResponse",
-    "ModelRef",
-    "ModelStatus",
-    "ModelsResponse",
-    "NotReadyBody",
-    "PoseJsonRequest",
-    "PosePredictResponse",
-    "ReadyResponse",
-    "TextPredictRequest",
-    "TextPredictResponse",
-]
 
 
 class ModelStatus(BaseModel):

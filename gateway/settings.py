@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.kinds import kind_named
@@ -294,23 +294,17 @@ class GatewaySettings(BaseSettings):
             for task, shares in weights.items()
         }
 
-    @field_validator("task_timeouts")
+    @field_validator("task_timeouts", "task_max_body_bytes")
     @classmethod
-    def _check_task_timeouts(cls, timeouts: dict[str, float]) -> dict[str, float]:
-        for task, seconds in timeouts.items():
+    def _check_per_task_values(
+        cls, values: dict[str, float], info: ValidationInfo
+    ) -> dict[str, float]:
+        what = "timeout" if info.field_name == "task_timeouts" else "body limit"
+        for task, value in values.items():
             check_task_name(task)
-            if seconds <= 0:
-                raise ValueError(f"timeout for task {task!r} must be positive, got {seconds}")
-        return timeouts
-
-    @field_validator("task_max_body_bytes")
-    @classmethod
-    def _check_task_body_limits(cls, limits: dict[str, int]) -> dict[str, int]:
-        for task, limit in limits.items():
-            check_task_name(task)
-            if limit < 1:
-                raise ValueError(f"body limit for task {task!r} must be positive, got {limit}")
-        return limits
+            if value <= 0:
+                raise ValueError(f"{what} for task {task!r} must be positive, got {value}")
+        return values
 
     @field_validator("cors_origins")
     @classmethod

@@ -90,13 +90,12 @@ async def create_http_client(settings: GatewaySettings) -> AsyncIterator[aiohttp
 
 @dataclass(frozen=True)
 class UpstreamAnswer:
-    """A service's answer (any status) and the replica that gave it."""
+    """A service's answer (any status)."""
 
     status_code: int
     content: bytes
     headers: dict[str, str]
     """The relayed headers only (see `RELAYED_HEADERS`)."""
-    upstream: str
     elapsed_seconds: float
     """Time from the first attempt to the answer, retries included."""
 
@@ -118,6 +117,15 @@ def build_replica_sets(
     }
 
 
+def body_too_large(task: str, limit: int) -> BodyTooLarge:
+    """413 for a body over the task's limit: the service would refuse it too, so the gateway
+    does, without forwarding a byte."""
+    return BodyTooLarge(
+        f"request body is larger than {limit} bytes, the limit for task '{task}' "
+        "(MTC_GATEWAY_TASK_MAX_BODY_BYTES)"
+    )
+
+
 class Upstreams:
     """Forwards requests to the service replicas of each task and collects their status.
 
@@ -130,16 +138,14 @@ class Upstreams:
         settings: GatewaySettings,
         client: aiohttp.ClientSession,
         metrics: GatewayMetrics,
-        replica_sets: dict[str, ReplicaSet] | None = None,
+        replica_sets: dict[str, ReplicaSet],
     ) -> None:
         self._settings = settings
         self._client = client
         self._in_flight = 0
         """Requests sent or waiting for a connection, all replicas together."""
         self._metrics = metrics
-        self.replica_sets = (
-            replica_sets if replica_sets is not None else build_replica_sets(settings)
-        )
+        self.replica_sets = replica_sets
         self._relayed_headers = RELAYED_HEADERS + (
             TIMING_HEADERS if settings.relays_timing_headers else ()
         )
@@ -177,10 +183,7 @@ class Upstreams:
         self.check_task(task)
         limit = self._settings.body_limit_for(task)
         if len(body) > limit:
-            raise BodyTooLarge(
-                f"request body is larger than {limit} bytes, the limit for task '{task}' "
-                "(MTC_GATEWAY_TASK_MAX_BODY_BYTES)"
-            )
+            raise body_too_large(task, limit)
         replica_set = self.replica_sets[task]
         # Longer than the service's own deadline, so a slow model is the service's 504.
         timeout_seconds = self._settings.upstream_deadline_for(task)
@@ -245,7 +248,6 @@ class Upstreams:
                 status_code=status,
                 content=content,
                 headers=relayed,
-                upstream=replica.url,
                 elapsed_seconds=time.monotonic() - started,
             )
 
@@ -347,10 +349,9 @@ class Upstreams:
         each distinct service URL once, all together. A task is ready when at least one of
         its replicas in service is (a URL of weight 0 is neither asked nor counted)."""
         wanted = list(tasks) if tasks is not None else self.tasks
-        for task in wanted:
-            self.check_task(task)
         tasks_by_url: dict[str, list[str]] = {}
         for task in wanted:
+            self.check_task(task)
             for url in self._urls_in_service(task):
                 tasks_by_url.setdefault(url, []).append(task)
         urls = list(tasks_by_url)
