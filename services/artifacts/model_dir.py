@@ -1,19 +1,62 @@
 """Write a model directory atomically: it appears complete, with its manifest, or not at all.
 
-Shared by every service's builders and trainers (services never import each other).
+Shared by every service's builders and trainers (services never import each other), with
+the check that leaves a directory already holding a verified build alone (`current_build`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.artifacts.manifest import MANIFEST_NAME, Manifest, read_manifest
+from services.artifacts.manifest import MANIFEST_NAME, Manifest, read_manifest, verify_model_dir
 from services.core.errors import ModelLoadError
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a starter build did."""
+
+    out: Path
+    built: bool
+    """False when `out` already held this exact, verified build."""
+    manifest: Manifest
+    seconds: float
+
+
+def current_build(
+    out: Path,
+    name: str,
+    version: str,
+    logger: logging.Logger,
+    matches: Callable[[Manifest], bool] = lambda manifest: True,
+    *,
+    force: bool,
+) -> Manifest | None:
+    """The manifest of `out` when it holds a verified build of `name` `version` that
+    `matches`; None (logged on `logger` when `out` fails to verify) when it must be rebuilt,
+    and always when `force`."""
+    if force:
+        return None
+    try:
+        manifest = read_manifest(out)
+        if (
+            manifest is None
+            or (manifest.name, manifest.version) != (name, version)
+            or not matches(manifest)
+        ):
+            return None
+        verify_model_dir(out, manifest)
+    except ModelLoadError as exc:
+        logger.warning("%s will be rebuilt: %s", out, exc)
+        return None
+    return manifest
 
 
 class ModelDirConflict(RuntimeError):

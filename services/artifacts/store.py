@@ -46,10 +46,7 @@ class ModelLocation:
         if scheme == "file":
             return cls("file", rest)
         if scheme == "s3":
-            bucket, _, prefix = rest.partition("/")
-            if not bucket:
-                raise ModelLoadError(f"{uri}: s3 URIs look like s3://bucket/prefix")
-            return cls("s3", f"{bucket}/{prefix.strip('/')}".rstrip("/"))
+            return cls("s3", S3Prefix.parse(uri).uri.removeprefix("s3://"))
         if scheme == "hf":
             repo, _, revision = rest.partition("@")
             if repo.count("/") > 1 or not repo or repo.startswith("/"):

@@ -558,7 +558,6 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """`mtc eval`."""
-    from services.artifacts.store import ModelStore
     from services.text.evaluation import evaluate_model_dir
     from services.text.training import read_labelled_csv, split_examples
 
@@ -582,7 +581,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         examples = split.heldout if split_name == "heldout" else split.train
     if not examples:
         raise UsageError(f"no examples in the {split_name} split")
-    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(args.model)
+    _, model_dir = _fetch_model(args)
     report = evaluate_model_dir(model_dir, examples, runtime=args.runtime, progress=True)
     print(f"model     {args.model} ({args.runtime})\nsplit     {split_name}")
     print(report.table())
@@ -608,7 +607,6 @@ def _emit_metrics(document: dict[str, Any], json_out: Path | None) -> int:
 
 def _eval_starter(args: argparse.Namespace) -> int:
     """`mtc eval --starter TASK`: every evaluation set of one starter, side by side."""
-    from services.artifacts.store import ModelStore
     from services.text.evaluation import evaluate_model_dir
     from services.text.starter.recipes import RECIPES
 
@@ -619,8 +617,7 @@ def _eval_starter(args: argparse.Namespace) -> int:
     if args.starter == AUDIO_STARTER:
         return _eval_audio_starter(args)
     default_task = AUDIO_STARTER if args.starter == KOREAN_STARTER else args.starter
-    model = args.model or str(DEFAULT_MODELS_DIR / default_task)
-    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
+    model, model_dir = _fetch_model(args, default_task)
     if args.starter == KOREAN_STARTER:
         from services.audio.starter import korean_transcripts
 
@@ -662,7 +659,6 @@ def _print_set_table(sets: Mapping[str, Any]) -> None:
 
 def _eval_pose_photo_set(args: argparse.Namespace) -> int:
     """`mtc eval --starter pose`: the pose model on the labelled photos and their copies."""
-    from services.artifacts.store import ModelStore
     from services.pose.evaluation import evaluate_photo_images, load_pose_model
     from services.pose.photo_set import (
         PHOTO_SET_FILE,
@@ -672,8 +668,7 @@ def _eval_pose_photo_set(args: argparse.Namespace) -> int:
         read_photo_set,
     )
 
-    model = args.model or str(DEFAULT_MODELS_DIR / POSE_STARTER)
-    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
+    model, model_dir = _fetch_model(args, POSE_STARTER)
     photos = read_photo_set()
     images = photo_images(photos, fetch_photo_files(photos, args.cache_dir))
     classifier = load_pose_model(model_dir)
@@ -701,7 +696,6 @@ def _eval_pose_photo_set(args: argparse.Namespace) -> int:
 
 def _eval_audio_starter(args: argparse.Namespace) -> int:
     """`mtc eval --starter audio`: the emergency-call model on written and spoken sentences."""
-    from services.artifacts.store import ModelStore
     from services.audio.starter import clip_evaluation
 
     if args.runtime != "torch":
@@ -710,8 +704,7 @@ def _eval_audio_starter(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be at least 1")
     if args.asr_sentences_per_label < 0:
         raise UsageError("--asr-sentences-per-label must be 0 (off) or more")
-    model = args.model or str(DEFAULT_MODELS_DIR / AUDIO_STARTER)
-    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
+    model, model_dir = _fetch_model(args, AUDIO_STARTER)
     if not clip_evaluation.independent_set_file().is_file():
         print(
             f"no independent English set at {clip_evaluation.independent_set_file()}: "
@@ -738,7 +731,6 @@ def _eval_audio_starter(args: argparse.Namespace) -> int:
 def _eval_korean_set(args: argparse.Namespace) -> int:
     """`mtc eval --starter-data korean-transcript[-independent]`: one Korean set on the
     Korean transcript classifier of an emergency-call model (or a head directory)."""
-    from services.artifacts.store import ModelStore
     from services.audio.starter import korean_transcripts
     from services.text.training import split_examples
 
@@ -752,7 +744,7 @@ def _eval_korean_set(args: argparse.Namespace) -> int:
         split = split_examples(korean_transcripts.load_transcripts())
         chosen = {"heldout": split.heldout, "train": split.train}
         examples = chosen.get(split_name, split.train + split.heldout)
-    model_dir = ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(args.model)
+    _, model_dir = _fetch_model(args)
     report = korean_transcripts.evaluate_head(model_dir, examples)
     print(f"model     {args.model} (Korean transcript classifier)\nsplit     {split_name}")
     print(report.table())
@@ -789,6 +781,15 @@ def _starter_examples(name: str) -> list[Any]:
         return independent_sets.further_independent_sets(task, recipe.labels)[source_name]
     sources = {source.name: source for source in recipe.sources}
     return sources[source_name].load()[0]
+
+
+def _fetch_model(args: argparse.Namespace, starter: str = "") -> tuple[str, Path]:
+    """The model --model names (default: the built `starter` in .mtc/models) and its
+    verified local directory, fetched into --cache-dir."""
+    from services.artifacts.store import ModelStore
+
+    model: str = args.model or str(DEFAULT_MODELS_DIR / starter)
+    return model, ModelStore(args.cache_dir, s3_endpoint_url=_endpoint(args)).fetch(model)
 
 
 def _endpoint(args: argparse.Namespace) -> str | None:

