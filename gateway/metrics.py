@@ -12,6 +12,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.replicas import CircuitState, ReplicaSet
+from services.core.metrics import LATENCY_BUCKETS
 
 UNKNOWN_TASK_LABEL = "unknown"
 
@@ -25,22 +26,9 @@ NO_MODEL_VERSION_LABEL = "none"
 predates the `x-model-version` header."""
 OTHER_MODEL_VERSION_LABEL = "other"
 
-# From a cache hit on a small model (milliseconds) to a batch on a slow CPU model (tens of s).
-REQUEST_DURATION_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+# From a cache hit on a small model (milliseconds) to a batch on a slow CPU model (tens of s):
+# the services' buckets from 5 ms, and a minute.
+REQUEST_DURATION_BUCKETS = (*LATENCY_BUCKETS[LATENCY_BUCKETS.index(0.005) :], 60.0)
 
 UpstreamErrorKind = Literal["connect", "timeout", "protocol", "circuit_open"]
 RejectionReason = Literal["missing_api_key", "invalid_api_key", "rate_limited"]

@@ -142,13 +142,16 @@ class MemoryTokenBuckets:
         self._buckets.clear()
 
 
-class RedisTokenBuckets:
+class RedisTokenBuckets(DegradingRedis):
     """Token buckets in Redis, shared by every gateway replica using the same Redis.
 
     A Redis failure never fails a request: the bucket is taken from in memory instead
     (so each replica enforces the quota on its own; `services.core.degrading_redis`), and
     `on_error` counts each such check.
     """
+
+    purpose = "redis quota store"
+    meanwhile = "each gateway replica counts quotas on its own"
 
     def __init__(
         self,
@@ -159,23 +162,16 @@ class RedisTokenBuckets:
         on_error: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = DegradingRedis(
+        super().__init__(
             url,
-            purpose="redis quota store",
-            meanwhile="each gateway replica counts quotas on its own",
             timeout_seconds=timeout_seconds,
             retry_seconds=retry_seconds,
             on_error=on_error,
             clock=clock,
         )
-        self._script = self._redis.client.register_script(TAKE_TOKEN_SCRIPT)
-        self._charge_script = self._redis.client.register_script(CHARGE_SCRIPT)
+        self._script = self.client.register_script(TAKE_TOKEN_SCRIPT)
+        self._charge_script = self.client.register_script(CHARGE_SCRIPT)
         self._fallback = MemoryTokenBuckets(clock=clock)
-
-    @property
-    def available(self) -> bool:
-        """False while counting in memory after a Redis failure."""
-        return self._redis.available
 
     async def take(self, bucket: str, rate: float, burst: int) -> QuotaDecision:
         """Take a token in Redis, or in memory while Redis is unavailable."""
@@ -186,7 +182,7 @@ class RedisTokenBuckets:
             )
             return QuotaDecision(bool(int(allowed)), float(wait), float(remaining))
 
-        return await self._redis.call(in_redis, lambda: self._fallback.take(bucket, rate, burst))
+        return await self.call(in_redis, lambda: self._fallback.take(bucket, rate, burst))
 
     async def charge(self, bucket: str, rate: float, burst: int, tokens: float) -> float:
         """Charge in Redis, or in memory while Redis is unavailable."""
@@ -197,10 +193,4 @@ class RedisTokenBuckets:
             )
             return float(remaining)
 
-        return await self._redis.call(
-            in_redis, lambda: self._fallback.charge(bucket, rate, burst, tokens)
-        )
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        await self._redis.close()
+        return await self.call(in_redis, lambda: self._fallback.charge(bucket, rate, burst, tokens))

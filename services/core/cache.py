@@ -105,9 +105,12 @@ class MemoryCache:
         self._entries.clear()
 
 
-class RedisCache:
+class RedisCache(DegradingRedis):
     """Cache shared by replicas through Redis; while Redis fails, every call is a miss
     (`services.core.degrading_redis`) and `on_error` counts it."""
+
+    purpose = "redis cache"
+    meanwhile = "serving uncached"
 
     def __init__(
         self,
@@ -119,21 +122,14 @@ class RedisCache:
         on_error: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = DegradingRedis(
+        super().__init__(
             url,
-            purpose="redis cache",
-            meanwhile="serving uncached",
             timeout_seconds=timeout_seconds,
             retry_seconds=retry_seconds,
             on_error=on_error,
             clock=clock,
         )
         self.ttl_seconds = ttl_seconds
-
-    @property
-    def available(self) -> bool:
-        """False while serving uncached after a failure."""
-        return self._redis.available
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values for `keys`; all misses while Redis is unavailable."""
@@ -148,7 +144,7 @@ class RedisCache:
         async def all_missed() -> list[bytes | None]:
             return misses
 
-        return await self._redis.call(read, all_missed)
+        return await self.call(read, all_missed)
 
     async def set_many(self, entries: dict[str, bytes]) -> None:
         """Store entries with the TTL in one round trip; failures are counted and dropped."""
@@ -164,8 +160,4 @@ class RedisCache:
         async def dropped() -> None:
             return None
 
-        await self._redis.call(write, dropped)
-
-    async def close(self) -> None:
-        """Close the connection pool."""
-        await self._redis.close()
+        await self.call(write, dropped)

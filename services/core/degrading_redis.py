@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 logger = logging.getLogger(__name__)
@@ -20,22 +20,24 @@ T = TypeVar("T")
 
 
 class DegradingRedis:
-    """An asyncio Redis client whose calls fall back instead of raising."""
+    """An asyncio Redis client whose calls fall back instead of raising: the base of each
+    store kept in Redis, which names itself with `purpose` and `meanwhile`."""
+
+    purpose: ClassVar[str]
+    """Names the store in logs ("redis cache")."""
+    meanwhile: ClassVar[str]
+    """What happens during an outage ("serving uncached")."""
 
     def __init__(
         self,
         url: str,
         *,
-        purpose: str,
-        meanwhile: str,
         timeout_seconds: float,
         retry_seconds: float,
         on_error: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`purpose` names the store in logs ("redis cache"); `meanwhile` says what happens
-        during an outage ("serving uncached"). `on_error` is called for every call that
-        failed or was not tried (a metric)."""
+        """`on_error` is called for every call that failed or was not tried (a metric)."""
         import redis.asyncio as redis_async
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -50,8 +52,6 @@ class DegradingRedis:
             # more would make every request wait while Redis is down.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        self.purpose = purpose
-        self.meanwhile = meanwhile
         self.retry_seconds = retry_seconds
         self._redacted_url = without_credentials(url)
         self._on_error = on_error

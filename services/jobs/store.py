@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, cast
@@ -74,6 +75,23 @@ class JobRecord:
     def finished(self) -> bool:
         """Whether the job reached a final state."""
         return self.state in FINAL_STATES
+
+
+_FIELD_READERS: dict[str, Callable[[str], Any]] = {
+    "state": JobState,
+    "created_at": float,
+    "chunk_size": int,
+    "total": lambda value: int(value) if value else None,
+    "done": int,
+    "started_at": lambda value: float(value) if value else None,
+    "finished_at": lambda value: float(value) if value else None,
+    "s3_scope": S3Scope.from_json,
+    "finalizing": lambda value: value == "1",
+    "deliveries": int,
+    "unfinished_deliveries": int,
+}
+"""How the stored fields of a `JobRecord` read back; any other is the string stored (a
+field missing from the store takes the record's default)."""
 
 
 @dataclass(frozen=True)
@@ -386,32 +404,13 @@ class JobStore:
         fields: dict[str, str] = self.client.hgetall(self.job_key(job_id))  # type: ignore[assignment]
         if not fields or "state" not in fields:
             return None
-        return JobRecord(
-            id=fields["id"],
-            owner=fields["owner"],
-            task=fields["task"],
-            state=JobState(fields["state"]),
-            created_at=float(fields["created_at"]),
-            chunk_size=int(fields["chunk_size"]),
-            total=int(fields["total"]) if fields.get("total") else None,
-            done=int(fields.get("done", "0")),
-            started_at=float(fields["started_at"]) if fields.get("started_at") else None,
-            finished_at=float(fields["finished_at"]) if fields.get("finished_at") else None,
-            error=fields.get("error"),
-            input_uri=fields.get("input_uri"),
-            input_format=fields.get("input_format"),  # type: ignore[arg-type]
-            output_uri=fields.get("output_uri"),
-            input_etag=fields.get("input_etag"),
-            staged_input_uri=fields.get("staged_input_uri"),
-            s3_scope=(
-                S3Scope.from_json(fields["s3_scope"])
-                if "s3_scope" in fields
-                else S3Scope(tenant=fields["owner"])
-            ),
-            finalizing=fields.get("finalizing") == "1",
-            deliveries=int(fields.get("deliveries", "0")),
-            unfinished_deliveries=int(fields.get("unfinished_deliveries", "0")),
-        )
+        values = {
+            name: _FIELD_READERS.get(name, str)(value)
+            for name, value in fields.items()
+            if name in JobRecord.__dataclass_fields__
+        }
+        values.setdefault("s3_scope", S3Scope(tenant=fields["owner"]))
+        return JobRecord(**values)
 
     def state(self, job_id: str) -> JobState | None:
         """Just the job's state (what a worker checks between chunks)."""
@@ -558,9 +557,8 @@ class JobStore:
 
     def results_bytes(self, job_id: str) -> int:
         """Bytes of the job's stored results."""
-        indices: list[str] = self.client.hkeys(self.chunks_key(job_id))  # type: ignore[assignment]
         pipe = self.client.pipeline(transaction=False)
-        for index in indices:
+        for index in self.saved_chunks(job_id):
             pipe.hstrlen(self.chunks_key(job_id), index)
         return sum(int(length) for length in pipe.execute())
 
