@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from services.audio.models.korean_transcripts import softmax
+
 _FLOOR = 1e-6  # keeps log(0) finite when a branch is certain
 WEIGHT_GRID = tuple(round(step * 0.1, 1) for step in range(0, 21))
 RATE_BOUNDS = (0.01, 0.45)
@@ -158,10 +160,7 @@ class FusionRule:
             audio_weight = self.asr_audio_weight
             text_weight = self.asr_text_weight * np.asarray(asr_confidence)[..., None]
         logits = audio_weight * np.log(np.maximum(self.likelihood(urgency), _FLOOR))
-        logits = logits + text_weight * np.log(np.maximum(text, _FLOOR))
-        logits -= logits.max(axis=-1, keepdims=True)
-        weights = np.exp(logits)
-        return np.asarray(weights / weights.sum(axis=-1, keepdims=True))
+        return softmax(logits + text_weight * np.log(np.maximum(text, _FLOOR)))
 
 
 def negative_log_likelihood(

@@ -267,12 +267,9 @@ class TranscriptScorer:
     """The transcript classifier, loaded once, scoring transcripts in `labels` order."""
 
     def __init__(self, text_model_dir: Path, labels: Sequence[str]) -> None:
-        import asyncio
+        from services.text.evaluation import load_classifier
 
-        from services.text.models.sequence_classifier import SequenceClassifier
-
-        self._model = SequenceClassifier()
-        asyncio.run(self._model.start(text_model_dir))
+        self._model = load_classifier(text_model_dir)
         if sorted(self._model.metadata.labels) != sorted(labels):
             raise TrainingError(
                 f"{text_model_dir}: labels {self._model.metadata.labels} differ from the "
@@ -308,13 +305,6 @@ def first_sentence_keys(keyed: Iterable[tuple[str, str]], per_label: int) -> set
         for keys in keys_by_label.values()
         for key in sorted(keys, key=sentence_digest)[:per_label]
     }
-
-
-def asr_fit_selection(heldout: Sequence[LabelledClip], sentences_per_label: int) -> list[int]:
-    """Indices of the held-out clips of the first `sentences_per_label` sentences of every
-    label, in `sentence_digest` order."""
-    chosen = first_sentence_keys(((c.split_key, c.label) for c in heldout), sentences_per_label)
-    return [index for index, clip in enumerate(heldout) if clip.split_key in chosen]
 
 
 def write_call_model_files(
@@ -488,7 +478,9 @@ def fit_asr_weights(
     from services.audio.transcription import WhisperTranscriber, bundled_whisper_dir, quiet_whisper
 
     started = time.perf_counter()
-    chosen = asr_fit_selection(heldout.clips, sentences_per_label)
+    # The clips of the first `sentences_per_label` sentences of every label.
+    keys = first_sentence_keys(((c.split_key, c.label) for c in heldout.clips), sentences_per_label)
+    chosen = [index for index, clip in enumerate(heldout.clips) if clip.split_key in keys]
     transcriber = WhisperTranscriber(bundled_whisper_dir(), language="en", threads=threads)
     with quiet_whisper():
         recognitions = [

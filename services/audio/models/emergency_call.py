@@ -157,12 +157,7 @@ class EmergencyCallModel(ClassifierModel[CallClip, FusedPrediction]):
         """Load the audio classifier, the transcript classifier and Whisper."""
         manifest = await asyncio.to_thread(self._load_audio, model_dir)
         await self._text.start(model_dir / TRANSCRIPT_DIR)
-        text_labels = self._text.metadata.labels
-        if sorted(text_labels) != sorted(self.labels):
-            raise ModelLoadError(
-                f"{model_dir}: the transcript classifier's labels {text_labels} differ from "
-                f"the audio classifier's {self.labels}"
-            )
+        self._check_labels(model_dir, "transcript classifier", self._text.metadata.labels)
         self._korean = await asyncio.to_thread(self._load_korean, model_dir)
         if self.asr_enabled:
             self._transcriber = await asyncio.to_thread(
@@ -198,14 +193,18 @@ class EmergencyCallModel(ClassifierModel[CallClip, FusedPrediction]):
                 )
             return None
         classifier = KoreanTranscriptClassifier.load(head_dir)
-        if sorted(classifier.labels) != sorted(self.labels):
-            raise ModelLoadError(
-                f"{model_dir}: the Korean transcript classifier's labels "
-                f"{list(classifier.labels)} differ from the audio classifier's {self.labels}"
-            )
+        self._check_labels(model_dir, "Korean transcript classifier", classifier.labels)
         # The engine starts its threads on the first embedding: pay that before serving.
         classifier.probabilities(["여보세요"])
         return classifier
+
+    def _check_labels(self, model_dir: Path, classifier: str, labels: Sequence[str]) -> None:
+        """Refuse a transcript classifier whose labels are not the audio classifier's."""
+        if sorted(labels) != sorted(self.labels):
+            raise ModelLoadError(
+                f"{model_dir}: the {classifier}'s labels {list(labels)} differ from the audio "
+                f"classifier's {self.labels}"
+            )
 
     def transcript_language(self, transcript: str) -> TranscriptLanguage:
         """Which classifier scores `transcript`: `ko` when it is written in Korean (by its

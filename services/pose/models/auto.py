@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from services.core.model import ModelMetadata
 from services.pose.images import DecodedImage
@@ -24,14 +23,7 @@ class AutoPoseModel(PoseModel):
     `"model_type": "mtc-pose-landmarks"`, and to an `HfImageClassifier` otherwise."""
 
     runtime = "auto"
-
-    def __init__(
-        self, *, torch_threads: int | None = None, limits: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__()
-        self._torch_threads = torch_threads
-        self._limits = limits
-        self._inner: PoseModel | None = None
+    _inner: PoseModel | None = None
 
     async def load(self, model_dir: Path) -> ModelMetadata:
         """Choose the model class from `model_dir/config.json`, then load it."""

@@ -60,6 +60,13 @@ class PoseModel(ClassifierModel[DecodedImage, PosePrediction]):
 
     output_type = PosePrediction
 
+    def __init__(
+        self, *, torch_threads: int | None = None, limits: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__()
+        self._torch_threads = torch_threads
+        self._limits = dict(limits or {})
+
     def cache_key(self, item: DecodedImage) -> bytes:
         """The sha256 of the original file bytes: same file, same prediction."""
         return bytes.fromhex(item.sha256)

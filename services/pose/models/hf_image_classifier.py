@@ -24,9 +24,7 @@ class HfImageClassifier(PoseModel):
     def __init__(
         self, *, torch_threads: int | None = None, limits: dict[str, Any] | None = None
     ) -> None:
-        super().__init__()
-        self._torch_threads = torch_threads
-        self._limits = dict(limits or {})
+        super().__init__(torch_threads=torch_threads, limits=limits)
         self._processor: Any = None
         self._model: Any = None
         self._labels: list[str] = []

@@ -33,8 +33,7 @@ class LandmarkClassifier(PoseModel):
     runtime = "mediapipe"
 
     def __init__(self, *, limits: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        self._limits = dict(limits or {})
+        super().__init__(limits=limits)
         self._config: LandmarkModelConfig | None = None
         self._detector: LandmarkDetector | None = None
 
