@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy.external_tools import REPO
+from deploy.render import stale_paths, write_files
 from gateway.app import create_app
 from gateway.local_stack import DEFAULT_MODELS, TASK_KIND_OF_SERVICE
 from gateway.settings import GatewaySettings
 from services.jobs.settings import JobsSettings
 
-REPO = Path(__file__).resolve().parents[1]
 OUTPUT_DIR = REPO / "docs" / "api-collections"
 POSTMAN_FILE = OUTPUT_DIR / "mtc.postman_collection.json"
 CURL_FILE = OUTPUT_DIR / "mtc-requests.sh"
@@ -294,18 +295,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="write docs/api-collections/")
     parser.add_argument("--check", action="store_true", help="exit 1 if the files are stale")
     args = parser.parse_args(argv)
-    stale = []
-    for path, content in render().items():
-        if args.check:
-            if not path.is_file() or path.read_text(encoding="utf-8") != content:
-                stale.append(str(path.relative_to(REPO)))
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
+    files = render()
+    if args.check:
+        stale = [str(path.relative_to(REPO)) for path in stale_paths(files)]
+        if stale:
+            print("out of date (run make api-collections): " + ", ".join(stale))
+        return 1 if stale else 0
+    for path in write_files(files):
         print(f"wrote {path.relative_to(REPO)}")
-    if stale:
-        print("out of date (run make api-collections): " + ", ".join(stale))
-    return 1 if stale else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -57,8 +57,16 @@ CHECKSUM_ANNOTATION = "checksum/config"
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job"})
 
 
-def _labels(labels: dict[str, str] | None) -> dict[str, str]:
-    return {key: value for key, value in (labels or {}).items() if key in COMPARED_LABELS}
+def _compared(metadata: dict[str, Any], *parts: str) -> dict[str, Any]:
+    """The `parts` (name, labels, annotations) of an object's metadata that must match; of its
+    labels, the compared ones."""
+    labels = metadata.get("labels") or {}
+    compared = {
+        "name": metadata.get("name"),
+        "labels": {key: value for key, value in labels.items() if key in COMPARED_LABELS},
+        "annotations": metadata.get("annotations") or {},
+    }
+    return {part: compared[part] for part in parts}
 
 
 def _json_or_text(value: Any) -> Any:
@@ -70,35 +78,21 @@ def _json_or_text(value: Any) -> Any:
 
 def normalise(manifest: Manifest) -> Manifest:
     """The parts of an object that must match between the two renderings."""
-    metadata = manifest.get("metadata", {})
     result: Manifest = {
         key: value for key, value in manifest.items() if key not in ("metadata", "data")
     }
-    result["metadata"] = {
-        "name": metadata.get("name"),
-        "labels": _labels(metadata.get("labels")),
-        "annotations": metadata.get("annotations") or {},
-    }
+    result["metadata"] = _compared(manifest.get("metadata", {}), "name", "labels", "annotations")
     if "data" in manifest:
         result["data"] = {key: _json_or_text(value) for key, value in manifest["data"].items()}
     template = (
         result.get("spec", {}).get("template") if isinstance(result.get("spec"), dict) else None
     )
     if isinstance(template, dict) and "metadata" in template:
-        template["metadata"] = {
-            "labels": _labels(template["metadata"].get("labels")),
-            "annotations": template["metadata"].get("annotations") or {},
-        }
+        template["metadata"] = _compared(template["metadata"], "labels", "annotations")
     claims = result.get("spec", {}).get("volumeClaimTemplates")
     if isinstance(claims, list):
         result["spec"]["volumeClaimTemplates"] = [
-            {
-                **claim,
-                "metadata": {
-                    "name": claim.get("metadata", {}).get("name"),
-                    "labels": _labels(claim.get("metadata", {}).get("labels")),
-                },
-            }
+            {**claim, "metadata": _compared(claim.get("metadata", {}), "name", "labels")}
             for claim in claims
         ]
     return result
@@ -135,15 +129,11 @@ def unhash_config_maps(kustomized: list[Manifest]) -> tuple[list[Manifest], list
     """kustomize's objects with generated ConfigMaps under their written names, and a problem
     for every ConfigMap a pod reads that has no hash suffix (a change would not roll it)."""
     manifests = copy.deepcopy(kustomized)
-    written = {
-        m["metadata"]["name"]: without_hash_suffix(m["metadata"]["name"])
-        for m in manifests
-        if m["kind"] == "ConfigMap"
-    }
+    config_maps = [m["metadata"] for m in manifests if m["kind"] == "ConfigMap"]
+    written = {metadata["name"]: without_hash_suffix(metadata["name"]) for metadata in config_maps}
+    for metadata in config_maps:
+        metadata["name"] = written[metadata["name"]]
     problems: list[str] = []
-    for manifest in manifests:
-        if manifest["kind"] == "ConfigMap":
-            manifest["metadata"]["name"] = written[manifest["metadata"]["name"]]
     for manifest, template in _pod_templates(manifests):
         for reference in _config_map_references(template.get("spec", {})):
             name = reference.get("name", "")

@@ -15,11 +15,12 @@ import json
 import re
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
+from deploy.external_tools import REPO
+from deploy.render import stale_paths
 from gateway.settings import GatewaySettings
 from services.audio.settings import AudioSettings
 from services.core.settings import ServiceSettings
@@ -27,7 +28,6 @@ from services.jobs.settings import JobsSettings
 from services.pose.settings import PoseSettings
 from services.text.settings import TextSettings
 
-REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "configuration.md"
 
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     page = render()
     if args.check:
-        if not PAGE.is_file() or PAGE.read_text(encoding="utf-8") != page:
+        if stale_paths({PAGE: page}):
             print(f"{PAGE.relative_to(REPO)} is out of date: run make config-docs")
             return 1
         return 0

@@ -28,10 +28,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.images import PLATFORM_IMAGES, image_builds
+from services.core.kinds import model_kinds
+
 REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
 SERVICE_EXTRA = "${SERVICE_EXTRA}"
-EXTRAS = {"service": SERVICE_EXTRA, "gateway": "gateway", "worker": "jobs"}
+EXTRAS = {"service": SERVICE_EXTRA} | {image.name: image.extra for image in PLATFORM_IMAGES}
 """Each Dockerfile in docker/ and the extra it installs."""
 TORCH_IMAGES = ("service",)
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -231,9 +234,6 @@ def problems(image: str, text: str) -> list[str]:
 def kind_image_problems() -> list[str]:
     """Where a kind's declared image could not be built: an extra pyproject.toml lacks, or a
     Debian package name the build arg cannot carry."""
-    from deploy.images import image_builds
-    from services.core.kinds import model_kinds
-
     with (REPO / "pyproject.toml").open("rb") as handle:
         extras = set(tomllib.load(handle)["tool"]["poetry"]["extras"])
     found = [
@@ -253,15 +253,14 @@ def kind_image_problems() -> list[str]:
 
 def main() -> int:
     """Check every Dockerfile in docker/ and every kind's image; exit 1 on any problem."""
-    failed = False
-    for image in EXTRAS:
-        for problem in problems(image, (DOCKER_DIR / f"{image}.Dockerfile").read_text()):
-            print(f"docker/{image}.Dockerfile: {problem}", file=sys.stderr)
-            failed = True
-    for problem in kind_image_problems():
+    found = [
+        f"docker/{image}.Dockerfile: {problem}"
+        for image in EXTRAS
+        for problem in problems(image, (DOCKER_DIR / f"{image}.Dockerfile").read_text())
+    ] + kind_image_problems()
+    for problem in found:
         print(problem, file=sys.stderr)
-        failed = True
-    return 1 if failed else 0
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

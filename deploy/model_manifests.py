@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from deploy.external_tools import REPO
-from deploy.render import RELEASE, Manifest, helm_template
+from deploy.render import RELEASE, Manifest, helm_template, stale_paths, write_files
 
 GENERATED_BY = (
     "# Generated from charts/mtc by `python -m deploy.model_manifests`: change the chart's\n"
@@ -253,16 +253,13 @@ def _left_over(tree: Tree, files: dict[Path, str]) -> list[Path]:
 def stale_files(tree: Tree, files: dict[Path, str]) -> list[str]:
     """Files that differ from `files`, are missing, or are left over in the generated
     folders; each with why, relative to the tree."""
-    problems = []
-    for path, text in files.items():
-        relative = path.relative_to(tree.root)
-        if not path.is_file():
-            problems.append(f"{relative}: missing")
-        elif path.read_text(encoding="utf-8") != text:
-            problems.append(f"{relative}: out of date")
-    for path in _left_over(tree, files):
-        problems.append(f"{path.relative_to(tree.root)}: not generated any more")
-    return problems
+    problems = [
+        f"{path.relative_to(tree.root)}: {'out of date' if path.is_file() else 'missing'}"
+        for path in stale_paths(files)
+    ]
+    return problems + [
+        f"{path.relative_to(tree.root)}: not generated any more" for path in _left_over(tree, files)
+    ]
 
 
 def write(tree: Tree, files: dict[Path, str]) -> list[str]:
@@ -272,9 +269,7 @@ def write(tree: Tree, files: dict[Path, str]) -> list[str]:
         path.unlink()
         if not any(path.parent.iterdir()):
             path.parent.rmdir()
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    write_files(files)
     return changed
 
 

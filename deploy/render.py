@@ -1,10 +1,11 @@
-"""Render the kustomize directories and the Helm chart into lists of Kubernetes objects."""
+"""Render the kustomize directories and the Helm chart into lists of Kubernetes objects, and
+write the generated files of the deploy commands or find the stale ones (`--check`)."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,20 @@ def helm_template(
     for setting in settings:
         command += ["--set", setting]
     return parse(_run(command))
+
+
+def stale_paths(files: Mapping[Path, str], root: Path = Path()) -> list[Path]:
+    """The paths of `files` (under `root`) whose file is missing or holds other text."""
+    return [
+        path
+        for path, text in files.items()
+        if not (root / path).is_file() or (root / path).read_text(encoding="utf-8") != text
+    ]
+
+
+def write_files(files: Mapping[Path, str], root: Path = Path()) -> list[Path]:
+    """Write `files` (paths under `root`), making their folders; the paths written."""
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text, encoding="utf-8")
+    return list(files)

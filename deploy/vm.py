@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.external_tools import REPO
+from deploy.render import stale_paths, write_files
 from gateway.local_stack import (
     DEFAULT_MODELS,
     JOBS_WORKER,
@@ -32,7 +34,6 @@ from gateway.local_stack import (
 )
 from gateway.settings import GatewaySettings
 
-REPO = Path(__file__).resolve().parents[1]
 OUTPUT_DIR = REPO / "deploy" / "vm"
 HOST = "127.0.0.1"
 REDIS_MAX_MEMORY = "256mb"
@@ -337,23 +338,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUTPUT_DIR, help="where to write them")
     parser.add_argument("--check", action="store_true", help="exit 1 if deploy/vm/ is stale")
     args = parser.parse_args(argv)
-    files = render(Machine(args.prefix, args.user, args.server_name))
+    machine = Machine(args.prefix, args.user, args.server_name)
+    files = {args.out / name: content for name, content in render(machine).items()}
     if args.check:
-        stale = [
-            name
-            for name, content in files.items()
-            if not (args.out / name).is_file()
-            or (args.out / name).read_text(encoding="utf-8") != content
-        ]
+        stale = [shlex.quote(path.name) for path in stale_paths(files)]
         if stale:
-            print(
-                "out of date (run python -m deploy.vm): " + ", ".join(shlex.quote(n) for n in stale)
-            )
+            print("out of date (run python -m deploy.vm): " + ", ".join(stale))
         return 1 if stale else 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        (args.out / name).write_text(content, encoding="utf-8")
-        print(f"wrote {args.out / name}")
+    for path in write_files(files):
+        print(f"wrote {path}")
     return 0
 
 
