@@ -1,31 +1,9 @@
 """The audio kind: recordings (and transcripts) in, fused labels out
 (`python -m services.audio`)."""
 
-from services.core.errors import (
-    AccessDenied,
-    InputNotFound,
-    InvalidInput,
-    MtcError,
-    UnsupportedMediaType,
-    UnusableContent,
-)
-from services.core.kinds import (
-    MIB,
-    SERVING_ERRORS,
-    SIZE_ERRORS,
-    KindRoute,
-    ModelKind,
-    ServiceImage,
-    json_body,
-)
+from services.core.errors import AccessDenied, InputNotFound, UnsupportedMediaType, UnusableContent
+from services.core.kinds import MIB, KindRoute, ModelKind, ServiceImage, json_body, route_errors
 from services.wire.contracts import MULTIPART_AUDIO_SCHEMA, AudioPredictResponse, AudioS3Request
-
-_UPLOAD_ERRORS: tuple[type[MtcError], ...] = (
-    InvalidInput,
-    *SIZE_ERRORS,
-    UnsupportedMediaType,
-    UnusableContent,
-)
 
 KIND = ModelKind(
     name="audio",
@@ -39,14 +17,14 @@ KIND = ModelKind(
                 "content": {"multipart/form-data": {"schema": MULTIPART_AUDIO_SCHEMA}},
             },
             AudioPredictResponse,
-            (*_UPLOAD_ERRORS, *SERVING_ERRORS),
+            route_errors(UnsupportedMediaType, UnusableContent),
         ),
         KindRoute(
             "predict-s3",
             "Classify a recording stored in an allowed S3 bucket",
             json_body(AudioS3Request),
             AudioPredictResponse,
-            (*_UPLOAD_ERRORS, AccessDenied, InputNotFound, *SERVING_ERRORS),
+            route_errors(UnsupportedMediaType, UnusableContent, AccessDenied, InputNotFound),
         ),
     ),
     default_body_limit=12 * MIB,

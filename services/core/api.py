@@ -2,7 +2,8 @@
 
 It owns what all services have in common (lifespan model loading, health, metrics,
 `/v1/models`, error mapping, body-size limit, request metrics); each service adds its own
-prediction route through `register_routes(app, dataplane)`.
+prediction route through `register_routes(app, dataplane)`, with the steps the routes share
+(reading uploaded files, building the answer) from the end of this module.
 """
 
 from __future__ import annotations
@@ -11,30 +12,33 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.artifacts.store import ModelStore
 from services.core.api_docs import install_api_docs
 from services.core.body_limit import BodySizeLimit
 from services.core.cache import MemoryCache, NullCache, RedisCache, ResponseCache
-from services.core.dataplane import DataPlane
-from services.core.errors import ModelNotReady
+from services.core.dataplane import DataPlane, ItemLimit, PredictionResult
+from services.core.errors import InvalidInput, ModelNotReady
 from services.core.http_errors import ErrorBody, install_error_handlers, without_locations
 from services.core.json_body import BoundedJsonRoute
 from services.core.metrics import ServiceMetrics
 from services.core.metrics_server import MetricsServer
-from services.core.model import ClassifierModel
+from services.core.model import ClassifierModel, LabelScore
 from services.core.open_inference import (
     OpenInferenceErrors,
     TensorAdapter,
@@ -317,7 +321,7 @@ def create_app(
 
     register_routes(app, dataplane)
     if tensor_adapter is not None:
-        register_open_inference(app, dataplane, tensor_adapter, task=settings.task, model=model)
+        register_open_inference(app, dataplane, tensor_adapter)
     # Added last = outermost: the size check runs before anything reads the body.
     app.add_middleware(ModelVersionHeader, model=model)
     app.add_middleware(PredictionMetrics, metrics=metrics)
@@ -342,6 +346,69 @@ class PredictionResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         """`content` (JSON types only) as compact UTF-8 JSON."""
         return orjson.dumps(content)
+
+
+def ranking(scores: Sequence[LabelScore]) -> list[dict[str, Any]]:
+    """Labels with their scores, highest first, as the `/v1` answers list them."""
+    return [{"label": s.label, "score": s.score} for s in scores]
+
+
+def prediction_response(
+    model: ClassifierModel[Any, Any],
+    result: PredictionResult[Any],
+    response_class: type[JSONResponse] = JSONResponse,
+    **fields: list[Any],
+) -> JSONResponse:
+    """A `/v1/{task}/predict` answer: the model, each item's ranking, then `fields` (one
+    entry per item), with the timing headers."""
+    meta = model.metadata
+    body = {
+        "model": {"name": meta.name, "version": meta.version},
+        "predictions": [ranking(prediction.scores) for prediction in result.predictions],
+        **fields,
+    }
+    return response_class(
+        body, headers=timing_headers(result.queue_seconds, result.inference_seconds)
+    )
+
+
+@asynccontextmanager
+async def multipart_form(
+    request: Request, *, max_files: int, max_fields: int
+) -> AsyncIterator[FormData]:
+    """The request's multipart form (400 when malformed), closed on the way out."""
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_fields)
+    except StarletteHTTPException as exc:
+        raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
+def form_files(form: FormData, field: str, limit: ItemLimit) -> list[UploadFile | str]:
+    """The form's `field` parts: FastAPI's own 422 when there are none (as if a declared
+    body model had read the form), 413 past `limit`."""
+    parts = form.getlist(field)
+    if not parts:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body", field), "msg": "Field required", "input": None}]
+        )
+    limit.check(len(parts))
+    return parts
+
+
+async def read_file_part(
+    field: str, index: int, part: UploadFile | str, max_bytes: int, send_as: str
+) -> tuple[str, bytes]:
+    """(label, bytes) of part `index` of `field`, 400 for a plain field (`send_as`: what to
+    send instead). At most one byte past `max_bytes` is read: enough to know it is too large.
+    """
+    if not isinstance(part, UploadFile):
+        raise InvalidInput(f"{field}[{index}] is a plain form field; send it as {send_as}")
+    label = f"{field}[{index}]" + (f" ({part.filename})" if part.filename else "")
+    return label, await part.read(max_bytes + 1)
 
 
 def serve(app: FastAPI, settings: ServiceSettings) -> None:

@@ -24,6 +24,22 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class ItemLimit:
+    """The most items one request may carry, what they are called, and the setting."""
+
+    count: int
+    noun: str
+    setting: str
+
+    def check(self, items: int) -> None:
+        """413 `batch_too_large` for a request of more than `count` items."""
+        if items > self.count:
+            raise BatchTooLarge(
+                f"{items} {self.noun} in one request; the limit is {self.count} ({self.setting})"
+            )
+
+
+@dataclass(frozen=True)
 class PredictionResult(Generic[OutputT]):
     """Predictions for every item of a request, in input order, with where time went."""
 
@@ -85,11 +101,8 @@ class DataPlane(Generic[ItemT, OutputT]):
         """Predict every item. `costs_of` gives the batching cost (e.g. token counts) of the
         items the cache did not answer, and only of those (default: `model.cost(item)`)."""
         self.require_ready()
-        if len(items) > self.settings.max_items_per_request:
-            raise BatchTooLarge(
-                f"{len(items)} items in one request; the limit is "
-                f"{self.settings.max_items_per_request} (MTC_MAX_ITEMS_PER_REQUEST)"
-            )
+        limit = self.settings.max_items_per_request
+        ItemLimit(limit, "items", "MTC_MAX_ITEMS_PER_REQUEST").check(len(items))
         started = time.perf_counter()
         deadline = started + self.settings.request_timeout_seconds
         version = f"{self.model.metadata.version}/{self.model.runtime}"

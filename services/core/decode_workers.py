@@ -8,7 +8,7 @@ what bounds a media service's memory. Requests past that number wait their turn.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -55,3 +55,9 @@ class DecodeWorkers:
                 f"(MTC_REQUEST_TIMEOUT_SECONDS); at most {self.count} uploads are decoded at "
                 f"once ({self.setting})"
             ) from None
+
+    async def run_each(self, decodes: Iterable[Callable[[], ResultT]]) -> list[ResultT]:
+        """The results of one request's decodes, in order, run one at a time (the threads
+        are shared by all requests) under one `deadline()`."""
+        deadline = self.deadline()
+        return [await self.run(decode, deadline=deadline) for decode in decodes]

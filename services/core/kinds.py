@@ -22,11 +22,13 @@ from pydantic import BaseModel
 from services.core.errors import (
     BatchTooLarge,
     BodyTooLarge,
+    InvalidInput,
     ItemTooLarge,
     ModelNotReady,
     MtcError,
     Overloaded,
     RequestTimedOut,
+    UnsupportedMediaType,
 )
 
 MIB = 1024 * 1024
@@ -35,6 +37,21 @@ SIZE_ERRORS: tuple[type[MtcError], ...] = (BatchTooLarge, ItemTooLarge, BodyTooL
 """Errors of every route that takes a batch: too many items, one too large, a large body."""
 SERVING_ERRORS: tuple[type[MtcError], ...] = (Overloaded, ModelNotReady, RequestTimedOut)
 """Errors of every route that reaches a model: a full queue, not loaded yet, too slow."""
+UPLOAD_ERRORS: tuple[type[MtcError], ...] = (
+    InvalidInput,
+    BatchTooLarge,
+    BodyTooLarge,
+    ItemTooLarge,
+    UnsupportedMediaType,
+)
+"""Errors of every service route that reads uploaded files, before any is decoded, in the
+order the services document them."""
+
+
+def route_errors(*errors: type[MtcError]) -> tuple[type[MtcError], ...]:
+    """Errors of a route that takes a batch and reaches a model: invalid input, the size
+    errors, the route's own `errors`, then the serving errors."""
+    return (InvalidInput, *SIZE_ERRORS, *errors, *SERVING_ERRORS)
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:

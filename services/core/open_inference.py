@@ -21,10 +21,9 @@ import base64
 import binascii
 import importlib.metadata
 import json
-from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeAlias
 
 import orjson
 from fastapi import FastAPI, Path, Request, Response
@@ -39,22 +38,20 @@ from services.core.binary_tensors import (
     encode_fp32,
     split_inference_body,
 )
-from services.core.dataplane import DataPlane, PredictionResult
+from services.core.dataplane import DataPlane, ItemLimit, PredictionResult
 from services.core.errors import (
     BatchTooLarge,
-    BodyTooLarge,
     InvalidInput,
     ItemTooLarge,
     ModelNotReady,
     MtcError,
-    Overloaded,
-    RequestTimedOut,
     UnknownTask,
     UnsupportedMediaType,
     UnusableContent,
 )
 from services.core.http_errors import error_responses, without_addresses
 from services.core.json_body import FIELD_ALLOWANCE, within_json_values
+from services.core.kinds import SERVING_ERRORS, SIZE_ERRORS
 from services.core.model import ClassifierModel, Prediction
 
 BYTES: Final = "BYTES"
@@ -230,20 +227,26 @@ class InputTensor:
     """An input a kind of model takes: a BYTES tensor of shape `[n]` or `[n, 1]`."""
 
     name: str
-    description: str
     required: bool = True
 
 
-@dataclass(frozen=True)
-class ItemLimit:
-    """The most items one request may carry, what they are called, and the setting."""
-
-    count: int
-    noun: str
-    setting: str
-
-
 _DATA_URL_MARK: Final = ";base64,"
+
+
+def base64_file(label: str, text: str, max_bytes: int, setting: str, hint: str = "") -> bytes:
+    """A file sent in JSON as a base64 string (a `data:...;base64,` prefix allowed). A string
+    too long to hold at most `max_bytes` is refused before it is decoded."""
+    if text.startswith("data:") and _DATA_URL_MARK in text[:100]:
+        text = text.split(_DATA_URL_MARK, 1)[1]
+    # base64 is 4 characters per 3 bytes.
+    if len(text) * 3 // 4 > max_bytes + 3:
+        raise ItemTooLarge(
+            f"{label}: about {len(text) * 3 // 4} bytes; the limit is {max_bytes} ({setting})"
+        )
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput(f"{label}: not valid base64{hint}") from None
 
 
 @dataclass(frozen=True)
@@ -270,48 +273,33 @@ class BytesTensor:
 
     def files(self, max_bytes: int, setting: str) -> list[tuple[str, bytes]]:
         """(label, file bytes) per element: binary elements as sent, JSON strings decoded
-        from base64 (a `data:...;base64,` prefix allowed). A string too long to hold at
-        most `max_bytes` is refused before it is decoded."""
+        by `base64_file`."""
+        hint = " (in JSON, a file is sent as a base64 string; or send it as binary tensor data)"
         files: list[tuple[str, bytes]] = []
         for index, element in enumerate(self.elements):
             label = self.label(index)
-            if isinstance(element, bytes):
-                files.append((label, element))
-                continue
-            text = element
-            if text.startswith("data:") and _DATA_URL_MARK in text[:100]:
-                text = text.split(_DATA_URL_MARK, 1)[1]
-            # base64 is 4 characters per 3 bytes.
-            if len(text) * 3 // 4 > max_bytes + 3:
-                raise ItemTooLarge(
-                    f"{label}: about {len(text) * 3 // 4} bytes; the limit is {max_bytes} "
-                    f"({setting})"
-                )
-            try:
-                files.append((label, base64.b64decode("".join(text.split()), validate=True)))
-            except (binascii.Error, ValueError):
-                raise InvalidInput(
-                    f"{label}: not valid base64 (in JSON, a file is sent as a base64 string; "
-                    "or send it as binary tensor data)"
-                ) from None
+            if isinstance(element, str):
+                element = base64_file(label, element, max_bytes, setting, hint)
+            files.append((label, element))
         return files
 
 
-class TensorAdapter(ABC):
+TensorPredict: TypeAlias = Callable[
+    [Mapping[str, BytesTensor], DataPlane[Any, Any]], Awaitable[PredictionResult[Any]]
+]
+"""Ranked predictions of the `n` items the tensors describe (every required input is there,
+every given one holds `n` elements)."""
+
+
+@dataclass(frozen=True)
+class TensorAdapter:
     """How a kind of model reads Open Inference input tensors: into the same items, with the
     same checks and limits, as its `/v1/{task}/predict` route, predicted by the same
-    dataplane. Subclasses (one per kind, in its `api.py`) implement `predict`."""
+    dataplane. Each kind makes one in its `api.py`."""
 
-    def __init__(self, inputs: Sequence[InputTensor], limit: ItemLimit) -> None:
-        self.inputs = tuple(inputs)
-        self.limit = limit
-
-    @abstractmethod
-    async def predict(
-        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
-    ) -> PredictionResult[Any]:
-        """Ranked predictions of the `n` items the tensors describe (every required input is
-        there, every given one holds `n` elements)."""
+    inputs: tuple[InputTensor, ...]
+    limit: ItemLimit
+    predict: TensorPredict
 
 
 # --- Reading a request ---------------------------------------------------------------------
@@ -421,11 +409,7 @@ def _checked_count(inputs: Sequence[RequestInput], adapter: TensorAdapter) -> in
             )
         if shape[0] == 0:
             raise InvalidInput(f"input '{tensor.name}' has no elements (shape {shape})")
-        if shape[0] > adapter.limit.count:
-            raise BatchTooLarge(
-                f"{shape[0]} {adapter.limit.noun} in one request; the limit is "
-                f"{adapter.limit.count} ({adapter.limit.setting})"
-            )
+        adapter.limit.check(shape[0])
         counts[tensor.name] = shape[0]
     missing = [spec.name for spec in adapter.inputs if spec.required and spec.name not in counts]
     if missing:
@@ -625,14 +609,10 @@ INFER_OK_RESPONSE: dict[int | str, dict[str, Any]] = {
 INFER_ERRORS: tuple[type[MtcError], ...] = (
     InvalidInput,
     UnknownTask,
-    BatchTooLarge,
-    ItemTooLarge,
-    BodyTooLarge,
+    *SIZE_ERRORS,
     UnsupportedMediaType,
     UnusableContent,
-    Overloaded,
-    ModelNotReady,
-    RequestTimedOut,
+    *SERVING_ERRORS,
 )
 """What `POST /v2/models/{name}/infer` may answer besides 200, on every kind."""
 
@@ -656,14 +636,11 @@ ModelName = Annotated[str, Path(description="The model's name: the task.")]
 
 
 def register_open_inference(
-    app: FastAPI,
-    dataplane: DataPlane[Any, Any],
-    adapter: TensorAdapter,
-    *,
-    task: str,
-    model: ClassifierModel[Any, Any],
+    app: FastAPI, dataplane: DataPlane[Any, Any], adapter: TensorAdapter
 ) -> None:
-    """Add the protocol's routes for the service's one model, named `task`."""
+    """Add the protocol's routes for the dataplane's one model, named after its task."""
+    task = dataplane.settings.task
+    model = dataplane.model
 
     def require_loaded() -> None:
         if not model.ready:

@@ -8,10 +8,8 @@ there is none). Every image is validated and decoded here, before anything is qu
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, Final
 
@@ -19,25 +17,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.core.api import DataPlaneDep, create_app, timing_headers
-from services.core.dataplane import DataPlane, PredictionResult
-from services.core.decode_workers import DecodeWorkers
-from services.core.errors import (
-    BatchTooLarge,
-    BodyTooLarge,
-    InvalidInput,
-    ItemTooLarge,
-    ModelNotReady,
-    Overloaded,
-    RequestTimedOut,
-    UnsupportedMediaType,
+from services.core.api import (
+    DataPlaneDep,
+    create_app,
+    form_files,
+    multipart_form,
+    prediction_response,
+    read_file_part,
 )
+from services.core.dataplane import DataPlane, ItemLimit, PredictionResult
+from services.core.decode_workers import DecodeWorkers
+from services.core.errors import BatchTooLarge, UnsupportedMediaType
 from services.core.http_errors import error_responses
 from services.core.json_body import check_json_values
-from services.core.open_inference import BytesTensor, InputTensor, ItemLimit, TensorAdapter
+from services.core.kinds import SERVING_ERRORS, UPLOAD_ERRORS
+from services.core.open_inference import BytesTensor, InputTensor, TensorAdapter, base64_file
 from services.pose.images import (
     DecodedImage,
     ImageLimits,
@@ -57,21 +52,17 @@ from services.wire.contracts import (
 
 FILE_FIELD: Final = IMAGE_FILE_FIELD
 JSON_FIELD: Final = "images"
-_DATA_URL_MARK: Final = ";base64,"
-
-
-def _validation_error(location: Sequence[str | int], kind: str, message: str) -> Exception:
-    # FastAPI's own 422 body, as if the request had been parsed by a declared body model.
-    return RequestValidationError(
-        [{"type": kind, "loc": ("body", *location), "msg": message, "input": None}]
-    )
 
 
 class ImageUploadReader:
-    """Reads a predict request's images (multipart or base64 JSON) and decodes them."""
+    """Reads a predict request's images (multipart or base64 JSON, or Open Inference tensors)
+    and decodes them."""
 
     def __init__(self, settings: PoseSettings) -> None:
         self.settings = settings
+        self.item_limit = ItemLimit(
+            settings.max_images_per_request, "images", "MTC_MAX_IMAGES_PER_REQUEST"
+        )
         self.limits = ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
@@ -104,48 +95,27 @@ class ImageUploadReader:
         """(label, file bytes) per image, validated and decoded, in order."""
         # Every header is checked before any image is decoded, all of them off the event loop.
         await asyncio.to_thread(self._check_headers, raw)
-        # One image at a time per request: the decode threads are shared by all requests.
-        deadline = self.decoders.deadline()
-        return [
-            await self.decoders.run(
-                partial(decode_image, data, label=label, limits=self.limits), deadline=deadline
-            )
-            for label, data in raw
-        ]
+        return await self.decoders.run_each(
+            partial(decode_image, data, label=label, limits=self.limits) for label, data in raw
+        )
 
-    def _check_count(self, count: int, location: str) -> None:
-        if count == 0:
-            raise _validation_error([location], "missing", "Field required")
-        if count > self.settings.max_images_per_request:
-            raise BatchTooLarge(
-                f"{count} images in one request; the limit is "
-                f"{self.settings.max_images_per_request} (MTC_MAX_IMAGES_PER_REQUEST)"
-            )
+    async def predict_tensors(
+        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
+    ) -> PredictionResult[PosePrediction]:
+        """Ranked predictions of Open Inference input `image` (BYTES, one encoded file per
+        element; base64 strings in JSON), with the checks and limits of the multipart and
+        JSON bodies."""
+        files = tensors[IMAGE_FILE_FIELD].files(self.limits.max_bytes, "MTC_MAX_IMAGE_BYTES")
+        return await plane.predict(await self.decode(files))
 
     async def _multipart(self, request: Request) -> list[tuple[str, bytes]]:
-        try:
-            # The body size is already bounded by MTC_MAX_BODY_BYTES; these bound the parts.
-            form = await request.form(
-                max_files=max(1000, self.settings.max_images_per_request + 1), max_fields=1000
-            )
-        except StarletteHTTPException as exc:
-            raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
-        try:
-            parts = form.getlist(FILE_FIELD)
-            self._check_count(len(parts), FILE_FIELD)
-            raw: list[tuple[str, bytes]] = []
-            for index, part in enumerate(parts):
-                if not isinstance(part, UploadFile):
-                    raise InvalidInput(
-                        f"{FILE_FIELD}[{index}] is a plain form field; send it as a file part"
-                    )
-                label = f"{FILE_FIELD}[{index}]" + (f" ({part.filename})" if part.filename else "")
-                # Read at most one byte past the limit: enough to know it is too large.
-                data = await part.read(self.limits.max_bytes + 1)
-                raw.append((label, data))
-            return raw
-        finally:
-            await form.close()
+        # The body size is already bounded by MTC_MAX_BODY_BYTES; these bound the parts.
+        max_files = max(1000, self.item_limit.count + 1)
+        async with multipart_form(request, max_files=max_files, max_fields=1000) as form:
+            return [
+                await read_file_part(FILE_FIELD, index, part, self.limits.max_bytes, "a file part")
+                for index, part in enumerate(form_files(form, FILE_FIELD, self.item_limit))
+            ]
 
     async def _json(self, request: Request) -> list[tuple[str, bytes]]:
         body = await request.body()
@@ -173,24 +143,11 @@ class ImageUploadReader:
             raise RequestValidationError(
                 [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
             ) from None
+        labels = [f"{JSON_FIELD}[{index}]" for index in range(len(parsed.images))]
         return [
-            (f"{JSON_FIELD}[{index}]", self._base64(f"{JSON_FIELD}[{index}]", text))
-            for index, text in enumerate(parsed.images)
+            (label, base64_file(label, text, self.limits.max_bytes, "MTC_MAX_IMAGE_BYTES"))
+            for label, text in zip(labels, parsed.images, strict=True)
         ]
-
-    def _base64(self, label: str, text: str) -> bytes:
-        if text.startswith("data:") and _DATA_URL_MARK in text[:100]:
-            text = text.split(_DATA_URL_MARK, 1)[1]
-        # Size check before decoding: base64 is 4 characters per 3 bytes.
-        if len(text) * 3 // 4 > self.limits.max_bytes + 3:
-            raise ItemTooLarge(
-                f"{label}: about {len(text) * 3 // 4} bytes; the limit is "
-                f"{self.limits.max_bytes} (MTC_MAX_IMAGE_BYTES)"
-            )
-        try:
-            return base64.b64decode("".join(text.split()), validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidInput(f"{label}: not valid base64") from None
 
     def _check_headers(self, raw: list[tuple[str, bytes]]) -> None:
         headers = [read_header(data, label=label, limits=self.limits) for label, data in raw]
@@ -203,25 +160,6 @@ class ImageUploadReader:
             )
 
 
-class ImageTensorAdapter(TensorAdapter):
-    """Open Inference input `image` (BYTES, one encoded file per element; base64 strings in
-    JSON): the images of `/v1/{task}/predict`, with its checks and limits."""
-
-    def __init__(self, settings: PoseSettings, reader: ImageUploadReader):
-        super().__init__(
-            [InputTensor(IMAGE_FILE_FIELD, "One JPEG, PNG or WebP file per element.")],
-            ItemLimit(settings.max_images_per_request, "images", "MTC_MAX_IMAGES_PER_REQUEST"),
-        )
-        self.reader = reader
-
-    async def predict(
-        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
-    ) -> PredictionResult[PosePrediction]:
-        """Ranked predictions of the images."""
-        files = tensors[IMAGE_FILE_FIELD].files(self.reader.limits.max_bytes, "MTC_MAX_IMAGE_BYTES")
-        return await plane.predict(await self.reader.decode(files))
-
-
 def pose_routes(settings: PoseSettings, model: PoseModel, reader: ImageUploadReader) -> Any:
     """The route registrar for `create_app`."""
     guard_decompression_bombs(settings.max_image_pixels)
@@ -231,17 +169,7 @@ def pose_routes(settings: PoseSettings, model: PoseModel, reader: ImageUploadRea
             f"/v1/{settings.task}/predict",
             tags=[settings.task],
             response_model=PosePredictResponse,
-            responses=error_responses(
-                InvalidInput,
-                BatchTooLarge,
-                BodyTooLarge,
-                ItemTooLarge,
-                UnsupportedMediaType,
-                Overloaded,
-                ModelNotReady,
-                RequestTimedOut,
-                validation=True,
-            ),
+            responses=error_responses(*UPLOAD_ERRORS, *SERVING_ERRORS, validation=True),
             summary=f"Classify the pose in photos ({settings.task})",
             # The body is read by hand (two content types), so its schema is declared here.
             openapi_extra={
@@ -259,14 +187,10 @@ def pose_routes(settings: PoseSettings, model: PoseModel, reader: ImageUploadRea
             plane.require_ready()
             images = await reader.read(request)
             result: PredictionResult[PosePrediction] = await plane.predict(images)
-            meta = model.metadata
-            response = {
-                "model": {"name": meta.name, "version": meta.version},
-                "predictions": [
-                    [{"label": s.label, "score": s.score} for s in prediction.scores]
-                    for prediction in result.predictions
-                ],
-                "keypoints": [
+            return prediction_response(
+                model,
+                result,
+                keypoints=[
                     None
                     if prediction.keypoints is None
                     else [
@@ -275,9 +199,6 @@ def pose_routes(settings: PoseSettings, model: PoseModel, reader: ImageUploadRea
                     ]
                     for prediction in result.predictions
                 ],
-            }
-            return JSONResponse(
-                response, headers=timing_headers(result.queue_seconds, result.inference_seconds)
             )
 
     return register
@@ -300,7 +221,9 @@ def build_app(settings: PoseSettings, model: PoseModel | None = None) -> FastAPI
         settings,
         classifier,
         register_routes=pose_routes(settings, classifier, reader),
-        tensor_adapter=ImageTensorAdapter(settings, reader),
+        tensor_adapter=TensorAdapter(
+            (InputTensor(IMAGE_FILE_FIELD),), reader.item_limit, reader.predict_tensors
+        ),
         title=f"mtc pose service: {settings.task}",
         description="Human pose classification from photos: MediaPipe Pose landmarks with a "
         "geometric classifier, or any Hugging Face image-classification model.",

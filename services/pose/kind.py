@@ -1,15 +1,7 @@
 """The image kind: photos in, pose labels and keypoints out (`python -m services.pose`)."""
 
-from services.core.errors import InvalidInput, UnsupportedMediaType
-from services.core.kinds import (
-    MIB,
-    SERVING_ERRORS,
-    SIZE_ERRORS,
-    KindRoute,
-    ModelKind,
-    ServiceImage,
-    json_body,
-)
+from services.core.errors import UnsupportedMediaType
+from services.core.kinds import MIB, KindRoute, ModelKind, ServiceImage, json_body, route_errors
 from services.wire.contracts import (
     MULTIPART_IMAGES_SCHEMA,
     PoseJsonRequest,
@@ -31,7 +23,7 @@ KIND = ModelKind(
                 },
             },
             PosePredictResponse,
-            (InvalidInput, *SIZE_ERRORS, UnsupportedMediaType, *SERVING_ERRORS),
+            route_errors(UnsupportedMediaType),
         ),
     ),
     default_body_limit=64 * MIB,

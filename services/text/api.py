@@ -10,20 +10,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from services.core.api import DataPlaneDep, PredictionResponse, create_app, timing_headers
-from services.core.dataplane import DataPlane, PredictionResult
-from services.core.errors import (
-    BatchTooLarge,
-    BodyTooLarge,
-    InvalidInput,
-    ItemTooLarge,
-    ModelNotReady,
-    Overloaded,
-    RequestTimedOut,
-)
+from services.core.api import DataPlaneDep, PredictionResponse, create_app, prediction_response
+from services.core.dataplane import DataPlane, ItemLimit, PredictionResult
+from services.core.errors import BatchTooLarge, BodyTooLarge, InvalidInput, ItemTooLarge
 from services.core.http_errors import error_responses
 from services.core.json_body import with_body_schema
-from services.core.open_inference import BytesTensor, InputTensor, ItemLimit, TensorAdapter
+from services.core.kinds import SERVING_ERRORS
+from services.core.open_inference import BytesTensor, InputTensor, TensorAdapter
 from services.text.models.onnx_classifier import OnnxSequenceClassifier
 from services.text.models.sequence_classifier import (
     SequenceClassifier,
@@ -50,8 +43,14 @@ async def token_costs(model: SequenceClassifier, items: list[TextInput]) -> list
     return await asyncio.to_thread(model.costs, items)
 
 
-def check_texts(texts: Sequence[str], settings: TextSettings) -> None:
-    """Refuse texts no tokenizer reads (400) or longer than `MTC_MAX_TEXT_CHARS` (413)."""
+async def predict_texts(
+    texts: Sequence[str],
+    plane: DataPlane[Any, Any],
+    settings: TextSettings,
+    model: SequenceClassifier,
+) -> PredictionResult[TextPrediction]:
+    """Ranked predictions of the texts, for both APIs. Texts no tokenizer reads are refused
+    (400), and so are texts longer than `MTC_MAX_TEXT_CHARS` (413)."""
     for index, text in enumerate(texts):
         if not text.isascii():
             try:
@@ -66,29 +65,22 @@ def check_texts(texts: Sequence[str], settings: TextSettings) -> None:
                 f"text[{index}] has {len(text)} characters; the limit is "
                 f"{settings.max_text_chars} (MTC_MAX_TEXT_CHARS)"
             )
+    return await plane.predict(
+        [TextItem(text) for text in texts], costs_of=partial(token_costs, model)
+    )
 
 
-class TextTensorAdapter(TensorAdapter):
+def text_tensors(settings: TextSettings, model: SequenceClassifier) -> TensorAdapter:
     """Open Inference input `text` (BYTES, one text per element): the texts of
     `/v1/{task}/predict`, with its checks and limits."""
 
-    def __init__(self, settings: TextSettings, model: SequenceClassifier) -> None:
-        super().__init__(
-            [InputTensor("text", "One text per element (UTF-8).")],
-            ItemLimit(settings.max_items_per_request, "texts", "MTC_MAX_ITEMS_PER_REQUEST"),
-        )
-        self.settings = settings
-        self.model = model
-
     async def predict(
-        self, tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
+        tensors: Mapping[str, BytesTensor], plane: DataPlane[Any, Any]
     ) -> PredictionResult[TextPrediction]:
-        """Ranked predictions of the texts."""
-        texts = tensors["text"].texts()
-        check_texts(texts, self.settings)
-        return await plane.predict(
-            [TextItem(text) for text in texts], costs_of=partial(token_costs, self.model)
-        )
+        return await predict_texts(tensors["text"].texts(), plane, settings, model)
+
+    limit = ItemLimit(settings.max_items_per_request, "texts", "MTC_MAX_ITEMS_PER_REQUEST")
+    return TensorAdapter((InputTensor("text"),), limit, predict)
 
 
 def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
@@ -101,28 +93,17 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
     def register(app: FastAPI, dataplane: DataPlane[Any, Any]) -> None:
         async def predict(body: TextPredictRequest, plane: DataPlaneDep) -> JSONResponse:
             """Classify each text; every label is returned with its score, highest first."""
-            texts = body.text
-            check_texts(texts, settings)
-            result: PredictionResult[TextPrediction] = await plane.predict(
-                [TextItem(text) for text in texts], costs_of=partial(token_costs, model)
-            )
-            limit = model.max_tokens
-            meta = model.metadata
-            response = {
-                "model": {"name": meta.name, "version": meta.version},
-                "predictions": [
-                    [{"label": s.label, "score": s.score} for s in prediction.scores]
-                    for prediction in result.predictions
-                ],
+            result = await predict_texts(body.text, plane, settings, model)
+            return prediction_response(
+                model,
+                result,
+                PredictionResponse,
                 # Every prediction, cached or fresh, carries its text's token count.
-                "truncated": [
+                truncated=[
                     index
                     for index, prediction in enumerate(result.predictions)
-                    if prediction.tokens > limit
+                    if prediction.tokens > model.max_tokens
                 ],
-            }
-            return PredictionResponse(
-                response, headers=timing_headers(result.queue_seconds, result.inference_seconds)
             )
 
         app.post(
@@ -130,13 +111,7 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
             tags=[settings.task],
             response_model=TextPredictResponse,
             responses=error_responses(
-                BatchTooLarge,
-                BodyTooLarge,
-                InvalidInput,
-                ItemTooLarge,
-                Overloaded,
-                ModelNotReady,
-                RequestTimedOut,
+                BatchTooLarge, BodyTooLarge, InvalidInput, ItemTooLarge, *SERVING_ERRORS
             ),
             summary=f"Classify texts ({settings.task})",
         )(with_body_schema(predict, request_schema))
@@ -179,7 +154,7 @@ def build_app(settings: TextSettings, model: SequenceClassifier | None = None) -
         settings,
         classifier,
         register_routes=text_routes(settings, classifier),
-        tensor_adapter=TextTensorAdapter(settings, classifier),
+        tensor_adapter=text_tensors(settings, classifier),
         title=f"mtc text service: {settings.task}",
         description="Text classification with a Hugging Face sequence-classification model.",
     )

@@ -1,15 +1,6 @@
 """The text kind: lists of texts in, ranked labels out (`python -m services.text`)."""
 
-from services.core.errors import InvalidInput
-from services.core.kinds import (
-    MIB,
-    SERVING_ERRORS,
-    SIZE_ERRORS,
-    KindRoute,
-    ModelKind,
-    ServiceImage,
-    json_body,
-)
+from services.core.kinds import MIB, KindRoute, ModelKind, ServiceImage, json_body, route_errors
 from services.wire.contracts import TextPredictRequest, TextPredictResponse
 
 KIND = ModelKind(
@@ -21,7 +12,7 @@ KIND = ModelKind(
             "Classify texts",
             json_body(TextPredictRequest),
             TextPredictResponse,
-            (InvalidInput, *SIZE_ERRORS, *SERVING_ERRORS),
+            route_errors(),
         ),
     ),
     default_body_limit=20 * MIB,
