@@ -17,6 +17,7 @@ from gateway.errors import API_KEY_CHALLENGE, InvalidApiKey, MissingApiKey, Rate
 from gateway.metrics import GatewayMetrics
 from gateway.quotas import TokenBuckets
 from gateway.request_context import current_request
+from gateway.settings import GatewaySettings
 from gateway.work_meter import WorkMeter
 from services.core.api_docs import is_docs_asset
 from services.core.http_errors import send_error
@@ -79,10 +80,7 @@ class AccessGuard:
     _: KW_ONLY
     keys: ApiKeyStore
     buckets: TokenBuckets
-    default_rate_per_second: float
-    default_burst: int
-    items_per_token: int
-    bytes_per_token: int
+    settings: GatewaySettings
     metrics: GatewayMetrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,8 +110,11 @@ class AccessGuard:
         if context is not None:
             context.api_key_name = key.name
             context.s3_scope = key.s3_scope
-        rate = self.default_rate_per_second if key.rate_per_second is None else key.rate_per_second
-        burst = self.default_burst if key.burst is None else key.burst
+        settings = self.settings
+        rate = (
+            settings.rate_limit_per_second if key.rate_per_second is None else key.rate_per_second
+        )
+        burst = settings.rate_limit_burst if key.burst is None else key.burst
         if rate > 0:
             decision = await self.buckets.take(key.name, rate, burst)
             if not decision.allowed:
@@ -124,8 +125,9 @@ class AccessGuard:
                     RateLimited(
                         f"API key '{key.name}' is over its quota of {rate:g} tokens per "
                         f"second (bursts of {burst}; a request costs a token per "
-                        f"{self.items_per_token} items or {self.bytes_per_token:,} bytes it "
-                        f"sends, at least one); retry in {wait} s",
+                        f"{settings.quota_items_per_token} items or "
+                        f"{settings.quota_bytes_per_token:,} bytes it sends, at least one); "
+                        f"retry in {wait} s",
                         headers={"retry-after": str(wait)},
                     ),
                 )
@@ -136,7 +138,7 @@ class AccessGuard:
                     key.name,
                     rate,
                     burst,
-                    items_per_token=self.items_per_token,
-                    bytes_per_token=self.bytes_per_token,
+                    items_per_token=settings.quota_items_per_token,
+                    bytes_per_token=settings.quota_bytes_per_token,
                 )
         await self.app(scope, receive, send)

@@ -21,7 +21,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.open_inference_routes import open_inference_router
 from gateway.openapi_document import install_openapi
 from gateway.quotas import MemoryTokenBuckets, RedisTokenBuckets, TokenBuckets
-from gateway.request_context import RequestIdMiddleware
+from gateway.request_context import REQUEST_ID_HEADER, RequestIdMiddleware
 from gateway.routes import (
     health_router,
     metrics_router,
@@ -31,7 +31,7 @@ from gateway.routes import (
 )
 from gateway.settings import GatewaySettings
 from gateway.traffic import TaskTraffic
-from gateway.upstreams import Upstreams, build_replica_sets, create_http_client
+from gateway.upstreams import TIMING_HEADERS, Upstreams, build_replica_sets, create_http_client
 from gateway.web_page import web_page_router
 from services.core.api import WITHOUT_OPENTELEMETRY
 from services.core.api_docs import install_api_docs
@@ -60,13 +60,7 @@ every task in a browser.
 
 
 # Response headers a page on another origin may read (timings, request id, back-off).
-EXPOSED_HEADERS = (
-    "x-request-id",
-    "x-total-time",
-    "x-inference-time",
-    "x-queue-time",
-    "retry-after",
-)
+EXPOSED_HEADERS = (REQUEST_ID_HEADER, "x-total-time", *TIMING_HEADERS, "retry-after")
 
 
 logger = logging.getLogger(__name__)
@@ -152,10 +146,9 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
     app.include_router(task_router(routes, access_errors))
     app.include_router(models_router)
     app.include_router(open_inference_router(settings, access_errors))
-    compat = compat_routers(settings, access_errors, jobs_configured=jobs is not None)
-    app.include_router(compat.project)
-    app.include_router(compat.api_v1)
-    app.include_router(compat.standalone)
+    project, compat = compat_routers(settings, access_errors, jobs_configured=jobs is not None)
+    app.include_router(project)
+    app.include_router(compat)
     app.include_router(health_router)
     if settings.metrics_port is None:
         # Local runs: one port for everything. Deployments give /metrics a port of its own,
@@ -164,7 +157,7 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
     if settings.web_page:
         # The emergency-call project's upload page, where its routes are served.
         app.include_router(web_page_router(upload_page=CALL_PREDICT_PATH in compat_paths(settings)))
-    install_openapi(app, project_routes=compat.project.routes, api_keys_required=keys is not None)
+    install_openapi(app, project_routes=project.routes, api_keys_required=keys is not None)
     install_error_handlers(app)
     # Middleware added later wraps what was added before. Innermost: the documented task
     # routes, answered without FastAPI's routing layers (the gateway's hot path).
@@ -177,14 +170,7 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
     if keys is not None and buckets is not None:
         # Outside the size limit: an unauthenticated body is refused before it is read.
         app.add_middleware(
-            AccessGuard,
-            keys=keys,
-            buckets=buckets,
-            default_rate_per_second=settings.rate_limit_per_second,
-            default_burst=settings.rate_limit_burst,
-            items_per_token=settings.quota_items_per_token,
-            bytes_per_token=settings.quota_bytes_per_token,
-            metrics=metrics,
+            AccessGuard, keys=keys, buckets=buckets, settings=settings, metrics=metrics
         )
     # Records the 401s, 429s and 413s above as task traffic.
     app.add_middleware(TaskTraffic, metrics=metrics, compat_paths=compat_paths(settings))

@@ -25,7 +25,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
@@ -44,6 +43,7 @@ from gateway.image_urls import ImageUrlFetcher, ImageUrlHosts
 from gateway.job_routes import JOBS_PATH, JobDeskDep, OwnerDep, S3ScopeDep
 from gateway.routes import UpstreamsDep
 from gateway.schemas import (
+    BulkLabelScore,
     BulkPredictRequest,
     BulkPredictResponse,
     EmergencyCallPrediction,
@@ -57,7 +57,7 @@ from gateway.schemas import (
     ToneRequest,
 )
 from gateway.settings import GatewaySettings
-from gateway.upstreams import UpstreamAnswer, Upstreams
+from gateway.upstreams import TIMING_HEADERS, UpstreamAnswer, Upstreams
 from gateway.work_meter import charge_items
 from services.core.errors import (
     AccessDenied,
@@ -114,9 +114,6 @@ FINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 JOB_POLL_SECONDS = (0.02, 0.25)
 """First and longest pause between two looks at an awaited job (doubling in between)."""
 
-# The service's timing headers; the body is rebuilt, so its content-type is not relayed.
-TIMING_HEADERS = ("x-inference-time", "x-queue-time")
-
 _FORWARDING_ERRORS: tuple[type[MtcError], ...] = (
     InvalidInput,
     BatchTooLarge,
@@ -153,33 +150,23 @@ def compat_paths(settings: GatewaySettings) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True)
-class CompatRouters:
-    """The compatibility routes, in three groups: `/project` has an OpenAPI document of its
-    own; `/api/v1` does not; `standalone` holds the routes of the emergency-call and async
-    tone projects (`/predict`, `/predict_s3`, `/api/predict/`)."""
-
-    project: APIRouter
-    api_v1: APIRouter
-    standalone: APIRouter
-
-
 def compat_routers(
     settings: GatewaySettings,
     access_errors: Sequence[type[MtcError]],
     *,
     jobs_configured: bool = False,
-) -> CompatRouters:
-    """The compatibility routes whose task is configured; `access_errors` are added to the
-    documented errors of the protected ones. `jobs_configured`: whether the route run as a
-    batch job is listed in the OpenAPI document (without jobs it answers 503, like
-    `/v1/jobs`, and is left out of it)."""
+) -> tuple[APIRouter, APIRouter]:
+    """The compatibility routes whose task is configured, in two routers: `/project`'s,
+    which have an OpenAPI document of their own, and the others (`/api/v1`, and the
+    emergency-call and async tone projects' `/predict`, `/predict_s3`, `/api/predict/`).
+    `access_errors` are added to the documented errors of the protected ones.
+    `jobs_configured`: whether the route run as a batch job is listed in the OpenAPI
+    document (without jobs it answers 503, like `/v1/jobs`, and is left out of it)."""
     # These bodies are parsed here: at most `max_json_body_bytes`, and lists capped by the
     # schemas at the configured limits (validation stops as soon as a list passes its cap).
     route_class = BoundedJsonRoute.with_max_body_bytes(settings.max_json_body_bytes)
     project = APIRouter(tags=[COMPAT_TAG], route_class=route_class)
-    api_v1 = APIRouter(tags=[COMPAT_TAG], route_class=route_class)
-    standalone = APIRouter(tags=[COMPAT_TAG], route_class=route_class)
+    others = APIRouter(tags=[COMPAT_TAG], route_class=route_class)
     texts_schema = BulkPredictRequest.with_limit(settings.max_texts_per_request)
     legacy_texts_schema = LegacyTextRequest.with_limit(settings.max_texts_per_request)
     images_schema = LegacyPoseRequest.with_limit(settings.max_images_per_request)
@@ -202,16 +189,7 @@ def compat_routers(
             await charge_items(len(body.text))
             request = _service_body("text", body.text)
             answer, result = await _predict(upstreams, sentiment, request, TextPredictResponse)
-            if result is None:
-                return _relay(answer)
-            predictions = [
-                [
-                    {"label": entry.label.upper(), "score": entry.score}
-                    for entry in _highest_first(scores)
-                ]
-                for scores in result.predictions
-            ]
-            return _json({"predictions": predictions}, answer)
+            return _reply(answer, result and _both_labels(result))
 
         project.post(
             BULK_PREDICT_PATH,
@@ -236,7 +214,7 @@ def compat_routers(
 
     for path in (SENTIMENT_ANALYSIS_PATH, DISASTER_CLASSIFIER_PATH):
         if path in served:
-            _add_top_label_text_route(api_v1, path, served[path], text_errors, legacy_texts_schema)
+            _add_top_label_text_route(others, path, served[path], text_errors, legacy_texts_schema)
 
     if POSE_CLASSIFIER_PATH in served:
         pose = served[POSE_CLASSIFIER_PATH]
@@ -259,12 +237,9 @@ def compat_routers(
                 await charge_items(len(images))
             request = _service_body("images", images)
             answer, result = await _predict(upstreams, pose, request, PosePredictResponse)
-            if result is None:
-                return _relay(answer)
-            reply = LegacyPoseResponse(**_top_labels(result, answer))
-            return _json(reply.model_dump(), answer)
+            return _reply(answer, result and LegacyPoseResponse(**_top_labels(result, answer)))
 
-        api_v1.post(
+        others.post(
             POSE_CLASSIFIER_PATH,
             response_model=LegacyPoseResponse,
             responses=image_url_errors,
@@ -272,17 +247,17 @@ def compat_routers(
         )(with_body_schema(pose_classifier, images_schema))
 
     if CALL_PREDICT_PATH in served:
-        _add_emergency_call_routes(standalone, settings, served[CALL_PREDICT_PATH], access_errors)
+        _add_emergency_call_routes(others, settings, served[CALL_PREDICT_PATH], access_errors)
     if TONE_PREDICT_PATH in served:
         _add_tone_route(
-            standalone,
+            others,
             settings,
             served[TONE_PREDICT_PATH],
             access_errors,
             documented=jobs_configured,
         )
 
-    return CompatRouters(project=project, api_v1=api_v1, standalone=standalone)
+    return project, others
 
 
 def _add_emergency_call_routes(
@@ -313,13 +288,10 @@ def _add_emergency_call_routes(
         answer, result = await _predict(
             upstreams, task, body, AudioPredictResponse, content_type=content_type
         )
-        if result is None:
-            return _relay(answer)
-        label, probabilities = _label_and_probabilities(result, task)
-        reply = EmergencyCallPrediction(
-            filename=audio_file.filename, label=label, probabilities=probabilities
+        reply = result and EmergencyCallPrediction(
+            filename=audio_file.filename, **_top_clip(result, task)
         )
-        return _json(reply.model_dump(), answer)
+        return _reply(answer, reply)
 
     router.add_api_route(
         CALL_PREDICT_PATH,
@@ -340,13 +312,8 @@ def _add_emergency_call_routes(
         answer, result = await _predict(
             upstreams, task, payload, AudioPredictResponse, route="predict-s3"
         )
-        if result is None:
-            return _relay(answer)
-        label, probabilities = _label_and_probabilities(result, task)
-        reply = EmergencyCallS3Prediction(
-            s3_uri=body.s3_uri, label=label, probabilities=probabilities
-        )
-        return _json(reply.model_dump(), answer)
+        reply = result and EmergencyCallS3Prediction(s3_uri=body.s3_uri, **_top_clip(result, task))
+        return _reply(answer, reply)
 
     form_schema = {"$ref": f"#/components/schemas/{AudioS3Request.__name__}"}
     router.add_api_route(
@@ -377,33 +344,8 @@ def _add_tone_route(
     """`POST /api/predict/`: one text, classified by a batch job that is awaited."""
     wait_seconds = settings.compat_async_wait_seconds
 
-    async def predict_tone(
-        body: ToneRequest, desk: JobDeskDep, owner: OwnerDep, s3_scope: S3ScopeDep
-    ) -> Response:
-        """Queue the text as a job of one item and answer its prediction when the job ends
-        within MTC_GATEWAY_COMPAT_ASYNC_WAIT_SECONDS; otherwise 202 with the job and its
-        `Location` (`GET /v1/jobs/{id}` has the result once it is done)."""
-        await charge_items(1)
-        request = JobRequest(task=task, inputs=[body.text])
-        job = await asyncio.to_thread(desk.submit, owner, request, s3_scope)
-        job = await _await_job(desk, owner, job, wait_seconds)
-        if job.state not in FINAL_JOB_STATES:
-            return JSONResponse(
-                job.model_dump(mode="json"),
-                status_code=202,
-                headers={"location": f"{JOBS_PATH}/{job.id}"},
-            )
-        if job.state != "succeeded" or not job.results:
-            reason = job.error or f"the job was {job.state}"
-            raise AsyncPredictionFailed(f"job {job.id} did not classify the text: {reason}")
-        top = job.results[0]
-        reply = TonePrediction(text=body.text, label=top.label, score=top.score, job_id=job.id)
-        return JSONResponse(reply.model_dump())
-
-    router.add_api_route(
+    @router.post(
         TONE_PREDICT_PATH,
-        predict_tone,
-        methods=["POST"],
         response_model=TonePrediction,
         responses={
             202: {
@@ -428,6 +370,28 @@ def _add_tone_route(
         operation_id="compat_tone_predict",
         include_in_schema=documented,
     )
+    async def predict_tone(
+        body: ToneRequest, desk: JobDeskDep, owner: OwnerDep, s3_scope: S3ScopeDep
+    ) -> Response:
+        """Queue the text as a job of one item and answer its prediction when the job ends
+        within MTC_GATEWAY_COMPAT_ASYNC_WAIT_SECONDS; otherwise 202 with the job and its
+        `Location` (`GET /v1/jobs/{id}` has the result once it is done)."""
+        await charge_items(1)
+        request = JobRequest(task=task, inputs=[body.text])
+        job = await asyncio.to_thread(desk.submit, owner, request, s3_scope)
+        job = await _await_job(desk, owner, job, wait_seconds)
+        if job.state not in FINAL_JOB_STATES:
+            return JSONResponse(
+                job.model_dump(mode="json"),
+                status_code=202,
+                headers={"location": f"{JOBS_PATH}/{job.id}"},
+            )
+        if job.state != "succeeded" or not job.results:
+            reason = job.error or f"the job was {job.state}"
+            raise AsyncPredictionFailed(f"job {job.id} did not classify the text: {reason}")
+        top = job.results[0]
+        reply = TonePrediction(text=body.text, label=top.label, score=top.score, job_id=job.id)
+        return JSONResponse(reply.model_dump())
 
 
 async def _await_job(desk: JobDesk, owner: str, job: JobView, wait_seconds: float) -> JobView:
@@ -444,14 +408,15 @@ async def _await_job(desk: JobDesk, owner: str, job: JobView, wait_seconds: floa
     return job
 
 
-def _label_and_probabilities(
-    result: AudioPredictResponse, task: str
-) -> tuple[str, dict[str, float]]:
-    """The top label and label -> score of the first clip (the service sorts them)."""
+def _top_clip(result: AudioPredictResponse, task: str) -> dict[str, Any]:
+    """The top `label` and the `probabilities` (label -> score) of the first clip."""
     if not result.predictions or not result.predictions[0]:
         raise UpstreamInvalidAnswer(f"the service for task '{task}' answered no prediction")
     scores = _highest_first(result.predictions[0])
-    return scores[0].label, {entry.label: entry.score for entry in scores}
+    return {
+        "label": scores[0].label,
+        "probabilities": {entry.label: entry.score for entry in scores},
+    }
 
 
 def _clip_upload(upload: UploadFile, data: bytes, transcript: str | None) -> tuple[bytes, str]:
@@ -483,12 +448,9 @@ def _header_safe(value: str) -> str:
     """`value` fit for a quoted multipart header (sent as UTF-8, as browsers send names):
     quotes and line breaks escaped as HTML's form encoding does, other control characters
     and lone surrogates dropped."""
-    escaped = value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
-    return "".join(
-        character
-        for character in escaped
-        if ord(character) >= 32 and not 0xD800 <= ord(character) <= 0xDFFF
-    )
+    escaped = LONE_SURROGATE.sub("", value)
+    escaped = escaped.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    return "".join(character for character in escaped if ord(character) >= 32)
 
 
 class FormOrJsonRoute(BoundedJsonRoute):
@@ -572,21 +534,17 @@ def _add_top_label_text_route(
         answer, result = await _predict(
             upstreams, task, _service_body("text", body.text), TextPredictResponse
         )
-        if result is None:
-            return _relay(answer)
-        reply = LegacyTextResponse(text=body.text, **_top_labels(result, answer))
-        return _json(reply.model_dump(), answer)
+        reply = result and LegacyTextResponse(text=body.text, **_top_labels(result, answer))
+        return _reply(answer, reply)
 
     classify.__doc__ = f"The label with the highest score, and that score, per text ({task})."
-    router.add_api_route(
+    router.post(
         path,
-        with_body_schema(classify, schema),
-        methods=["POST"],
         response_model=LegacyTextResponse,
         responses=responses,
         summary=f"Top {task} label per text",
         operation_id=f"compat_{task}_{path.rsplit('/', 1)[-1]}",
-    )
+    )(with_body_schema(classify, schema))
 
 
 def _service_body(field: str, items: list[str]) -> bytes:
@@ -612,7 +570,7 @@ async def _predict(
     content_type: str = "application/json",
 ) -> tuple[UpstreamAnswer, Prediction | None]:
     """The answer of the task's `/v1/{task}/{route}` to `body`, parsed when it is a
-    success (None otherwise)."""
+    success (None otherwise, see `_reply`)."""
     answer = await upstreams.forward(
         task, f"/v1/{task}/{route}", body=body, content_type=content_type
     )
@@ -630,6 +588,18 @@ def _highest_first(scores: list[LabelScoreBody]) -> list[LabelScoreBody]:
     return sorted(scores, key=lambda entry: entry.score, reverse=True)
 
 
+def _both_labels(result: TextPredictResponse) -> BulkPredictResponse:
+    """Per text, both labels (upper case), highest score first."""
+    predictions = [
+        [
+            BulkLabelScore(label=entry.label.upper(), score=entry.score)
+            for entry in _highest_first(scores)
+        ]
+        for scores in result.predictions
+    ]
+    return BulkPredictResponse(predictions=predictions)
+
+
 def _top_labels(
     result: TextPredictResponse | PosePredictResponse, answer: UpstreamAnswer
 ) -> dict[str, Any]:
@@ -644,11 +614,11 @@ def _top_labels(
     }
 
 
-def _json(body: dict[str, Any], answer: UpstreamAnswer) -> JSONResponse:
+def _reply(answer: UpstreamAnswer, reply: BaseModel | None) -> Response:
+    """`reply` (a success reshaped) with the service's timing headers (the body is rebuilt,
+    so its content-type is not relayed); without one, the service's error passed on as it
+    came (its status, body and headers)."""
+    if reply is None:
+        return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
     timings = {name: answer.headers[name] for name in TIMING_HEADERS if name in answer.headers}
-    return JSONResponse(body, headers=timings)
-
-
-def _relay(answer: UpstreamAnswer) -> Response:
-    """A service error, passed on as it came (its status, body and headers)."""
-    return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
+    return JSONResponse(reply.model_dump(), headers=timings)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Request, Response
@@ -49,8 +49,6 @@ from services.core.open_inference import (
 MODEL_VERSION = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]{1,128}")
 """A version path segment forwarded as is: no `/`, `..` or encoded characters reach the
 service's paths."""
-
-ModelVersion = Annotated[str, Path(description="The model's version (see its metadata).")]
 
 
 def open_inference_router(
@@ -98,16 +96,13 @@ def open_inference_router(
         return ServerReadyResponse(ready=True)
 
     async def forward(
-        task: str,
-        suffix: str,
-        version: str | None,
-        request: Request,
-        upstreams: UpstreamsDep,
+        task: str, suffix: str, request: Request, upstreams: UpstreamsDep
     ) -> Response:
         if task not in upstreams.tasks:
             known = ", ".join(sorted(upstreams.tasks))
             raise UnknownTask(f"unknown model '{task[:100]}'; the models are the tasks: {known}")
         path = f"{V2_PREFIX}/models/{quote(task, safe='')}"
+        version: str | None = request.path_params.get("model_version")
         if version is not None:
             if not MODEL_VERSION.fullmatch(version):
                 raise UnknownTask(f"model '{task}' has no version '{version[:100]}'")
@@ -175,29 +170,18 @@ def open_inference_router(
         async def endpoint(
             *, model_name: str = model_name_path, request: Request, upstreams: UpstreamsDep
         ) -> Response:
-            return await forward(model_name, suffix, None, request, upstreams)
-
-        return endpoint
-
-    def version_route(suffix: str) -> Callable[..., Awaitable[Response]]:
-        async def endpoint(
-            *,
-            model_name: str = model_name_path,
-            model_version: ModelVersion,
-            request: Request,
-            upstreams: UpstreamsDep,
-        ) -> Response:
-            return await forward(model_name, suffix, model_version, request, upstreams)
+            return await forward(model_name, suffix, request, upstreams)
 
         return endpoint
 
     for suffix, options in documented_routes.items():
-        router.add_api_route(f"/models/{{model_name}}{suffix}", model_route(suffix), **options)
-    # The same three for one version of the model (the loaded one), undocumented.
-    for suffix, options in documented_routes.items():
+        endpoint = model_route(suffix)
+        router.add_api_route(f"/models/{{model_name}}{suffix}", endpoint, **options)
+        # The same for one version of the model (the loaded one), undocumented; `forward`
+        # reads the version from the path.
         router.add_api_route(
             f"/models/{{model_name}}/versions/{{model_version}}{suffix}",
-            version_route(suffix),
+            endpoint,
             methods=options["methods"],
             include_in_schema=False,
         )

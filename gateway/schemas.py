@@ -123,12 +123,8 @@ class HealthyResponse(BaseModel):
     status: Literal["healthy"] = "healthy"
 
 
-class LegacyTextRequest(BatchRequest):
+class LegacyTextRequest(BulkPredictRequest):
     """Texts to classify (`POST /api/v1/sentiment_analysis`, `/api/v1/disaster_classifier`)."""
-
-    batch_field: ClassVar[str] = "text"
-    batch_noun: ClassVar[str] = "texts"
-    limit_setting: ClassVar[str] = "MTC_GATEWAY_MAX_TEXTS_PER_REQUEST"
 
     text: list[str] = Field(
         min_length=1,

@@ -58,23 +58,20 @@ def web_page_router(*, upload_page: bool = False) -> APIRouter:
     files = {name: (UI_DIR / name).read_bytes() for name in PAGE_FILES}
     router = APIRouter(include_in_schema=False)
 
-    def page_file(name: str) -> Response:
+    @router.get("/ui/{name}")
+    async def page_file(name: str) -> Response:
         if name not in files:
             raise HTTPException(status_code=404)
         return Response(files[name], media_type=PAGE_FILES[name], headers=SECURITY_HEADERS)
 
     @router.get("/ui")
     async def web_page() -> Response:
-        return page_file("index.html")
-
-    @router.get("/ui/{name}")
-    async def web_page_asset(name: str) -> Response:
-        return page_file(name)
+        return await page_file("index.html")
 
     if upload_page:
 
         @router.get("/upload")
         async def upload_page_html() -> Response:
-            return page_file("upload.html")
+            return await page_file("upload.html")
 
     return router
