@@ -26,6 +26,7 @@ from services.artifacts.manifest import (
     verify_model_dir,
 )
 from services.core.errors import ModelLoadError
+from services.wire.s3_locations import s3_error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -122,7 +123,7 @@ class S3ModelRepository:
             )
             raw = response["Body"].read()
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = s3_error_code(exc)
             if code in {"NoSuchKey", "404"}:
                 raise ModelLoadError(
                     f"{location.uri}: no {MANIFEST_NAME} under this prefix: not a model, or "
@@ -220,7 +221,7 @@ class S3ModelRepository:
                 for common in page.get("CommonPrefixes", []):
                     names.append(common["Prefix"][len(folder) :].rstrip("/"))
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = s3_error_code(exc)
             raise ModelLoadError(f"{parent.uri}: cannot list versions: {code}") from exc
         except BotoCoreError as exc:
             raise ModelLoadError(f"{parent.uri}: cannot reach the object store: {exc}") from exc
@@ -240,7 +241,7 @@ class S3ModelRepository:
         try:
             self.client.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code", "") in {"404", "NoSuchKey", "NotFound"}:
+            if s3_error_code(exc) in {"404", "NoSuchKey", "NotFound"}:
                 return False
             raise
         return True

@@ -6,24 +6,20 @@ from typing import TYPE_CHECKING
 
 from services.core.errors import ItemTooLarge, UpstreamUnavailable
 from services.wire.s3_locations import (
+    HIDDEN_OBJECT_CODES,
     LazyS3Client,
     S3Allowlist,
     S3Object,
     S3Scope,
     no_readable_object,
     parse_object_uri,
+    s3_error_code,
 )
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = ["S3ClipReader", "S3Object", "parse_object_uri"]
-
-HIDDEN_OBJECT_CODES = frozenset(
-    {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "403", "AccessDenied", "Forbidden"}
-)
-"""S3 error codes answered as "no such object": S3 answers 403 for a missing object to
-credentials that may not list the bucket, so the two cannot be told apart anyway."""
 
 
 class S3ClipReader:
@@ -72,7 +68,7 @@ class S3ClipReader:
             # Read one byte past the limit: the object may have grown since the HEAD.
             data = response["Body"].read(self.max_bytes + 1)
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
+            code = s3_error_code(exc)
             if code in HIDDEN_OBJECT_CODES:
                 raise no_readable_object(target) from None
             raise UpstreamUnavailable(f"S3 refused to serve {target.uri} ({code})") from None

@@ -45,6 +45,9 @@ the Basic Multilingual Plane as two `\\uXXXX` escapes."""
 LINE_BYTES_BESIDE_THE_TEXT = 64 * 1024
 """Room on a line for the id, other CSV columns and the JSON around the text."""
 _LONE_CARRIAGE_RETURN = re.compile(r"(?<=\r)(?!\n)")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A code point UTF-8 cannot encode: JSON can carry lone surrogates ("\\ud800"), and no
+tokenizer reads them."""
 
 
 @dataclass(frozen=True)
@@ -203,14 +206,10 @@ def _check_row_count(number: int, limits: InputLimits) -> None:
 
 
 def _check_length(number: int, text: str, limits: InputLimits) -> None:
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            # JSON can carry lone surrogates ("\ud800"); no tokenizer reads them.
-            raise JobFailure(
-                f"input row {number}: the text is not valid Unicode (a lone surrogate escape)"
-            ) from None
+    if LONE_SURROGATE.search(text):
+        raise JobFailure(
+            f"input row {number}: the text is not valid Unicode (a lone surrogate escape)"
+        )
     if len(text) > limits.max_text_chars:
         raise JobFailure(
             f"input row {number}: the text has {len(text)} characters; the limit is "

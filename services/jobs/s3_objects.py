@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 from services.core.errors import AccessDenied, InputNotFound
 from services.jobs.errors import JobFailure
 from services.wire.s3_locations import (
+    HIDDEN_OBJECT_CODES,
     LazyS3Client,
     S3Allowlist,
     S3Object,
     S3Scope,
     no_readable_object,
     parse_object_uri,
+    s3_error_code,
 )
 
 if TYPE_CHECKING:
@@ -35,23 +37,13 @@ logger = logging.getLogger(__name__)
 OUTPUT_PART_BYTES = 8 * 1024 * 1024
 """Size of each part of a streamed output upload (S3's least is 5 MiB): what a job holds of
 its output at once."""
-CHANGED_INPUT_CODES = ("412", "PreconditionFailed")
+PRECONDITION_FAILED_CODES = ("412", "PreconditionFailed")
+"""S3's answer to a conditional request whose condition failed: for a read, the input
+object is no longer the version read before; for a write, the output object exists."""
 REPLACED_INPUT = "the input object was replaced while the job ran; submit a new job"
 MAX_RESUMED_READS = 3
 """Times one reading of an input resumes after its connection broke."""
 
-# One answer for both: S3 answers 403 for a missing object to credentials that may not
-# list the bucket, and a job's reason must not tell whether another tenant's object exists.
-HIDDEN_OBJECT_CODES = (
-    "404",
-    "NoSuchKey",
-    "NotFound",
-    "NoSuchBucket",
-    "403",
-    "AccessDenied",
-    "Forbidden",
-)
-OUTPUT_EXISTS_CODES = ("PreconditionFailed", "412")
 JOB_ID_METADATA = "mtc-job-id"
 """User metadata naming the job that wrote an output (`x-amz-meta-mtc-job-id`)."""
 # 4xx codes that say "slow down" or "try again", not "this request can never work".
@@ -87,7 +79,7 @@ def is_permanent(error: Exception) -> bool:
         return True
     if not isinstance(error, ClientError):
         return False
-    code = str(error.response.get("Error", {}).get("Code", ""))
+    code = s3_error_code(error)
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code in RETRYABLE_CLIENT_CODES or status in (408, 429):
         return False
@@ -260,8 +252,8 @@ class JobObjects:
                     Bucket=target.bucket, Key=target.key, IfMatch=etag
                 )
         except (ClientError, ParamValidationError) as error:
-            code = _error_code(error)
-            if code in CHANGED_INPUT_CODES:
+            code = s3_error_code(error)
+            if code in PRECONDITION_FAILED_CODES:
                 raise JobFailure(REPLACED_INPUT) from None
             if code in HIDDEN_OBJECT_CODES:
                 raise JobFailure(no_readable_object(target).detail) from None
@@ -279,7 +271,7 @@ class JobObjects:
                     IfMatch=found or "",
                 )
             except ClientError as error:
-                if _error_code(error) in CHANGED_INPUT_CODES:
+                if s3_error_code(error) in PRECONDITION_FAILED_CODES:
                     raise JobFailure(REPLACED_INPUT) from None
                 raise
             return ranged["Body"]
@@ -349,7 +341,7 @@ class JobObjects:
         """Return if the object exists as this job's own output (a put that succeeded
         before the worker died, the job then delivered again); else raise JobFailure for an
         existing object or a permanent error, or `error` itself for the worker to retry."""
-        if _error_code(error) in OUTPUT_EXISTS_CODES:
+        if s3_error_code(error) in PRECONDITION_FAILED_CODES:
             head = self.client.head_object(Bucket=target.bucket, Key=target.key)
             if head.get("Metadata", {}).get(JOB_ID_METADATA) == job_id:
                 return
@@ -360,14 +352,6 @@ class JobObjects:
         if is_permanent(error):
             raise _refusal(error, "write", target.uri) from None
         raise error
-
-
-def _error_code(error: Exception) -> str:
-    from botocore.exceptions import ClientError
-
-    if not isinstance(error, ClientError):
-        return ""
-    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 class _MultipartUpload:

@@ -10,8 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.wire.contracts import LogLevel, TaskKind
-from services.wire.s3_locations import check_allowlist_entries
-from services.wire.upstream_urls import check_upstreams, one_url_is_a_list_of_one
+from services.wire.s3_locations import AllowlistEntries, check_allowlist_entries
+from services.wire.upstream_urls import UpstreamUrls
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -59,7 +59,7 @@ class JobsSettings(BaseSettings):
     """Redis URL of the job store (job states, progress, results); defaults to
     `broker_url` when that is a Redis URL, and is required otherwise."""
 
-    upstreams: dict[str, list[str]] = Field(min_length=1)
+    upstreams: UpstreamUrls = Field(min_length=1)
     """Task name -> base URL of the service that serves it, or a list of URLs of its
     replicas, as a JSON object (the format of `MTC_GATEWAY_UPSTREAMS`); the worker calls
     `POST /v1/{task}/predict` there."""
@@ -178,14 +178,14 @@ class JobsSettings(BaseSettings):
     """Base delay before a retry; the n-th waits a random time up to base x 2^(n-1), or
     the service's `Retry-After` when it sends one (capped at 30 s)."""
 
-    input_allowlist: list[str] = Field(default_factory=list)
+    input_allowlist: AllowlistEntries = Field(default_factory=list)
     """`bucket` or `bucket/prefix` entries jobs may read input files from (JSON list, e.g.
     `["batch-in/uploads/"]`); empty: jobs take inline inputs only. With API keys on, each
     key reads only its own part: its folder `<entry>/<key name>/`, or its keys-file `s3=`
     locations. The endpoint is `MTC_S3_ENDPOINT_URL`, credentials the usual `AWS_*`
     variables."""
 
-    output_allowlist: list[str] = Field(default_factory=list)
+    output_allowlist: AllowlistEntries = Field(default_factory=list)
     """`bucket` or `bucket/prefix` entries jobs may write results to (JSON list), each API
     key in its own part of them as for inputs; a job never replaces an existing object.
     Empty: results are returned inline only."""
@@ -207,32 +207,12 @@ class JobsSettings(BaseSettings):
     log_level: LogLevel = "info"
     """Lowest level of the worker's log lines (critical, error, warning, info, debug)."""
 
-    @field_validator("upstreams", mode="before")
-    @classmethod
-    def _one_url_is_a_list_of_one(cls, upstreams: object) -> object:
-        return one_url_is_a_list_of_one(upstreams)
-
-    @field_validator("upstreams")
-    @classmethod
-    def _check_upstreams(cls, upstreams: dict[str, list[str]]) -> dict[str, list[str]]:
-        return check_upstreams(upstreams)
-
-    @field_validator("input_allowlist", "output_allowlist")
-    @classmethod
-    def _entries_name_buckets(cls, entries: list[str]) -> list[str]:
-        return check_allowlist_entries(entries)
-
     @field_validator("staging_prefix")
     @classmethod
     def _staging_names_a_bucket(cls, prefix: str | None) -> str | None:
         if prefix is None or not prefix.strip():
             return None
         return check_allowlist_entries([prefix])[0]
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _lowercase_log_level(cls, level: object) -> object:
-        return level.lower() if isinstance(level, str) else level
 
     @model_validator(mode="after")
     def _store_and_tasks_are_consistent(self) -> Self:

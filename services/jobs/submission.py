@@ -28,7 +28,7 @@ from services.jobs.errors import (
     JobQueueUnavailable,
     JobStoreFull,
 )
-from services.jobs.inputs import format_from_name
+from services.jobs.inputs import LONE_SURROGATE, format_from_name
 from services.jobs.outputs import output_format_of
 from services.jobs.queue import create_celery_app, send_job
 from services.jobs.s3_objects import JobObjects
@@ -73,9 +73,10 @@ class JobDesk:
         total, input_format = self._check_inputs(request, scope)
         self._check_output(request, total, scope)
         job_id = new_job_id()
-        staged = self._needs_staging(request)
-        stored_bytes = 0 if request.inputs is None or staged else _stored_size(request.inputs)
-        self._admit(owner, job_id, rows=total or 0, stored_bytes=stored_bytes)
+        # Bytes the job store spends on inline texts (`JobStore.create` stores their JSON).
+        inline_bytes = 0 if request.inputs is None else len(json.dumps(request.inputs))
+        staged = self._needs_staging(inline_bytes)
+        self._admit(owner, job_id, rows=total or 0, stored_bytes=0 if staged else inline_bytes)
         try:
             return self._store_and_queue(owner, job_id, request, scope, total, input_format, staged)
         except BaseException:
@@ -170,11 +171,8 @@ class JobDesk:
             raise JobNotFound(f"no job with id {job_id}")
         return job
 
-    def _needs_staging(self, request: JobRequest) -> bool:
-        """Whether the inline inputs are too large for the job store and go to S3."""
-        if request.inputs is None:
-            return False
-        size = _stored_size(request.inputs)
+    def _needs_staging(self, size: int) -> bool:
+        """Whether `size` bytes of inline inputs are too large for the job store (go to S3)."""
         limit = self.settings.max_stored_inline_bytes
         if size <= limit:
             return False
@@ -215,27 +213,23 @@ class JobDesk:
                 admission = self.store.admit(
                     owner, job_id, rows=rows, stored_bytes=stored_bytes, limits=limits
                 )
-        if admission.passed_limit == "jobs":
-            raise JobLimitReached(
-                f"this key has {admission.active_jobs} queued or running jobs, the most it "
-                f"may have (MTC_JOBS_MAX_ACTIVE_JOBS_PER_OWNER is {limits.max_jobs}); submit "
-                "again when one has finished"
-            )
-        if admission.passed_limit == "rows":
-            raise JobLimitReached(
-                f"this job's {rows} items and the {admission.active_rows} of this key's queued "
-                f"and running jobs pass the {limits.max_rows} a key may have in flight "
-                "(MTC_JOBS_MAX_ACTIVE_ROWS_PER_OWNER); submit again when some have finished"
-            )
-        if admission.passed_limit == "bytes":
-            raise JobLimitReached(
-                f"this job's {stored_bytes} bytes of inline inputs and the "
-                f"{admission.held_bytes} bytes this key holds in the job store (inline inputs "
-                "of unfinished jobs, results kept for GET) pass its limit of "
-                f"{limits.max_bytes} (MTC_JOBS_MAX_HELD_BYTES_PER_OWNER); submit again when "
-                "jobs have finished or their results expired, or upload the inputs to S3 and "
-                "pass input_uri"
-            )
+        if admission.passed_limit is None:
+            return
+        refusals = {
+            "jobs": f"this key has {admission.active_jobs} queued or running jobs, the most it "
+            f"may have (MTC_JOBS_MAX_ACTIVE_JOBS_PER_OWNER is {limits.max_jobs}); submit "
+            "again when one has finished",
+            "rows": f"this job's {rows} items and the {admission.active_rows} of this key's "
+            f"queued and running jobs pass the {limits.max_rows} a key may have in flight "
+            "(MTC_JOBS_MAX_ACTIVE_ROWS_PER_OWNER); submit again when some have finished",
+            "bytes": f"this job's {stored_bytes} bytes of inline inputs and the "
+            f"{admission.held_bytes} bytes this key holds in the job store (inline inputs "
+            "of unfinished jobs, results kept for GET) pass its limit of "
+            f"{limits.max_bytes} (MTC_JOBS_MAX_HELD_BYTES_PER_OWNER); submit again when "
+            "jobs have finished or their results expired, or upload the inputs to S3 and "
+            "pass input_uri",
+        }
+        raise JobLimitReached(refusals[admission.passed_limit])
 
     def _check_store_room(self) -> None:
         """Refuse new jobs while the store is near its memory limit: per-key limits bound
@@ -277,13 +271,10 @@ class JobDesk:
                         f"inputs[{index}] has {len(text)} characters; the limit is "
                         f"{self.settings.max_text_chars} (MTC_JOBS_MAX_TEXT_CHARS)"
                     )
-                if not text.isascii():
-                    try:
-                        text.encode("utf-8")
-                    except UnicodeEncodeError:
-                        raise InvalidInput(
-                            f"inputs[{index}] is not valid Unicode (a lone surrogate escape)"
-                        ) from None
+                if LONE_SURROGATE.search(text):
+                    raise InvalidInput(
+                        f"inputs[{index}] is not valid Unicode (a lone surrogate escape)"
+                    )
             return len(request.inputs), None
         input_uri = request.input_uri or ""
         target = self._location(lambda: self.objects.check_input(input_uri, scope))
@@ -315,11 +306,6 @@ class JobDesk:
         except InvalidInput as error:
             # A URI that names no object is a bad field value, like the schema's own 422s.
             raise InvalidJob(error.detail) from None
-
-
-def _stored_size(texts: list[str]) -> int:
-    """Bytes the job store spends on inline texts (`JobStore.create` stores their JSON)."""
-    return len(json.dumps(texts))
 
 
 @contextlib.contextmanager
@@ -355,20 +341,22 @@ def _timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
 
 
+def job_backends(settings: JobsSettings) -> tuple[JobStore, Celery, JobObjects]:
+    """The settings' job store, Celery app (the broker) and S3 access, connected lazily:
+    what the gateway and the worker both hold."""
+    store = JobStore.from_url(
+        settings.store_url,
+        retention_seconds=settings.retention_seconds,
+        result_retention_seconds=settings.result_retention_seconds,
+    )
+    objects = JobObjects(
+        input_allowlist=settings.input_allowlist,
+        output_allowlist=settings.output_allowlist,
+        endpoint_url=settings.s3_endpoint_url,
+    )
+    return store, create_celery_app(settings), objects
+
+
 def create_job_desk(settings: JobsSettings, jobs_total: Counter | None = None) -> JobDesk:
     """A job desk connected (lazily) to the settings' store and broker."""
-    return JobDesk(
-        settings,
-        JobStore.from_url(
-            settings.store_url,
-            retention_seconds=settings.retention_seconds,
-            result_retention_seconds=settings.result_retention_seconds,
-        ),
-        create_celery_app(settings),
-        JobObjects(
-            input_allowlist=settings.input_allowlist,
-            output_allowlist=settings.output_allowlist,
-            endpoint_url=settings.s3_endpoint_url,
-        ),
-        jobs_total,
-    )
+    return JobDesk(settings, *job_backends(settings), jobs_total)

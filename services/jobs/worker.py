@@ -28,11 +28,10 @@ from pydantic_settings import SettingsError
 from services.core.metrics_server import MetricsServer
 from services.jobs.metrics import QueueLengthPoller, WorkerMetrics
 from services.jobs.prediction_client import PredictionClient
-from services.jobs.queue import RUN_JOB_TASK, create_celery_app, queue_length
+from services.jobs.queue import RUN_JOB_TASK, queue_length
 from services.jobs.runner import Busy, Interrupted, JobRunner
-from services.jobs.s3_objects import JobObjects
 from services.jobs.settings import JobsSettings
-from services.jobs.store import JobStore
+from services.jobs.submission import job_backends
 
 logger = logging.getLogger("services.jobs.worker")
 
@@ -107,15 +106,10 @@ def build_worker(
 ) -> tuple[Celery, WorkerMetrics, QueueLengthPoller, threading.Event]:
     """The Celery app with the job task registered, its metrics, the (not yet started)
     reader of the queue length, and the shutdown flag."""
-    app = create_celery_app(settings)
+    store, app, objects = job_backends(settings)
     metrics = WorkerMetrics(settings.upstreams)
     queue_poller = metrics.watch_queue(
         lambda: queue_length(app, settings.queue, timeout_seconds=QUEUE_READ_TIMEOUT_SECONDS)
-    )
-    store = JobStore.from_url(
-        settings.store_url,
-        retention_seconds=settings.retention_seconds,
-        result_retention_seconds=settings.result_retention_seconds,
     )
     predictions = PredictionClient(
         settings.upstreams,
@@ -123,11 +117,6 @@ def build_worker(
         retry_attempts=settings.retry_attempts,
         retry_backoff_seconds=settings.retry_backoff_seconds,
         on_retry=metrics.retried,
-    )
-    objects = JobObjects(
-        input_allowlist=settings.input_allowlist,
-        output_allowlist=settings.output_allowlist,
-        endpoint_url=settings.s3_endpoint_url,
     )
     stopping = threading.Event()
     runner = JobRunner(settings, store, predictions, objects, metrics, stopping)

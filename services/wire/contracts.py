@@ -6,10 +6,11 @@ to document the same contract in its own OpenAPI document.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
@@ -23,8 +24,11 @@ from services.core.errors import BatchTooLarge
 TaskKind = str
 """The name of a model kind (`services.core.kinds`: text, image, audio, or one a package
 declares): what a task's service takes in; the gateway and the jobs worker route by it."""
-LogLevel = Literal["critical", "error", "warning", "info", "debug"]
-"""Log levels the gateway and the jobs worker accept (uvicorn's names)."""
+LogLevel = Annotated[
+    Literal["critical", "error", "warning", "info", "debug"],
+    BeforeValidator(lambda level: level.lower() if isinstance(level, str) else level),
+]
+"""Log levels the gateway and the jobs worker accept (uvicorn's names, in any case)."""
 
 
 class LabelScoreBody(BaseModel):

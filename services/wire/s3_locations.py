@@ -11,7 +11,9 @@ import posixpath
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import AfterValidator
 
 from services.core.errors import AccessDenied, InputNotFound, InvalidInput
 
@@ -26,6 +28,13 @@ S3_SCOPE_HEADER = "x-mtc-s3-scope"
 headers it forwards itself, so a client's own copy never reaches a service."""
 
 _BUCKET_PREFIX = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
+
+HIDDEN_OBJECT_CODES = frozenset(
+    {"404", "NoSuchKey", "NotFound", "NoSuchBucket", "403", "AccessDenied", "Forbidden"}
+)
+"""S3 error codes answered as "no such object" (`no_readable_object`): S3 answers 403 for a
+missing object to credentials that may not list the bucket, so the two cannot be told apart
+anyway, and an answer must not tell whether another tenant's object exists."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +84,23 @@ def check_allowlist_entries(entries: list[str]) -> list[str]:
     return entries
 
 
+AllowlistEntries = Annotated[list[str], AfterValidator(check_allowlist_entries)]
+"""A settings field of `bucket` / `bucket/prefix` entries (`check_allowlist_entries`)."""
+
+
 def split_location(entry: str) -> tuple[str, str]:
     """`bucket/prefix` as (bucket, normalised prefix ending in `/`, or "" for a bucket)."""
     bucket, _, prefix = entry.partition("/")
     return bucket, posixpath.normpath(prefix) + "/" if prefix.strip("/") else ""
+
+
+def s3_error_code(error: Exception) -> str:
+    """The code of an error S3 answered (`NoSuchKey`, `404`, ...); "" for any other error."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(error, ClientError):
+        return ""
+    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def no_readable_object(target: S3Object) -> InputNotFound:

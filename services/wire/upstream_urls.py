@@ -4,8 +4,9 @@ the gateway (`MTC_GATEWAY_UPSTREAMS`) and the jobs worker (`MTC_JOBS_UPSTREAMS`)
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from pydantic import AnyHttpUrl, ValidationError
+from pydantic import AfterValidator, AnyHttpUrl, BeforeValidator, ValidationError
 
 TASK_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -49,3 +50,12 @@ def normalise_base_url(task: str, url: str) -> str:
     if parsed.query or parsed.fragment:
         raise ValueError(f"upstream URL for task {task!r} must not have a query or fragment")
     return str(parsed).rstrip("/")
+
+
+UpstreamUrls = Annotated[
+    dict[str, list[str]],
+    BeforeValidator(one_url_is_a_list_of_one),
+    AfterValidator(check_upstreams),
+]
+"""A settings field of task names and their upstreams' base URLs (`check_upstreams`), where
+one URL stands for a list of one."""
