@@ -12,12 +12,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.core.errors import ModelLoadError
+from services.lifecycle.evaluation import EvaluationReport, set_table
+
+if TYPE_CHECKING:
+    from services.artifacts.manifest import Manifest
 
 DEFAULT_MODELS_DIR = Path(".mtc/models")
 ENDPOINT_HELP = (
@@ -421,7 +425,7 @@ def cmd_models_ls(args: argparse.Namespace) -> int:
 
 def cmd_train_text(args: argparse.Namespace) -> int:
     """`mtc train text`."""
-    from services.artifacts.manifest import Manifest, write_manifest
+    from services.artifacts.manifest import write_manifest
     from services.artifacts.model_dir import write_model_dir
     from services.text.evaluation import evaluate_model_dir
     from services.text.training import (
@@ -483,11 +487,7 @@ def cmd_train_text(args: argparse.Namespace) -> int:
         )
 
     manifest = write_model_dir(args.out, fill, replaceable=lambda m: m.name == name)
-    print(
-        f"wrote {args.out} ({manifest.name} {manifest.version}, held-out accuracy "
-        f"{manifest.metrics['heldout_accuracy']})"
-    )
-    return 0
+    return _trained(args.out, manifest, manifest.metrics["heldout_accuracy"])
 
 
 def cmd_train_pose(args: argparse.Namespace) -> int:
@@ -497,11 +497,7 @@ def cmd_train_pose(args: argparse.Namespace) -> int:
     manifest = train_landmark_classifier(
         args.photo_dir, args.out, name=args.name, version=args.version
     )
-    print(
-        f"wrote {args.out} ({manifest.name} {manifest.version}, held-out accuracy "
-        f"{manifest.metrics.get('heldout_accuracy')})"
-    )
-    return 0
+    return _trained(args.out, manifest, manifest.metrics.get("heldout_accuracy"))
 
 
 def cmd_train_audio(args: argparse.Namespace) -> int:
@@ -521,11 +517,13 @@ def cmd_train_audio(args: argparse.Namespace) -> int:
         training_data={"clip_dir": str(args.clip_dir)},
         progress=True,
     )
-    print(
-        f"wrote {args.out} ({manifest.name} {manifest.version}, held-out accuracy "
-        f"{manifest.metrics.get('heldout_accuracy', manifest.metrics['heldout_audio_accuracy'])}"
-        f", fusion {manifest.config['fusion']})"
-    )
+    accuracy = manifest.metrics.get("heldout_accuracy", manifest.metrics["heldout_audio_accuracy"])
+    return _trained(args.out, manifest, accuracy, f", fusion {manifest.config['fusion']}")
+
+
+def _trained(out: Path, manifest: Manifest, accuracy: Any, more: str = "") -> int:
+    """Say where a trained model was written, its identity and held-out accuracy."""
+    print(f"wrote {out} ({manifest.name} {manifest.version}, held-out accuracy {accuracy}{more})")
     return 0
 
 
@@ -537,22 +535,16 @@ def cmd_train_starter(args: argparse.Namespace) -> int:
         from services.audio.starter.korean_transcripts import HEAD_DIR, train_head
 
         config = train_head(HEAD_DIR)
-        print(
-            json.dumps(
-                {
-                    "heldout": config["metrics"]["heldout"],
-                    "train_examples": config["training_data"]["train_examples"],
-                    "training_seconds": config["training_seconds"],
-                }
-            )
-        )
-        return 0
-    info = train(RECIPES[args.task])
-    print(
-        json.dumps(
-            {k: info.get(k) for k in ("heldout_accuracy", "train_examples", "training_seconds")}
-        )
-    )
+        summary = {
+            "heldout": config["metrics"]["heldout"],
+            "train_examples": config["training_data"]["train_examples"],
+            "training_seconds": config["training_seconds"],
+        }
+    else:
+        info = train(RECIPES[args.task])
+        keys = ("heldout_accuracy", "train_examples", "training_seconds")
+        summary = {key: info.get(key) for key in keys}
+    print(json.dumps(summary))
     return 0
 
 
@@ -583,14 +575,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"no examples in the {split_name} split")
     _, model_dir = _fetch_model(args)
     report = evaluate_model_dir(model_dir, examples, runtime=args.runtime, progress=True)
-    print(f"model     {args.model} ({args.runtime})\nsplit     {split_name}")
+    return _emit_split(args, args.runtime, {"runtime": args.runtime}, split_name, report)
+
+
+def _emit_split(
+    args: argparse.Namespace,
+    runs_as: str,
+    about: dict[str, Any],
+    split_name: str,
+    report: EvaluationReport,
+) -> int:
+    """Print the model, the split and the report of one evaluated set, then its metrics."""
+    print(f"model     {args.model} ({runs_as})\nsplit     {split_name}")
     print(report.table())
-    document = {
-        "model": args.model,
-        "runtime": args.runtime,
-        "split": split_name,
-        **report.to_json(),
-    }
+    document = {"model": args.model, **about, "split": split_name, **report.to_json()}
     return _emit_metrics(document, args.json_out)
 
 
@@ -603,6 +601,14 @@ def _emit_metrics(document: dict[str, Any], json_out: Path | None) -> int:
     else:
         print(json.dumps(document))
     return 0
+
+
+def _emit_starter(
+    args: argparse.Namespace, model: str, runtime: str, document: dict[str, Any]
+) -> int:
+    """A starter's metrics, headed by the model, its runtime and the starter."""
+    head = {"model": model, "runtime": runtime, "starter": args.starter}
+    return _emit_metrics({**head, **document}, args.json_out)
 
 
 def _eval_starter(args: argparse.Namespace) -> int:
@@ -634,27 +640,11 @@ def _eval_starter(args: argparse.Namespace) -> int:
             for name, examples in RECIPES[args.starter].evaluation_sets().items()
         }
     print(f"model     {model} ({args.runtime})")
-    _print_set_table(reports)
+    print(set_table(reports))
     for name, report in reports.items():
         print(f"\n{name}\n{report.table()}")
-    document = {
-        "model": model,
-        "runtime": args.runtime,
-        "starter": args.starter,
-        "sets": {name: report.to_json() for name, report in reports.items()},
-    }
-    return _emit_metrics(document, args.json_out)
-
-
-def _print_set_table(sets: Mapping[str, Any]) -> None:
-    """One line per evaluation set, side by side: examples, accuracy, macro-F1 and ECE."""
-    width = max(len("set"), *(len(name) for name in sets))
-    print(f"{'set':<{width}}  examples  accuracy  macro-F1  ECE")
-    for name, result in sets.items():
-        print(
-            f"{name:<{width}}  {result.examples:8d}  {result.accuracy:8.4f}  "
-            f"{result.macro_f1:8.4f}  {result.expected_calibration_error:.4f}"
-        )
+    metrics = {name: report.to_json() for name, report in reports.items()}
+    return _emit_starter(args, model, args.runtime, {"sets": metrics})
 
 
 def _eval_pose_photo_set(args: argparse.Namespace) -> int:
@@ -676,13 +666,10 @@ def _eval_pose_photo_set(args: argparse.Namespace) -> int:
     counts = label_counts(photos)
     print(f"model     {model} ({classifier.runtime})")
     print(f"photos    {len(photos)} " + " ".join(f"{k}={v}" for k, v in counts.items()))
-    _print_set_table(report.sets)
+    print(set_table(report.sets))
     for name in ("originals", "transformed"):
         print(f"\n{name}\n{report.sets[name].table()}")
     document = {
-        "model": model,
-        "runtime": classifier.runtime,
-        "starter": POSE_STARTER,
         "photo_set": {
             "file": str(PHOTO_SET_FILE.relative_to(PHOTO_SET_FILE.parents[3])),
             "photos": len(photos),
@@ -691,7 +678,7 @@ def _eval_pose_photo_set(args: argparse.Namespace) -> int:
         },
         **report.to_json(),
     }
-    return _emit_metrics(document, args.json_out)
+    return _emit_starter(args, model, classifier.runtime, document)
 
 
 def _eval_audio_starter(args: argparse.Namespace) -> int:
@@ -719,13 +706,7 @@ def _eval_audio_starter(args: argparse.Namespace) -> int:
         progress=True,
     )
     print(report.table())
-    document = {
-        "model": model,
-        "runtime": args.runtime,
-        "starter": AUDIO_STARTER,
-        **report.to_json(),
-    }
-    return _emit_metrics(document, args.json_out)
+    return _emit_starter(args, model, args.runtime, report.to_json())
 
 
 def _eval_korean_set(args: argparse.Namespace) -> int:
@@ -746,11 +727,8 @@ def _eval_korean_set(args: argparse.Namespace) -> int:
         examples = chosen.get(split_name, split.train + split.heldout)
     _, model_dir = _fetch_model(args)
     report = korean_transcripts.evaluate_head(model_dir, examples)
-    print(f"model     {args.model} (Korean transcript classifier)\nsplit     {split_name}")
-    print(report.table())
-    document = {"model": args.model, "set": args.starter_data, "split": split_name}
-    document.update(report.to_json())
-    return _emit_metrics(document, args.json_out)
+    about = {"set": args.starter_data}
+    return _emit_split(args, "Korean transcript classifier", about, split_name, report)
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:

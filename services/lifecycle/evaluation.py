@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,11 +56,37 @@ class EvaluationReport:
                 f"{row.support:7d}"
             )
         lines += ["", "confusion matrix (rows: gold, columns: predicted)"]
-        cell = max(6, *(len(label) for label in self.labels))
-        lines.append(" " * (width + 2) + "".join(f"{label:>{cell + 1}}" for label in self.labels))
-        for label, counts in zip(self.labels, self.confusion_matrix, strict=True):
-            lines.append(f"{label:<{width}}  " + "".join(f"{n:>{cell + 1}d}" for n in counts))
+        lines.append(confusion_table(self.labels, self.confusion_matrix, corner="", width=width))
         return "\n".join(lines)
+
+
+def confusion_table(
+    labels: Sequence[str],
+    matrix: Sequence[Sequence[float]],
+    *,
+    corner: str,
+    width: int,
+    cells: str = "d",
+) -> str:
+    """A confusion matrix as text: `corner` above the gold labels (`width` wide), a column
+    per predicted label, each count in the format `cells`."""
+    cell = max(7, *(len(label) + 1 for label in labels))
+    lines = [f"{corner:<{width}}  " + "".join(f"{label:>{cell}}" for label in labels)]
+    for label, row in zip(labels, matrix, strict=True):
+        lines.append(f"{label:<{width}}  " + "".join(f"{value:>{cell}{cells}}" for value in row))
+    return "\n".join(lines)
+
+
+def set_table(sets: Mapping[str, EvaluationReport]) -> str:
+    """One line per evaluation set, side by side: examples, accuracy, macro-F1 and ECE."""
+    width = max([len("set"), *(len(name) for name in sets)])
+    lines = [f"{'set':<{width}}  examples  accuracy  macro-F1  ECE"]
+    for name, report in sets.items():
+        lines.append(
+            f"{name:<{width}}  {report.examples:8d}  {report.accuracy:8.4f}  "
+            f"{report.macro_f1:8.4f}  {report.expected_calibration_error:.4f}"
+        )
+    return "\n".join(lines)
 
 
 def evaluate_predictions(

@@ -24,7 +24,6 @@ from services.audio.starter.clip_evaluation import (
     independent_sentences,
     labelled_clips,
     plan_heldout,
-    plan_independent,
     score_spoken_set,
 )
 from services.audio.starter.synthesis import HELDOUT_POOL, SpokenClip
@@ -156,7 +155,7 @@ def test_independent_sentences_are_all_spoken_in_heldout_voices() -> None:
     ]
     assert {is_heldout(normalise(e.text)) for e in sentences} == {True, False}
 
-    planned = plan_independent(sentences)
+    planned = plan_heldout(sentences, all_heldout=True)
     usual = synthesis.plan_set(((e.text, e.label) for e in sentences), variants=2)
 
     assert [clip.file for clip in planned] == [clip.file for clip in usual]

@@ -21,7 +21,7 @@ import json
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,11 @@ import numpy as np
 import soundfile
 
 from services.artifacts.manifest import read_manifest
-from services.audio.evaluation import emergency_scores, mix_weights, weighted_accuracy
+from services.audio.evaluation import emergency_scores, mix_weights
 from services.audio.models.emergency_call import CallClip, EmergencyCallModel
 from services.audio.starter import recipe, synthesis
 from services.audio.starter.synthesis import SpokenClip
-from services.audio.training import sentence_digest
+from services.audio.training import first_sentence_keys, sentence_digest
 from services.text.starter import emergency_transcripts
 from services.text.training import normalise
 
@@ -51,16 +51,13 @@ def chosen_clips(
         ((example.text, example.label) for example in sentences),
         variants=recipe.VARIANTS_PER_SENTENCE,
     )
-    chosen_texts: set[str] = set()
-    for label in emergency_transcripts.LABELS:
-        digests = {
-            sentence_digest(normalise(clip.text)): clip.text
-            for clip in planned
-            if clip.heldout and clip.label == label
-        }
-        usable = sorted(digest for digest in digests if digest not in excluded)
-        chosen_texts.update(digests[digest] for digest in usable[:sentences_per_label])
-    return [clip for clip in planned if clip.text in chosen_texts], planned
+    usable = (
+        (normalise(clip.text), clip.label)
+        for clip in planned
+        if clip.heldout and sentence_digest(normalise(clip.text)) not in excluded
+    )
+    chosen = first_sentence_keys(usable, sentences_per_label)
+    return [clip for clip in planned if normalise(clip.text) in chosen], planned
 
 
 def _top(prediction: Sequence[Any] | None) -> str | None:
@@ -119,13 +116,10 @@ def evaluate(
         """Regular-versus-emergency: right when the answer is of the gold label's kind."""
         return answer is not None and (answer in ordinary) == (clip.label in ordinary)
 
-    def accuracy(name: str) -> float:
-        predicted = np.array([labels.index(a) if a else -1 for a in answers[name]])
-        return round(weighted_accuracy(predicted, gold, weights), 4)
-
-    def kind_accuracy(name: str) -> float:
-        right = np.array([same_kind(a, clip) for a, clip in zip(answers[name], clips, strict=True)])
-        return round(float(weights[right].sum() / weights.sum()), 4)
+    def accuracy(name: str, right: Callable[[str | None, SpokenClip], bool] = same_label) -> float:
+        """The share of the weight on the clips whose answer is `right`."""
+        hits = np.array([right(a, clip) for a, clip in zip(answers[name], clips, strict=True)])
+        return round(float(weights[hits].sum() / weights.sum()), 4)
 
     none_scores = np.zeros((len(clips), len(labels)))
     for row, answer in enumerate(answers["fused_none"]):
@@ -134,14 +128,11 @@ def evaluate(
 
     def changed(right: Callable[[str | None, SpokenClip], bool]) -> dict[str, int]:
         """Clips (unweighted) the fusion got right and the transcript alone wrong, and back."""
-        pairs = list(zip(answers["fused_asr"], answers["text_asr"], clips, strict=True))
+        pairs = zip(answers["fused_asr"], answers["text_asr"], clips, strict=True)
+        outcomes = Counter((right(fused, clip), right(text, clip)) for fused, text, clip in pairs)
         return {
-            "fused right, transcript only wrong": sum(
-                1 for fused, text, clip in pairs if right(fused, clip) and not right(text, clip)
-            ),
-            "fused wrong, transcript only right": sum(
-                1 for fused, text, clip in pairs if right(text, clip) and not right(fused, clip)
-            ),
+            "fused right, transcript only wrong": outcomes[True, False],
+            "fused wrong, transcript only right": outcomes[False, True],
         }
 
     by_sound: dict[str, dict[str, float]] = {}
@@ -164,8 +155,8 @@ def evaluate(
             "transcript only, written transcript": accuracy("text_written"),
         },
         "regular_vs_emergency_accuracy": {
-            "fused, Whisper transcript": kind_accuracy("fused_asr"),
-            "transcript only, Whisper transcript": kind_accuracy("text_asr"),
+            "fused, Whisper transcript": accuracy("fused_asr", same_kind),
+            "transcript only, Whisper transcript": accuracy("text_asr", same_kind),
         },
         "no_transcript_regular_vs_emergency": {
             "fused (audio alone)": round(no_transcript.accuracy, 4),

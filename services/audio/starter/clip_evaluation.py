@@ -60,7 +60,7 @@ from services.audio.training import (
 )
 from services.audio.transcription import quiet_whisper
 from services.core.errors import ModelLoadError
-from services.lifecycle.evaluation import EvaluationReport
+from services.lifecycle.evaluation import EvaluationReport, confusion_table, set_table
 from services.text.starter import emergency_transcripts, independent_sets
 from services.text.starter.recipes import EMERGENCY_TRANSCRIPT
 from services.text.training import LabelledText, is_heldout, normalise
@@ -111,13 +111,10 @@ class Figures:
     def matrix_table(self) -> str:
         """The confusion matrix as text."""
         width = max(len("gold"), *(len(label) for label in self.labels))
-        cell = max(7, *(len(label) + 1 for label in self.labels))
         cells = ".1f" if self.weighted else ".0f"
-        lines = [f"{'gold':<{width}}  " + "".join(f"{label:>{cell}}" for label in self.labels)]
-        for label, row in zip(self.labels, self.confusion_matrix, strict=True):
-            values = "".join(f"{value:>{cell}{cells}}" for value in row)
-            lines.append(f"{label:<{width}}  {values}")
-        return "\n".join(lines)
+        return confusion_table(
+            self.labels, self.confusion_matrix, corner="gold", width=width, cells=cells
+        )
 
 
 def figures(
@@ -266,20 +263,15 @@ def independent_sentences() -> list[LabelledText] | None:
     return [example for example in rows if unique[normalise(example.text)] is example]
 
 
-def plan_heldout(sentences: Sequence[LabelledText]) -> list[SpokenClip]:
-    """The held-out clips exactly as the build plans them."""
+def plan_heldout(
+    sentences: Sequence[LabelledText], *, all_heldout: bool = False
+) -> list[SpokenClip]:
+    """The held-out clips exactly as the build plans them; `all_heldout` (the independent
+    set) puts every sentence in held-out voices and noise levels."""
     return synthesis.plan_set(
         ((example.text, example.label) for example in sentences),
         variants=recipe.VARIANTS_PER_SENTENCE,
-    )
-
-
-def plan_independent(sentences: Sequence[LabelledText]) -> list[SpokenClip]:
-    """The build's plan of `sentences`, every one in held-out voices and noise levels."""
-    return synthesis.plan_set(
-        ((example.text, example.label) for example in sentences),
-        variants=recipe.VARIANTS_PER_SENTENCE,
-        all_heldout=True,
+        all_heldout=all_heldout,
     )
 
 
@@ -457,46 +449,30 @@ class AudioStarterReport:
         if self.limit is not None:
             lines.append(f"subset    the first {self.limit} sentences per label of each set")
         lines += [f"skipped   {name}: {why}" for name, why in self.skipped.items()]
-        width = max([len("set"), *(len(name) for name in self.text)])
-        lines += ["", "transcript classifier (text)"]
-        lines.append(f"{'set':<{width}}  examples  accuracy  macro-F1  ECE")
-        for name, report in self.text.items():
-            lines.append(
-                f"{name:<{width}}  {report.examples:8d}  {report.accuracy:8.4f}  "
-                f"{report.macro_f1:8.4f}  {report.expected_calibration_error:.4f}"
-            )
-        rows: list[tuple[str, int, Figures, str]] = []
+        lines += ["", "transcript classifier (text)", set_table(self.text)]
+        rows: list[tuple[str, str]] = []
         for name, spoken in self.spoken.items():
             text_only = spoken.transcript_only
-            rows += [
+            for title, shown, baseline in (
+                ("calm vs urgent, audio branch alone", spoken.calm_vs_urgent, ""),
                 (
-                    f"{name}: calm vs urgent, audio branch alone",
-                    spoken.clips,
-                    spoken.calm_vs_urgent,
-                    "",
-                ),
-                (
-                    f"{name}: 6 labels, true transcript, fused",
-                    spoken.clips,
+                    "6 labels, true transcript, fused",
                     spoken.fused,
                     f"transcript only {text_only.accuracy:.4f} (macro-F1 {text_only.macro_f1:.4f})",
                 ),
                 (
-                    f"{name}: regular vs emergency, no transcript",
-                    spoken.clips,
+                    "regular vs emergency, no transcript",
                     spoken.no_transcript,
                     f"majority {spoken.majority_accuracy:.4f}; balanced "
                     f"{spoken.no_transcript_balanced_accuracy:.4f}",
                 ),
-            ]
-        width = max([len("set"), *(len(row[0]) for row in rows)])
+            ):
+                measured = f"{spoken.clips:5d}  {shown.accuracy:8.4f}  {shown.macro_f1:8.4f}  "
+                rows.append((f"{name}: {title}", measured + baseline))
+        width = max([len("set"), *(len(title) for title, _ in rows)])
         lines += ["", "spoken clips (served model)"]
         lines.append(f"{'set':<{width}}  clips  accuracy  macro-F1  compared with")
-        for name, clips, shown, baseline in rows:
-            lines.append(
-                f"{name:<{width}}  {clips:5d}  {shown.accuracy:8.4f}  {shown.macro_f1:8.4f}  "
-                f"{baseline}"
-            )
+        lines += [f"{title:<{width}}  {measured}" for title, measured in rows]
         comparison = self.build_comparison()
         if comparison:
             width = max(len(text) for text in BUILD_FIGURES.values())
@@ -606,7 +582,7 @@ def evaluate_audio_starter(
     heldout_dir: Path | None = None
     heldout_plan: list[SpokenClip] = []
     for name, examples in sentence_sets.items():
-        plan = plan_heldout(examples) if name == "held-out" else plan_independent(examples)
+        plan = plan_heldout(examples, all_heldout=name != "held-out")
         directory = clip_directory(cache_dir, name, plan)
         chosen = first_sentences(plan, sentences_per_label)
         made = ensure_clips(chosen, plan, directory)
