@@ -146,6 +146,7 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
     app.include_router(task_router(routes, access_errors))
     app.include_router(models_router)
     app.include_router(open_inference_router(settings, access_errors))
+    served_compat_paths = compat_paths(settings)
     project, compat = compat_routers(settings, access_errors, jobs_configured=jobs is not None)
     app.include_router(project)
     app.include_router(compat)
@@ -156,7 +157,7 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
         app.include_router(metrics_router)
     if settings.web_page:
         # The emergency-call project's upload page, where its routes are served.
-        app.include_router(web_page_router(upload_page=CALL_PREDICT_PATH in compat_paths(settings)))
+        app.include_router(web_page_router(upload_page=CALL_PREDICT_PATH in served_compat_paths))
     install_openapi(app, project_routes=project.routes, api_keys_required=keys is not None)
     install_error_handlers(app)
     # Middleware added later wraps what was added before. Innermost: the documented task
@@ -173,7 +174,7 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
             AccessGuard, keys=keys, buckets=buckets, settings=settings, metrics=metrics
         )
     # Records the 401s, 429s and 413s above as task traffic.
-    app.add_middleware(TaskTraffic, metrics=metrics, compat_paths=compat_paths(settings))
+    app.add_middleware(TaskTraffic, metrics=metrics, compat_paths=served_compat_paths)
     # Every refusal above, under /v2, in the Open Inference Protocol's error shape.
     app.add_middleware(OpenInferenceErrors)
     if settings.cors_origins:

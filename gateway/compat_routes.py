@@ -85,6 +85,7 @@ from services.jobs.errors import (
     JobQueueUnavailable,
     JobsNotConfigured,
 )
+from services.jobs.store import FINAL_STATES
 from services.jobs.submission import JobDesk
 from services.wire.contracts import (
     AudioPredictResponse,
@@ -110,7 +111,6 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_FORM_BYTES = 64 * 1024
 """Largest form `POST /predict_s3` reads (it carries a URI and perhaps a transcript)."""
-FINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 JOB_POLL_SECONDS = (0.02, 0.25)
 """First and longest pause between two looks at an awaited job (doubling in between)."""
 
@@ -380,7 +380,7 @@ def _add_tone_route(
         request = JobRequest(task=task, inputs=[body.text])
         job = await asyncio.to_thread(desk.submit, owner, request, s3_scope)
         job = await _await_job(desk, owner, job, wait_seconds)
-        if job.state not in FINAL_JOB_STATES:
+        if job.state not in FINAL_STATES:
             return JSONResponse(
                 job.model_dump(mode="json"),
                 status_code=202,
@@ -398,7 +398,7 @@ async def _await_job(desk: JobDesk, owner: str, job: JobView, wait_seconds: floa
     """The job once it has ended, or as it is when `wait_seconds` have passed."""
     deadline = time.monotonic() + wait_seconds
     pause, longest = JOB_POLL_SECONDS
-    while job.state not in FINAL_JOB_STATES:
+    while job.state not in FINAL_STATES:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break

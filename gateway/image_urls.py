@@ -160,10 +160,9 @@ class ImageUrlFetcher:
             async with session.get(url, allow_redirects=False) as response:
                 if response.status in REDIRECT_STATUSES:
                     location = response.headers.get("location", "")
-                    target = url.join(URL(location)) if location else None
-                    if target is None:
+                    if not location:
                         raise UrlFetchFailed(f"url[{index}] redirected without a Location")
-                    url = self._redirect_target(index, target)
+                    url = self._redirect_target(index, url.join(URL(location)))
                     continue
                 if response.status != 200:
                     raise UrlFetchFailed(

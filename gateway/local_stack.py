@@ -163,8 +163,6 @@ def models_from(
 ) -> dict[str, tuple[str, str]]:
     """TASK -> (service module, model URI); the starter models when no pair is given.
     `kind_pairs` are `KIND:TASK=URI` (`--serve`), the others `TASK=URI`."""
-    if not text_pairs and not pose_pairs and not audio_pairs and not kind_pairs:
-        return dict(DEFAULT_MODELS)
     models: dict[str, tuple[str, str]] = {}
     chosen = [(TEXT_SERVICE, text_pairs), (POSE_SERVICE, pose_pairs), (AUDIO_SERVICE, audio_pairs)]
     for pair in kind_pairs:
@@ -181,7 +179,7 @@ def models_from(
             if not sep or not task or not uri:
                 raise SystemExit(f"model options expect TASK=URI, got {pair!r}")
             models[task] = (module, uri)
-    return models
+    return models or dict(DEFAULT_MODELS)
 
 
 def replica_counts(pairs: list[str], tasks: list[str]) -> dict[str, int]:
@@ -293,28 +291,19 @@ def jobs_environment(
     }
 
 
-def port_is_free(host: str, port: int) -> bool:
+def free_port(host: str, preferred: int = 0) -> int:
+    """`preferred` if nothing listens on it right now, else a TCP port nothing listens on."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
-            sock.bind((host, port))
+            sock.bind((host, preferred))
         except OSError:
-            return False
-    return True
-
-
-def free_port(host: str) -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+            sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def start_redis(port: int) -> Child:
+def start_redis(binary: str, port: int) -> Child:
     """A throwaway redis-server on 127.0.0.1 (no persistence), quiet unless it fails."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed")
     command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
     command += ["--appendonly", "no", "--loglevel", "warning"]
     process = subprocess.Popen(command, start_new_session=True)
@@ -459,9 +448,10 @@ def main(argv: list[str] | None = None) -> int:
             children.append(start_child(service.name, service.module, env))
         gateway_env = gateway_environment(services, args.host, args.gateway_port, canaries)
         jobs_metrics: str | None = None
+        redis_binary = shutil.which("redis-server")
         if args.no_jobs:
             print("batch jobs are off (--no-jobs): /v1/jobs answers 503", flush=True)
-        elif shutil.which("redis-server") is None:
+        elif redis_binary is None:
             print(
                 "redis-server is not installed, so batch jobs are off (/v1/jobs answers "
                 "503); install it (apt-get install redis-server) to turn them on",
@@ -469,12 +459,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             redis_port = free_port("127.0.0.1")
-            redis = start_redis(redis_port)
+            redis = start_redis(redis_binary, redis_port)
             children.append(redis)
             wait_for_port(redis_port, redis)
             metrics_port = args.jobs_metrics_port or services[-1].port + 1
-            if args.jobs_metrics_port is None and not port_is_free(args.host, metrics_port):
-                metrics_port = free_port(args.host)
+            if args.jobs_metrics_port is None:
+                metrics_port = free_port(args.host, metrics_port)
             jobs_env = jobs_environment(services, args.host, redis_port, metrics_port)
             children.append(start_child("jobs worker", JOBS_WORKER, jobs_env))
             gateway_env.update(jobs_env)
