@@ -26,12 +26,11 @@ import re
 import sys
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
+from deploy.external_tools import REPO
 from deploy.images import PLATFORM_IMAGES, image_builds
 from services.core.kinds import model_kinds
 
-REPO = Path(__file__).resolve().parents[1]
 DOCKER_DIR = REPO / "docker"
 SERVICE_EXTRA = "${SERVICE_EXTRA}"
 EXTRAS = {"service": SERVICE_EXTRA} | {image.name: image.extra for image in PLATFORM_IMAGES}

@@ -121,10 +121,14 @@ def text_routes(settings: TextSettings, model: SequenceClassifier) -> Any:
 
 def build_app(settings: TextSettings, model: SequenceClassifier | None = None) -> FastAPI:
     """The text service application for one task."""
-    limits = {
-        "max_items_per_request": settings.max_items_per_request,
-        "max_text_chars": settings.max_text_chars,
-        "max_body_bytes": settings.max_body_bytes,
+    shared: dict[str, Any] = {
+        "max_tokens": settings.max_tokens,
+        "torch_threads": settings.threads_per_worker,
+        "limits": {
+            "max_items_per_request": settings.max_items_per_request,
+            "max_text_chars": settings.max_text_chars,
+            "max_body_bytes": settings.max_body_bytes,
+        },
     }
     classifier = model
     if classifier is None and settings.runtime == "openvino":
@@ -132,23 +136,13 @@ def build_app(settings: TextSettings, model: SequenceClassifier | None = None) -
         from services.text.models.openvino_classifier import OpenVinoSequenceClassifier
 
         classifier = OpenVinoSequenceClassifier(
-            max_tokens=settings.max_tokens,
-            torch_threads=settings.threads_per_worker,
-            limits=limits,
-            precision=settings.resolved_torch_dtype,
-            streams=settings.inference_workers,
+            **shared, precision=settings.resolved_torch_dtype, streams=settings.inference_workers
         )
     elif classifier is None and settings.runtime == "onnx":
-        classifier = OnnxSequenceClassifier(
-            max_tokens=settings.max_tokens, torch_threads=settings.threads_per_worker, limits=limits
-        )
+        classifier = OnnxSequenceClassifier(**shared)
     elif classifier is None:
         classifier = SequenceClassifier(
-            max_tokens=settings.max_tokens,
-            torch_threads=settings.threads_per_worker,
-            limits=limits,
-            dtype=settings.resolved_torch_dtype,
-            graph=settings.torch_graph,
+            **shared, dtype=settings.resolved_torch_dtype, graph=settings.torch_graph
         )
     return create_app(
         settings,

@@ -61,7 +61,7 @@ from services.artifacts.manifest import (
     write_manifest,
 )
 from services.core.errors import ModelLoadError
-from services.text.models.traced_graph import CHECK_TEXTS, TRACE_TEXTS, graph_input_names
+from services.text.models.traced_graph import CHECK_TEXTS, trace_batch
 
 logger = logging.getLogger(__name__)
 
@@ -204,10 +204,9 @@ def _export_fp32(model_dir: Path, destination: Path, unfused: Path) -> None:
     except (OSError, ValueError, KeyError) as exc:
         raise ExportError(f"{model_dir}: cannot load model: {exc}") from exc
     model.eval()
-    example = tokenizer(list(TRACE_TEXTS), padding=True, return_tensors="pt")
     # The exporter names the flattened inputs in `forward`'s parameter order, not in the
     # order of the kwargs dict: build both in that order or the names are swapped.
-    names = graph_input_names(model, example)
+    example, names = trace_batch(model, tokenizer)
     axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in names}
     axes["logits"] = {0: "batch"}
     with warnings.catch_warnings(), torch.inference_mode():

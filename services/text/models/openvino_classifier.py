@@ -13,12 +13,7 @@ import numpy as np
 from services.core.errors import ModelLoadError
 from services.core.model import ModelMetadata
 from services.text.models.sequence_classifier import SequenceClassifier, TextInput, TextPrediction
-from services.text.models.traced_graph import (
-    CHECK_TEXTS,
-    LOGIT_TOLERANCE,
-    TRACE_TEXTS,
-    graph_input_names,
-)
+from services.text.models.traced_graph import CHECK_TEXTS, LOGIT_TOLERANCE, trace_batch
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +108,7 @@ class OpenVinoSequenceClassifier(SequenceClassifier):
             TorchScriptPythonDecoder,
         )
 
-        example = self._tokenizer(list(TRACE_TEXTS), padding=True, return_tensors="pt")
-        names = graph_input_names(model, example)
+        example, names = trace_batch(model, self._tokenizer)
         with torch.no_grad():
             decoder = TorchScriptPythonDecoder(
                 model, example_input={name: example[name] for name in names}

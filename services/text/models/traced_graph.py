@@ -38,10 +38,12 @@ LOGIT_TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2}
 about three significant digits, and fused operators round in another order."""
 
 
-def graph_input_names(model: Any, example: Any) -> list[str]:
-    """The graph inputs `example` (a tokenizer's output) holds, in the order of the model's
-    `forward` parameters: the order positional graph inputs must follow."""
-    return [
+def trace_batch(model: Any, tokenizer: Any) -> tuple[Any, list[str]]:
+    """The batch a graph is traced with (`TRACE_TEXTS` tokenized), and the graph inputs it
+    holds in the order of the model's `forward` parameters: the order positional graph
+    inputs must follow."""
+    example = tokenizer(list(TRACE_TEXTS), padding=True, return_tensors="pt")
+    return example, [
         name
         for name in inspect.signature(model.forward).parameters
         if name in GRAPH_INPUTS and name in example
@@ -76,8 +78,7 @@ def trace_logits(model: Any, tokenizer: Any, dtype: str) -> TracedLogits | None:
             inputs = dict(zip(self.names, tensors, strict=True))
             return self.wrapped(**inputs, return_dict=False)[0]
 
-    example = tokenizer(list(TRACE_TEXTS), padding=True, return_tensors="pt")
-    names = graph_input_names(model, example)
+    example, names = trace_batch(model, tokenizer)
     check = tokenizer(list(CHECK_TEXTS), padding=True, return_tensors="pt")
     try:
         with warnings.catch_warnings(), torch.inference_mode():
