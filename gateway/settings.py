@@ -13,12 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.kinds import kind_named
 from services.wire.contracts import LogLevel, TaskKind
-from services.wire.upstream_urls import (
-    check_task_name,
-    check_upstreams,
-    normalise_base_url,
-    one_url_is_a_list_of_one,
-)
+from services.wire.upstream_urls import UpstreamUrls, check_task_name, normalise_base_url
 
 # A host name (letters, digits, `-`, `.`), or `*.` and a domain (IP addresses are parsed).
 _IMAGE_URL_HOST = re.compile(
@@ -67,7 +62,7 @@ class GatewaySettings(BaseSettings):
     stops serving `/metrics`, which stays out of reach of the API's clients. Unset:
     `/metrics` on the API port (local runs). The Kubernetes manifests set it."""
 
-    upstreams: dict[str, list[str]] = Field(min_length=1)
+    upstreams: UpstreamUrls = Field(min_length=1)
     """Task name -> base URL of the service that serves it, or a list of URLs of its
     replicas, as a JSON object, e.g. `{"sentiment": ["http://10.0.0.5:8000",
     "http://10.0.0.6:8000"], "pose": "http://pose:8000"}`. Task names match
@@ -269,16 +264,6 @@ class GatewaySettings(BaseSettings):
     log_level: LogLevel = "info"
     """Lowest level of the log lines written (critical, error, warning, info, debug)."""
 
-    @field_validator("upstreams", mode="before")
-    @classmethod
-    def _one_url_is_a_list_of_one(cls, upstreams: object) -> object:
-        return one_url_is_a_list_of_one(upstreams)
-
-    @field_validator("upstreams")
-    @classmethod
-    def _check_upstreams(cls, upstreams: dict[str, list[str]]) -> dict[str, list[str]]:
-        return check_upstreams(upstreams)
-
     @field_validator("upstream_weights", mode="before")
     @classmethod
     def _normalise_weighted_urls(cls, weights: object) -> object:
@@ -338,11 +323,6 @@ class GatewaySettings(BaseSettings):
         for kind in kinds.values():
             kind_named(kind)
         return kinds
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _lowercase_log_level(cls, level: object) -> object:
-        return level.lower() if isinstance(level, str) else level
 
     @model_validator(mode="after")
     def _per_task_maps_name_configured_tasks(self) -> Self:
