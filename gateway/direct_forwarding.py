@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.routes import ForwardedRoute
@@ -66,7 +67,7 @@ class DirectForwarding:
                 logger.warning("POST %s -> %d %s", scope["path"], error.status_code, error)
             await send_error(send, error)
             return
-        await _respond(send, answer.status_code, answer.content, answer.headers)
+        await Response(answer.content, answer.status_code, answer.headers)(scope, receive, send)
 
 
 async def _read_body(receive: Receive, task: str, limit: int) -> bytearray | None:
@@ -85,12 +86,3 @@ async def _read_body(receive: Receive, task: str, limit: int) -> bytearray | Non
         if not message.get("more_body", False):
             break
     return body
-
-
-async def _respond(send: Send, status: int, content: bytes, headers: dict[str, str]) -> None:
-    raw_headers = [
-        (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
-    ]
-    raw_headers.append((b"content-length", str(len(content)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": content})

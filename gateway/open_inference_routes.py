@@ -12,7 +12,7 @@ answer. Every error under `/v2` is `{"error": message}` (`OpenInferenceErrors`).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -29,21 +29,11 @@ from services.core.errors import (
     UnsupportedMediaType,
 )
 from services.core.open_inference import (
-    EXTENSIONS,
     INFER_DESCRIPTION,
     INFER_ERRORS,
-    INFER_OK_RESPONSE,
-    INFER_REQUEST_BODY,
-    SERVER_NAME,
     V2_PREFIX,
-    InferenceResponse,
-    ModelMetadataResponse,
-    ModelReadyResponse,
-    ServerLiveResponse,
-    ServerMetadataResponse,
-    ServerReadyResponse,
-    inference_error_responses,
-    server_version,
+    ModelRoute,
+    add_protocol_routes,
 )
 
 MODEL_VERSION = re.compile(r"(?!\.+$)[A-Za-z0-9_.-]{1,128}")
@@ -56,7 +46,7 @@ def open_inference_router(
 ) -> APIRouter:
     """The `/v2` routes; `access_errors` are what the API key check adds to the forwarded
     ones (none when authentication is off)."""
-    router = APIRouter(prefix=V2_PREFIX, tags=["open inference"])
+    router = APIRouter()
     example_task = next(
         (task for task in settings.tasks if settings.kind_of(task) == "text"), settings.tasks[0]
     )
@@ -68,32 +58,11 @@ def open_inference_router(
     )
     forwarded_errors: tuple[type[MtcError], ...] = (UnknownTask, *GATEWAY_ERRORS, *access_errors)
 
-    @router.get("", summary="Server metadata", response_model=ServerMetadataResponse)
-    async def server_metadata() -> ServerMetadataResponse:
-        """The server's name, version and protocol extensions."""
-        return ServerMetadataResponse(
-            name=SERVER_NAME, version=server_version(), extensions=list(EXTENSIONS)
-        )
-
-    @router.get("/health/live", summary="Server live", response_model=ServerLiveResponse)
-    async def server_live() -> ServerLiveResponse:
-        """Answer 200 while the gateway process runs; the services are not consulted."""
-        return ServerLiveResponse(live=True)
-
-    @router.get(
-        "/health/ready",
-        summary="Server ready",
-        response_model=ServerReadyResponse,
-        responses=inference_error_responses(ModelNotReady),
-    )
-    async def server_ready(upstreams: UpstreamsDep) -> ServerReadyResponse:
-        """Answer 200 when every task has a replica whose model is ready, else 503."""
-        statuses = await upstreams.model_statuses()
-        waiting = [status for status in statuses if not status.ready]
+    async def every_task_ready(upstreams: UpstreamsDep) -> None:
+        waiting = [status for status in await upstreams.model_statuses() if not status.ready]
         if waiting:
             listed = ", ".join(f"{status.task} ({status.status})" for status in waiting)
             raise ModelNotReady(f"not ready: {listed}")
-        return ServerReadyResponse(ready=True)
 
     async def forward(
         task: str, suffix: str, request: Request, upstreams: UpstreamsDep
@@ -133,57 +102,41 @@ def open_inference_router(
         )
         return Response(answer.content, status_code=answer.status_code, headers=answer.headers)
 
-    documented_routes: dict[str, dict[str, Any]] = {
-        "": {
-            "name": "model_metadata",
-            "methods": ["GET"],
-            "summary": "Model metadata",
-            "description": "The model's inputs and outputs with their datatypes and shapes.",
-            "response_model": ModelMetadataResponse,
-            "responses": inference_error_responses(*forwarded_errors),
-        },
-        "/ready": {
-            "name": "model_ready",
-            "methods": ["GET"],
-            "summary": "Model ready",
-            "description": "Answer 200 when the model is loaded, else 503.",
-            "response_model": ModelReadyResponse,
-            "responses": inference_error_responses(ModelNotReady, *forwarded_errors),
-        },
-        "/infer": {
-            "name": "infer",
-            "methods": ["POST"],
-            "summary": "Inference",
-            "response_model": InferenceResponse,
-            "responses": {
-                **INFER_OK_RESPONSE,
-                **inference_error_responses(*INFER_ERRORS, *forwarded_errors),
-            },
-            "openapi_extra": {"requestBody": INFER_REQUEST_BODY},
-            "description": INFER_DESCRIPTION
-            + " Forwarded to the task's service; the quota counts the batch size its inputs "
-            "declare.",
-        },
-    }
-
-    def model_route(suffix: str) -> Callable[..., Awaitable[Response]]:
+    def model_route(
+        suffix: str, name: str, description: str, *errors: type[MtcError]
+    ) -> ModelRoute:
         async def endpoint(
             *, model_name: str = model_name_path, request: Request, upstreams: UpstreamsDep
         ) -> Response:
             return await forward(model_name, suffix, request, upstreams)
 
-        return endpoint
+        return ModelRoute(endpoint, (*errors, *forwarded_errors), description, name)
 
-    for suffix, options in documented_routes.items():
-        endpoint = model_route(suffix)
-        router.add_api_route(f"/models/{{model_name}}{suffix}", endpoint, **options)
-        # The same for one version of the model (the loaded one), undocumented; `forward`
-        # reads the version from the path.
-        router.add_api_route(
-            f"/models/{{model_name}}/versions/{{model_version}}{suffix}",
-            endpoint,
-            methods=options["methods"],
-            include_in_schema=False,
-        )
-
+    add_protocol_routes(
+        router,
+        live="Answer 200 while the gateway process runs; the services are not consulted.",
+        ready="Answer 200 when every task has a replica whose model is ready, else 503.",
+        check_ready=every_task_ready,
+        model_routes={
+            "": model_route(
+                "",
+                "model_metadata",
+                "The model's inputs and outputs with their datatypes and shapes.",
+            ),
+            "/ready": model_route(
+                "/ready",
+                "model_ready",
+                "Answer 200 when the model is loaded, else 503.",
+                ModelNotReady,
+            ),
+            "/infer": model_route(
+                "/infer",
+                "infer",
+                INFER_DESCRIPTION
+                + " Forwarded to the task's service; the quota counts the batch size its inputs "
+                "declare.",
+                *INFER_ERRORS,
+            ),
+        },
+    )
     return router

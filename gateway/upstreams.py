@@ -120,9 +120,8 @@ def build_replica_sets(
 def body_too_large(task: str, limit: int) -> BodyTooLarge:
     """413 for a body over the task's limit: the service would refuse it too, so the gateway
     does, without forwarding a byte."""
-    return BodyTooLarge(
-        f"request body is larger than {limit} bytes, the limit for task '{task}' "
-        "(MTC_GATEWAY_TASK_MAX_BODY_BYTES)"
+    return BodyTooLarge.over(
+        limit, f", the limit for task '{task}' (MTC_GATEWAY_TASK_MAX_BODY_BYTES)"
     )
 
 

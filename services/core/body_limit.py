@@ -61,4 +61,4 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        await send_error(send, BodyTooLarge(f"request body is larger than {self.max_bytes} bytes"))
+        await send_error(send, BodyTooLarge.over(self.max_bytes))

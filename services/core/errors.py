@@ -85,6 +85,11 @@ class BodyTooLarge(PayloadTooLarge):
 
     error_type = "body_too_large"
 
+    @classmethod
+    def over(cls, limit: int, whose: str = "") -> BodyTooLarge:
+        """For a body over `limit` bytes; `whose` says which limit that is."""
+        return cls(f"request body is larger than {limit} bytes{whose}")
+
 
 class UnsupportedMediaType(MtcError):
     """The body or an uploaded file is of a type the service does not read."""

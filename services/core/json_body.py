@@ -167,13 +167,13 @@ class _LimitedBodyRequest(Request):
             declared = self.headers.get("content-length", "")
             limit = self.max_bytes
             if limit is not None and declared.isdigit() and int(declared) > limit:
-                raise _too_large(limit)
+                raise BodyTooLarge.over(limit)
             chunks: list[bytes] = []
             size = 0
             async for chunk in self.stream():
                 size += len(chunk)
                 if limit is not None and size > limit:
-                    raise _too_large(limit)
+                    raise BodyTooLarge.over(limit)
                 chunks.append(chunk)
             self._body = b"".join(chunks)
         return self._body
@@ -189,10 +189,6 @@ def with_body_schema(
     limits are settings): FastAPI takes a route's body schema from the annotation."""
     endpoint.__annotations__[parameter] = schema
     return endpoint
-
-
-def _too_large(limit: int) -> BodyTooLarge:
-    return BodyTooLarge(f"request body is larger than {limit} bytes")
 
 
 class BoundedJsonRoute(APIRoute):

@@ -23,10 +23,11 @@ import importlib.metadata
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Annotated, Any, Final, TypeAlias
 
 import orjson
-from fastapi import FastAPI, Path, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, StrictBool, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -307,9 +308,9 @@ class TensorAdapter:
 
 @dataclass(frozen=True)
 class InferenceCall:
-    """A checked inference request: its input tensors and the outputs to return."""
+    """A checked inference request: its `id`, its input tensors and the outputs to return."""
 
-    request: InferenceRequest
+    id: str | None
     tensors: dict[str, BytesTensor]
     outputs: list[tuple[str, bool]]
     """(output name, as binary data) in the order to return them."""
@@ -369,7 +370,7 @@ def read_inference_call(
         else:
             elements = _json_strings(tensor, count)
         tensors[tensor.name] = BytesTensor(tensor.name, elements)
-    return InferenceCall(request, tensors, _requested_outputs(request))
+    return InferenceCall(request.id, tensors, _requested_outputs(request))
 
 
 def _first_issue(error: ValidationError) -> str:
@@ -514,8 +515,8 @@ def inference_response(
             output["data"] = data
         outputs.append(output)
     body: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
-    if call.request.id is not None:
-        body["id"] = call.request.id
+    if call.id is not None:
+        body["id"] = call.id
     body["outputs"] = outputs
     content = orjson.dumps(body)
     if not binary:
@@ -635,6 +636,89 @@ INFER_DESCRIPTION = (
 ModelName = Annotated[str, Path(description="The model's name: the task.")]
 
 
+@dataclass(frozen=True)
+class ModelRoute:
+    """How one side (a service, the gateway) answers a `/v2/models/{name}...` route."""
+
+    endpoint: Callable[..., Awaitable[Any]]
+    errors: tuple[type[MtcError], ...]
+    """What the route may answer besides 200, in the order the document lists them."""
+    description: str | None = None
+    """Default: the endpoint's docstring."""
+    name: str | None = None
+    """The route's name, for its operation id (default: the endpoint's)."""
+
+
+MODEL_ROUTES: Final = {
+    "": ("GET", "Model metadata", ModelMetadataResponse),
+    "/ready": ("GET", "Model ready", ModelReadyResponse),
+    "/infer": ("POST", "Inference", InferenceResponse),
+}
+"""Suffix of `/v2/models/{name}` -> the method, summary and answer of that route."""
+
+
+def add_protocol_routes(
+    router: FastAPI | APIRouter,
+    *,
+    live: str,
+    ready: str,
+    check_ready: Callable[..., Awaitable[None]],
+    model_routes: Mapping[str, ModelRoute],
+) -> None:
+    """Add the protocol's routes: the server-wide ones, documented by `live` and `ready`
+    (`check_ready`, a dependency, raises when not ready), and each of `MODEL_ROUTES` answered
+    by `model_routes`, also under `versions/{model_version}` (undocumented)."""
+    tags: list[str | Enum] = ["open inference"]
+
+    @router.get(V2_PREFIX, tags=tags, summary="Server metadata")
+    async def server_metadata() -> ServerMetadataResponse:
+        """The server's name, version and protocol extensions."""
+        return ServerMetadataResponse(
+            name=SERVER_NAME, version=server_version(), extensions=list(EXTENSIONS)
+        )
+
+    @router.get(f"{V2_PREFIX}/health/live", tags=tags, summary="Server live", description=live)
+    async def server_live() -> ServerLiveResponse:
+        return ServerLiveResponse(live=True)
+
+    @router.get(
+        f"{V2_PREFIX}/health/ready",
+        tags=tags,
+        summary="Server ready",
+        description=ready,
+        responses=inference_error_responses(ModelNotReady),
+        dependencies=[Depends(check_ready)],
+    )
+    async def server_ready() -> ServerReadyResponse:
+        return ServerReadyResponse(ready=True)
+
+    model_path = f"{V2_PREFIX}/models/{{model_name}}"
+    for suffix, (method, summary, answer) in MODEL_ROUTES.items():
+        route = model_routes[suffix]
+        responses = inference_error_responses(*route.errors)
+        extra: dict[str, Any] = {}
+        if suffix == "/infer":
+            responses = {**INFER_OK_RESPONSE, **responses}
+            extra["openapi_extra"] = {"requestBody": INFER_REQUEST_BODY}
+        for path, documented in (
+            (f"{model_path}{suffix}", True),
+            (f"{model_path}/versions/{{model_version}}{suffix}", False),
+        ):
+            router.add_api_route(
+                path,
+                route.endpoint,
+                methods=[method],
+                tags=tags,
+                summary=summary,
+                description=route.description,
+                response_model=answer,
+                responses=responses,
+                name=route.name,
+                include_in_schema=documented,
+                **extra,
+            )
+
+
 def register_open_inference(
     app: FastAPI, dataplane: DataPlane[Any, Any], adapter: TensorAdapter
 ) -> None:
@@ -659,56 +743,9 @@ def register_open_inference(
                 f"'{model.metadata.version}'"
             )
 
-    @app.get(V2_PREFIX, tags=["open inference"], summary="Server metadata")
-    async def server_metadata() -> ServerMetadataResponse:
-        """The server's name, version and protocol extensions."""
-        return ServerMetadataResponse(
-            name=SERVER_NAME, version=server_version(), extensions=list(EXTENSIONS)
-        )
-
-    @app.get(f"{V2_PREFIX}/health/live", tags=["open inference"], summary="Server live")
-    async def server_live() -> ServerLiveResponse:
-        """The process is up (does not mean the model is loaded)."""
-        return ServerLiveResponse(live=True)
-
-    @app.get(
-        f"{V2_PREFIX}/health/ready",
-        tags=["open inference"],
-        summary="Server ready",
-        responses=inference_error_responses(ModelNotReady),
-    )
-    async def server_ready() -> ServerReadyResponse:
-        """The model is loaded and requests will be served (else 503)."""
+    async def server_loaded() -> None:
         require_loaded()
-        return ServerReadyResponse(ready=True)
 
-    metadata_route: dict[str, Any] = {
-        "tags": ["open inference"],
-        "summary": "Model metadata",
-        "response_model": ModelMetadataResponse,
-        "responses": inference_error_responses(UnknownTask),
-    }
-    ready_route: dict[str, Any] = {
-        "tags": ["open inference"],
-        "summary": "Model ready",
-        "response_model": ModelReadyResponse,
-        "responses": inference_error_responses(UnknownTask, ModelNotReady),
-    }
-    infer_route: dict[str, Any] = {
-        "tags": ["open inference"],
-        "summary": "Inference",
-        "response_model": InferenceResponse,
-        "responses": {**INFER_OK_RESPONSE, **inference_error_responses(*INFER_ERRORS)},
-        "openapi_extra": {"requestBody": INFER_REQUEST_BODY},
-        "description": INFER_DESCRIPTION,
-    }
-    model_path = f"{V2_PREFIX}/models/{{model_name}}"
-    # Each route also answers for the loaded version only, under `versions/{model_version}`
-    # (undocumented); `check_model` reads the version from the path.
-    version_path = f"{model_path}/versions/{{model_version}}"
-
-    @app.get(version_path, include_in_schema=False, **metadata_route)
-    @app.get(model_path, **metadata_route)
     async def model_metadata_route(
         model_name: ModelName, request: Request
     ) -> ModelMetadataResponse:
@@ -716,16 +753,12 @@ def register_open_inference(
         check_model(model_name, request)
         return model_metadata(task, model, adapter)
 
-    @app.get(f"{version_path}/ready", include_in_schema=False, **ready_route)
-    @app.get(f"{model_path}/ready", **ready_route)
     async def model_ready_route(model_name: ModelName, request: Request) -> ModelReadyResponse:
         """The model is loaded (else 503)."""
         check_model(model_name, request)
         require_loaded()
         return ModelReadyResponse(name=task, ready=True)
 
-    @app.post(f"{version_path}/infer", include_in_schema=False, **infer_route)
-    @app.post(f"{model_path}/infer", **infer_route)
     async def infer_route_handler(model_name: ModelName, request: Request) -> Response:
         check_model(model_name, request)
         # Before the tensors are read: a model that cannot answer yet costs no decoding.
@@ -744,6 +777,18 @@ def register_open_inference(
             model_version=model.metadata.version,
             headers=timing_headers(result.queue_seconds, result.inference_seconds),
         )
+
+    add_protocol_routes(
+        app,
+        live="The process is up (does not mean the model is loaded).",
+        ready="The model is loaded and requests will be served (else 503).",
+        check_ready=server_loaded,
+        model_routes={
+            "": ModelRoute(model_metadata_route, (UnknownTask,)),
+            "/ready": ModelRoute(model_ready_route, (UnknownTask, ModelNotReady)),
+            "/infer": ModelRoute(infer_route_handler, INFER_ERRORS, INFER_DESCRIPTION),
+        },
+    )
 
 
 # --- Error shape ---------------------------------------------------------------------------
@@ -795,11 +840,10 @@ class OpenInferenceErrors:
             await self.app(scope, receive, send)
             return
         held_start: Message | None = None
-        held_body: list[bytes] = []
-        held_bytes = 0
+        held_body = bytearray()
 
         async def rewriting_send(message: Message) -> None:
-            nonlocal held_start, held_bytes
+            nonlocal held_start
             starting = message["type"] == "http.response.start"
             if starting and message["status"] >= 400 and _is_json(message):
                 held_start = message
@@ -807,21 +851,18 @@ class OpenInferenceErrors:
             if held_start is None or message["type"] != "http.response.body":
                 await send(message)
                 return
-            held_body.append(message.get("body", b""))
-            held_bytes += len(held_body[-1])
+            held_body.extend(message.get("body", b""))
             more = bool(message.get("more_body", False))
-            if held_bytes > MAX_REWRITTEN_ERROR_BYTES:
-                await _release(send, held_start, held_body, more)
-                held_start = None
+            too_long = len(held_body) > MAX_REWRITTEN_ERROR_BYTES
+            if more and not too_long:
                 return
-            if more:
-                return
-            original = b"".join(held_body)
-            rewritten = as_inference_error(original)
-            start = held_start
-            held_start = None
+            start, held_start = held_start, None
+            rewritten = None if too_long else as_inference_error(bytes(held_body))
             if rewritten is None:
-                await _release(send, start, [original], False)
+                await send(start)
+                await send(
+                    {"type": "http.response.body", "body": bytes(held_body), "more_body": more}
+                )
                 return
             headers = [
                 (name, value)
@@ -840,8 +881,3 @@ def _is_json(start: Message) -> bool:
         if name == b"content-type":
             return bytes(value).split(b";", 1)[0].strip().lower() == b"application/json"
     return False
-
-
-async def _release(send: Send, start: Message, chunks: list[bytes], more: bool) -> None:
-    await send(start)
-    await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": more})
