@@ -31,7 +31,7 @@ by the lowest negative log-likelihood of the fused answer (`fit_weights`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -69,10 +69,10 @@ class FusionRule:
     """Probability of each label before anything is heard, in `labels` order."""
     calm_when_emergency: float
     urgent_when_ordinary: float
-    audio_weight: float
-    text_weight: float
-    asr_audio_weight: float
-    asr_text_weight: float
+    audio_weight: float = 1.0
+    text_weight: float = 1.0
+    asr_audio_weight: float = 1.0
+    asr_text_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if len(set(self.labels)) != len(self.labels) or not self.labels:
@@ -100,16 +100,11 @@ class FusionRule:
     def to_json(self) -> dict[str, Any]:
         """As stored in the manifest."""
         return {
+            **asdict(self),
             "rule": RULE,
             "labels": list(self.labels),
             "ordinary_labels": list(self.ordinary_labels),
             "prior": {label: round(p, 6) for label, p in zip(self.labels, self.prior, strict=True)},
-            "calm_when_emergency": self.calm_when_emergency,
-            "urgent_when_ordinary": self.urgent_when_ordinary,
-            "audio_weight": self.audio_weight,
-            "text_weight": self.text_weight,
-            "asr_audio_weight": self.asr_audio_weight,
-            "asr_text_weight": self.asr_text_weight,
         }
 
     @classmethod
@@ -253,10 +248,6 @@ def fit_fusion(
         prior=tuple(prior),
         calm_when_emergency=calm_when_emergency,
         urgent_when_ordinary=urgent_when_ordinary,
-        audio_weight=1.0,
-        text_weight=1.0,
-        asr_audio_weight=1.0,
-        asr_text_weight=1.0,
     )
     if text is None:
         return rule

@@ -500,17 +500,12 @@ def fit_asr_weights(
     asr_text = scorer([recognition.text for _, recognition in heard])
     confidence = np.array([recognition.confidence for _, recognition in heard])
     rows = np.array(spoken)
+    urgency, gold, weights = heldout.urgency[rows], heldout.gold[rows], heldout.weights[rows]
     audio_weight, text_weight = fit_weights(
-        fusion,
-        heldout.urgency[rows],
-        asr_text,
-        list(heldout.gold[rows]),
-        heldout.weights[rows],
-        asr_confidence=confidence,
+        fusion, urgency, asr_text, list(gold), weights, asr_confidence=confidence
     )
     fitted = replace(fusion, asr_audio_weight=audio_weight, asr_text_weight=text_weight)
-    fused = fitted.fuse(heldout.urgency[rows], asr_text, asr_confidence=confidence)
-    gold, weights = heldout.gold[rows], heldout.weights[rows]
+    fused = fitted.fuse(urgency, asr_text, asr_confidence=confidence)
     record.update(
         {
             "fitted": True,
@@ -563,7 +558,6 @@ def train_audio_model(
             f"({list(config.ordinary_labels)}) from emergencies, so it needs both"
         )
     train, heldout_clips = split_clips(clips)
-    index = {label: position for position, label in enumerate(labels)}
     urgency_index = {label: position for position, label in enumerate(URGENCY_LABELS)}
     train_features = clip_features(train, config.features, config.workers)
     heldout_features = clip_features(heldout_clips, config.features, config.workers)
@@ -599,7 +593,7 @@ def train_audio_model(
         clips=list(heldout_clips),
         urgency=urgency,
         text=None if scorer is None else scorer([str(c.transcript) for c in heldout_clips]),
-        gold=np.array([index[clip.label] for clip in heldout_clips]),
+        gold=np.array([labels.index(clip.label) for clip in heldout_clips]),
         weights=mix_weights(
             [clip.split_key for clip in heldout_clips],
             [clip.label in ordinary for clip in heldout_clips],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
+from dataclasses import asdict
 from functools import partial
 from typing import Any, Final
 
@@ -193,10 +194,7 @@ def pose_routes(settings: PoseSettings, model: PoseModel, reader: ImageUploadRea
                 keypoints=[
                     None
                     if prediction.keypoints is None
-                    else [
-                        {"name": k.name, "x": k.x, "y": k.y, "visibility": k.visibility}
-                        for k in prediction.keypoints
-                    ]
+                    else [asdict(keypoint) for keypoint in prediction.keypoints]
                     for prediction in result.predictions
                 ],
             )

@@ -23,6 +23,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from services.artifacts.manifest import Manifest, write_manifest
+from services.artifacts.model_dir import write_model_dir
 from services.core.errors import ModelLoadError
 from services.pose.models.base import Keypoint, Keypoints
 
@@ -277,9 +279,15 @@ class LandmarkModelConfig:
         """The exact text of `config.json` (stable: the same config gives the same bytes)."""
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
 
-    def write(self, model_dir: Path) -> None:
-        """Write `config.json` into `model_dir`."""
-        (model_dir / "config.json").write_text(self.to_text(), encoding="utf-8")
+    def write_model(self, out: Path, *, name: str, **manifest: Any) -> Manifest:
+        """Write `config.json` and a manifest of the head's labels and `manifest` fields into
+        `out`, which is replaced only when empty or an earlier model of the same `name`."""
+
+        def fill(staging: Path) -> Manifest:
+            (staging / "config.json").write_text(self.to_text(), encoding="utf-8")
+            return write_manifest(staging, name=name, labels=list(self.head.labels), **manifest)
+
+        return write_model_dir(out, fill, replaceable=lambda m: m.name == name)
 
 
 def is_landmark_model_dir(model_dir: Path) -> bool:

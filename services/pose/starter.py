@@ -19,8 +19,7 @@ from typing import Final
 
 import numpy as np
 
-from services.artifacts.manifest import Manifest, write_manifest
-from services.artifacts.model_dir import BuildResult, current_build, write_model_dir
+from services.artifacts.model_dir import BuildResult, current_build
 from services.pose.landmarks import (
     FEATURE_NAMES,
     NO_PERSON,
@@ -114,24 +113,19 @@ def build_pose_starter(out: Path, *, force: bool = False) -> BuildResult:
         logger.info("%s is up to date (%s %s)", out, current.name, current.version)
         return BuildResult(out.absolute(), False, current, time.perf_counter() - started)
 
-    def fill(staging: Path) -> Manifest:
-        config.write(staging)
-        return write_manifest(
-            staging,
-            name=STARTER_NAME,
-            task=STARTER_TASK,
-            version=STARTER_VERSION,
-            labels=list(STARTER_LABELS),
-            metrics={
-                "evaluation": "none: the rules are hand-set and no labelled pose photos ship "
-                "with any installable package; see `mtc train pose` to fit and measure a "
-                "model on your own photos",
-            },
-            training_data={
-                "method": "hand-set rules (services/pose/starter.py RULES)",
-                "landmark_model": "mediapipe==0.10.21 pose_landmark_full.tflite (Apache-2.0)",
-            },
-        )
-
-    manifest = write_model_dir(out, fill, replaceable=lambda m: m.name == STARTER_NAME)
+    manifest = config.write_model(
+        out,
+        name=STARTER_NAME,
+        task=STARTER_TASK,
+        version=STARTER_VERSION,
+        metrics={
+            "evaluation": "none: the rules are hand-set and no labelled pose photos ship "
+            "with any installable package; see `mtc train pose` to fit and measure a "
+            "model on your own photos",
+        },
+        training_data={
+            "method": "hand-set rules (services/pose/starter.py RULES)",
+            "landmark_model": "mediapipe==0.10.21 pose_landmark_full.tflite (Apache-2.0)",
+        },
+    )
     return BuildResult(out.absolute(), True, manifest, time.perf_counter() - started)

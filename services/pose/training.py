@@ -22,8 +22,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from services.artifacts.manifest import Manifest, write_manifest
-from services.artifacts.model_dir import write_model_dir
+from services.artifacts.manifest import Manifest
 from services.core.errors import MtcError
 from services.pose.images import ImageLimits, decode_image
 from services.pose.landmarks import (
@@ -123,35 +122,29 @@ def train_landmark_classifier(
             "feature_mean / feature_scale before the weights apply.",
         },
     )
-
-    def fill(staging: Path) -> Manifest:
-        model_config.write(staging)
-        return write_manifest(
-            staging,
-            name=name,
-            task=TRAINED_TASK,
-            version=version,
-            labels=labels,
-            metrics=metrics,
-            training_data={
-                "photo_dir": photo_dir.name,
-                "photos_used": len(digests),
-                "photos_skipped": skipped,
-                "train_examples": len(train_y),
-                "train_label_counts": _counts(train_y, labels),
-                "split_rule": f"held-out iff int(sha256(file bytes)[:8], 16) % 100 < "
-                f"{config.heldout_percent}; train otherwise",
-                "method": {
-                    "iterations": config.iterations,
-                    "learning_rate": config.learning_rate,
-                    "l2": config.l2,
-                    "seed": config.seed,
-                    "class_balanced": True,
-                },
+    manifest = model_config.write_model(
+        out,
+        name=name,
+        task=TRAINED_TASK,
+        version=version,
+        metrics=metrics,
+        training_data={
+            "photo_dir": photo_dir.name,
+            "photos_used": len(digests),
+            "photos_skipped": skipped,
+            "train_examples": len(train_y),
+            "train_label_counts": _counts(train_y, labels),
+            "split_rule": f"held-out iff int(sha256(file bytes)[:8], 16) % 100 < "
+            f"{config.heldout_percent}; train otherwise",
+            "method": {
+                "iterations": config.iterations,
+                "learning_rate": config.learning_rate,
+                "l2": config.l2,
+                "seed": config.seed,
+                "class_balanced": True,
             },
-        )
-
-    manifest = write_model_dir(out, fill, replaceable=lambda m: m.name == name)
+        },
+    )
     logger.info(
         "%s: trained on %d photos, held-out accuracy %s",
         out,
@@ -183,15 +176,13 @@ def fit_softmax_regression(
     weights = rng.normal(0.0, 0.01, size=(classes, x.shape[1]))
     bias = np.zeros(classes)
     total = sample_weight.sum()
+    # The served head's own forward pass; its weights and bias are updated in place.
+    head = LinearHead(tuple(labels), weights, bias, mean, scale)
     for _ in range(config.iterations):
-        logits = x @ weights.T + bias
-        logits -= logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits)
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
-        error = (probabilities - onehot) * sample_weight[:, None] / total
+        error = (head.probabilities(features) - onehot) * sample_weight[:, None] / total
         weights -= config.learning_rate * (error.T @ x + config.l2 * weights)
         bias -= config.learning_rate * error.sum(axis=0)
-    return LinearHead(tuple(labels), weights, bias, mean, scale)
+    return head
 
 
 def _extract(

@@ -44,6 +44,8 @@ Korean callers name places, brands and shops in Latin letters (`CCTV`, `GS25`), 
 must not send a Korean sentence to the English model."""
 
 _HANGUL_FIRST, _HANGUL_LAST = 0xAC00, 0xD7A3
+_HEAD_ARRAYS = ("mean", "scale", "weights", "bias")
+"""The float32 arrays of `head.npz`, beside the scalar `temperature`."""
 
 
 def hangul_share(text: str) -> float:
@@ -139,10 +141,7 @@ class KoreanTranscriptHead:
         directory.mkdir(parents=True, exist_ok=True)
         np.savez(
             directory / HEAD_WEIGHTS,
-            mean=self.mean.astype(np.float32),
-            scale=self.scale.astype(np.float32),
-            weights=self.weights.astype(np.float32),
-            bias=self.bias.astype(np.float32),
+            **{name: getattr(self, name).astype(np.float32) for name in _HEAD_ARRAYS},
             temperature=np.array(self.temperature, dtype=np.float64),
         )
         document = {
@@ -172,11 +171,8 @@ class KoreanTranscriptHead:
             with np.load(directory / HEAD_WEIGHTS, allow_pickle=False) as arrays:
                 head = cls(
                     labels=tuple(str(label) for label in config["labels"]),
-                    mean=arrays["mean"].astype(np.float32),
-                    scale=arrays["scale"].astype(np.float32),
-                    weights=arrays["weights"].astype(np.float32),
-                    bias=arrays["bias"].astype(np.float32),
                     temperature=float(arrays["temperature"]),
+                    **{name: arrays[name].astype(np.float32) for name in _HEAD_ARRAYS},
                 )
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{directory}: unusable Korean transcript head: {exc!r}") from exc

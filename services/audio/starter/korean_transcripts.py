@@ -181,12 +181,19 @@ def fit_temperature(logits: NDArray[np.float64], targets: NDArray[np.int64]) -> 
 
 
 def _fit_head(
-    features: NDArray[np.float32], targets: NDArray[np.int64], l2: float, temperature: float
+    features: NDArray[np.float32],
+    targets: NDArray[np.int64],
+    l2: float,
+    temperature: float,
+    auxiliary: tuple[NDArray[np.float32], NDArray[np.int64]],
 ) -> KoreanTranscriptHead:
+    # Fitted on every auxiliary row as well.
+    rows = np.vstack([features, auxiliary[0]])
+    row_targets = np.concatenate([targets, auxiliary[1]])
     # Every embedding dimension standardised; its scale never below 1e-6.
-    mean = features.astype(np.float64).mean(axis=0)
-    scale = np.maximum(features.astype(np.float64).std(axis=0), 1e-6)
-    weights, bias = fit_logistic((features - mean) / scale, targets, len(LABELS), l2)
+    mean = rows.astype(np.float64).mean(axis=0)
+    scale = np.maximum(rows.astype(np.float64).std(axis=0), 1e-6)
+    weights, bias = fit_logistic((rows - mean) / scale, row_targets, len(LABELS), l2)
     return KoreanTranscriptHead(
         labels=LABELS,
         mean=mean.astype(np.float32),
@@ -209,12 +216,7 @@ def out_of_fold_logits(
     logits = np.zeros((len(targets), len(LABELS)))
     for fold in range(FOLDS):
         inside = folds == fold
-        head = _fit_head(
-            np.vstack([features[~inside], auxiliary[0]]),
-            np.concatenate([targets[~inside], auxiliary[1]]),
-            l2,
-            1.0,
-        )
+        head = _fit_head(features[~inside], targets[~inside], l2, 1.0, auxiliary)
         logits[inside] = head.logits(features[inside])
     return logits
 
@@ -266,12 +268,7 @@ def train_head(out: Path = HEAD_DIR, *, cache_dir: Path = DEFAULT_CACHE_DIR) -> 
     assert best is not None
     _, l2, logits, temperature = best
     out_of_fold = report_for(softmax(logits / temperature), split.train)
-    head = _fit_head(
-        np.vstack([train_features, auxiliary[0]]),
-        np.concatenate([targets, auxiliary[1]]),
-        l2,
-        temperature,
-    )
+    head = _fit_head(train_features, targets, l2, temperature, auxiliary)
     heldout = report_for(head.probabilities(heldout_features), split.heldout)
     logger.info("held-out accuracy %.4f, macro-F1 %.4f", heldout.accuracy, heldout.macro_f1)
     if heldout.accuracy < MIN_HELDOUT_ACCURACY:

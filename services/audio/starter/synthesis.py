@@ -170,15 +170,6 @@ class ClipRecipe:
         )
 
 
-def require_tools() -> None:
-    """Fail with the install command when espeak-ng is missing."""
-    if shutil.which("espeak-ng") is None:
-        raise SynthesisError(
-            "espeak-ng not found; install with `apt-get install espeak-ng` "
-            "(the audio starter is synthesised with it)"
-        )
-
-
 def speak(text: str, speech: Speech) -> Signal:
     """`text` spoken by espeak-ng, at SAMPLE_RATE, peak 0.5."""
     markup = (
@@ -313,7 +304,11 @@ def synthesise_clips(
     The crowds are built from the sentences of `whole_set` (default: `clips`), so a subset
     of a planned set sounds exactly as it does within the whole set.
     """
-    require_tools()
+    if shutil.which("espeak-ng") is None:
+        raise SynthesisError(
+            "espeak-ng not found; install with `apt-get install espeak-ng` "
+            "(the audio starter is synthesised with it)"
+        )
     crowds: dict[bool, CrowdVoices] = {}
     for heldout, pool in ((False, TRAINING_POOL), (True, HELDOUT_POOL)):
         source = clips if whole_set is None else whole_set

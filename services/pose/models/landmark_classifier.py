@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -31,11 +30,8 @@ class LandmarkClassifier(PoseModel):
     """
 
     runtime = "mediapipe"
-
-    def __init__(self, *, limits: dict[str, Any] | None = None) -> None:
-        super().__init__(limits=limits)
-        self._config: LandmarkModelConfig | None = None
-        self._detector: LandmarkDetector | None = None
+    _config: LandmarkModelConfig | None = None
+    _detector: LandmarkDetector | None = None
 
     async def load(self, model_dir: Path) -> ModelMetadata:
         """Read the config and start MediaPipe once, so a broken install fails the load."""
