@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -85,6 +84,7 @@ from services.jobs.errors import (
     JobQueueUnavailable,
     JobsNotConfigured,
 )
+from services.jobs.inputs import LONE_SURROGATE
 from services.jobs.store import FINAL_STATES
 from services.jobs.submission import JobDesk
 from services.wire.contracts import (
@@ -106,8 +106,6 @@ CALL_PREDICT_PATH = "/predict"
 CALL_PREDICT_S3_PATH = "/predict_s3"
 TONE_PREDICT_PATH = "/api/predict/"
 
-# The only characters of a Python string that UTF-8 cannot encode.
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 FORM_MEDIA_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 MAX_FORM_BYTES = 64 * 1024
 """Largest form `POST /predict_s3` reads (it carries a URI and perhaps a transcript)."""

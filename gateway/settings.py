@@ -11,7 +11,7 @@ from typing import Literal, Self
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.core.kinds import kind_named
+from services.core.kinds import MIB, kind_named
 from services.wire.contracts import LogLevel, TaskKind
 from services.wire.upstream_urls import UpstreamUrls, check_task_name, normalise_base_url
 
@@ -19,9 +19,6 @@ from services.wire.upstream_urls import UpstreamUrls, check_task_name, normalise
 _IMAGE_URL_HOST = re.compile(
     r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
 )
-
-
-MIB = 1024 * 1024
 
 
 def check_image_url_host(host: str) -> str:
