@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -630,15 +631,11 @@ def _eval_starter(args: argparse.Namespace) -> int:
         sets = korean_transcripts.evaluation_sets()
         if "independent" not in sets:
             print(f"no independent Korean set at {korean_transcripts.INDEPENDENT_FILE}")
-        reports = {
-            name: korean_transcripts.evaluate_head(model_dir, examples)
-            for name, examples in sets.items()
-        }
+        evaluate = korean_transcripts.evaluate_head
     else:
-        reports = {
-            name: evaluate_model_dir(model_dir, examples, runtime=args.runtime, progress=True)
-            for name, examples in RECIPES[args.starter].evaluation_sets().items()
-        }
+        sets = RECIPES[args.starter].evaluation_sets()
+        evaluate = partial(evaluate_model_dir, runtime=args.runtime, progress=True)
+    reports = {name: evaluate(model_dir, examples) for name, examples in sets.items()}
     print(f"model     {model} ({args.runtime})")
     print(set_table(reports))
     for name, report in reports.items():
