@@ -11,7 +11,6 @@ a job holds a block of the file and a chunk of rows, never the whole file.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -68,12 +67,6 @@ def format_from_name(key: str) -> InputFormat | None:
     """`csv` or `jsonl` from the object key's extension (case-insensitive), else None."""
     lowered = key.lower()
     return FORMAT_OF_EXTENSION.get(lowered[lowered.rfind(".") :])
-
-
-def parse_input(data: bytes, file_format: InputFormat, limits: InputLimits) -> list[InputRow]:
-    """Every row of an input file held in memory, in file order; raises JobFailure naming
-    the first problem."""
-    return list(read_rows(io.BytesIO(data).read, file_format, limits))
 
 
 def read_rows(

@@ -59,12 +59,6 @@ def spreadsheet_safe(value: object) -> object:
     return value
 
 
-def render_output(results: Sequence[ItemResult], file_format: OutputFormat) -> bytes:
-    """The whole output file (see `OutputRenderer`), ids in CSV when any row has one."""
-    renderer = OutputRenderer(file_format, with_ids=any("id" in result for result in results))
-    return renderer.header() + renderer.rows(results)
-
-
 class OutputRenderer:
     """An output file piece by piece: `header()`, then `rows(...)` chunk after chunk.
 

@@ -15,14 +15,24 @@ from services.jobs.inputs import (
     InputLimits,
     InputRow,
     format_from_name,
-    parse_input,
     read_rows,
 )
-from services.jobs.outputs import OutputRenderer, output_format_of, render_output, result_rows
+from services.jobs.outputs import OutputFormat, OutputRenderer, output_format_of, result_rows
 from services.jobs.runner import chunk_spans, pending_chunks
-from services.jobs.store import InputFormat
+from services.jobs.store import InputFormat, ItemResult
 
 LIMITS = InputLimits(max_rows=5, max_text_chars=12)
+
+
+def parse_input(data: bytes, file_format: InputFormat, limits: InputLimits) -> list[InputRow]:
+    """Every row of an input file held in memory, as the worker reads it block by block."""
+    return list(read_rows(io.BytesIO(data).read, file_format, limits))
+
+
+def render_output(results: list[ItemResult], file_format: OutputFormat) -> bytes:
+    """The whole output file, ids in CSV when any row has one, as the worker writes it."""
+    renderer = OutputRenderer(file_format, with_ids=any("id" in result for result in results))
+    return renderer.header() + renderer.rows(results)
 
 
 def test_csv_rows_keep_order_and_ids_and_ignore_other_columns() -> None:
