@@ -153,13 +153,14 @@ def _requests_of_operation(
     requests = []
     for media_type, body in content.items():
         schema = body["schema"]
+        if "$ref" in schema:  # a component: FastAPI's own form bodies, the models' JSON bodies
+            schema = components[schema["$ref"].rsplit("/", 1)[-1]]
         if media_type == "multipart/form-data":
-            if "$ref" in schema:  # FastAPI's own form bodies are components
-                schema = components[schema["$ref"].rsplit("/", 1)[-1]]
             files = {part: UPLOADS[part] for part in schema.get("required", []) if part in UPLOADS}
             requests.append(request(f"{name} (multipart)", form_files=files))
         elif media_type == "application/json":
-            photos = {"images": [photo_base64()]} if _wants_photos(schema, components) else {}
+            wants_photos = "images" in schema.get("properties", {})
+            photos = {"images": [photo_base64()]} if wants_photos else {}
             example = TEXT_EXAMPLES.get(path) or example_of(schema, components, photos)
             suffix = " (JSON)" if len(content) > 1 else ""
             requests.append(
@@ -176,13 +177,6 @@ def with_path_examples(path: str, operation: dict[str, Any]) -> str:
         if parameter.get("in") == "path" and examples:
             path = path.replace("{" + parameter["name"] + "}", str(examples[0]))
     return path
-
-
-def _wants_photos(schema: dict[str, Any], components: dict[str, Any]) -> bool:
-    """Whether a JSON body holds base64 images (filled with the sample photo)."""
-    if "$ref" in schema:
-        schema = components[schema["$ref"].rsplit("/", 1)[-1]]
-    return "images" in schema.get("properties", {})
 
 
 def postman_collection(requests: list[ApiRequest]) -> dict[str, Any]:

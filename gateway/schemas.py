@@ -8,20 +8,15 @@ gateway itself.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal, Self, cast
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ModelWrapValidatorHandler,
-    ValidationError,
-    create_model,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 
-from services.core.errors import BatchTooLarge
 from services.wire.contracts import DEFAULT_MAX_IMAGES, DEFAULT_MAX_TEXTS, BatchRequest, TaskKind
 
 MAX_IMAGE_URL_CHARS = 2048
@@ -152,6 +147,7 @@ class LegacyPoseRequest(BatchRequest):
     batch_field: ClassVar[str] = "images"
     batch_noun: ClassVar[str] = "images"
     limit_setting: ClassVar[str] = "MTC_GATEWAY_MAX_IMAGES_PER_REQUEST"
+    also_capped: ClassVar[dict[str, str]] = {"url": "URLs"}
 
     images: list[str] | None = Field(
         default=None,
@@ -171,41 +167,11 @@ class LegacyPoseRequest(BatchRequest):
         "MTC_GATEWAY_IMAGE_URL_TIMEOUT_SECONDS.",
     )
 
-    @model_validator(mode="wrap")
-    @classmethod
-    def _refuse_long_url_lists(
-        cls, data: Any, handler: ModelWrapValidatorHandler[LegacyPoseRequest]
-    ) -> LegacyPoseRequest:
-        try:
-            return handler(data)
-        except ValidationError as error:
-            for issue in error.errors(include_url=False):
-                if issue["type"] == "too_long" and issue["loc"] == ("url",):
-                    context = issue.get("ctx", {})
-                    raise BatchTooLarge(
-                        f"{context.get('actual_length')} URLs in one request; the limit is "
-                        f"{context.get('max_length')} ({cls.limit_setting})"
-                    ) from None
-            raise
-
     @model_validator(mode="after")
     def _one_source(self) -> Self:
         if (self.images is None) == (self.url is None):
             raise ValueError("give exactly one of `images` and `url`")
         return self
-
-    @classmethod
-    def with_limit(cls, max_items: int, *, setting: str | None = None) -> type[Self]:
-        """This schema with both lists capped at `max_items`."""
-        bounded = super().with_limit(max_items, setting=setting)
-        original = cls.model_fields["url"]
-        capped = FieldInfo.merge_field_infos(original, Field(max_length=max_items))
-        fields: dict[str, Any] = {"url": (original.annotation, capped)}
-        urls_bounded = create_model(
-            cls.__name__, __base__=bounded, __module__=cls.__module__, **fields
-        )
-        urls_bounded.__doc__ = cls.__doc__
-        return cast(type[Self], urls_bounded)
 
 
 class LegacyPoseResponse(BaseModel):

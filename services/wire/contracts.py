@@ -65,6 +65,8 @@ class BatchRequest(BaseModel):
     """Name of the list field."""
     batch_noun: ClassVar[str] = "items"
     """What its items are called in the refusal (`texts`, `images`, ...)."""
+    also_capped: ClassVar[dict[str, str]] = {}
+    """Other list fields capped at the same limit -> what their items are called."""
     batch_unit: ClassVar[str] = "in one request"
     """What holds them, in the refusal."""
     limit_setting: ClassVar[str]
@@ -78,12 +80,15 @@ class BatchRequest(BaseModel):
         try:
             return handler(data)
         except ValidationError as error:
+            nouns: dict[tuple[int | str, ...], str] = {(cls.batch_field,): cls.batch_noun}
+            nouns.update(((field,), noun) for field, noun in cls.also_capped.items())
             for issue in error.errors(include_url=False):
-                if issue["type"] == "too_long" and issue["loc"] == (cls.batch_field,):
+                noun = nouns.get(issue["loc"])
+                if issue["type"] == "too_long" and noun is not None:
                     context = issue.get("ctx", {})
                     # Raised as a domain error, which pydantic lets through unchanged.
                     raise BatchTooLarge(
-                        f"{context.get('actual_length')} {cls.batch_noun} {cls.batch_unit}; "
+                        f"{context.get('actual_length')} {noun} {cls.batch_unit}; "
                         f"the limit is {context.get('max_length')} ({cls.limit_setting})"
                         f"{cls.limit_hint}"
                     ) from None
@@ -91,12 +96,14 @@ class BatchRequest(BaseModel):
 
     @classmethod
     def with_limit(cls, max_items: int, *, setting: str | None = None) -> type[Self]:
-        """This schema with its list capped at `max_items` (a subclass of the same name, so
+        """This schema with its lists capped at `max_items` (a subclass of the same name, so
         routes validate, and OpenAPI documents, the configured limit); `setting` names the
         setting the limit comes from when it is not `limit_setting`."""
-        original = cls.model_fields[cls.batch_field]
-        capped = FieldInfo.merge_field_infos(original, Field(max_length=max_items))
-        fields: dict[str, Any] = {cls.batch_field: (original.annotation, capped)}
+        fields: dict[str, Any] = {}
+        for name in (cls.batch_field, *cls.also_capped):
+            original = cls.model_fields[name]
+            capped = FieldInfo.merge_field_infos(original, Field(max_length=max_items))
+            fields[name] = (original.annotation, capped)
         bounded = create_model(cls.__name__, __base__=cls, __module__=cls.__module__, **fields)
         bounded.__doc__ = cls.__doc__
         if setting is not None:
