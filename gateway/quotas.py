@@ -15,9 +15,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
-from services.core.degrading_redis import DegradingRedis
+from services.core.degrading_redis import DegradingRedis, RedisOptions
 
 REDIS_KEY_PREFIX = "mtc:gateway:quota:v1:"
 
@@ -153,25 +153,11 @@ class RedisTokenBuckets(DegradingRedis):
     purpose = "redis quota store"
     meanwhile = "each gateway replica counts quotas on its own"
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        timeout_seconds: float,
-        retry_seconds: float,
-        on_error: Callable[[], None] = lambda: None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            url,
-            timeout_seconds=timeout_seconds,
-            retry_seconds=retry_seconds,
-            on_error=on_error,
-            clock=clock,
-        )
+    def __init__(self, url: str, **options: Unpack[RedisOptions]) -> None:
+        super().__init__(url, **options)
         self._script = self.client.register_script(TAKE_TOKEN_SCRIPT)
         self._charge_script = self.client.register_script(CHARGE_SCRIPT)
-        self._fallback = MemoryTokenBuckets(clock=clock)
+        self._fallback = MemoryTokenBuckets(clock=self._clock)
 
     async def take(self, bucket: str, rate: float, burst: int) -> QuotaDecision:
         """Take a token in Redis, or in memory while Redis is unavailable."""

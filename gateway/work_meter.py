@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from gateway.quotas import TokenBuckets
@@ -63,21 +65,14 @@ class WorkMeter:
             await self.buckets.charge(self.bucket, self.rate, self.burst, cost - 1)
         return cost
 
-    async def charge_body(self, body: bytes | bytearray, content_type: str | None) -> int:
-        """Charge a request by its body as received (the forwarded routes)."""
-        if len(body) > COUNT_IN_THREAD_BYTES:
-            items = await asyncio.to_thread(self.items_in, body, content_type)
+    async def charge_counted(self, count_items: Callable[[], int], body_bytes: int) -> int:
+        """Charge a request by its body as received, for the items `count_items()` finds
+        there (in a thread when the body is over `COUNT_IN_THREAD_BYTES`); the cost."""
+        if body_bytes > COUNT_IN_THREAD_BYTES:
+            items = await asyncio.to_thread(count_items)
         else:
-            items = self.items_in(body, content_type)
-        return await self.charge(items, len(body))
-
-    async def charge_inference(self, body: bytes | bytearray, header_length: str | None) -> int:
-        """Charge an Open Inference request by its body as received."""
-        if len(body) > COUNT_IN_THREAD_BYTES:
-            items = await asyncio.to_thread(self.inference_items, body, header_length)
-        else:
-            items = self.inference_items(body, header_length)
-        return await self.charge(items, len(body))
+            items = count_items()
+        return await self.charge(items, body_bytes)
 
     def inference_items(self, body: bytes | bytearray, header_length: str | None) -> int:
         """The items of an Open Inference request: the largest leading dimension of its
@@ -146,12 +141,13 @@ async def charge_items(items: int, body_bytes: int = 0) -> None:
 async def charge_inference_body(body: bytes | bytearray, header_length: str | None) -> None:
     """Charge the Open Inference request being answered, when a key's quota applies."""
     context = current_request()
-    if context is not None and context.work_meter is not None:
-        await context.work_meter.charge_inference(body, header_length)
+    if context is not None and (meter := context.work_meter) is not None:
+        await meter.charge_counted(partial(meter.inference_items, body, header_length), len(body))
 
 
 async def charge_body(body: bytes | bytearray, content_type: str | None) -> None:
-    """Charge the request being answered by its body, when a key's quota applies."""
+    """Charge the request being answered by its body, when a key's quota applies (the
+    forwarded routes)."""
     context = current_request()
-    if context is not None and context.work_meter is not None:
-        await context.work_meter.charge_body(body, content_type)
+    if context is not None and (meter := context.work_meter) is not None:
+        await meter.charge_counted(partial(meter.items_in, body, content_type), len(body))

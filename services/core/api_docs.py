@@ -24,6 +24,7 @@ from fastapi.openapi.docs import (
 )
 from fastapi.responses import HTMLResponse, Response
 
+OPENAPI_PATH: Final = "/openapi.json"
 DOCS_PATH: Final = "/docs"
 REDOC_PATH: Final = "/redoc"
 OAUTH2_REDIRECT_PATH: Final = "/docs/oauth2-redirect"
@@ -65,8 +66,9 @@ def content_security_policy(html: str) -> str:
     )
 
 
-def docs_page(html: str) -> HTMLResponse:
-    """A docs page with its Content-Security-Policy."""
+def docs_page(page: HTMLResponse) -> HTMLResponse:
+    """One of FastAPI's docs pages with its Content-Security-Policy."""
+    html = bytes(page.body).decode("utf-8")
     return HTMLResponse(html, headers={"Content-Security-Policy": content_security_policy(html)})
 
 
@@ -80,10 +82,10 @@ def swagger_ui_page(openapi_url: str, title: str) -> HTMLResponse:
         swagger_favicon_url=f"{ASSETS_PATH}/favicon.png",
         oauth2_redirect_url=OAUTH2_REDIRECT_PATH,
     )
-    return docs_page(bytes(page.body).decode("utf-8"))
+    return docs_page(page)
 
 
-def install_api_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
+def install_api_docs(app: FastAPI) -> None:
     """Serve `/docs`, `/redoc`, Swagger's OAuth2 redirect page and their assets.
 
     Build the app with `docs_url=None, redoc_url=None` so FastAPI's CDN pages are not
@@ -92,20 +94,20 @@ def install_api_docs(app: FastAPI, openapi_url: str = "/openapi.json") -> None:
     title = app.title
 
     async def swagger_ui() -> HTMLResponse:
-        return swagger_ui_page(openapi_url, f"{title} - docs")
+        return swagger_ui_page(OPENAPI_PATH, f"{title} - docs")
 
     async def redoc() -> HTMLResponse:
         page = get_redoc_html(
-            openapi_url=openapi_url,
+            openapi_url=OPENAPI_PATH,
             title=f"{title} - ReDoc",
             redoc_js_url=f"{ASSETS_PATH}/redoc.standalone.js",
             redoc_favicon_url=f"{ASSETS_PATH}/favicon.png",
             with_google_fonts=False,
         )
-        return docs_page(bytes(page.body).decode("utf-8"))
+        return docs_page(page)
 
     async def oauth2_redirect() -> HTMLResponse:
-        return docs_page(bytes(get_swagger_ui_oauth2_redirect_html().body).decode("utf-8"))
+        return docs_page(get_swagger_ui_oauth2_redirect_html())
 
     async def asset(name: str) -> Response:
         if name not in ASSET_TYPES:

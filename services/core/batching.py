@@ -96,8 +96,7 @@ class BatchQueue(Generic[ItemT, OutputT]):
         with self._work_ready:
             self._stopping = True
             for pending in self._pending:
-                if not pending.future.done():
-                    pending.future.cancel()
+                pending.future.cancel()  # a no-op on a future already done
             self._pending.clear()
             self._set_depth()
             self._work_ready.notify_all()

@@ -11,9 +11,9 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
-from services.core.degrading_redis import DegradingRedis
+from services.core.degrading_redis import DegradingRedis, RedisOptions
 
 KEY_PREFIX = "mtc:pred:v1:"
 
@@ -111,40 +111,22 @@ class RedisCache(DegradingRedis):
 
     purpose = "redis cache"
     meanwhile = "serving uncached"
+    _fallback = NullCache()
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        ttl_seconds: int,
-        timeout_seconds: float,
-        retry_seconds: float,
-        on_error: Callable[[], None] = lambda: None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            url,
-            timeout_seconds=timeout_seconds,
-            retry_seconds=retry_seconds,
-            on_error=on_error,
-            clock=clock,
-        )
+    def __init__(self, url: str, *, ttl_seconds: int, **options: Unpack[RedisOptions]) -> None:
+        super().__init__(url, **options)
         self.ttl_seconds = ttl_seconds
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values for `keys`; all misses while Redis is unavailable."""
-        misses: list[bytes | None] = [None] * len(keys)
         if not keys:
-            return misses
+            return []
 
         async def read(client: Any) -> list[bytes | None]:
             values = await client.mget(list(keys))
             return [value if isinstance(value, bytes) else None for value in values]
 
-        async def all_missed() -> list[bytes | None]:
-            return misses
-
-        return await self.call(read, all_missed)
+        return await self.call(read, lambda: self._fallback.get_many(keys))
 
     async def set_many(self, entries: dict[str, bytes]) -> None:
         """Store entries with the TTL in one round trip; failures are counted and dropped."""
@@ -157,7 +139,4 @@ class RedisCache(DegradingRedis):
                     pipe.set(key, value, ex=self.ttl_seconds)
                 await pipe.execute()
 
-        async def dropped() -> None:
-            return None
-
-        await self.call(write, dropped)
+        await self.call(write, lambda: self._fallback.set_many(entries))

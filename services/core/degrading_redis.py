@@ -11,12 +11,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Required, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+class RedisOptions(TypedDict, total=False):
+    """The keyword arguments of `DegradingRedis`, passed on by the stores built on it."""
+
+    timeout_seconds: Required[float]
+    retry_seconds: Required[float]
+    on_error: Callable[[], None]
+    clock: Callable[[], float]
 
 
 class DegradingRedis:

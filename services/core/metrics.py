@@ -88,14 +88,13 @@ class ServiceMetrics:
         self.model_ready = gauge(
             "mtc_model_ready", "1 when the model is loaded and serving, else 0.", ["task"]
         )
-        self.model_ready.labels(task).set(0)
-        self.queue_depth.labels(task).set(0)
+        # Every series shown from the start, at 0 (not ready, nothing queued).
+        for metric in (self.model_ready, self.queue_depth, self.cache_errors, self.items_inferred):
+            metric.labels(task)
         for phase in PHASES:
             self.phase_duration.labels(task, phase)
         for result in ("hit", "miss"):
             self.cache_lookups.labels(task, result)
-        self.cache_errors.labels(task)
-        self.items_inferred.labels(task)
 
     def observe_phase(self, phase: str, seconds: float) -> None:
         """Record time spent in one phase of a request."""

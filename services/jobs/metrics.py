@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -51,14 +52,12 @@ class WorkerMetrics:
         self.running = Gauge(
             "mtc_jobs_running", "Jobs this worker is running now.", registry=self.registry
         )
-        self.items = Counter(
-            "mtc_job_items_total", "Items predicted by jobs.", ["task"], registry=self.registry
-        )
-        self.retries = Counter(
+        counter = partial(Counter, registry=self.registry)
+        self.items = counter("mtc_job_items_total", "Items predicted by jobs.", ["task"])
+        self.retries = counter(
             "mtc_job_upstream_retries_total",
             "Repeated calls from jobs to a model service after a failed attempt.",
             ["task"],
-            registry=self.registry,
         )
         for task in self.tasks:
             self.items.labels(task=task)
