@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from services.audio.decoding import decoded_bytes
 from services.core.settings import ServiceSettings
-from services.wire.s3_locations import check_allowlist_entries
+from services.wire.s3_locations import AllowlistEntries
 
 DECODED_BYTES_CHANNELS = 2
 """Channels of the clip that sets the default decoded-bytes budget: stereo."""
@@ -99,7 +99,7 @@ class AudioSettings(ServiceSettings):
     refuses to start without it; false sends every transcript to the English classifier.
     Speech recognition stays English-only: Korean is understood in sent transcripts only."""
 
-    s3_input_allowlist: list[str] = Field(default_factory=list)
+    s3_input_allowlist: AllowlistEntries = Field(default_factory=list)
     """`bucket` or `bucket/prefix` entries that `POST /v1/{task}/predict-s3` may read (JSON
     list, e.g. `["calls/incoming/"]`); empty disables that route (403). Through a gateway
     with API keys, each key reads only its own part (its folder `<entry>/<key name>/`, or
@@ -117,8 +117,3 @@ class AudioSettings(ServiceSettings):
         return decoded_bytes(
             self.max_audio_seconds, DECODED_BYTES_CHANNELS, DECODED_BYTES_SAMPLE_RATE
         )
-
-    @field_validator("s3_input_allowlist")
-    @classmethod
-    def _entries_name_buckets(cls, entries: list[str]) -> list[str]:
-        return check_allowlist_entries(entries)

@@ -68,36 +68,34 @@ class OpenVinoSequenceClassifier(SequenceClassifier):
         # The parent reads tokenizer, config, labels and manifest, and the float32 network
         # the conversion starts from; that network is dropped once it is converted.
         metadata = super()._load(model_dir)
+        reason = self._convert()
+        if reason is None:
+            self._model = None
+        else:
+            # Keep the float32 PyTorch network the conversion started from, and say so: a
+            # model OpenVINO cannot run is still served, slower, rather than not at all.
+            logger.warning("%s: %s; serving it with PyTorch (float32) instead", model_dir, reason)
+            self._compiled = None
+            self.runtime = "torch"
+        return metadata
+
+    def _convert(self) -> str | None:
+        """Convert and check the loaded network: None when OpenVINO serves it, else why not."""
         try:
             with _CONVERTING:
                 self._compiled, self._input_names = self._compile(self._model)
             difference = self._check(self._model)
         except ImportError:
-            return self._serve_with_torch(model_dir, metadata, "OpenVINO is not installed")
+            return "OpenVINO is not installed"
         except Exception as exc:  # noqa: BLE001 - OpenVINO's errors share no base class
-            return self._serve_with_torch(
-                model_dir, metadata, f"OpenVINO cannot run this model: {exc}"
-            )
+            return f"OpenVINO cannot run this model: {exc}"
         tolerance = LOGIT_TOLERANCE[self.precision]
         if not difference <= tolerance:
-            return self._serve_with_torch(
-                model_dir,
-                metadata,
+            return (
                 f"OpenVINO's logits differ from PyTorch's by {difference:.3g} "
-                f"(over {tolerance:.3g})",
+                f"(over {tolerance:.3g})"
             )
-        self._model = None
-        return metadata
-
-    def _serve_with_torch(
-        self, model_dir: Path, metadata: ModelMetadata, reason: str
-    ) -> ModelMetadata:
-        """Keep the float32 PyTorch network the conversion started from, and say so: a model
-        OpenVINO cannot run is still served, slower, rather than not at all."""
-        logger.warning("%s: %s; serving it with PyTorch (float32) instead", model_dir, reason)
-        self._compiled = None
-        self.runtime = "torch"
-        return metadata
+        return None
 
     def _compile(self, model: Any) -> tuple[Any, list[str]]:
         """`model` converted and compiled for the CPU, and the inputs it takes."""

@@ -16,7 +16,6 @@ from services.artifacts.manifest import model_identity
 from services.core.errors import ModelLoadError
 from services.core.model import (
     ClassifierModel,
-    LabelScore,
     ModelMetadata,
     Prediction,
     rank_scores,
@@ -226,11 +225,9 @@ class SequenceClassifier(ClassifierModel[TextInput, TextPrediction]):
                 known[index] = encoding
         return known
 
-    @staticmethod
-    def with_token_counts(
-        ranked: list[list[LabelScore]], counts: Sequence[int]
-    ) -> list[TextPrediction]:
-        """`ranked` (one list per text) as `TextPrediction`s with their texts' token counts."""
+    def _predictions(self, probabilities: Any, counts: Sequence[int]) -> list[TextPrediction]:
+        """Probabilities (texts, labels) ranked per text, with the texts' token counts."""
+        ranked = rank_scores(self._labels, probabilities.tolist())
         return [TextPrediction(scores, count) for scores, count in zip(ranked, counts, strict=True)]
 
     def predictions_from_logits(self, logits: Any, counts: Sequence[int]) -> list[TextPrediction]:
@@ -242,7 +239,7 @@ class SequenceClassifier(ClassifierModel[TextInput, TextPrediction]):
         else:
             exponentials = np.exp(logits - logits.max(axis=-1, keepdims=True))
             probabilities = exponentials / exponentials.sum(axis=-1, keepdims=True)
-        return self.with_token_counts(rank_scores(self._labels, probabilities.tolist()), counts)
+        return self._predictions(probabilities, counts)
 
     def encode(self, batch: Sequence[TextInput]) -> tuple[dict[str, Any], list[int]]:
         """The model inputs of a batch as int64 NumPy arrays, padded to its longest text and
@@ -309,7 +306,7 @@ class SequenceClassifier(ClassifierModel[TextInput, TextPrediction]):
             else:
                 logits = self._model(**encoded).logits.float()
         probabilities = torch.sigmoid(logits) if self._multi_label else logits.softmax(dim=-1)
-        return self.with_token_counts(rank_scores(self._labels, probabilities.tolist()), counts)
+        return self._predictions(probabilities, counts)
 
 
 def _counting_backend(tokenizer: Any) -> Any:
