@@ -50,6 +50,7 @@ from services.audio.fusion import FusionRule, fit_fusion, fit_weights
 from services.audio.models.emergency_call import AUDIO_DIR, KOREAN_TRANSCRIPT_DIR, TRANSCRIPT_DIR
 from services.audio.models.urgency import URGENCY_LABELS, UrgencyClassifier
 from services.core.errors import MtcError
+from services.lifecycle.evaluation import confusion_table
 from services.text.training import DataError, TrainingError, is_heldout, normalise
 
 logger = logging.getLogger(__name__)
@@ -381,6 +382,51 @@ def _cross_fitted(
 
 
 @dataclass(frozen=True)
+class Figures:
+    """One kind of answer on one set of clips: accuracy, macro-F1, confusion matrix."""
+
+    labels: tuple[str, ...]
+    accuracy: float
+    macro_f1: float
+    confusion_matrix: list[list[float]]
+    """Rows gold, columns predicted, in `labels` order; cells are summed clip weights."""
+    weighted: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict, the matrix rounded to two decimals."""
+        document = asdict(self)
+        document["labels"] = list(self.labels)
+        document["confusion_matrix"] = [[round(v, 2) for v in row] for row in self.confusion_matrix]
+        return document
+
+    def matrix_table(self) -> str:
+        """The confusion matrix as text."""
+        width = max(len("gold"), *(len(label) for label in self.labels))
+        cells = ".1f" if self.weighted else ".0f"
+        return confusion_table(
+            self.labels, self.confusion_matrix, corner="gold", width=width, cells=cells
+        )
+
+
+def figures(
+    predicted: NDArray[np.int64],
+    gold: NDArray[np.int64],
+    weights: NDArray[np.float64],
+    labels: Sequence[str],
+) -> Figures:
+    """Weighted accuracy, macro-F1 and confusion matrix of `predicted` against `gold`
+    (indices into `labels`); all weights 1 gives the plain counts."""
+    confusion = weighted_confusion(predicted, gold, weights, len(labels))
+    return Figures(
+        labels=tuple(labels),
+        accuracy=weighted_accuracy(predicted, gold, weights),
+        macro_f1=macro_f1(confusion),
+        confusion_matrix=confusion.tolist(),
+        weighted=not bool(np.all(weights == 1.0)),
+    )
+
+
+@dataclass(frozen=True)
 class HeldoutSet:
     """What the held-out figures are computed from."""
 
@@ -419,7 +465,7 @@ def heldout_metrics(heldout: HeldoutSet, fusion: FusionRule) -> dict[str, Any]:
     keys = [clip.split_key for clip in heldout.clips]
     gold, weights, urgency, text = heldout.gold, heldout.weights, heldout.urgency, heldout.text
     audio_only = _cross_fitted(keys, fit, lambda rule, rows: rule.audio_only(urgency[rows]))
-    figures = (
+    method = (
         "cross-fitted: each half of the held-out sentences answered by a fusion fitted on the "
         "other half"
         if audio_only is not None
@@ -429,7 +475,7 @@ def heldout_metrics(heldout: HeldoutSet, fusion: FusionRule) -> dict[str, Any]:
         audio_only = fusion.audio_only(urgency)
     no_transcript = emergency_scores(audio_only, gold, fusion.ordinary_mask, weights)
     metrics: dict[str, Any] = {
-        "heldout_figures": figures,
+        "heldout_figures": method,
         "heldout_no_transcript_emergency_accuracy": _rounded(no_transcript.accuracy),
         "heldout_no_transcript_emergency_balanced_accuracy": _rounded(
             no_transcript.balanced_accuracy
@@ -441,7 +487,7 @@ def heldout_metrics(heldout: HeldoutSet, fusion: FusionRule) -> dict[str, Any]:
     fused = _cross_fitted(keys, fit, lambda rule, rows: rule.fuse(urgency[rows], text[rows]))
     if fused is None:
         fused = fusion.fuse(urgency, text)
-    confusion = weighted_confusion(fused.argmax(axis=1), gold, weights, len(fusion.labels))
+    fused_figures = figures(fused.argmax(axis=1), gold, weights, fusion.labels)
     with_text = emergency_scores(fused, gold, fusion.ordinary_mask, weights)
     text_kind = emergency_scores(text, gold, fusion.ordinary_mask, weights)
     metrics.update(
@@ -449,11 +495,11 @@ def heldout_metrics(heldout: HeldoutSet, fusion: FusionRule) -> dict[str, Any]:
             "heldout_text_accuracy": _rounded(
                 weighted_accuracy(text.argmax(axis=1), gold, weights)
             ),
-            "heldout_accuracy": _rounded(weighted_accuracy(fused.argmax(axis=1), gold, weights)),
-            "heldout_macro_f1": _rounded(macro_f1(confusion)),
+            "heldout_accuracy": _rounded(fused_figures.accuracy),
+            "heldout_macro_f1": _rounded(fused_figures.macro_f1),
             "heldout_emergency_accuracy": _rounded(with_text.accuracy),
             "heldout_text_emergency_accuracy": _rounded(text_kind.accuracy),
-            "heldout_confusion_matrix": np.round(confusion, 2).tolist(),
+            "heldout_confusion_matrix": np.round(fused_figures.confusion_matrix, 2).tolist(),
             "heldout_accuracy_by_sound": _by_sound(
                 heldout.clips,
                 fusion.ordinary_labels,
@@ -489,17 +535,16 @@ def fit_asr_weights(
         ]
     # A clip Whisper heard nothing in is answered from the sound alone, whatever the weights.
     heard = [(index, r) for index, r in zip(chosen, recognitions, strict=True) if r.text.strip()]
-    spoken = [index for index, _ in heard]
     record: dict[str, Any] = {
         "clips": len(chosen),
-        "empty_transcripts": len(chosen) - len(spoken),
+        "empty_transcripts": len(chosen) - len(heard),
         "sentences": sorted({sentence_digest(heldout.clips[i].split_key) for i in chosen}),
     }
-    if not spoken:
+    if not heard:
         return fusion, {**record, "fitted": False}
     asr_text = scorer([recognition.text for _, recognition in heard])
     confidence = np.array([recognition.confidence for _, recognition in heard])
-    rows = np.array(spoken)
+    rows = np.array([index for index, _ in heard])
     urgency, gold, weights = heldout.urgency[rows], heldout.gold[rows], heldout.weights[rows]
     audio_weight, text_weight = fit_weights(
         fusion, urgency, asr_text, list(gold), weights, asr_confidence=confidence
@@ -558,17 +603,16 @@ def train_audio_model(
             f"({list(config.ordinary_labels)}) from emergencies, so it needs both"
         )
     train, heldout_clips = split_clips(clips)
-    urgency_index = {label: position for position, label in enumerate(URGENCY_LABELS)}
     train_features = clip_features(train, config.features, config.workers)
     heldout_features = clip_features(heldout_clips, config.features, config.workers)
     classifier = train_urgency_classifier(
         train_features,
-        [urgency_index[clip.sounds(ordinary)] for clip in train],
+        [URGENCY_LABELS.index(clip.sounds(ordinary)) for clip in train],
         config,
         progress=progress,
     )
     urgency = classifier.probabilities(heldout_features)
-    sounds = np.array([urgency_index[clip.sounds(ordinary)] for clip in heldout_clips])
+    sounds = np.array([URGENCY_LABELS.index(clip.sounds(ordinary)) for clip in heldout_clips])
     said = urgency.argmax(axis=1)
     metrics: dict[str, Any] = {
         "heldout_examples": len(heldout_clips),
@@ -576,7 +620,7 @@ def train_audio_model(
         "heldout_audio_accuracy": _rounded(float(np.mean(said == sounds))),
         "heldout_audio_recall": {
             label: _rounded(float(np.mean(said[sounds == position] == position)))
-            for label, position in urgency_index.items()
+            for position, label in enumerate(URGENCY_LABELS)
             if (sounds == position).any()
         },
     }

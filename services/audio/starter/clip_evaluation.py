@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +39,24 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.artifacts.manifest import read_manifest
-from services.audio.evaluation import (
-    emergency_scores,
-    macro_f1,
-    mix_weights,
-    weighted_accuracy,
-    weighted_confusion,
-)
+from services.audio.evaluation import emergency_scores, mix_weights
 from services.audio.fusion import FusionRule
 from services.audio.models.emergency_call import TRANSCRIPT_DIR, CallClip, EmergencyCallModel
 from services.audio.models.urgency import URGENCY_LABELS
 from services.audio.starter import asr_evaluation, recipe, soundscape, synthesis
 from services.audio.starter.synthesis import SpokenClip
 from services.audio.training import (
+    Figures,
     HeldoutSet,
     LabelledClip,
     decoded_samples,
+    figures,
     first_sentence_keys,
     heldout_metrics,
 )
 from services.audio.transcription import quiet_whisper
 from services.core.errors import ModelLoadError
-from services.lifecycle.evaluation import EvaluationReport, confusion_table, set_table
+from services.lifecycle.evaluation import EvaluationReport, set_table
 from services.text.starter import emergency_transcripts, independent_sets
 from services.text.starter.recipes import EMERGENCY_TRANSCRIPT
 from services.text.training import LabelledText, is_heldout, normalise
@@ -88,51 +84,6 @@ BUILD_FIGURES = {
     "heldout_no_transcript_majority_accuracy": "  always the more common kind",
 }
 """The manifest's held-out figures, and what each measures (the comparison's rows)."""
-
-
-@dataclass(frozen=True)
-class Figures:
-    """One kind of answer on one set of clips: accuracy, macro-F1, confusion matrix."""
-
-    labels: tuple[str, ...]
-    accuracy: float
-    macro_f1: float
-    confusion_matrix: list[list[float]]
-    """Rows gold, columns predicted, in `labels` order; cells are summed clip weights."""
-    weighted: bool
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable dict, the matrix rounded to two decimals."""
-        document = asdict(self)
-        document["labels"] = list(self.labels)
-        document["confusion_matrix"] = [[round(v, 2) for v in row] for row in self.confusion_matrix]
-        return document
-
-    def matrix_table(self) -> str:
-        """The confusion matrix as text."""
-        width = max(len("gold"), *(len(label) for label in self.labels))
-        cells = ".1f" if self.weighted else ".0f"
-        return confusion_table(
-            self.labels, self.confusion_matrix, corner="gold", width=width, cells=cells
-        )
-
-
-def figures(
-    predicted: NDArray[np.int64],
-    gold: NDArray[np.int64],
-    weights: NDArray[np.float64],
-    labels: Sequence[str],
-) -> Figures:
-    """Weighted accuracy, macro-F1 and confusion matrix of `predicted` against `gold`
-    (indices into `labels`); all weights 1 gives the plain counts."""
-    confusion = weighted_confusion(predicted, gold, weights, len(labels))
-    return Figures(
-        labels=tuple(labels),
-        accuracy=weighted_accuracy(predicted, gold, weights),
-        macro_f1=macro_f1(confusion),
-        confusion_matrix=confusion.tolist(),
-        weighted=not bool(np.all(weights == 1.0)),
-    )
 
 
 @dataclass(frozen=True)
@@ -579,21 +530,20 @@ def evaluate_audio_starter(
     asyncio.run(served.start(model_dir))
     assert served.fusion is not None
     spoken: dict[str, SpokenSetReport] = {}
-    heldout_dir: Path | None = None
-    heldout_plan: list[SpokenClip] = []
+    planned: dict[str, tuple[list[SpokenClip], Path]] = {}
     for name, examples in sentence_sets.items():
         plan = plan_heldout(examples, all_heldout=name != "held-out")
         directory = clip_directory(cache_dir, name, plan)
+        planned[name] = plan, directory
         chosen = first_sentences(plan, sentences_per_label)
         made = ensure_clips(chosen, plan, directory)
         logger.info("%s: %d clips, %d synthesised into %s", name, len(chosen), made, directory)
         clips = labelled_clips(chosen, directory)
         scores = served_scores(served, clips, progress=progress)
         spoken[name] = score_spoken_set(clips, scores, served.fusion, cross_fit=name == "held-out")
-        if name == "held-out":
-            heldout_dir, heldout_plan = directory, plan
     whisper = None
-    if asr_sentences_per_label > 0 and heldout_dir is not None:
+    if asr_sentences_per_label > 0:
+        heldout_plan, heldout_dir = planned["held-out"]
         fitted_on = manifest.metrics.get("asr_weights_fitted_on", {})
         asr_clips, _ = asr_evaluation.chosen_clips(
             asr_sentences_per_label, set(fitted_on.get("sentences", []))
