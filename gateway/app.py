@@ -33,8 +33,7 @@ from gateway.settings import GatewaySettings
 from gateway.traffic import TaskTraffic
 from gateway.upstreams import TIMING_HEADERS, Upstreams, build_replica_sets, create_http_client
 from gateway.web_page import web_page_router
-from services.core.api import WITHOUT_OPENTELEMETRY
-from services.core.api_docs import install_api_docs
+from services.core.api import api_app
 from services.core.body_limit import BodySizeLimit
 from services.core.errors import MtcError
 from services.core.http_errors import install_error_handlers
@@ -122,17 +121,7 @@ def create_app(settings: GatewaySettings, jobs_settings: JobsSettings | None = N
                 if metrics_server is not None:
                     metrics_server.stop()
 
-    # Existing clients post JSON without a Content-Type header; accept it as JSON.
-    app = FastAPI(
-        title="mtc gateway",
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        strict_content_type=False,
-        telemetry=WITHOUT_OPENTELEMETRY,
-        docs_url=None,
-        redoc_url=None,
-    )
-    install_api_docs(app)
+    app = api_app("mtc gateway", DESCRIPTION, lifespan)
     # Before the task routes: their catch-all `/v1/{task}/{route}` would take `/v1/jobs/{id}`.
     app.include_router(
         jobs_router(

@@ -4,12 +4,6 @@ from services.audio.api import build_app
 from services.audio.settings import AudioSettings
 from services.core.api import serve
 
-
-def main() -> None:
-    """Entry point."""
+if __name__ == "__main__":
     settings = AudioSettings()
     serve(build_app(settings), settings)
-
-
-if __name__ == "__main__":
-    main()

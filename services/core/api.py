@@ -21,12 +21,11 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
 
 from services.artifacts.store import ModelStore
 from services.core.api_docs import install_api_docs
@@ -168,9 +167,24 @@ class ModelVersionHeader:
         await self.app(scope, receive, send_with_version)
 
 
-WITHOUT_OPENTELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
-"""FastAPI's built-in OpenTelemetry hooks, off: the Prometheus metrics are the apps' own, and
-the hooks otherwise look up the global OpenTelemetry providers on every request."""
+def api_app(title: str, description: str, lifespan: Lifespan[FastAPI]) -> FastAPI:
+    """A FastAPI app as the services and the gateway build theirs, with the API docs of
+    `install_api_docs`."""
+    # Existing clients post JSON without a Content-Type header; accept it as JSON.
+    app = FastAPI(
+        title=title,
+        description=description,
+        lifespan=lifespan,
+        strict_content_type=False,
+        # FastAPI's built-in OpenTelemetry hooks, off: the Prometheus metrics are the apps'
+        # own, and the hooks otherwise look up the global OpenTelemetry providers on every
+        # request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_api_docs(app)
+    return app
 
 
 async def get_dataplane(request: Request) -> DataPlane[Any, Any]:
@@ -257,17 +271,7 @@ def create_app(
             if metrics_server is not None:
                 metrics_server.stop()
 
-    # Existing clients post JSON without a Content-Type header; accept it as JSON.
-    app = FastAPI(
-        title=title,
-        description=description,
-        lifespan=lifespan,
-        strict_content_type=False,
-        telemetry=WITHOUT_OPENTELEMETRY,
-        docs_url=None,
-        redoc_url=None,
-    )
-    install_api_docs(app)
+    app = api_app(title, description, lifespan)
     app.state.dataplane = dataplane
     app.state.service_state = state
     app.state.metrics = metrics
