@@ -22,7 +22,7 @@ STARTER_INPUTS := $(wildcard services/text/starter/*_adapter.* services/text/sta
 CHECKED := services gateway deploy load
 # Test harness code that deploys or judges data is held to the same typing bar as the product.
 TYPED_TEST_SUPPORT := tests/support/pod_runner.py tests/support/near_duplicates.py \
-	tests/support/kubectl_versions.py
+	tests/support/deploy_tools.py
 
 .PHONY: install system-tools test-tools image-tools bench-tools lock test-deploy check-images models run lint test test-unit test-integration test-e2e images dashboards manifests config-docs api-collections \
 	bench bench-audio clean

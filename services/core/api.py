@@ -273,7 +273,6 @@ def create_app(
 
     app = api_app(title, description, lifespan)
     app.state.dataplane = dataplane
-    app.state.service_state = state
     app.state.metrics = metrics
     app.state.settings = settings
     # Every JSON body is checked against what its schema can need before it is parsed.

@@ -28,9 +28,9 @@ import httpx
 import pytest
 import yaml
 
-from deploy.external_tools import prometheus, promtool
 from deploy.observability.alerts import all_alerts
 from deploy.observability.dashboards import all_dashboards, to_json
+from tests.support.deploy_tools import prometheus, promtool
 from tests.support.pose_images import opencv_doc_data, pedestrian_crop
 from tests.support.processes import (
     free_port,

@@ -17,7 +17,7 @@ from deploy.check_chart_equivalence import compare
 from deploy.render import OLDEST_KUBECTL, PROD_VALUES, REPO, Manifest, helm_template, kustomize
 from deploy.validate import validate
 from gateway.settings import GatewaySettings
-from tests.support.kubectl_versions import every_kubectl
+from tests.support.deploy_tools import every_kubectl
 
 TASKS = ("sentiment", "disaster", "pose", "audio")
 CANARY_URI = "s3://mtc-models/{task}/1.1.0"

@@ -30,7 +30,7 @@ from deploy.render import (
 )
 from deploy.validate import validate
 from gateway.settings import GatewaySettings
-from tests.support.kubectl_versions import every_kubectl
+from tests.support.deploy_tools import every_kubectl
 
 OVERLAYS = ("overlays/dev", "overlays/prod", "overlays/single-host")
 COMPONENTS = tuple(

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deploy.external_tools import promtool
 from deploy.render import REPO, Manifest, kustomize, without_hash_suffix
 from deploy.validate import KUBERNETES_VERSIONS, KUSTOMIZATIONS, validate, validate_builtin
 from gateway.settings import GatewaySettings
+from tests.support.deploy_tools import promtool
 
 MODELS = ("mtc-sentiment", "mtc-disaster", "mtc-pose", "mtc-audio")
 PRESTOP_SECONDS = 5

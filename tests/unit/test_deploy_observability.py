@@ -12,7 +12,6 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from deploy.external_tools import promtool
 from deploy.observability.alerts import all_alerts, rule_groups
 from deploy.observability.dashboards import all_dashboards, to_json
 from deploy.observability.generate import outputs, stale_files, write
@@ -20,6 +19,7 @@ from deploy.render import REPO
 from gateway.metrics import GatewayMetrics
 from services.core.metrics import ServiceMetrics
 from services.jobs.metrics import WorkerMetrics
+from tests.support.deploy_tools import promtool
 
 RULES = REPO / "charts" / "mtc" / "rules" / "mtc-alerts.yaml"
 RULE_TESTS = REPO / "deploy" / "observability" / "alerts_test.yaml"

@@ -1,5 +1,6 @@
-"""The kubectl binaries on this machine, one per minor version: the deployment tests render
-with each, so the manifests are known to work with older clients than the venv's."""
+"""Tools only the tests run: every kubectl on this machine, one per minor version (the
+deployment tests render with each, so the manifests are known to work with older clients
+than the venv's), and Prometheus' promtool and server."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from deploy.external_tools import kubectl
+from deploy.external_tools import find_tool, kubectl
 
 
 def kubectl_version(path: Path) -> tuple[int, int]:
@@ -35,3 +36,13 @@ def every_kubectl() -> list[tuple[tuple[int, int], Path]]:
     for candidate in candidates:
         found.setdefault(kubectl_version(candidate), candidate)
     return sorted(found.items())
+
+
+def promtool() -> Path:
+    """promtool, from Debian's prometheus package."""
+    return find_tool("promtool", "apt-get install --no-install-recommends prometheus")
+
+
+def prometheus() -> Path:
+    """The Prometheus server, from Debian's prometheus package."""
+    return find_tool("prometheus", "apt-get install --no-install-recommends prometheus")
