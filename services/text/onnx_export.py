@@ -31,7 +31,7 @@ The activations of the quantised matmuls are scaled per call over the whole padd
 so a text's scores still move slightly with the texts batched beside it.
 
 If the directory has a `manifest.json`, it is re-written last so that it lists the new file
-with its sha256; name, version, labels, metrics and training data are kept. The export
+with its sha256; name, version, labels, metrics, training data and config are kept. The export
 records a digest of the weights it was made from, so a stale export is re-made instead of
 skipped, and refused by the server instead of served under the new version.
 """
@@ -155,6 +155,7 @@ def export_onnx_int8(model_dir: Path, *, force: bool = False) -> Path:
             labels=manifest.labels,
             metrics=manifest.metrics,
             training_data=manifest.training_data,
+            config=manifest.config,
         )
     logger.info("wrote %s (%.1f MB)", target, target.stat().st_size / 1e6)
     return target

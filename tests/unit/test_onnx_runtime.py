@@ -82,6 +82,7 @@ def write_test_manifest(model_dir: Path) -> None:
         labels=TINY_LABELS,
         metrics={"heldout_accuracy": 0.5},
         training_data={"corpus": "none: random weights"},
+        config={"note": "kept through the export"},
     )
 
 
@@ -124,6 +125,7 @@ def test_export_is_listed_in_the_manifest_which_still_verifies(
     assert manifest.labels == TINY_LABELS
     assert manifest.metrics == {"heldout_accuracy": 0.5}
     assert manifest.training_data == {"corpus": "none: random weights"}
+    assert manifest.config == {"note": "kept through the export"}
     # Nothing but the export was added to the directory.
     original = {path.relative_to(tiny_model_dir) for path in tiny_model_dir.rglob("*")}
     added = {path.relative_to(exported_dir) for path in exported_dir.rglob("*")} - original
