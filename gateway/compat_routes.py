@@ -187,7 +187,7 @@ def compat_routers(
             await charge_items(len(body.text))
             request = _service_body("text", body.text)
             answer, result = await _predict(upstreams, sentiment, request, TextPredictResponse)
-            return _reply(answer, result and _both_labels(result))
+            return _reply(answer, None if result is None else _both_labels(result))
 
         project.post(
             BULK_PREDICT_PATH,
@@ -235,7 +235,8 @@ def compat_routers(
                 await charge_items(len(images))
             request = _service_body("images", images)
             answer, result = await _predict(upstreams, pose, request, PosePredictResponse)
-            return _reply(answer, result and LegacyPoseResponse(**_top_labels(result, answer)))
+            reply = None if result is None else LegacyPoseResponse(**_top_labels(result, answer))
+            return _reply(answer, reply)
 
         others.post(
             POSE_CLASSIFIER_PATH,
