@@ -68,6 +68,10 @@ class DataPlane(Generic[ItemT, OutputT]):
         self.cache = cache
         self.metrics = metrics
         self.settings = settings
+        # Built once: the check runs on every request.
+        self.item_limit = ItemLimit(
+            settings.max_items_per_request, "items", "MTC_MAX_ITEMS_PER_REQUEST"
+        )
         self.queue: BatchQueue[ItemT, OutputT] = BatchQueue(
             model,
             metrics,
@@ -101,8 +105,7 @@ class DataPlane(Generic[ItemT, OutputT]):
         """Predict every item. `costs_of` gives the batching cost (e.g. token counts) of the
         items the cache did not answer, and only of those (default: `model.cost(item)`)."""
         self.require_ready()
-        limit = self.settings.max_items_per_request
-        ItemLimit(limit, "items", "MTC_MAX_ITEMS_PER_REQUEST").check(len(items))
+        self.item_limit.check(len(items))
         started = time.perf_counter()
         deadline = started + self.settings.request_timeout_seconds
         version = f"{self.model.metadata.version}/{self.model.runtime}"
